@@ -1,0 +1,47 @@
+"""neumeta-hf: Neural Metamorphosis (Yang & Wang, ECCV 2024) in the Hugging Face ecosystem.
+
+One trained hypernetwork (`NeuMetaModel`) yields a working network of any width in its range:
+
+    hyper = NeuMetaModel.from_pretrained("path/or/repo")
+    net = hyper.sample_model(width=20)
+"""
+
+from transformers import AutoConfig, AutoModel
+
+from .configuration_neumeta import NeuMetaConfig
+from .families import (
+    FAMILIES,
+    NeuMetaImageProcessor,
+    NeuMetaLeNetConfig,
+    NeuMetaLeNetForImageClassification,
+    NeuMetaMLPConfig,
+    NeuMetaMLPForImageClassification,
+    NeuMetaResNetCifarConfig,
+    NeuMetaResNetCifarForImageClassification,
+)
+from .folding import fold_batch_norm
+from .modeling_neumeta import NeuMetaModel, NeuMetaOutput
+from .morph import MorphSpec
+from .smoothing import smooth_channels
+
+AutoConfig.register(NeuMetaConfig.model_type, NeuMetaConfig, exist_ok=True)
+AutoModel.register(NeuMetaConfig, NeuMetaModel, exist_ok=True)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FAMILIES",
+    "MorphSpec",
+    "NeuMetaConfig",
+    "NeuMetaImageProcessor",
+    "NeuMetaLeNetConfig",
+    "NeuMetaLeNetForImageClassification",
+    "NeuMetaMLPConfig",
+    "NeuMetaMLPForImageClassification",
+    "NeuMetaModel",
+    "NeuMetaOutput",
+    "NeuMetaResNetCifarConfig",
+    "NeuMetaResNetCifarForImageClassification",
+    "fold_batch_norm",
+    "smooth_channels",
+]

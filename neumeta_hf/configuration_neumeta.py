@@ -1,0 +1,98 @@
+"""NeuMetaConfig: the target family and width range, the INR's hyper-parameters and the sampling defaults."""
+
+from transformers import PreTrainedConfig
+
+from .families import FAMILIES, family_model_class
+from .families.configuration_common import MORPH_MODES
+
+
+class NeuMetaConfig(PreTrainedConfig):
+    """Configuration of a NeuMeta hypernetwork.
+
+    Args:
+        family: model type of the target network (`neumeta-mlp`, `neumeta-lenet`, `neumeta-resnet-cifar`).
+        family_config: the full-width base network's config as a dict; its `width` is the full width.
+        width_range: `[min, max]` widths trained on; sampling outside it extrapolates.
+        train_widths: the widths drawn during training (default: every width in the range); the others
+            in the range stay unseen.
+        morph: "all" morphs every hidden layer, "last" only the last hidden layer or block (the paper's
+            ResNet setting).
+        hidden_size, num_layers: width and depth of each residual MLP head (paper: 256 x 4).
+        num_frequencies: Fourier frequencies of the channel coordinates (paper: 16).
+        size_frequencies: Fourier frequencies of the tensor position and relative sizes.
+        residual_scale: initial value of the learnable scale on each residual branch (paper: 0.1).
+        shared_trunk: one MLP for all tensors with per-tensor embeddings instead of a head per tensor.
+        fan_in_power: generated tensors scale as fan_in ** -fan_in_power across widths. 0.5 keeps a standard
+            initialisation's variance at every width (untrained INR, independent channels); 1.0 (the paper's
+            division by fan-in) keeps the function of smoothly resampled channels.
+        base_anchor: the INR generates a correction to the base network resampled to the width (linear
+            interpolation of channels) rather than the tensors themselves, and starts at zero. An untrained
+            plain INR generates nearly identical channels (row correlation ~0.9) and, in deep networks,
+            exploding activations; the anchored one starts as a working network at every width.
+        coordinate_noise: amplitude, in channels, of the uniform noise on channel coordinates during training
+            and for averaging (paper: 1.0, i.e. +-0.5 channel).
+        num_samples: how many generations `sample_model` averages by default (the first without noise).
+        ema_decay: decay of the exponential moving average of the INR weights kept by training.
+        smoothing: what the channel permutation did (filled in by `from_base_model`).
+    """
+
+    model_type = "neumeta"
+
+    family: str = "neumeta-mlp"
+    family_config: dict | None = None
+    width_range: list[int] | None = None
+    train_widths: list[int] | None = None
+    morph: str = "all"
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_frequencies: int = 16
+    size_frequencies: int = 16
+    residual_scale: float = 0.1
+    shared_trunk: bool = False
+    fan_in_power: float = 0.5
+    base_anchor: bool = True
+    coordinate_noise: float = 1.0
+    num_samples: int = 1
+    ema_decay: float = 0.995
+    smoothing: dict | None = None
+
+    def __post_init__(self, **kwargs):
+        if self.family not in FAMILIES:
+            raise ValueError(f"Unknown family {self.family!r}; known families: {', '.join(FAMILIES)}")
+        if self.morph not in MORPH_MODES:
+            raise ValueError(f"morph must be one of {MORPH_MODES}, got {self.morph!r}")
+        family_config = dict(self.family_config or {})
+        if family_config.get("model_type", self.family) != self.family:
+            raise ValueError(
+                f"family_config is for {family_config['model_type']!r} but family is {self.family!r}"
+            )
+        family_config["morph"] = self.morph
+        self.family_config = family_model_class(self.family).config_class.from_dict(family_config).to_dict()
+        full_width = self.family_config["width"]
+        self.width_range = list(self.width_range or [max(1, full_width // 4), full_width])
+        low, high = self.width_range
+        if len(self.width_range) != 2 or not 1 <= low <= high:
+            raise ValueError(f"width_range must be [min, max] with 1 <= min <= max, got {self.width_range}")
+        self.train_widths = sorted(self.train_widths or range(low, high + 1))
+        outside = [w for w in self.train_widths if not low <= w <= high]
+        if outside:
+            raise ValueError(f"train_widths {outside} lie outside width_range {self.width_range}")
+        for name in ("hidden_size", "num_layers", "num_samples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.hidden_size % 8:
+            raise ValueError(f"hidden_size must be a multiple of 8 (for aligned grouped matmuls), got {self.hidden_size}")
+        for name in ("num_frequencies", "size_frequencies", "coordinate_noise"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        super().__post_init__(**kwargs)
+
+    def family_config_object(self):
+        """The full-width base network's config as a family config object."""
+        return family_model_class(self.family).config_class.from_dict(self.family_config)
+
+    @property
+    def full_width(self) -> int:
+        return self.family_config["width"]

@@ -1,0 +1,95 @@
+"""Pieces shared by every target family: the classification head contract, initialisation, conv+norm blocks
+and the description of coupled channels that NeuMeta morphs and permutes.
+
+Imports only torch and transformers (see configuration_common.py).
+"""
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import ImageClassifierOutput
+
+from .image_processing_neumeta import NeuMetaImageProcessor
+
+
+class ChannelGroup(NamedTuple):
+    """Channels that must move together: the same index along `axis` of every `(tensor_name, axis)` member.
+
+    `scales` says whether the number of channels follows the config's `width`.
+    """
+
+    name: str
+    members: tuple[tuple[str, int], ...]
+    scales: bool
+
+
+class ConvNorm(nn.Module):
+    """Conv followed by BatchNorm (`norm="batch"`), or a biased conv alone (`norm="none"`, e.g. BN folded in)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, norm="batch"):
+        super().__init__()
+        with_norm = norm == "batch"
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2, bias=not with_norm
+        )
+        self.norm = nn.BatchNorm2d(out_channels) if with_norm else nn.Identity()
+
+    def forward(self, x):
+        return self.norm(self.conv(x))
+
+
+class NeuMetaFamilyModel(PreTrainedModel):
+    """Base of the family networks: `forward(pixel_values, labels=None)` -> `ImageClassifierOutput`."""
+
+    main_input_name = "pixel_values"
+    base_model_prefix = "network"
+
+    def forward(self, pixel_values, labels=None, **kwargs):
+        logits = self.classify(pixel_values)
+        loss = F.cross_entropy(logits, labels) if labels is not None else None
+        return ImageClassifierOutput(loss=loss, logits=logits)
+
+    def classify(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def channel_groups(self) -> list[ChannelGroup]:
+        """Groups of coupled hidden channels; input image channels and class outputs are never in a group."""
+        raise NotImplementedError
+
+    def image_processor(self) -> NeuMetaImageProcessor:
+        return NeuMetaImageProcessor.for_config(self.config)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Also writes `preprocessor_config.json`, so the directory works with `pipeline("image-classification")`."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            self.image_processor().save_pretrained(save_directory)
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        # He initialisation for the ReLU networks here, instead of transformers' N(0, 0.02).
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            init.kaiming_normal_(module.weight, nonlinearity="relu")
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            init.zeros_(module.num_batches_tracked)
+
+    def _out_members(self, *prefixes: str) -> tuple[tuple[str, int], ...]:
+        """The output-channel slices of the named layers: weight rows, biases and norm statistics."""
+        names = self.state_dict().keys()
+        suffixes = ("weight", "bias", "running_mean", "running_var")
+        return tuple(
+            (f"{prefix}.{suffix}", 0)
+            for prefix in prefixes
+            for suffix in suffixes
+            if f"{prefix}.{suffix}" in names
+        )

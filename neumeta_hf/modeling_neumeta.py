@@ -1,0 +1,259 @@
+"""NeuMetaModel: a hypernetwork that generates a working family network of any width in its range."""
+
+import operator
+from dataclasses import dataclass
+
+import torch
+from torch.func import functional_call
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput, logging
+
+from .configuration_neumeta import NeuMetaConfig
+from .families import NeuMetaFamilyModel
+from .folding import fold_batch_norm
+from .inr import NeuMetaINR
+from .morph import Coordinates, MorphSpec, resample_channels
+from .smoothing import smooth_channels
+
+logger = logging.get_logger(__name__)
+
+_MIN_TARGET_RMS = 0.01
+
+
+@dataclass
+class NeuMetaOutput(ModelOutput):
+    """Output of `NeuMetaModel.forward`: the generated network's loss and logits, and its generated tensors."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    weights: dict[str, torch.Tensor] | None = None
+
+
+class NeuMetaModel(PreTrainedModel):
+    """An implicit neural representation of a family of networks, plus the frozen parts they share.
+
+    Holds the INR and the full-width base network (BatchNorm folded, channels permuted): its generated tensors
+    serve as reconstruction targets, its other tensors are copied into every sampled network. Build one with
+    `from_base_model`, train it (training/train.py), then `sample_model(width)`.
+    """
+
+    config_class = NeuMetaConfig
+    main_input_name = "pixel_values"
+    base_model_prefix = "neumeta"
+
+    def __init__(self, config: NeuMetaConfig):
+        super().__init__(config)
+        self.spec = MorphSpec(config.family_config_object())
+        self.base_network = self.spec.model_class(self.spec.family_config)
+        self.base_network.requires_grad_(False)
+        self.inr = NeuMetaINR(
+            self.spec.kernel_sizes,
+            hidden_size=config.hidden_size,
+            num_layers=config.num_layers,
+            num_frequencies=config.num_frequencies,
+            size_frequencies=config.size_frequencies,
+            residual_scale=config.residual_scale,
+            shared_trunk=config.shared_trunk,
+        )
+        # Per generated tensor: the size of one unit of the INR's raw output (see calibrate_output_scale).
+        self.register_buffer("output_scale", torch.ones(len(self.spec.tensors)))
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        if isinstance(module, NeuMetaINR):
+            for weight in (module.input_weight, module.hidden_weight, module.output_weight):
+                init.normal_(weight, std=(2.0 / weight.shape[-2]) ** 0.5)  # He, per head
+            # A random embedding per tensor; zero biases elsewhere.
+            init.normal_(module.input_bias, std=0.1)
+            init.zeros_(module.hidden_bias)
+            init.zeros_(module.output_bias)
+            init.constant_(module.residual_scale, self.config.residual_scale)
+        elif isinstance(module, NeuMetaModel):
+            init.ones_(module.output_scale)
+        elif any(module is m for m in self.base_network.modules()):
+            self.base_network._init_weights(module)
+
+    # ---------------------------------------------------------------------------------------------- building
+
+    @classmethod
+    def from_base_model(
+        cls,
+        base_model: NeuMetaFamilyModel,
+        width_range: tuple[int, int] | None = None,
+        morph: str = "all",
+        smooth: bool = True,
+        **config_overrides,
+    ) -> "NeuMetaModel":
+        """A hypernetwork around a trained full-width network of a known family.
+
+        Folds BatchNorm, permutes hidden channels for smoothness (`smooth=True`, checked to keep the
+        function), stores the result as frozen weights and reconstruction targets, and scales the INR's
+        outputs so that, untrained, it generates tensors with the base network's magnitudes at every width.
+        `config_overrides` are any other `NeuMetaConfig` fields (`hidden_size`, `train_widths`, ...).
+        """
+        base = fold_batch_norm(base_model)
+        config = NeuMetaConfig(
+            family=base.config.model_type,
+            family_config=base.config.to_dict(),
+            width_range=list(width_range) if width_range is not None else None,
+            morph=morph,
+            **config_overrides,
+        )
+        model = cls(config)
+        if smooth:
+            config.smoothing = smooth_channels(base, model.spec.groups)
+            logger.info(
+                "Channel permutation: total variation %.4g -> %.4g",
+                config.smoothing["total_variation_before"],
+                config.smoothing["total_variation_after"],
+            )
+        model.base_network.load_state_dict(base.state_dict(), strict=True)
+        model.calibrate_output_scale()
+        return model
+
+    @torch.no_grad()
+    def calibrate_output_scale(self):
+        """Scale each tensor's raw INR output so that one unit is the RMS of its target tensor.
+
+        With `base_anchor`, the INR's output layer then starts at zero: the untrained hypernetwork generates
+        the base network resampled to each width. Without it, the untrained INR's full-width generation
+        has the targets' RMS.
+        """
+        self.output_scale.fill_(1.0)
+        coordinates = self.spec.coordinates(self.config.full_width, self.output_scale.device)
+        raw = self.inr(coordinates.inputs(), coordinates.row_counts).split(coordinates.row_counts)
+        targets = self.reconstruction_targets()
+        for index, (name, kernel) in enumerate(zip(self.spec.names, self.spec.kernel_sizes)):
+            # An all-zero target (e.g. untrained biases) still needs a non-zero scale to be learnable.
+            target_rms = targets[name].pow(2).mean().sqrt().clamp_min(_MIN_TARGET_RMS)
+            self.output_scale[index] = target_rms / raw[index][:, :kernel].pow(2).mean().sqrt().clamp_min(1e-12)
+        if self.config.base_anchor:
+            self.inr.output_weight.zero_()
+            self.inr.output_bias.zero_()
+
+    # -------------------------------------------------------------------------------------------- generation
+
+    def check_width(self, width) -> int:
+        """`width` as an int; TypeError/ValueError for non-integers and widths below 1, a warning outside the
+        trained range (the network is then extrapolated)."""
+        low, high = self.config.width_range
+        try:
+            width = operator.index(width)
+        except TypeError:
+            raise TypeError(f"width must be an integer (trained range {low}-{high}), got {width!r}") from None
+        if width < 1:
+            raise ValueError(f"width must be at least 1 (trained range {low}-{high}), got {width}")
+        if not low <= width <= high:
+            logger.warning(f"width {width} is outside the trained range {low}-{high}: the network is extrapolated")
+        return width
+
+    @torch.no_grad()
+    def generate_weights(
+        self,
+        width: int,
+        num_samples: int = 1,
+        noise: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The generated tensors of the width-`width` network, by name.
+
+        With `num_samples > 1`, the average of one noise-free generation and `num_samples - 1` with uniform
+        coordinate noise of amplitude `noise` (default: `config.coordinate_noise`), drawn from `generator`.
+        """
+        width = self.check_width(width)
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+        noise = self.config.coordinate_noise if noise is None else noise
+        return self._generate(width, num_samples, noise, generator, first_noise_free=True)
+
+    def _generate(self, width, num_samples, noise, generator=None, first_noise_free=True):
+        coordinates = self.spec.coordinates(width, self.output_scale.device)
+        total = None
+        # One generation at a time: memory stays that of a single sample, whatever num_samples is.
+        for sample in range(num_samples):
+            sample_noise = 0.0 if (sample == 0 and first_noise_free) else noise
+            raw = self.inr(coordinates.inputs(sample_noise, generator), coordinates.row_counts)
+            total = raw if total is None else total + raw
+        return self._unpack(total / num_samples, coordinates)
+
+    def _unpack(self, raw: torch.Tensor, coordinates: Coordinates) -> dict[str, torch.Tensor]:
+        """Raw INR rows -> tensors: scaled, plus the resampled base tensor when `base_anchor` is set, then
+        multiplied by (full-width fan-in / fan-in) ** fan_in_power."""
+        fan_in_scales = coordinates.fan_in_ratio**self.config.fan_in_power
+        pieces = raw.split(coordinates.row_counts)
+        targets = self.reconstruction_targets() if self.config.base_anchor else {}
+        weights = {}
+        for index, (name, piece, kernel, shape) in enumerate(
+            zip(self.spec.names, pieces, self.spec.kernel_sizes, coordinates.shapes)
+        ):
+            tensor = piece[:, :kernel].reshape(shape) * self.output_scale[index]
+            if name in targets:
+                tensor = tensor + resample_channels(targets[name], shape)
+            weights[name] = tensor * fan_in_scales[index]
+        return weights
+
+    def frozen_tensors(self) -> dict[str, torch.Tensor]:
+        """The base network's tensors that every width shares (all but the generated ones)."""
+        generated = set(self.spec.names)
+        state = self.base_network.state_dict(keep_vars=True)
+        return {name: tensor for name, tensor in state.items() if name not in generated}
+
+    def reconstruction_targets(self) -> dict[str, torch.Tensor]:
+        """The permuted base network's values of the generated tensors (what width `full_width` should give)."""
+        state = self.base_network.state_dict()
+        return {name: state[name] for name in self.spec.names}
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        width: int,
+        labels: torch.Tensor | None = None,
+        noise: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> NeuMetaOutput:
+        """Run a batch through the width-`width` network built from freshly generated tensors.
+
+        Differentiable end to end: one backward pass reaches the INR; the frozen tensors take no gradient.
+        Coordinate noise (default `config.coordinate_noise` in training mode, none in eval mode) is applied.
+        """
+        width = self.check_width(width)
+        if noise is None:
+            noise = self.config.coordinate_noise if self.training else 0.0
+        weights = self._generate(width, 1, noise, generator, first_noise_free=False)
+        outputs = functional_call(
+            self.spec.skeleton(width), {**self.frozen_tensors(), **weights}, (pixel_values,), {"labels": labels}
+        )
+        return NeuMetaOutput(loss=outputs.loss, logits=outputs.logits, weights=weights)
+
+    @torch.no_grad()
+    def sample_model(self, width: int, num_samples: int | None = None, seed: int = 0) -> NeuMetaFamilyModel:
+        """A standalone family network of width `width` in eval mode; same arguments, bit-identical weights.
+
+        Its config carries `width`, the labels and the input normalisation, and `save_pretrained` writes an
+        image processor beside it, so the saved directory works with `pipeline("image-classification")`.
+        """
+        generator = torch.Generator(self.output_scale.device).manual_seed(seed)
+        weights = self.generate_weights(width, num_samples or self.config.num_samples, generator=generator)
+        state = {name: tensor.detach().clone() for name, tensor in self.frozen_tensors().items()}
+        skeleton = self.spec.skeleton(width)
+        skeleton.load_state_dict(state | weights, strict=True, assign=True)
+        return skeleton.eval()
+
+    # ------------------------------------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, except that a checkpoint whose tensors do not match the config
+        (missing, unexpected or differently shaped) is an error naming them, never silently re-initialised."""
+        wants_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        problems = {kind: sorted(map(str, names)) for kind, names in info.items() if names and kind != "error_msgs"}
+        if problems or info.get("error_msgs"):
+            details = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in problems.items())
+            raise ValueError(
+                f"The checkpoint does not match its config ({details or info['error_msgs']}). It was saved by a "
+                "different configuration or is damaged; rebuild it with NeuMetaModel.from_base_model."
+            )
+        return (model, info) if wants_info else model

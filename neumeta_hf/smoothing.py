@@ -1,0 +1,86 @@
+"""Smoothness by permutation: reorder hidden channels so that neighbours have similar weights.
+
+For each group of coupled channels, every channel is a "city" described by all the weight slices that move
+with it; the new order is a shortest Hamiltonian path under L1 distance (a TSP with a dummy node at distance 0
+from every city, solved by fast-tsp). Permuting coupled channels together leaves the network's function
+unchanged, which is checked.
+"""
+
+import copy
+
+import fast_tsp
+import torch
+
+from .families import ChannelGroup, NeuMetaFamilyModel
+
+# fast-tsp takes integer distances up to 65,535; the longest edge becomes that many units.
+_DISTANCE_RESOLUTION = 65_535
+
+
+def total_variation(cities: torch.Tensor, order: torch.Tensor | None = None) -> float:
+    """Sum of L1 distances between consecutive cities (rows) in `order` (default: as they are)."""
+    ordered = cities if order is None else cities[order]
+    return float((ordered[1:] - ordered[:-1]).abs().sum())
+
+
+def shortest_path(cities: torch.Tensor, seconds: float = 1.0) -> torch.Tensor:
+    """An order of the rows of `cities` [n, d] with short total L1 path length, never longer than 0..n-1."""
+    n = cities.shape[0]
+    identity = torch.arange(n)
+    if n < 3:
+        return identity
+    distances = torch.cdist(cities.double(), cities.double(), p=1)
+    longest = float(distances.max())
+    if longest == 0.0:
+        return identity
+    units = torch.round(distances * (_DISTANCE_RESOLUTION / longest)).long()
+    # A dummy city at distance 0 from all others turns the shortest tour into the shortest open path.
+    matrix = torch.zeros(n + 1, n + 1, dtype=torch.long)
+    matrix[:n, :n] = units
+    tour = fast_tsp.find_tour(matrix.tolist(), duration_seconds=seconds, stop_when_converged=True)
+    start = tour.index(n)
+    path = torch.tensor(tour[start + 1 :] + tour[:start])
+    return path if total_variation(cities, path) < total_variation(cities) else identity
+
+
+def group_cities(state: dict[str, torch.Tensor], group: ChannelGroup) -> torch.Tensor:
+    """[channels, features]: every member's slice for each channel of the group, concatenated."""
+    slices = [state[name].movedim(axis, 0) for name, axis in group.members]
+    return torch.cat([s.reshape(s.shape[0], -1) for s in slices], dim=1)
+
+
+@torch.no_grad()
+def smooth_channels(model: NeuMetaFamilyModel, groups: tuple[ChannelGroup, ...], seconds: float = 1.0) -> dict:
+    """Permute `model`'s channels in place, group by group, and check that its function is unchanged.
+
+    Returns the total variation (summed path length over the groups) before and after, per group and in all.
+    """
+    reference = copy.deepcopy(model)
+    state = dict(model.named_parameters()) | dict(model.named_buffers())
+    report = {"groups": {}}
+    for group in groups:
+        cities = group_cities(state, group)
+        order = shortest_path(cities, seconds)
+        report["groups"][group.name] = [total_variation(cities), total_variation(cities, order)]
+        for name, axis in group.members:
+            state[name].copy_(state[name].index_select(axis, order))
+    check_same_function(reference, model)
+    report["total_variation_before"] = sum(before for before, _ in report["groups"].values())
+    report["total_variation_after"] = sum(after for _, after in report["groups"].values())
+    return report
+
+
+@torch.no_grad()
+def check_same_function(reference: NeuMetaFamilyModel, model: NeuMetaFamilyModel, atol: float = 1e-5):
+    """Raise if the two networks' logits differ by more than `atol` on random inputs (compared in float64)."""
+    config = model.config
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(8, config.num_channels, config.image_size, config.image_size, generator=generator)
+    expected = copy.deepcopy(reference).double().eval()(inputs.double()).logits
+    actual = copy.deepcopy(model).double().eval()(inputs.double()).logits
+    difference = float((expected - actual).abs().max())
+    if difference > atol:
+        raise RuntimeError(
+            f"Channel permutation changed the network's outputs (max abs difference {difference:.2e} > {atol:.0e}); "
+            "a channel group of the family is missing a coupled tensor"
+        )
