@@ -19,9 +19,11 @@ class FourierFeatures(nn.Module):
 
     def __init__(self, num_frequencies: int):
         super().__init__()
-        self.register_buffer(
-            "frequencies", math.pi * 2.0 ** torch.arange(num_frequencies, dtype=torch.float32), persistent=False
-        )
+        self.register_buffer("frequencies", self.values(num_frequencies), persistent=False)
+
+    @staticmethod
+    def values(num_frequencies: int) -> torch.Tensor:
+        return math.pi * 2.0 ** torch.arange(num_frequencies, dtype=torch.float32)
 
     def output_size(self, in_features: int) -> int:
         return in_features * (1 + 2 * len(self.frequencies))

@@ -1,6 +1,7 @@
 """NeuMetaModel: a hypernetwork that generates a working family network of any width in its range."""
 
 import operator
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -12,7 +13,7 @@ from transformers.utils import ModelOutput, logging
 from .configuration_neumeta import NeuMetaConfig
 from .families import NeuMetaFamilyModel
 from .folding import fold_batch_norm
-from .inr import NeuMetaINR
+from .inr import FourierFeatures, NeuMetaINR
 from .morph import Coordinates, MorphSpec, resample_channels
 from .smoothing import smooth_channels
 
@@ -70,6 +71,9 @@ class NeuMetaModel(PreTrainedModel):
             init.zeros_(module.hidden_bias)
             init.zeros_(module.output_bias)
             init.constant_(module.residual_scale, self.config.residual_scale)
+        elif isinstance(module, FourierFeatures):
+            # A non-persistent buffer: from_pretrained builds on the meta device and never loads it.
+            init.copy_(module.frequencies, FourierFeatures.values(len(module.frequencies)))
         elif isinstance(module, NeuMetaModel):
             init.ones_(module.output_scale)
         elif any(module is m for m in self.base_network.modules()):
@@ -146,7 +150,7 @@ class NeuMetaModel(PreTrainedModel):
         if width < 1:
             raise ValueError(f"width must be at least 1 (trained range {low}-{high}), got {width}")
         if not low <= width <= high:
-            logger.warning(f"width {width} is outside the trained range {low}-{high}: the network is extrapolated")
+            warnings.warn(f"width {width} is outside the trained range {low}-{high}: the network is extrapolated")
         return width
 
     @torch.no_grad()
@@ -248,12 +252,19 @@ class NeuMetaModel(PreTrainedModel):
         """`PreTrainedModel.from_pretrained`, except that a checkpoint whose tensors do not match the config
         (missing, unexpected or differently shaped) is an error naming them, never silently re-initialised."""
         wants_info = kwargs.pop("output_loading_info", False)
+        # Let transformers report every mismatch instead of stopping at its generic error, then refuse.
+        kwargs["ignore_mismatched_sizes"] = True
         model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
-        problems = {kind: sorted(map(str, names)) for kind, names in info.items() if names and kind != "error_msgs"}
-        if problems or info.get("error_msgs"):
+        problems = {
+            kind: sorted(str(key[0] if isinstance(key, tuple) else key) for key in keys)
+            for kind, keys in info.items()
+            if keys and kind in ("missing_keys", "unexpected_keys", "mismatched_keys")
+        }
+        if problems:
             details = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in problems.items())
             raise ValueError(
-                f"The checkpoint does not match its config ({details or info['error_msgs']}). It was saved by a "
-                "different configuration or is damaged; rebuild it with NeuMetaModel.from_base_model."
+                f"The checkpoint does not match its config ({details}). It was saved with a different "
+                "configuration or is damaged; load it with the config.json it was saved with."
             )
+        model.base_network.requires_grad_(False)
         return (model, info) if wants_info else model

@@ -1,0 +1,473 @@
+"""Speed and memory benchmark of NeuMeta weight generation on CPU.
+
+Prints one JSON object to stdout (and a short summary to stderr). All ratios are computed from measurements
+taken in the same run, since absolute timings on a shared machine are noisy; every timing is the median of
+`--repeats` runs after a warm-up.
+
+What it measures (ResNet-20 CIFAR, morph="last", width 64, default INR of 4 x 256 per-tensor heads):
+
+* materialise_ms: `generate_weights(64)`: cached coordinates, Fourier encoding, INR, unpacking and scaling.
+* sample_model_ms: `sample_model(64, num_samples=1)`: the above plus building the standalone network.
+* matmul_floor_ms: only the INR's matrix multiplies over the same rows with the same per-head weights
+  (`x_h @ W_h` per head and layer, preallocated inputs and outputs), i.e. the arithmetic floor.
+* per_sample_ms: `generate_weights(64, num_samples=N) / N` (default N = 100).
+* peak memory of num_samples=1 against num_samples=N, each in a fresh subprocess.
+* coordinates_1p7m_ms: `MorphSpec._build_coordinates` (uncached) for an MLP of width 1300 (1.79M rows).
+* reference_style_ms: an *emulation* of the public reference implementation's approach (coordinates built
+  by per-element Python loops, Fourier features by a loop over frequencies and inputs, the INR evaluated head
+  by head on boolean-masked rows, results scattered by index), per sample, with the same INR weights.
+
+Run from the repository root:  .venv/bin/python benchmarks/speed.py [--repeats 5] [--output result.json]
+"""
+
+import argparse
+import ctypes
+import gc
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+# The package is not installed: make the repository root importable when run as a script.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from neumeta_hf import (  # noqa: E402
+    MorphSpec,
+    NeuMetaMLPConfig,
+    NeuMetaModel,
+    NeuMetaResNetCifarConfig,
+    NeuMetaResNetCifarForImageClassification,
+)
+
+WIDTH = 64
+MLP_WIDTH = 1300
+
+TARGETS = {
+    "materialise_over_floor": 1.5,
+    "per_sample_over_floor": 1.2,
+    "peak_memory_ratio": 2.0,
+    "coordinates_1p7m_ms": 50.0,
+}
+
+
+def build_model() -> NeuMetaModel:
+    base = NeuMetaResNetCifarForImageClassification(NeuMetaResNetCifarConfig(morph="last")).eval()
+    return NeuMetaModel.from_base_model(base, width_range=(32, 64), morph="last", smooth=False).eval()
+
+
+def time_ms(fn, repeats: int, warmup: int = 1) -> dict:
+    """Median (and min, all runs) in milliseconds of `fn()` after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    runs = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        runs.append((time.perf_counter() - start) * 1e3)
+    return {"median": statistics.median(runs), "min": min(runs), "runs": [round(r, 3) for r in runs]}
+
+
+def _once(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1e3
+
+
+def count(tensors) -> int:
+    return sum(t.numel() for t in tensors)
+
+
+# ------------------------------------------------------------------------------------------------ matmul floor
+
+
+def matmul_floor(model: NeuMetaModel, row_counts) -> callable:
+    """Only the INR's matmuls, head by head on that head's rows, into preallocated outputs."""
+    inr = model.inr
+    hidden_size = inr.hidden_weight.shape[-1]
+    in_features = inr.input_weight.shape[1]
+    out_features = inr.output_weight.shape[-1]
+    heads = []
+    for head, rows in enumerate(row_counts):
+        heads.append(
+            {
+                "x_in": torch.randn(rows, in_features),
+                "x_hidden": torch.randn(rows, hidden_size),
+                "y_hidden": torch.empty(rows, hidden_size),
+                "y_out": torch.empty(rows, out_features),
+                "w_in": inr.input_weight[head],
+                "w_hidden": [inr.hidden_weight[layer, head] for layer in range(inr.hidden_weight.shape[0])],
+                "w_out": inr.output_weight[head],
+            }
+        )
+
+    def run():
+        for h in heads:
+            torch.mm(h["x_in"], h["w_in"], out=h["y_hidden"])
+            for weight in h["w_hidden"]:
+                torch.mm(h["x_hidden"], weight, out=h["y_hidden"])
+            torch.mm(h["x_hidden"], h["w_out"], out=h["y_out"])
+
+    flops = 2 * sum(rows for rows in row_counts) * (
+        in_features * hidden_size + inr.hidden_weight.shape[0] * hidden_size**2 + hidden_size * out_features
+    )
+    return run, flops
+
+
+# ------------------------------------------------------------------------------- reference-style emulation
+
+
+def reference_style_sample(model: NeuMetaModel, width: int) -> dict[str, torch.Tensor]:
+    """EMULATION of the public reference approach (not the library's code path), one sample, same INR weights.
+
+    Coordinates are built per element in Python, encoded by a loop over frequencies and inputs, and the INR
+    runs head by head on the rows selected by a boolean mask; outputs are scattered into tensors by index.
+    """
+    spec, inr = model.spec, model.inr
+    shapes = spec.shapes(width)
+    full = spec.shapes(spec.full_width)
+    names = spec.names
+    # 1. Coordinates: one Python list per generated element (row).
+    coords, keys, indices = [], [], []
+    for i, name in enumerate(names):
+        shape = shapes[name]
+        if len(shape) >= 2:
+            for out_channel in range(shape[0]):
+                for in_channel in range(shape[1]):
+                    coords.append([i, out_channel, in_channel, len(names), shape[0], shape[1]])
+                    keys.append(name)
+                    indices.append((out_channel, in_channel))
+        else:
+            for out_channel in range(shape[0]):
+                coords.append([i, out_channel, 0, len(names), shape[0], 1])
+                keys.append(name)
+                indices.append((out_channel, 0))
+    coords = torch.tensor(coords, dtype=torch.float32)
+    indices = torch.tensor(indices, dtype=torch.int64)
+    keys = np.array(keys)
+    # INR inputs in this library's convention: channel centres, tensor position, relative sizes.
+    full_sizes = torch.tensor([list(full[n][:2]) + [1] * (2 - len(full[n][:2])) for n in names], dtype=torch.float32)
+    layer_id = coords[:, 0].long()
+    x = torch.cat(
+        [
+            (coords[:, 1:3] + 0.5) / coords[:, 4:6],
+            (coords[:, 0] / coords[:, 3]).unsqueeze(1),
+            coords[:, 4:6] / full_sizes[layer_id],
+        ],
+        dim=1,
+    )
+    # 2. Fourier features, one frequency and one input at a time (the first two inputs get the position
+    # frequencies, the others the context frequencies, as in NeuMetaINR). `columns` maps each feature to its
+    # column in NeuMetaINR's own feature order, so that the same input weights give the same function.
+    counts = [len(inr.position_features.frequencies)] * 2 + [len(inr.context_features.frequencies)] * 3
+    starts = [0, 0, 2 * (1 + 2 * counts[0])] + [2 * (1 + 2 * counts[0])] * 2
+    groups = [2, 2, 3, 3, 3]
+    features, columns = [x], [starts[j] + j - (0 if j < 2 else 2) for j in range(5)]
+    for frequency in range(max(counts)):
+        for j in range(x.shape[1]):
+            if frequency >= counts[j]:
+                continue
+            angle = (2.0**frequency * np.pi) * x[:, j].unsqueeze(-1)
+            features.append(torch.sin(angle))
+            features.append(torch.cos(angle))
+            local = (j if j < 2 else j - 2) * counts[j] + frequency
+            columns += [starts[j] + groups[j] + local, starts[j] + groups[j] * (1 + counts[j]) + local]
+    features = torch.cat(features, dim=-1)
+    w_in = inr.input_weight[:, columns]
+    # 3. The INR head by head on masked rows.
+    output = torch.zeros(features.shape[0], inr.output_weight.shape[-1])
+    for lid in torch.unique(layer_id).tolist():
+        mask = layer_id == lid
+        hidden = torch.relu(features[mask] @ w_in[lid] + inr.input_bias[lid])
+        for layer in range(inr.hidden_weight.shape[0]):
+            update = torch.relu(hidden @ inr.hidden_weight[layer, lid] + inr.hidden_bias[layer, lid])
+            hidden = inr.residual_scale[layer, lid] * update + hidden
+        output[mask] = hidden @ inr.output_weight[lid] + inr.output_bias[lid]
+    # 4. Scatter rows into the tensors by key mask and index.
+    weights = {}
+    for index, name in enumerate(names):
+        shape = shapes[name]
+        mask = torch.from_numpy(keys == name)
+        tensor = torch.empty(shape)
+        rows = output[mask][:, : spec.kernel_sizes[index]] * model.output_scale[index]
+        if len(shape) >= 2:
+            tensor[indices[mask, 0], indices[mask, 1]] = rows.view(-1, *shape[2:])
+        else:
+            tensor[indices[mask, 0]] = rows[:, 0]
+        weights[name] = tensor
+    return weights
+
+
+# ---------------------------------------------------------------------------------------------------- memory
+
+MEMORY_METHOD = (
+    "Each case runs in a fresh subprocess: build the model, gc + malloc_trim(0), read VmRSS (baseline), reset "
+    "the kernel's peak-RSS mark (write 5 to /proc/self/clear_refs), call generate_weights(64, num_samples=n), "
+    "read VmHWM; increase = VmHWM - baseline. The reset matters: from_base_model already runs the INR at width "
+    "64 (calibration), so ru_maxrss alone would hide the generation's peak. Falls back to the ru_maxrss "
+    "increase (reported as such) when clear_refs cannot be written."
+)
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def memory_child(num_samples: int):
+    """Runs in a subprocess; prints its JSON measurement."""
+    model = build_model()
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    baseline_kb = _status_kb("VmRSS")
+    ru_before_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+        peak_reset = True
+    except OSError:
+        peak_reset = False
+    weights = model.generate_weights(WIDTH, num_samples=num_samples)
+    peak_kb = _status_kb("VmHWM")
+    ru_after_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    increase_kb = peak_kb - baseline_kb if peak_reset else ru_after_kb - ru_before_kb
+    print(
+        json.dumps(
+            {
+                "num_samples": num_samples,
+                "peak_reset": peak_reset,
+                "baseline_rss_mb": baseline_kb / 1024,
+                "increase_mb": increase_kb / 1024,
+                "ru_maxrss_increase_mb": (ru_after_kb - ru_before_kb) / 1024,
+                "output_mb": sum(w.numel() * w.element_size() for w in weights.values()) / 2**20,
+            }
+        )
+    )
+
+
+def measure_memory(num_samples: int, threads: int | None) -> dict:
+    command = [sys.executable, os.path.abspath(__file__), "--memory-child", str(num_samples)]
+    if threads:
+        command += ["--threads", str(threads)]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------------------------------ main
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0] + " Prints one JSON object to stdout, a summary to stderr.",
+        epilog="All timings: median of --repeats runs after one warm-up; ratios are taken within the run.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--repeats", type=int, default=7, help="timed runs per fast measurement (median taken)")
+    parser.add_argument(
+        "--repeats-many", type=int, default=3, help="timed runs of the slow num_samples=N generation"
+    )
+    parser.add_argument("--num-samples", type=int, default=100, help="N for the many-sample measurements")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
+    parser.add_argument("--skip-memory", action="store_true", help="skip the subprocess memory measurement")
+    parser.add_argument("--output", metavar="PATH", help="also write the JSON object to PATH")
+    parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.memory_child is not None:
+        with torch.no_grad():
+            memory_child(args.memory_child)
+        return
+
+    started = time.perf_counter()
+    start_load = list(os.getloadavg())
+    result = {
+        "benchmark": "neumeta_hf generation speed (CPU)",
+        "torch_version": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "repeats": args.repeats,
+        "repeats_many": args.repeats_many,
+        "timing": "median ms after a warm-up; cases interleaved round by round",
+    }
+
+    model = build_model()
+    spec = model.spec
+    coordinates = spec.coordinates(WIDTH)
+    row_counts = coordinates.row_counts
+    with torch.no_grad():
+        generated = model.generate_weights(WIDTH)
+    result["model"] = {
+        "family": "neumeta-resnet-cifar (ResNet-20), morph=last, smooth=False, width 64",
+        "inr": f"{model.config.num_layers} x {model.config.hidden_size}, "
+        f"{'shared trunk' if model.config.shared_trunk else f'{len(row_counts)} per-tensor heads'}",
+        "generated_tensors": {name: list(shape) for name, shape in zip(spec.names, coordinates.shapes)},
+        "rows": sum(row_counts),
+        "row_counts": list(row_counts),
+        "inr_parameters": count(model.inr.parameters()),
+        "generated_parameters": count(generated.values()),
+        "network_parameters": count(model.spec.skeleton(WIDTH).parameters()),
+    }
+
+    floor_fn, floor_flops = matmul_floor(model, row_counts)
+    inputs = coordinates.inputs()
+    cases = {
+        "matmul_floor": floor_fn,
+        "materialise": lambda: model.generate_weights(WIDTH),
+        "inr_forward": lambda: model.inr(inputs, row_counts),
+        "sample_model": lambda: model.sample_model(WIDTH, num_samples=1),
+        "reference_style": lambda: reference_style_sample(model, WIDTH),
+    }
+    with torch.no_grad():
+        # 2, 3, 7: interleaved rounds (one warm-up round), so that load changes hit every case alike; each
+        # ratio is taken within a round against the mean of the floors run just before and after it.
+        runs = {name: [] for name in cases}
+        ratios = {name: [] for name in cases if name != "matmul_floor"}
+        for round_index in range(args.repeats + 1):
+            timed = {name: _once(fn) for name, fn in cases.items()}
+            floor_after = _once(floor_fn)
+            if round_index == 0:
+                continue
+            floor_round = (timed["matmul_floor"] + floor_after) / 2
+            for name, value in timed.items():
+                runs[name].append(value)
+                if name in ratios:
+                    ratios[name].append(value / floor_round)
+            runs["matmul_floor"].append(floor_after)
+        # 4. Many samples, each run bracketed by floor runs.
+        many_runs, many_ratios = [], []
+        for _ in range(args.repeats_many):
+            before = _once(floor_fn)
+            per_sample = _once(lambda: model.generate_weights(WIDTH, num_samples=args.num_samples)) / args.num_samples
+            after = _once(floor_fn)
+            many_runs.append(per_sample)
+            many_ratios.append(per_sample / ((before + after) / 2))
+            runs["matmul_floor"] += [before, after]
+
+    median = {name: statistics.median(values) for name, values in runs.items()}
+    floor_ms = median["matmul_floor"]
+    result["materialise_ms"] = median["materialise"]
+    result["sample_model_ms"] = median["sample_model"]
+    result["inr_forward_ms"] = median["inr_forward"]
+    result["matmul_floor_ms"] = floor_ms
+    result["matmul_floor_gflops"] = floor_flops / 1e9
+    result["matmul_floor_gflop_per_s"] = floor_flops / 1e9 / (floor_ms / 1e3)
+    result["materialise_over_floor"] = statistics.median(ratios["materialise"])
+    result["sample_model_over_floor"] = statistics.median(ratios["sample_model"])
+    result["inr_forward_over_floor"] = statistics.median(ratios["inr_forward"])
+    result["num_samples"] = args.num_samples
+    result["per_sample_ms"] = statistics.median(many_runs)
+    result["per_sample_over_floor"] = statistics.median(many_ratios)
+    result["reference_style_ms"] = median["reference_style"]
+    result["reference_style_over_floor"] = statistics.median(ratios["reference_style"])
+    result["reference_style_note"] = (
+        "EMULATION of the public reference approach (per-element Python coordinate loops, per-frequency "
+        "encoding loop, boolean-masked loop over heads, index scatter), one sample, same INR weights and the "
+        "same function as generate_weights; the reference rebuilds coordinates for every sample, so this is "
+        "also its per-sample cost"
+    )
+    result["reference_style_over_materialise"] = statistics.median(
+        r / m for r, m in zip(ratios["reference_style"], ratios["materialise"])
+    )
+    result["ratio_method"] = (
+        "median over rounds of (case time / mean of the matmul-floor runs just before and after it); "
+        "the ms values are plain medians"
+    )
+
+    # 6. Coordinates for ~1.7M rows (uncached build).
+    mlp_spec = MorphSpec(NeuMetaMLPConfig(width=MLP_WIDTH))
+    start = time.perf_counter()
+    mlp_coordinates = mlp_spec._build_coordinates(MLP_WIDTH)
+    first_ms = (time.perf_counter() - start) * 1e3
+    mlp_rows = sum(mlp_coordinates.row_counts)
+    del mlp_coordinates
+    coordinates_timing = time_ms(lambda: mlp_spec._build_coordinates(MLP_WIDTH), args.repeats)
+    result["coordinates_1p7m"] = {
+        "family": f"neumeta-mlp width {MLP_WIDTH}, morph=all",
+        "rows": mlp_rows,
+        "row_counts": dict(zip(mlp_spec.names, mlp_coordinates_counts(mlp_spec))),
+        "first_call_ms": first_ms,
+        "min_ms": coordinates_timing["min"],
+        "runs_ms": coordinates_timing["runs"],
+    }
+    result["coordinates_1p7m_ms"] = coordinates_timing["median"]
+
+    # 5. Memory, each case in a fresh subprocess.
+    if not args.skip_memory:
+        one = measure_memory(1, args.threads)
+        many_memory = measure_memory(args.num_samples, args.threads)
+        result["memory_method"] = MEMORY_METHOD
+        result["memory"] = {"num_samples_1": one, f"num_samples_{args.num_samples}": many_memory}
+        result["peak_memory_1_mb"] = one["increase_mb"]
+        result["peak_memory_many_mb"] = many_memory["increase_mb"]
+        result["peak_memory_ratio"] = many_memory["increase_mb"] / max(one["increase_mb"], 1e-9)
+
+    result["raw_timings_ms"] = {name: [round(v, 3) for v in values] for name, values in runs.items()}
+    result["raw_timings_ms"]["per_sample_many"] = [round(v, 3) for v in many_runs]
+    result["load_average"] = {"start": start_load, "end": list(os.getloadavg())}
+    result["targets"] = {
+        name: {"target": f"<= {limit}" if name != "coordinates_1p7m_ms" else f"< {limit}", "value": result.get(name),
+               "met": None if result.get(name) is None else (
+                   result[name] < limit if name == "coordinates_1p7m_ms" else result[name] <= limit)}
+        for name, limit in TARGETS.items()
+    }
+    result["total_benchmark_s"] = time.perf_counter() - started
+
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.output:
+        with open(args.output, "w") as output:
+            output.write(text + "\n")
+    summarise(result)
+
+
+def mlp_coordinates_counts(spec: MorphSpec) -> list[int]:
+    shapes = spec.shapes(MLP_WIDTH)
+    return [shapes[name][0] * (shapes[name][1] if len(shapes[name]) > 1 else 1) for name in spec.names]
+
+
+def summarise(r: dict):
+    m = r["model"]
+    lines = [
+        f"torch {r['torch_version']}, {r['torch_threads']} threads; medians of {r['repeats']} runs",
+        f"ResNet-20 last block, width 64: {m['rows']} rows -> {m['generated_parameters']} generated values "
+        f"(network {m['network_parameters']} params), INR {m['inr_parameters']} params",
+        f"generate_weights(64)      {r['materialise_ms']:8.2f} ms  ({r['materialise_over_floor']:.2f}x floor)",
+        f"  INR forward only        {r['inr_forward_ms']:8.2f} ms  ({r['inr_forward_over_floor']:.2f}x floor)",
+        f"sample_model(64)          {r['sample_model_ms']:8.2f} ms",
+        f"matmul floor              {r['matmul_floor_ms']:8.2f} ms  ({r['matmul_floor_gflop_per_s']:.1f} GFLOP/s)",
+        f"num_samples={r['num_samples']}: {r['per_sample_ms']:8.2f} ms/sample ({r['per_sample_over_floor']:.2f}x floor)",
+        f"reference-style emulation {r['reference_style_ms']:8.2f} ms/sample "
+        f"({r['reference_style_over_materialise']:.1f}x generate_weights)",
+        f"coordinates, {r['coordinates_1p7m']['rows']} rows: {r['coordinates_1p7m_ms']:.1f} ms median "
+        f"(first call {r['coordinates_1p7m']['first_call_ms']:.1f} ms)",
+    ]
+    if "peak_memory_ratio" in r:
+        lines.append(
+            f"peak memory: +{r['peak_memory_1_mb']:.1f} MB (1 sample) vs +{r['peak_memory_many_mb']:.1f} MB "
+            f"({r['num_samples']} samples): ratio {r['peak_memory_ratio']:.2f}"
+        )
+    lines.append(
+        "targets: "
+        + ", ".join(f"{name} {'met' if t['met'] else 'MISSED'}" for name, t in r["targets"].items() if t["met"] is not None)
+    )
+    lines.append(f"total {r['total_benchmark_s']:.0f} s")
+    print("\n".join(lines), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

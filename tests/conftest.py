@@ -1,0 +1,38 @@
+import os
+
+# The Hub is unreachable here: nothing in the suite may try it (set before any HF library is imported).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import neumeta_hf as nm  # noqa: E402
+
+SMALL_INR = {"hidden_size": 32, "num_layers": 2, "num_frequencies": 4, "size_frequencies": 2}
+
+
+def random_base(config, seed=0):
+    """A family network with every tensor random (BatchNorm statistics included), in eval mode."""
+    torch.manual_seed(seed)
+    model = nm.FAMILIES[config.model_type](config)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if name.endswith("running_var"):
+                tensor.uniform_(0.5, 2.0)
+            elif tensor.is_floating_point():
+                tensor.normal_(0.0, 0.3)
+    return model.eval()
+
+
+def inputs_for(config, n=4, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(n, config.num_channels, config.image_size, config.image_size, generator=generator)
+
+
+@pytest.fixture(scope="session")
+def mlp_hyper():
+    """A small-INR MLP hypernetwork over widths 16-64 (digits-shaped inputs), built around a random base."""
+    return nm.NeuMetaModel.from_base_model(
+        random_base(nm.NeuMetaMLPConfig()), width_range=(16, 64), train_widths=[16, 32, 48, 64], **SMALL_INR
+    )

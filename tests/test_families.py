@@ -1,0 +1,96 @@
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForImageClassification
+
+import neumeta_hf as nm
+from conftest import inputs_for, random_base
+
+ALL_CONFIGS = [
+    nm.NeuMetaMLPConfig(),
+    nm.NeuMetaMLPConfig(morph="last", width=40),
+    nm.NeuMetaLeNetConfig(),
+    nm.NeuMetaLeNetConfig(width=12),
+    nm.NeuMetaResNetCifarConfig(morph="last", width=40),
+    nm.NeuMetaResNetCifarConfig(morph="all", width=24),
+    nm.NeuMetaResNetCifarConfig(morph="all", norm="none", depth=32),
+]
+
+
+@pytest.mark.parametrize("family", list(nm.FAMILIES))
+def test_auto_classes_build_a_working_full_width_network(family):
+    config = AutoConfig.for_model(family, num_classes=7)
+    model = AutoModelForImageClassification.from_config(config)
+    assert isinstance(model, nm.FAMILIES[family])
+    assert config.width == type(config).full_width
+    output = model(inputs_for(config), labels=torch.tensor([0, 1, 2, 6]))
+    assert output.logits.shape == (4, 7)
+    assert torch.isfinite(output.loss)
+    output.loss.backward()
+
+
+def test_full_widths_and_layer_sizes():
+    assert (nm.NeuMetaMLPConfig().width, nm.NeuMetaLeNetConfig().width, nm.NeuMetaResNetCifarConfig().width) == (
+        64,
+        32,
+        64,
+    )
+    mlp = nm.NeuMetaMLPForImageClassification(nm.NeuMetaMLPConfig(width=20))
+    assert mlp.fc1.weight.shape == (20, 64) and mlp.fc2.weight.shape == (20, 20)
+    lenet = nm.NeuMetaLeNetForImageClassification(nm.NeuMetaLeNetConfig(width=8))
+    assert [lenet.conv1.out_channels, lenet.conv2.out_channels, lenet.conv3.out_channels] == [8, 16, 32]
+    last = nm.NeuMetaResNetCifarForImageClassification(nm.NeuMetaResNetCifarConfig(morph="last", width=40))
+    assert last.stages[2][2].conv1.conv.out_channels == 40 and last.stages[2][1].conv1.conv.out_channels == 64
+    whole = nm.NeuMetaResNetCifarForImageClassification(nm.NeuMetaResNetCifarConfig(morph="all", width=32))
+    assert [whole.stages[s][0].conv2.conv.out_channels for s in range(3)] == [8, 16, 32]
+    assert len(nm.NeuMetaResNetCifarForImageClassification(nm.NeuMetaResNetCifarConfig(depth=56)).stages[0]) == 9
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: nm.NeuMetaMLPConfig(width=0), "width must be a positive integer"),
+        (lambda: nm.NeuMetaMLPConfig(width=2.5), "width must be a positive integer"),
+        (lambda: nm.NeuMetaMLPConfig(morph="some"), "morph must be one of"),
+        (lambda: nm.NeuMetaResNetCifarConfig(depth=21), "depth must be 6n\\+2"),
+        (lambda: nm.NeuMetaResNetCifarConfig(norm="group"), "norm must be"),
+        (lambda: nm.NeuMetaLeNetConfig(image_mean=[0.1, 0.2]), "one value per input channel"),
+    ],
+)
+def test_bad_family_configs_are_rejected(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_labels_follow_id2label():
+    config = nm.NeuMetaMLPConfig(id2label={0: "cat", 1: "dog"})
+    assert config.num_classes == 2 and config.label2id == {"cat": 0, "dog": 1}
+    assert nm.NeuMetaMLPForImageClassification(config).classifier.out_features == 2
+
+
+@pytest.mark.parametrize("config", ALL_CONFIGS, ids=lambda c: f"{c.model_type}-{c.morph}-{c.width}")
+def test_random_permutation_of_every_channel_group_preserves_function(config):
+    """The channel groups list every coupled tensor: permuting each group at random keeps the logits."""
+    model = random_base(config)
+    x = inputs_for(config).double()
+    expected = model.double()(x).logits
+    state = dict(model.named_parameters()) | dict(model.named_buffers())
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for group in model.channel_groups():
+            size = state[group.members[0][0]].shape[group.members[0][1]]
+            order = torch.randperm(size, generator=generator)
+            for name, axis in group.members:
+                assert state[name].shape[axis] == size, (group.name, name)
+                state[name].copy_(state[name].index_select(axis, order))
+    torch.testing.assert_close(model(x).logits, expected, rtol=1e-9, atol=1e-9)
+    assert not torch.equal(state[group.members[0][0]], random_base(config).double().state_dict()[group.members[0][0]])
+
+
+def test_fold_batch_norm_keeps_the_function_and_removes_norms():
+    config = nm.NeuMetaResNetCifarConfig(morph="all", width=32)
+    model = random_base(config)
+    folded = nm.fold_batch_norm(model)
+    assert folded.config.norm == "none"
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = inputs_for(config)
+    torch.testing.assert_close(folded(x).logits, model(x).logits, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,176 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModel
+
+import neumeta_hf as nm
+from conftest import SMALL_INR, inputs_for, random_base
+
+
+def test_generated_tensors_have_the_shapes_of_the_width(mlp_hyper):
+    for width in (16, 27, 64):  # seen, unseen, full
+        weights = mlp_hyper.generate_weights(width)
+        network = nm.NeuMetaMLPForImageClassification(nm.NeuMetaMLPConfig(width=width))
+        expected = {name: tuple(t.shape) for name, t in network.state_dict().items() if name in weights}
+        assert {name: tuple(t.shape) for name, t in weights.items()} == expected
+
+
+def test_sampled_network_is_a_complete_eval_mode_family_model(mlp_hyper):
+    network = mlp_hyper.sample_model(27)
+    assert type(network) is nm.NeuMetaMLPForImageClassification and not network.training
+    assert network.config.width == 27 and network.fc2.weight.shape == (27, 27)
+    assert network.config.id2label == mlp_hyper.base_network.config.id2label
+    assert network(inputs_for(network.config)).logits.shape == (4, 10)
+    # Frozen tensors are copies: changing the sample leaves the hypernetwork alone.
+    network.classifier.bias.data.add_(1.0)
+    assert not torch.equal(network.classifier.bias, mlp_hyper.base_network.classifier.bias)
+
+
+def test_untrained_hypernetwork_starts_as_the_base_network_at_full_width():
+    config = nm.NeuMetaLeNetConfig()
+    base = random_base(config)
+    hyper = nm.NeuMetaModel.from_base_model(base, width_range=(8, 32), **SMALL_INR)
+    x = inputs_for(config)
+    torch.testing.assert_close(hyper.sample_model(32)(x).logits, base(x).logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("base_anchor", [True, False])
+def test_untrained_generations_have_standard_scale_and_distinct_channels(base_anchor):
+    """Each width's tensors have roughly the base's magnitude and channels that are not alike."""
+    base = random_base(nm.NeuMetaResNetCifarConfig(morph="all"))
+    hyper = nm.NeuMetaModel.from_base_model(base, width_range=(16, 64), base_anchor=base_anchor, **SMALL_INR)
+    targets = hyper.reconstruction_targets()
+    for width in (16, 40, 64):
+        for name, tensor in hyper.generate_weights(width).items():
+            ratio = float(tensor.pow(2).mean().sqrt() / targets[name].pow(2).mean().sqrt())
+            if tensor.numel() >= 64:  # fewer values make too noisy an RMS
+                assert 0.2 < ratio < 5, (width, name, ratio)
+            if tensor.dim() > 1 and tensor.shape[0] > 2 and tensor[0].numel() >= 16:  # else correlations are noise
+                rows = tensor.flatten(1)
+                correlation = torch.corrcoef(rows) - torch.eye(len(rows))
+                if base_anchor:
+                    assert correlation.abs().mean() < 0.5, (width, name)
+                assert (rows - rows.mean(0)).abs().max() > 1e-3 * rows.abs().max(), (width, name)
+
+
+def test_width_errors_state_the_trained_range(mlp_hyper):
+    with pytest.raises(TypeError, match="trained range 16-64"):
+        mlp_hyper.sample_model(20.5)
+    with pytest.raises(TypeError, match="trained range 16-64"):
+        mlp_hyper.generate_weights("32")
+    with pytest.raises(ValueError, match="trained range 16-64"):
+        mlp_hyper.sample_model(0)
+    with pytest.warns(UserWarning, match="outside the trained range 16-64"):
+        assert mlp_hyper.sample_model(80).config.width == 80
+
+
+def trained_like(hyper):
+    """A copy whose INR output layer is non-zero, as after training (an untrained one outputs zero)."""
+    copy = nm.NeuMetaModel(hyper.config)
+    copy.load_state_dict(hyper.state_dict())
+    torch.nn.init.normal_(copy.inr.output_weight, generator=torch.Generator().manual_seed(0), std=0.1)
+    return copy
+
+
+def test_same_arguments_give_bit_identical_networks(mlp_hyper):
+    hyper = trained_like(mlp_hyper)
+    first = hyper.sample_model(30, num_samples=5, seed=3).state_dict()
+    again = hyper.sample_model(30, num_samples=5, seed=3).state_dict()
+    other_seed = hyper.sample_model(30, num_samples=5, seed=4).state_dict()
+    assert all(torch.equal(first[name], again[name]) for name in first)
+    assert not torch.equal(first["fc2.weight"], other_seed["fc2.weight"])
+
+
+def test_averaging_starts_from_the_noise_free_generation(mlp_hyper):
+    hyper = trained_like(mlp_hyper)
+    noise_free = hyper.generate_weights(30, noise=5.0, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(noise_free["fc2.weight"], hyper.generate_weights(30)["fc2.weight"])
+    averaged = hyper.generate_weights(30, num_samples=4, generator=torch.Generator().manual_seed(0))
+    difference = (averaged["fc2.weight"] - noise_free["fc2.weight"]).abs().max()
+    assert 0 < difference < noise_free["fc2.weight"].abs().max()
+
+
+def test_forward_trains_the_inr_with_one_backward_and_no_gradient_for_frozen_tensors(mlp_hyper):
+    hyper = nm.NeuMetaModel(mlp_hyper.config)
+    hyper.load_state_dict(mlp_hyper.state_dict())
+    hyper.train()
+    x, labels = inputs_for(hyper.base_network.config, n=8), torch.arange(8)
+    output = hyper(x, width=24, labels=labels)
+    assert output.logits.shape == (8, 10) and output.weights["fc2.weight"].shape == (24, 24)
+    output.loss.backward()
+    assert hyper.inr.output_weight.grad.abs().sum() > 0
+    assert all(not p.requires_grad and p.grad is None for p in hyper.base_network.parameters())
+    # Eval mode, no noise: the functional forward is the sampled network's forward.
+    hyper.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(hyper(x, width=24).logits, hyper.sample_model(24)(x).logits)
+
+
+def test_save_and_load_reproduce_generation_exactly(mlp_hyper, tmp_path):
+    mlp_hyper = trained_like(mlp_hyper)
+    mlp_hyper.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    loaded = AutoModel.from_pretrained(tmp_path)
+    assert isinstance(loaded, nm.NeuMetaModel)
+    for width in (16, 27, 64):
+        expected, actual = mlp_hyper.generate_weights(width), loaded.generate_weights(width)
+        assert all(torch.equal(expected[name], actual[name]) for name in expected)
+    assert all(not p.requires_grad for p in loaded.base_network.parameters())
+    assert loaded.config.smoothing == mlp_hyper.config.smoothing
+
+
+@pytest.fixture
+def saved(mlp_hyper, tmp_path):
+    mlp_hyper.save_pretrained(tmp_path)
+    return tmp_path
+
+
+def test_checkpoint_missing_a_tensor_fails_naming_it(saved):
+    state = load_file(saved / "model.safetensors")
+    del state["inr.output_bias"]
+    save_file(state, saved / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="missing_keys: inr.output_bias"):
+        nm.NeuMetaModel.from_pretrained(saved)
+
+
+def test_checkpoint_with_a_wrong_shape_fails_naming_it(saved):
+    state = load_file(saved / "model.safetensors")
+    state["base_network.fc1.weight"] = torch.zeros(3, 3)
+    save_file(state, saved / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="mismatched_keys: base_network.fc1.weight"):
+        nm.NeuMetaModel.from_pretrained(saved)
+
+
+def test_checkpoint_for_another_config_fails(saved):
+    config = json.loads((saved / "config.json").read_text())
+    config["hidden_size"] = 64
+    (saved / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="mismatched_keys: .*inr.input_weight"):
+        nm.NeuMetaModel.from_pretrained(saved)
+
+
+def test_corrupt_checkpoint_file_fails(saved):
+    (saved / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(Exception):
+        nm.NeuMetaModel.from_pretrained(saved)
+
+
+def test_config_for_an_unknown_family_fails_listing_known_ones(saved):
+    config = json.loads((saved / "config.json").read_text())
+    config["family"] = "neumeta-vgg"
+    (saved / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="known families: neumeta-mlp"):
+        nm.NeuMetaModel.from_pretrained(saved)
+
+
+def test_resnet_last_block_hypernetwork_round_trip(tmp_path):
+    base = random_base(nm.NeuMetaResNetCifarConfig(morph="last"))
+    hyper = nm.NeuMetaModel.from_base_model(base, width_range=(32, 64), morph="last", **SMALL_INR)
+    network = hyper.sample_model(40)
+    assert network.config.morph == "last" and network.config.norm == "none"
+    assert network.stages[2][2].conv1.conv.weight.shape == (40, 64, 3, 3)
+    hyper.save_pretrained(tmp_path)
+    reloaded = nm.NeuMetaModel.from_pretrained(tmp_path).sample_model(40).state_dict()
+    assert all(torch.equal(t, reloaded[name]) for name, t in network.state_dict().items())

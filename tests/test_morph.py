@@ -1,0 +1,71 @@
+import pytest
+import torch
+
+import neumeta_hf as nm
+from neumeta_hf.morph import resample_channels
+
+
+def spec_for(config):
+    return nm.MorphSpec(nm.fold_batch_norm(nm.FAMILIES[config.model_type](config)).config)
+
+
+def test_last_block_morph_generates_only_tensors_whose_shape_follows_width():
+    spec = spec_for(nm.NeuMetaResNetCifarConfig(morph="last"))
+    assert spec.names == (
+        "stages.2.2.conv1.conv.weight",
+        "stages.2.2.conv1.conv.bias",
+        "stages.2.2.conv2.conv.weight",
+    )
+    assert sum(spec.coordinates(64).row_counts) == 64 * 64 + 64 + 64 * 64
+    assert spec.kernel_sizes == (9, 1, 9)
+    # Permutation groups: the morphing hidden channels and the residual stream conv2 writes into.
+    assert [g.name for g in spec.groups] == ["stages.2.2.hidden", "stream2"]
+
+
+def test_whole_network_morph_covers_every_layer_but_the_class_biases():
+    spec = spec_for(nm.NeuMetaLeNetConfig())
+    assert "classifier.bias" not in spec.names and "classifier.weight" in spec.names
+    assert len(spec.names) == 7
+
+
+def test_batch_norm_must_be_folded_first():
+    with pytest.raises(ValueError, match="fold BatchNorm"):
+        nm.MorphSpec(nm.NeuMetaResNetCifarConfig(morph="all"))
+
+
+@pytest.mark.parametrize("width", [16, 23, 64])
+def test_coordinates_match_an_element_by_element_construction(width):
+    spec = spec_for(nm.NeuMetaMLPConfig())
+    coordinates = spec.coordinates(width)
+    shapes = spec.shapes(width)
+    rows = []
+    for index, tensor in enumerate(spec.tensors):
+        shape = shapes[tensor.name]
+        c_out, c_in = shape[0], shape[1] if len(shape) > 1 else 1
+        full = spec.shapes(64)[tensor.name]
+        for o in range(c_out):
+            for c in range(c_in):
+                rows.append(
+                    [(o + 0.5) / c_out, (c + 0.5) / c_in, index / 5, c_out / full[0], c_in / (full[1] if len(full) > 1 else 1)]
+                )
+    torch.testing.assert_close(coordinates.inputs(), torch.tensor(rows))
+    assert coordinates.shapes == tuple(shapes[name] for name in spec.names)
+    assert spec.coordinates(width) is coordinates  # cached per width
+
+
+def test_noise_moves_only_axes_that_follow_the_width():
+    spec = spec_for(nm.NeuMetaMLPConfig())
+    coordinates = spec.coordinates(32)
+    noisy = coordinates.inputs(noise=1.0, generator=torch.Generator().manual_seed(0))
+    moved = (noisy - coordinates.inputs()).abs()
+    classifier_rows = slice(sum(coordinates.row_counts[:4]), None)
+    assert moved[classifier_rows, 0].max() == 0  # class outputs never move
+    assert 0 < moved[classifier_rows, 1].max() <= 0.5 / 32  # hidden inputs move by at most half a channel
+    assert moved[:, 2:].max() == 0  # tensor position and sizes never move
+
+
+def test_resample_channels_interpolates_between_channel_centres():
+    tensor = torch.arange(4.0).view(4, 1)
+    assert torch.equal(resample_channels(tensor, (4, 1)), tensor)
+    torch.testing.assert_close(resample_channels(tensor, (2, 1)), torch.tensor([[0.5], [2.5]]))
+    torch.testing.assert_close(resample_channels(tensor, (8, 1)).flatten()[[0, 3, 7]], torch.tensor([0.0, 1.25, 3.0]))

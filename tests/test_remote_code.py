@@ -1,0 +1,86 @@
+"""A sampled network must load and classify with transformers alone, where neumeta_hf cannot be imported."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor
+
+import neumeta_hf as nm
+from conftest import inputs_for
+
+LOAD_WITHOUT_NEUMETA = r"""
+import importlib.abc, json, sys
+
+class BlockNeuMeta(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "neumeta_hf":
+            raise ImportError("neumeta_hf is deliberately unavailable in this process")
+
+sys.meta_path.insert(0, BlockNeuMeta())
+import numpy as np, torch
+from PIL import Image
+from transformers import AutoModelForImageClassification, pipeline
+
+directory = sys.argv[1]
+model = AutoModelForImageClassification.from_pretrained(directory, trust_remote_code=True)
+inputs = torch.from_numpy(np.load(directory + "/inputs.npy"))
+classify = pipeline("image-classification", model=directory, trust_remote_code=True)
+image = Image.open(directory + "/digit.png")
+print(json.dumps({
+    "module": type(model).__module__,
+    "width": model.config.width,
+    "logits": model(inputs).logits.tolist(),
+    "pipeline": classify(image, top_k=1)[0],
+}))
+"""
+
+
+def test_sampled_network_loads_and_classifies_without_neumeta_hf(mlp_hyper, tmp_path):
+    network = mlp_hyper.sample_model(27)
+    network.save_pretrained(tmp_path)
+    inputs = inputs_for(network.config)
+    np.save(tmp_path / "inputs.npy", inputs.numpy())
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (8, 8), dtype=np.uint8), "L").save(
+        tmp_path / "digit.png"
+    )
+    environment = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_WITHOUT_NEUMETA, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=environment,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert not loaded["module"].startswith("neumeta_hf") and loaded["width"] == 27
+    with torch.no_grad():
+        torch.testing.assert_close(torch.tensor(loaded["logits"]), network(inputs).logits)
+    assert loaded["pipeline"]["label"] in network.config.id2label.values()
+
+
+def test_preprocessing_brings_any_image_to_the_network_input(mlp_hyper, tmp_path):
+    network = mlp_hyper.sample_model(32)
+    network.save_pretrained(tmp_path)
+    processor = AutoImageProcessor.from_pretrained(tmp_path, trust_remote_code=True)
+    assert type(processor).__name__ == "NeuMetaImageProcessor"  # loaded from the saved code file
+    gray = Image.fromarray(np.full((16, 16), 255, dtype=np.uint8), "L")
+    for image in (gray, gray.convert("RGB")):
+        pixels = processor(image, return_tensors="pt")["pixel_values"]
+        assert pixels.shape == (1, 1, 8, 8)
+        expected = (1.0 - network.config.image_mean[0]) / network.config.image_std[0]
+        torch.testing.assert_close(pixels, torch.full((1, 1, 8, 8), expected))
+
+
+def test_rgb_family_processor_keeps_three_channels(tmp_path):
+    config = nm.NeuMetaResNetCifarConfig(image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.2, 0.2])
+    processor = nm.NeuMetaImageProcessor.for_config(config)
+    pixels = processor(Image.new("L", (40, 40), 51), return_tensors="pt")["pixel_values"]
+    assert pixels.shape == (1, 3, 32, 32)
+    torch.testing.assert_close(pixels[0, :, 0, 0], torch.tensor([-1.5, -1.0, -0.5]))
