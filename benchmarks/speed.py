@@ -1,8 +1,9 @@
 """Speed and memory benchmark of NeuMeta weight generation on CPU.
 
 Prints one JSON object to stdout (and a short summary to stderr). All ratios are computed from measurements
-taken in the same run, since absolute timings on a shared machine are noisy; every timing is the median of
-`--repeats` runs after a warm-up.
+taken in the same run, since absolute timings on a shared machine are noisy: the cases run interleaved, round
+by round after a warm-up round, and each ratio is the median over rounds of the case's time over the matmul
+floor timed right beside it. Timings in ms are medians.
 
 What it measures (ResNet-20 CIFAR, morph="last", width 64, default INR of 4 x 256 per-tensor heads):
 
@@ -211,8 +212,12 @@ MEMORY_METHOD = (
     "the kernel's peak-RSS mark (write 5 to /proc/self/clear_refs), call generate_weights(64, num_samples=n), "
     "read VmHWM; increase = VmHWM - baseline. The reset matters: from_base_model already runs the INR at width "
     "64 (calibration), so ru_maxrss alone would hide the generation's peak. Falls back to the ru_maxrss "
-    "increase (reported as such) when clear_refs cannot be written."
+    "increase (peak_reset false) when clear_refs cannot be written. Done twice: with glibc's default malloc "
+    "(what a user sees; freed blocks stay cached in the heap, so repeated generations raise RSS somewhat) and "
+    "with MALLOC_MMAP_THRESHOLD_=131072 (large tensors mmapped and returned on free, so the peak RSS tracks "
+    "the live tensors: the '_live' numbers)."
 )
+LIVE_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 
 def _status_kb(field: str) -> int:
@@ -242,26 +247,27 @@ def memory_child(num_samples: int):
     weights = model.generate_weights(WIDTH, num_samples=num_samples)
     peak_kb = _status_kb("VmHWM")
     ru_after_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # (After the reset ru_maxrss reads the new, lower mark, so it is only a fallback.)
     increase_kb = peak_kb - baseline_kb if peak_reset else ru_after_kb - ru_before_kb
     print(
         json.dumps(
             {
                 "num_samples": num_samples,
                 "peak_reset": peak_reset,
-                "baseline_rss_mb": baseline_kb / 1024,
-                "increase_mb": increase_kb / 1024,
-                "ru_maxrss_increase_mb": (ru_after_kb - ru_before_kb) / 1024,
-                "output_mb": sum(w.numel() * w.element_size() for w in weights.values()) / 2**20,
+                "baseline_rss_mb": round(baseline_kb / 1024, 2),
+                "peak_rss_mb": round(peak_kb / 1024, 2),
+                "increase_mb": round(increase_kb / 1024, 2),
+                "output_mb": round(sum(w.numel() * w.element_size() for w in weights.values()) / 2**20, 3),
             }
         )
     )
 
 
-def measure_memory(num_samples: int, threads: int | None) -> dict:
+def measure_memory(num_samples: int, threads: int | None, env: dict | None = None) -> dict:
     command = [sys.executable, os.path.abspath(__file__), "--memory-child", str(num_samples)]
     if threads:
         command += ["--threads", str(threads)]
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    result = subprocess.run(command, capture_output=True, text=True, check=True, env={**os.environ, **(env or {})})
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -271,10 +277,11 @@ def measure_memory(num_samples: int, threads: int | None) -> dict:
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0] + " Prints one JSON object to stdout, a summary to stderr.",
-        epilog="All timings: median of --repeats runs after one warm-up; ratios are taken within the run.",
+        epilog="Timings: medians over interleaved rounds after a warm-up round; ratios are paired within rounds. "
+        "Check load_average in the output: other processes on the machine distort everything.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--repeats", type=int, default=7, help="timed runs per fast measurement (median taken)")
+    parser.add_argument("--repeats", type=int, default=7, help="timed rounds of the fast cases (median taken)")
     parser.add_argument(
         "--repeats-many", type=int, default=3, help="timed runs of the slow num_samples=N generation"
     )
@@ -408,13 +415,16 @@ def main():
 
     # 5. Memory, each case in a fresh subprocess.
     if not args.skip_memory:
-        one = measure_memory(1, args.threads)
-        many_memory = measure_memory(args.num_samples, args.threads)
         result["memory_method"] = MEMORY_METHOD
-        result["memory"] = {"num_samples_1": one, f"num_samples_{args.num_samples}": many_memory}
-        result["peak_memory_1_mb"] = one["increase_mb"]
-        result["peak_memory_many_mb"] = many_memory["increase_mb"]
-        result["peak_memory_ratio"] = many_memory["increase_mb"] / max(one["increase_mb"], 1e-9)
+        result["memory"] = {}
+        for suffix, env in (("", None), ("_live", LIVE_ENV)):
+            one = measure_memory(1, args.threads, env)
+            many_memory = measure_memory(args.num_samples, args.threads, env)
+            result["memory"][f"num_samples_1{suffix}"] = one
+            result["memory"][f"num_samples_{args.num_samples}{suffix}"] = many_memory
+            result[f"peak_memory_1_mb{suffix}"] = one["increase_mb"]
+            result[f"peak_memory_many_mb{suffix}"] = many_memory["increase_mb"]
+            result[f"peak_memory_ratio{suffix}"] = many_memory["increase_mb"] / max(one["increase_mb"], 1e-9)
 
     result["raw_timings_ms"] = {name: [round(v, 3) for v in values] for name, values in runs.items()}
     result["raw_timings_ms"]["per_sample_many"] = [round(v, 3) for v in many_runs]
@@ -443,7 +453,8 @@ def mlp_coordinates_counts(spec: MorphSpec) -> list[int]:
 def summarise(r: dict):
     m = r["model"]
     lines = [
-        f"torch {r['torch_version']}, {r['torch_threads']} threads; medians of {r['repeats']} runs",
+        f"torch {r['torch_version']}, {r['torch_threads']} threads; medians of {r['repeats']} rounds; "
+        f"load average {r['load_average']['start'][0]:.2f} -> {r['load_average']['end'][0]:.2f}",
         f"ResNet-20 last block, width 64: {m['rows']} rows -> {m['generated_parameters']} generated values "
         f"(network {m['network_parameters']} params), INR {m['inr_parameters']} params",
         f"generate_weights(64)      {r['materialise_ms']:8.2f} ms  ({r['materialise_over_floor']:.2f}x floor)",
@@ -459,7 +470,9 @@ def summarise(r: dict):
     if "peak_memory_ratio" in r:
         lines.append(
             f"peak memory: +{r['peak_memory_1_mb']:.1f} MB (1 sample) vs +{r['peak_memory_many_mb']:.1f} MB "
-            f"({r['num_samples']} samples): ratio {r['peak_memory_ratio']:.2f}"
+            f"({r['num_samples']} samples): ratio {r['peak_memory_ratio']:.2f}; live tensors "
+            f"+{r['peak_memory_1_mb_live']:.1f} vs +{r['peak_memory_many_mb_live']:.1f} MB: "
+            f"ratio {r['peak_memory_ratio_live']:.2f}"
         )
     lines.append(
         "targets: "
