@@ -274,19 +274,23 @@ def measure_memory(num_samples: int, threads: int | None, env: dict | None = Non
 # ------------------------------------------------------------------------------------------------------ main
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
 def main():
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0] + " Prints one JSON object to stdout, a summary to stderr.",
+        description=__doc__,
         epilog="Timings: medians over interleaved rounds after a warm-up round; ratios are paired within rounds. "
         "Check load_average in the output: other processes on the machine distort everything.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--repeats", type=int, default=7, help="timed rounds of the fast cases (median taken)")
     parser.add_argument(
         "--repeats-many", type=int, default=3, help="timed runs of the slow num_samples=N generation"
     )
     parser.add_argument("--num-samples", type=int, default=100, help="N for the many-sample measurements")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads before measuring (None: torch's default)")
     parser.add_argument("--skip-memory", action="store_true", help="skip the subprocess memory measurement")
     parser.add_argument("--output", metavar="PATH", help="also write the JSON object to PATH")
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
