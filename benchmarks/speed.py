@@ -99,7 +99,7 @@ def matmul_floor(model: NeuMetaModel, row_counts) -> tuple:
     the right shapes, preallocated outputs); `flops` is their floating-point operation count."""
     inr = model.inr
     hidden_size = inr.hidden_weight.shape[-1]
-    in_features = inr.input_weight.shape[1]
+    in_features = inr.position_weight.shape[1]  # the per-tensor context term is not per row: left out
     out_features = inr.output_weight.shape[-1]
     heads = []
     for head, rows in enumerate(row_counts):
@@ -109,7 +109,7 @@ def matmul_floor(model: NeuMetaModel, row_counts) -> tuple:
                 "x_hidden": torch.randn(rows, hidden_size),
                 "y_hidden": torch.empty(rows, hidden_size),
                 "y_out": torch.empty(rows, out_features),
-                "w_in": inr.input_weight[head],
+                "w_in": inr.position_weight[head],
                 "w_hidden": [inr.hidden_weight[layer, head] for layer in range(inr.hidden_weight.shape[0])],
                 "w_out": inr.output_weight[head],
             }
@@ -159,40 +159,35 @@ def reference_style_sample(model: NeuMetaModel, width: int) -> dict[str, torch.T
     coords = torch.tensor(coords, dtype=torch.float32)
     indices = torch.tensor(indices, dtype=torch.int64)
     keys = np.array(keys)
-    # INR inputs in this library's convention: channel centres, tensor position, relative sizes.
+    # INR inputs in this library's convention: channel centres, then tensor position and relative sizes.
     full_sizes = torch.tensor([list(full[n][:2]) + [1] * (2 - len(full[n][:2])) for n in names], dtype=torch.float32)
     layer_id = coords[:, 0].long()
-    x = torch.cat(
-        [
-            (coords[:, 1:3] + 0.5) / coords[:, 4:6],
-            (coords[:, 0] / coords[:, 3]).unsqueeze(1),
-            coords[:, 4:6] / full_sizes[layer_id],
-        ],
-        dim=1,
-    )
-    # 2. Fourier features, one frequency and one input at a time (the first two inputs get the position
-    # frequencies, the others the context frequencies, as in NeuMetaINR). `columns` maps each feature to its
-    # column in NeuMetaINR's own feature order, so that the same input weights give the same function.
-    counts = [len(inr.position_features.frequencies)] * 2 + [len(inr.context_features.frequencies)] * 3
-    starts = [0, 0, 2 * (1 + 2 * counts[0])] + [2 * (1 + 2 * counts[0])] * 2
-    groups = [2, 2, 3, 3, 3]
-    features, columns = [x], [starts[j] + j - (0 if j < 2 else 2) for j in range(5)]
-    for frequency in range(max(counts)):
-        for j in range(x.shape[1]):
-            if frequency >= counts[j]:
-                continue
-            angle = (2.0**frequency * np.pi) * x[:, j].unsqueeze(-1)
-            features.append(torch.sin(angle))
-            features.append(torch.cos(angle))
-            local = (j if j < 2 else j - 2) * counts[j] + frequency
-            columns += [starts[j] + groups[j] + local, starts[j] + groups[j] * (1 + counts[j]) + local]
-    features = torch.cat(features, dim=-1)
-    w_in = inr.input_weight[:, columns]
+    positions = (coords[:, 1:3] + 0.5) / coords[:, 4:6]
+    context = torch.cat([(coords[:, 0] / coords[:, 3]).unsqueeze(1), coords[:, 4:6] / full_sizes[layer_id]], 1)
+
+    # 2. Fourier features, one frequency and one input at a time, for every row (the context too). `columns`
+    # maps each feature to its column in FourierFeatures' order, so the same weights give the same function.
+    def encode(x, frequencies):
+        n = x.shape[1]
+        features, columns = [x], list(range(n))
+        for frequency in range(frequencies):
+            for j in range(n):
+                angle = (2.0**frequency * np.pi) * x[:, j].unsqueeze(-1)
+                features += [torch.sin(angle), torch.cos(angle)]
+                columns += [n + j * frequencies + frequency, n + n * frequencies + j * frequencies + frequency]
+        ordered = torch.empty(x.shape[0], len(columns))
+        ordered[:, columns] = torch.cat(features, dim=-1)
+        return ordered
+
+    position_features = encode(positions, len(inr.position_features.frequencies))
+    context_features = encode(context, len(inr.context_features.frequencies))
     # 3. The INR head by head on masked rows.
-    output = torch.zeros(features.shape[0], inr.output_weight.shape[-1])
+    output = torch.zeros(positions.shape[0], inr.output_weight.shape[-1])
     for lid in torch.unique(layer_id).tolist():
         mask = layer_id == lid
-        hidden = torch.relu(features[mask] @ w_in[lid] + inr.input_bias[lid])
+        pre = position_features[mask] @ inr.position_weight[lid, : position_features.shape[1]]
+        pre = pre + context_features[mask] @ inr.context_weight[lid] + inr.input_bias[lid]
+        hidden = torch.relu(pre)
         for layer in range(inr.hidden_weight.shape[0]):
             update = torch.relu(hidden @ inr.hidden_weight[layer, lid] + inr.hidden_bias[layer, lid])
             hidden = inr.residual_scale[layer, lid] * update + hidden
@@ -347,11 +342,11 @@ def main():
     }
 
     floor_fn, floor_flops = matmul_floor(model, row_counts)
-    inputs = coordinates.inputs()
+    positions = coordinates.positions()
     cases = {
         "matmul_floor": floor_fn,
         "materialise": lambda: model.generate_weights(WIDTH),
-        "inr_forward": lambda: model.inr(inputs, row_counts),
+        "inr_forward": lambda: model.inr(positions, coordinates.context, row_counts),
         "sample_model": lambda: model.sample_model(WIDTH, num_samples=1),
         "reference_style": lambda: reference_style_sample(model, WIDTH),
     }

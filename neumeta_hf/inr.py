@@ -34,12 +34,13 @@ class FourierFeatures(nn.Module):
 
 
 class NeuMetaINR(nn.Module):
-    """Maps coordinate rows (see `morph.Coordinates.inputs`) to `max(kernel_sizes)` values per row (padded:
-    tensor `t` uses the first `kernel_sizes[t]`).
+    """Maps coordinate rows (see `morph.Coordinates`) to `max(kernel_sizes)` values per row (padded: tensor
+    `t` uses the first `kernel_sizes[t]`).
 
-    The first two inputs (channel positions) get `num_frequencies` Fourier frequencies; the other three
-    (tensor position and the two relative sizes) get `size_frequencies`, so that a small value keeps the INR
-    smooth across widths.
+    Channel positions get `num_frequencies` Fourier frequencies; the per-tensor context (tensor position and
+    the two relative sizes) gets `size_frequencies`, so that a small value keeps neighbouring widths close. The
+    context is the same for every row of a tensor, so its contribution to the first layer is computed once per
+    tensor and added like a bias.
     """
 
     def __init__(
@@ -55,15 +56,17 @@ class NeuMetaINR(nn.Module):
         super().__init__()
         num_tensors = len(kernel_sizes)
         num_heads = 1 if shared_trunk else num_tensors
-        # grouped_mm wants 16-byte aligned rows: pad feature and output sizes to multiples of 8 (bf16-safe).
-        out_features = _aligned(max(kernel_sizes))
         self.kernel_sizes = kernel_sizes
         self.position_features = FourierFeatures(num_frequencies)
         self.context_features = FourierFeatures(size_frequencies)
-        self.num_features = self.position_features.output_size(2) + self.context_features.output_size(3)
-        in_features = _aligned(self.num_features)
+        self.num_position_features = self.position_features.output_size(2)
+        # grouped_mm wants 16-byte aligned rows: pad feature and output sizes to multiples of 8 (bf16-safe).
+        position_size = _aligned(self.num_position_features)
+        context_size = self.context_features.output_size(3)
+        out_features = _aligned(max(kernel_sizes))
         # Weights are per head; biases of the first and last layer are per tensor (the shared trunk's embedding).
-        self.input_weight = nn.Parameter(torch.empty(num_heads, in_features, hidden_size))
+        self.position_weight = nn.Parameter(torch.empty(num_heads, position_size, hidden_size))
+        self.context_weight = nn.Parameter(torch.empty(num_heads, context_size, hidden_size))
         self.input_bias = nn.Parameter(torch.empty(num_tensors, hidden_size))
         self.hidden_weight = nn.Parameter(torch.empty(num_layers, num_heads, hidden_size, hidden_size))
         self.hidden_bias = nn.Parameter(torch.empty(num_layers, num_heads, hidden_size))
@@ -73,29 +76,42 @@ class NeuMetaINR(nn.Module):
 
     @property
     def shared_trunk(self) -> bool:
-        return self.input_weight.shape[0] == 1
+        return self.position_weight.shape[0] == 1
 
-    def forward(self, inputs: torch.Tensor, row_counts: tuple[int, ...]) -> torch.Tensor:
-        """inputs [rows, 5], grouped by tensor with `row_counts` rows each -> [rows, max kernel size]."""
-        counts = torch.tensor(row_counts, device=inputs.device)
-        padding = torch.zeros(inputs.shape[0], self.input_weight.shape[1] - self.num_features, device=inputs.device)
-        features = torch.cat(
-            [self.position_features(inputs[:, :2]), self.context_features(inputs[:, 2:]), padding], dim=1
-        )
-        offsets = None if self.shared_trunk else torch.cumsum(counts, 0).to(torch.int32)
-
-        def per_tensor(bias):
-            return torch.repeat_interleave(bias, counts, dim=0, output_size=inputs.shape[0])
-
-        def per_head(value):
-            return value[0] if self.shared_trunk else per_tensor(value)
-
-        hidden = torch.relu(_grouped_linear(features, self.input_weight, offsets) + per_tensor(self.input_bias))
+    def forward(self, positions: torch.Tensor, context: torch.Tensor, row_counts: tuple[int, ...]) -> torch.Tensor:
+        """positions [rows, 2] grouped by tensor (`row_counts` rows each), context [tensors, 3]
+        -> [rows, max kernel size]."""
+        device = positions.device
+        counts = torch.tensor(row_counts, device=device)
+        # The head of each tensor, and where each head's rows end.
+        heads = torch.zeros_like(counts) if self.shared_trunk else torch.arange(len(counts), device=device)
+        offsets = None if self.shared_trunk else counts.cumsum(0).to(torch.int32)
+        padding = self.position_weight.shape[1] - self.num_position_features
+        features = torch.nn.functional.pad(self.position_features(positions), (0, padding))
+        per_tensor = torch.einsum("tc,tch->th", self.context_features(context), self.context_weight[heads])
+        hidden = _grouped_linear(features, self.position_weight, offsets)
+        _add_per_tensor_(hidden, per_tensor + self.input_bias, row_counts).relu_()
         for layer in range(self.hidden_weight.shape[0]):
             update = _grouped_linear(hidden, self.hidden_weight[layer], offsets)
-            update = torch.relu(update + per_head(self.hidden_bias[layer]))
-            hidden = hidden + per_head(self.residual_scale[layer].unsqueeze(1)) * update
-        return _grouped_linear(hidden, self.output_weight, offsets) + per_tensor(self.output_bias)
+            _add_per_tensor_(update, self.hidden_bias[layer][heads], row_counts).relu_()
+            scale = torch.repeat_interleave(self.residual_scale[layer][heads], counts, output_size=len(hidden))
+            scale = scale.unsqueeze(1)
+            # In place when nothing needs the old activations for a backward pass.
+            if torch.is_grad_enabled():
+                hidden = torch.addcmul(hidden, update, scale)
+            else:
+                hidden.addcmul_(update, scale)
+        output = _grouped_linear(hidden, self.output_weight, offsets)
+        return _add_per_tensor_(output, self.output_bias, row_counts)
+
+
+def _add_per_tensor_(rows: torch.Tensor, values: torch.Tensor, row_counts: tuple[int, ...]) -> torch.Tensor:
+    """Add `values[t]` to the rows of tensor `t`, in place (on views, so autograd follows)."""
+    start = 0
+    for count, value in zip(row_counts, values):
+        rows.narrow(0, start, count).add_(value)
+        start += count
+    return rows
 
 
 def _aligned(size: int) -> int:

@@ -64,7 +64,7 @@ class NeuMetaModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module):
         if isinstance(module, NeuMetaINR):
-            for weight in (module.input_weight, module.hidden_weight, module.output_weight):
+            for weight in (module.position_weight, module.context_weight, module.hidden_weight, module.output_weight):
                 init.normal_(weight, std=(2.0 / weight.shape[-2]) ** 0.5)  # He, per head
             # A random embedding per tensor; zero biases elsewhere.
             init.normal_(module.input_bias, std=0.1)
@@ -72,7 +72,7 @@ class NeuMetaModel(PreTrainedModel):
             init.zeros_(module.output_bias)
             init.constant_(module.residual_scale, self.config.residual_scale)
         elif isinstance(module, FourierFeatures):
-            # A non-persistent buffer: from_pretrained builds on the meta device and never loads it.
+            # Non-persistent buffers: from_pretrained builds on the meta device and never loads them.
             init.copy_(module.frequencies, FourierFeatures.values(len(module.frequencies)))
         elif isinstance(module, NeuMetaModel):
             init.ones_(module.output_scale)
@@ -127,7 +127,8 @@ class NeuMetaModel(PreTrainedModel):
         """
         self.output_scale.fill_(1.0)
         coordinates = self.spec.coordinates(self.config.full_width, self.output_scale.device)
-        raw = self.inr(coordinates.inputs(), coordinates.row_counts).split(coordinates.row_counts)
+        raw = self.inr(coordinates.positions(), coordinates.context, coordinates.row_counts)
+        raw = raw.split(coordinates.row_counts)
         targets = self.reconstruction_targets()
         for index, (name, kernel) in enumerate(zip(self.spec.names, self.spec.kernel_sizes)):
             # An all-zero target (e.g. untrained biases) still needs a non-zero scale to be learnable.
@@ -178,9 +179,10 @@ class NeuMetaModel(PreTrainedModel):
         # One generation at a time: memory stays that of a single sample, whatever num_samples is.
         for sample in range(num_samples):
             sample_noise = 0.0 if (sample == 0 and first_noise_free) else noise
-            raw = self.inr(coordinates.inputs(sample_noise, generator), coordinates.row_counts)
-            total = raw if total is None else total + raw
-        return self._unpack(total / num_samples, coordinates)
+            positions = coordinates.positions(sample_noise, generator)
+            raw = self.inr(positions, coordinates.context, coordinates.row_counts)
+            total = raw if total is None else total.add_(raw)
+        return self._unpack(total / num_samples if num_samples > 1 else total, coordinates)
 
     def _unpack(self, raw: torch.Tensor, coordinates: Coordinates) -> dict[str, torch.Tensor]:
         """Raw INR rows -> tensors: scaled, plus the resampled base tensor when `base_anchor` is set, then

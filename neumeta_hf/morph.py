@@ -30,19 +30,21 @@ class Coordinates:
 
     width: int
     centres: torch.Tensor  # [rows, 2] (out + 0.5) / C_out and (in + 0.5) / C_in
-    noise_scale: torch.Tensor  # [rows, 2] 1 / C along axes that follow the width, else 0
-    context: torch.Tensor  # [rows, 3] tensor position i / T, C_out / C_out(full), C_in / C_in(full)
+    noise_scale: torch.Tensor  # [tensors, 2] 1 / C along axes that follow the width, else 0
+    context: torch.Tensor  # [tensors, 3] tensor position i / T, C_out / C_out(full), C_in / C_in(full)
     row_counts: tuple[int, ...]  # rows per tensor
     shapes: tuple[tuple[int, ...], ...]  # each tensor's shape at this width
-    fan_in_ratio: torch.Tensor  # [T] fan-in at full width / fan-in at this width
+    fan_in_ratio: torch.Tensor  # [tensors] fan-in at full width / fan-in at this width
 
-    def inputs(self, noise: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
-        """[rows, 5] INR inputs; `noise` > 0 jitters channel positions uniformly by +-noise/2 channel."""
-        centres = self.centres
-        if noise:
-            jitter = torch.rand(centres.shape, generator=generator, device=centres.device) - 0.5
-            centres = centres + noise * jitter * self.noise_scale
-        return torch.cat([centres, self.context], dim=1)
+    def positions(self, noise: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+        """[rows, 2] channel positions; `noise` > 0 jitters them uniformly by +-noise/2 channel along the axes
+        that follow the width."""
+        if not noise:
+            return self.centres
+        jitter = torch.rand(self.centres.shape, generator=generator, device=self.centres.device) - 0.5
+        counts = torch.tensor(self.row_counts, device=self.centres.device)
+        scale = torch.repeat_interleave(self.noise_scale, counts, dim=0, output_size=len(self.centres))
+        return self.centres + noise * jitter * scale
 
     def to(self, device) -> "Coordinates":
         tensors = ("centres", "noise_scale", "context", "fan_in_ratio")
@@ -121,21 +123,18 @@ class MorphSpec:
         centres, noise_scale, context, row_counts, fan_in_ratio = [], [], [], [], []
         for index, (tensor, full) in enumerate(zip(self.tensors, self._full_sizes)):
             c_out, c_in = _channel_sizes(shapes[tensor.name])
-            out_index = torch.arange(c_out, dtype=torch.float32).repeat_interleave(c_in)
-            in_index = torch.arange(c_in, dtype=torch.float32).repeat(c_out)
-            sizes = torch.tensor([c_out, c_in], dtype=torch.float32)
-            centres.append((torch.stack([out_index, in_index], dim=1) + 0.5) / sizes)
-            scales = torch.tensor([tensor.out_scales, tensor.in_scales], dtype=torch.float32) / sizes
-            noise_scale.append(scales.expand(c_out * c_in, 2))
-            row_context = torch.tensor([index / count, c_out / full[0], c_in / full[1]], dtype=torch.float32)
-            context.append(row_context.expand(c_out * c_in, 3))
+            out_centre = (torch.arange(c_out, dtype=torch.float32) + 0.5) / c_out
+            in_centre = (torch.arange(c_in, dtype=torch.float32) + 0.5) / c_in
+            centres.append(torch.stack(torch.meshgrid(out_centre, in_centre, indexing="ij"), dim=-1).view(-1, 2))
+            noise_scale.append([tensor.out_scales / c_out, tensor.in_scales / c_in])
+            context.append([index / count, c_out / full[0], c_in / full[1]])
             row_counts.append(c_out * c_in)
             fan_in_ratio.append(full[1] / c_in)
         return Coordinates(
             width=width,
             centres=torch.cat(centres),
-            noise_scale=torch.cat(noise_scale),
-            context=torch.cat(context),
+            noise_scale=torch.tensor(noise_scale, dtype=torch.float32),
+            context=torch.tensor(context, dtype=torch.float32),
             row_counts=tuple(row_counts),
             shapes=tuple(shapes[t.name] for t in self.tensors),
             fan_in_ratio=torch.tensor(fan_in_ratio, dtype=torch.float32),

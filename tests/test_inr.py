@@ -12,14 +12,16 @@ def make_inr(shared_trunk=False):
     return inr
 
 
-def per_head_reference(inr, inputs, counts):
-    """The same computation head by head, with plain matrix products."""
+def per_head_reference(inr, positions, context, counts):
+    """The same computation head by head, with plain matrix products and the context repeated on every row."""
     outputs = []
-    for index, rows in enumerate(inputs.split(counts)):
+    for index, rows in enumerate(positions.split(counts)):
         head = 0 if inr.shared_trunk else index
-        features = torch.cat([inr.position_features(rows[:, :2]), inr.context_features(rows[:, 2:])], 1)
-        features = torch.nn.functional.pad(features, (0, inr.input_weight.shape[1] - features.shape[1]))
-        hidden = torch.relu(features @ inr.input_weight[head] + inr.input_bias[index])
+        features = inr.position_features(rows)
+        features = torch.nn.functional.pad(features, (0, inr.position_weight.shape[1] - features.shape[1]))
+        context_features = inr.context_features(context[index]).expand(len(rows), -1)
+        weight = torch.cat([inr.position_weight[head], inr.context_weight[head]])
+        hidden = torch.relu(torch.cat([features, context_features], 1) @ weight + inr.input_bias[index])
         for layer in range(inr.hidden_weight.shape[0]):
             update = torch.relu(hidden @ inr.hidden_weight[layer, head] + inr.hidden_bias[layer, head])
             hidden = hidden + inr.residual_scale[layer, head] * update
@@ -29,13 +31,16 @@ def per_head_reference(inr, inputs, counts):
 
 def test_grouped_heads_equal_head_by_head_evaluation():
     counts = (5, 3, 7)
-    inputs = torch.rand(15, 5)
+    positions, context = torch.rand(15, 2), torch.rand(3, 3)
     for shared in (False, True):
         inr = make_inr(shared)
-        torch.testing.assert_close(inr(inputs, counts), per_head_reference(inr, inputs, counts))
+        expected = per_head_reference(inr, positions, context, counts)
+        torch.testing.assert_close(inr(positions, context, counts), expected)
+        with torch.no_grad():  # the in-place path
+            torch.testing.assert_close(inr(positions, context, counts), expected)
 
 
 def test_every_head_gets_gradients_from_one_backward():
     inr = make_inr()
-    inr(torch.rand(15, 5), (5, 3, 7)).sum().backward()  # .sum() gives the stride-0 gradient grouped_mm rejects
+    inr(torch.rand(15, 2), torch.rand(3, 3), (5, 3, 7)).sum().backward()  # .sum() gives the stride-0 gradient grouped_mm rejects
     assert inr.output_weight.grad.abs().sum(dim=(1, 2)).min() > 0

@@ -147,7 +147,7 @@ def test_checkpoint_for_another_config_fails(saved):
     config = json.loads((saved / "config.json").read_text())
     config["hidden_size"] = 64
     (saved / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="mismatched_keys: .*inr.input_weight"):
+    with pytest.raises(ValueError, match="mismatched_keys: .*inr.position_weight"):
         nm.NeuMetaModel.from_pretrained(saved)
 
 
