@@ -122,6 +122,10 @@ def _grouped_linear(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor
     """x [rows, in] @ weight[head] for the head owning each row; `offsets` ends each head's rows."""
     if offsets is None:
         return x @ weight[0]
+    if x.device.type != "cpu" and x.dtype != torch.bfloat16:
+        # grouped_mm on CUDA takes bfloat16 only: one matmul per head's contiguous rows instead.
+        counts = torch.diff(offsets, prepend=offsets.new_zeros(1)).tolist()
+        return torch.cat([rows @ weight[head] for head, rows in enumerate(x.split(counts))])
     out = F.grouped_mm(x, weight, offs=offsets)
     if out.requires_grad:
         # grouped_mm's backward rejects expanded (stride 0) gradients, such as `.sum()` produces.
