@@ -16,8 +16,10 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# The embedded default end to end: digits, base MLP, hypernetwork, sweep and a sampled network in outputs/.
 demo: install
-	$(PY) -m neumeta_hf.demo
+	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+		training/train.py --config training/configs/digits_mlp.yaml
 
 test: install
 	$(PY) -m pytest -q

@@ -179,25 +179,31 @@ class NeuMetaModel(PreTrainedModel):
         # One generation at a time: memory stays that of a single sample, whatever num_samples is.
         for sample in range(num_samples):
             sample_noise = 0.0 if (sample == 0 and first_noise_free) else noise
-            positions = coordinates.positions(sample_noise, generator)
-            raw = self.inr(positions, coordinates.context, coordinates.row_counts)
-            total = raw if total is None else total.add_(raw)
-        return self._unpack(total / num_samples if num_samples > 1 else total, coordinates)
+            jitter = coordinates.draw_jitter(sample_noise, generator)
+            raw = self.inr(coordinates.positions(jitter), coordinates.context, coordinates.row_counts)
+            weights = self._unpack(raw, coordinates, jitter)
+            if total is None:
+                total = weights
+            else:
+                for name, tensor in weights.items():
+                    total[name] = total[name].add_(tensor) if not torch.is_grad_enabled() else total[name] + tensor
+        return {name: tensor / num_samples for name, tensor in total.items()} if num_samples > 1 else total
 
-    def _unpack(self, raw: torch.Tensor, coordinates: Coordinates) -> dict[str, torch.Tensor]:
-        """Raw INR rows -> tensors: scaled, plus the resampled base tensor when `base_anchor` is set, then
-        multiplied by (full-width fan-in / fan-in) ** fan_in_power."""
+    def _unpack(self, raw: torch.Tensor, coordinates: Coordinates, jitter=None) -> dict[str, torch.Tensor]:
+        """Raw INR rows -> tensors: scaled, plus the base tensor resampled at the same (jittered) channel
+        positions when `base_anchor` is set, then multiplied by (full-width fan-in / fan-in) ** fan_in_power."""
         fan_in_scales = coordinates.fan_in_ratio**self.config.fan_in_power
         pieces = raw.split(coordinates.row_counts)
         targets = self.reconstruction_targets() if self.config.base_anchor else {}
         weights = {}
-        for index, (name, piece, kernel, shape) in enumerate(
-            zip(self.spec.names, pieces, self.spec.kernel_sizes, coordinates.shapes)
+        for index, (tensor_spec, piece, kernel, shape) in enumerate(
+            zip(self.spec.tensors, pieces, self.spec.kernel_sizes, coordinates.shapes)
         ):
             tensor = piece[:, :kernel].reshape(shape) * self.output_scale[index]
-            if name in targets:
-                tensor = tensor + resample_channels(targets[name], shape)
-            weights[name] = tensor * fan_in_scales[index]
+            if tensor_spec.name in targets:
+                offsets = tuple(coordinates.group_jitter(jitter, g) for g in (tensor_spec.out_group, tensor_spec.in_group))
+                tensor = tensor + resample_channels(targets[tensor_spec.name], shape, offsets)
+            weights[tensor_spec.name] = tensor * fan_in_scales[index]
         return weights
 
     def frozen_tensors(self) -> dict[str, torch.Tensor]:

@@ -13,11 +13,12 @@ from .families import ChannelGroup, NeuMetaFamilyConfig, NeuMetaFamilyModel, fam
 
 @dataclass(frozen=True)
 class MorphTensor:
-    """A generated tensor: its name in the family network and which of its axes follow the width."""
+    """A generated tensor: its name in the family network and the scaling channel group (an index into
+    `MorphSpec.scaling_groups`) of its output and input axes, None where an axis does not follow the width."""
 
     name: str
-    out_scales: bool  # axis 0
-    in_scales: bool  # axis 1 (always False for 1-D tensors)
+    out_group: int | None  # axis 0
+    in_group: int | None  # axis 1 (always None for 1-D tensors)
 
 
 @dataclass(frozen=True)
@@ -26,28 +27,48 @@ class Coordinates:
 
     Rows are grouped by tensor in spec order; within a tensor they run over (out, in) in row-major order, so a
     tensor's rows reshape straight into its weight. Each row yields `prod(kernel)` values (a whole conv kernel).
+
+    Coordinate noise moves whole channels: one offset per channel of each scaling group, shared by every
+    tensor that channel appears in, so a noisy generation is the network resampled at shifted channel
+    positions rather than a tensor-by-tensor blur.
     """
 
     width: int
     centres: torch.Tensor  # [rows, 2] (out + 0.5) / C_out and (in + 0.5) / C_in
-    noise_scale: torch.Tensor  # [tensors, 2] 1 / C along axes that follow the width, else 0
+    jitter_index: torch.Tensor  # [rows, 2] each axis's channel in the concatenated group offsets (-1: fixed)
+    inverse_sizes: torch.Tensor  # [tensors, 2] 1 / C_out, 1 / C_in
     context: torch.Tensor  # [tensors, 3] tensor position i / T, C_out / C_out(full), C_in / C_in(full)
     row_counts: tuple[int, ...]  # rows per tensor
     shapes: tuple[tuple[int, ...], ...]  # each tensor's shape at this width
+    group_sizes: tuple[int, ...]  # channels of each scaling group at this width
     fan_in_ratio: torch.Tensor  # [tensors] fan-in at full width / fan-in at this width
 
-    def positions(self, noise: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
-        """[rows, 2] channel positions; `noise` > 0 jitters them uniformly by +-noise/2 channel along the axes
-        that follow the width."""
+    def draw_jitter(self, noise: float, generator: torch.Generator | None = None) -> torch.Tensor | None:
+        """Channel offsets for one noisy generation: uniform in +-noise/2 channel, one per channel of each
+        scaling group (concatenated); None without noise."""
         if not noise:
+            return None
+        uniform = torch.rand(sum(self.group_sizes), generator=generator, device=self.centres.device)
+        return noise * (uniform - 0.5)
+
+    def group_jitter(self, jitter: torch.Tensor | None, group: int | None) -> torch.Tensor | None:
+        """The offsets of one scaling group's channels (None for a fixed axis or without jitter)."""
+        if jitter is None or group is None:
+            return None
+        start = sum(self.group_sizes[:group])
+        return jitter[start : start + self.group_sizes[group]]
+
+    def positions(self, jitter: torch.Tensor | None = None) -> torch.Tensor:
+        """[rows, 2] channel positions in (0, 1), shifted by `jitter` (from `draw_jitter`)."""
+        if jitter is None:
             return self.centres
-        jitter = torch.rand(self.centres.shape, generator=generator, device=self.centres.device) - 0.5
+        padded = torch.cat([jitter, jitter.new_zeros(1)])  # index -1: fixed axes do not move
         counts = torch.tensor(self.row_counts, device=self.centres.device)
-        scale = torch.repeat_interleave(self.noise_scale, counts, dim=0, output_size=len(self.centres))
-        return self.centres + noise * jitter * scale
+        scale = torch.repeat_interleave(self.inverse_sizes, counts, dim=0, output_size=len(self.centres))
+        return self.centres + padded[self.jitter_index] * scale
 
     def to(self, device) -> "Coordinates":
-        tensors = ("centres", "noise_scale", "context", "fan_in_ratio")
+        tensors = ("centres", "jitter_index", "inverse_sizes", "context", "fan_in_ratio")
         return Coordinates(**{**self.__dict__, **{name: getattr(self, name).to(device) for name in tensors}})
 
 
@@ -64,10 +85,11 @@ class MorphSpec:
         self.full_width = family_config.width
         full = self.skeleton(self.full_width)
         groups = full.channel_groups()
-        scaling = {member for group in groups if group.scales for member in group.members}
+        self.scaling_groups: tuple[ChannelGroup, ...] = tuple(group for group in groups if group.scales)
+        scaling = {member: index for index, group in enumerate(self.scaling_groups) for member in group.members}
         parameters = dict(full.named_parameters())
         self.tensors = tuple(
-            MorphTensor(name, (name, 0) in scaling, (name, 1) in scaling)
+            MorphTensor(name, scaling.get((name, 0)), scaling.get((name, 1)))
             for name in full.state_dict()
             if (name, 0) in scaling or (name, 1) in scaling
         )
@@ -119,24 +141,32 @@ class MorphSpec:
 
     def _build_coordinates(self, width: int) -> Coordinates:
         shapes = self.shapes(width)
+        group_sizes = [shapes[g.members[0][0]][g.members[0][1]] for g in self.scaling_groups]
+        group_starts = [sum(group_sizes[:index]) for index in range(len(group_sizes))]
         count = len(self.tensors)
-        centres, noise_scale, context, row_counts, fan_in_ratio = [], [], [], [], []
+        centres, jitter_index, inverse_sizes, context, row_counts, fan_in_ratio = [], [], [], [], [], []
         for index, (tensor, full) in enumerate(zip(self.tensors, self._full_sizes)):
             c_out, c_in = _channel_sizes(shapes[tensor.name])
-            out_centre = (torch.arange(c_out, dtype=torch.float32) + 0.5) / c_out
-            in_centre = (torch.arange(c_in, dtype=torch.float32) + 0.5) / c_in
-            centres.append(torch.stack(torch.meshgrid(out_centre, in_centre, indexing="ij"), dim=-1).view(-1, 2))
-            noise_scale.append([tensor.out_scales / c_out, tensor.in_scales / c_in])
+            out_index, in_index = torch.meshgrid(torch.arange(c_out), torch.arange(c_in), indexing="ij")
+            channels = torch.stack([out_index.reshape(-1), in_index.reshape(-1)], dim=1)
+            sizes = torch.tensor([c_out, c_in], dtype=torch.float32)
+            centres.append((channels + 0.5) / sizes)
+            starts = [-1 if g is None else group_starts[g] for g in (tensor.out_group, tensor.in_group)]
+            moving = torch.tensor([s >= 0 for s in starts])
+            jitter_index.append(torch.where(moving, channels + torch.tensor(starts), -1))
+            inverse_sizes.append(1.0 / sizes)
             context.append([index / count, c_out / full[0], c_in / full[1]])
             row_counts.append(c_out * c_in)
             fan_in_ratio.append(full[1] / c_in)
         return Coordinates(
             width=width,
             centres=torch.cat(centres),
-            noise_scale=torch.tensor(noise_scale, dtype=torch.float32),
+            jitter_index=torch.cat(jitter_index),
+            inverse_sizes=torch.stack(inverse_sizes),
             context=torch.tensor(context, dtype=torch.float32),
             row_counts=tuple(row_counts),
             shapes=tuple(shapes[t.name] for t in self.tensors),
+            group_sizes=tuple(group_sizes),
             fan_in_ratio=torch.tensor(fan_in_ratio, dtype=torch.float32),
         )
 
@@ -154,14 +184,20 @@ def _kernel_size(shape: tuple[int, ...]) -> int:
     return size
 
 
-def resample_channels(tensor: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """`tensor` linearly interpolated along its first two axes to `shape`, channel centres aligned
-    (channel `i` of `n` sits at `(i + 0.5) / n`, as in the INR's coordinates)."""
+def resample_channels(
+    tensor: torch.Tensor, shape: tuple[int, ...], offsets: tuple[torch.Tensor | None, ...] = (None, None)
+) -> torch.Tensor:
+    """`tensor` linearly interpolated along its first two axes to `shape`, channel centres aligned (channel `i`
+    of `n` sits at `(i + 0.5) / n`, as in the INR's coordinates), each channel optionally shifted by
+    `offsets[axis][i]` channels."""
     for axis in range(min(2, tensor.dim())):
-        old, new = tensor.shape[axis], shape[axis]
-        if old == new:
+        old, new, offset = tensor.shape[axis], shape[axis], offsets[axis]
+        if old == new and offset is None:
             continue
-        position = ((torch.arange(new, device=tensor.device) + 0.5) * (old / new) - 0.5).clamp(0, old - 1)
+        centre = torch.arange(new, device=tensor.device) + 0.5
+        if offset is not None:
+            centre = centre + offset
+        position = (centre * (old / new) - 0.5).clamp(0, old - 1)
         lower = position.floor().long()
         upper = (lower + 1).clamp(max=old - 1)
         fraction = (position - lower).to(tensor.dtype).view(-1, *[1] * (tensor.dim() - axis - 1))

@@ -36,3 +36,23 @@ def mlp_hyper():
     return nm.NeuMetaModel.from_base_model(
         random_base(nm.NeuMetaMLPConfig()), width_range=(16, 64), train_widths=[16, 32, 48, 64], **SMALL_INR
     )
+
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+# The training scripts import their siblings (recipe, train_base) as top-level modules, as when run by path.
+__import__("sys").path.insert(0, str(REPO / "training"))
+
+
+def reset_accelerate_state():
+    """Forget accelerate's process-wide state, so that the next in-process run starts afresh."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    yield
+    reset_accelerate_state()

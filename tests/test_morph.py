@@ -52,19 +52,26 @@ def test_coordinates_match_an_element_by_element_construction(width):
     assert spec.coordinates(width) is coordinates  # cached per width
 
 
-def test_noise_moves_only_axes_that_follow_the_width():
+def test_noise_moves_whole_channels_along_axes_that_follow_the_width():
     spec = spec_for(nm.NeuMetaMLPConfig())
     coordinates = spec.coordinates(32)
-    noisy = coordinates.positions(noise=1.0, generator=torch.Generator().manual_seed(0))
-    moved = (noisy - coordinates.positions()).abs()
-    classifier_rows = slice(sum(coordinates.row_counts[:4]), None)
-    assert moved[classifier_rows, 0].max() == 0  # class outputs never move
-    assert 0 < moved[classifier_rows, 1].max() <= 0.5 / 32  # hidden inputs move by at most half a channel
-    assert 0 < moved[:, 0].max() <= 0.5 / 32
+    jitter = coordinates.draw_jitter(1.0, torch.Generator().manual_seed(0))
+    assert jitter.shape == (32 + 32,) and jitter.abs().max() <= 0.5  # one offset per hidden channel
+    moved = (coordinates.positions(jitter) - coordinates.positions()).view(-1, 2)
+    rows = dict(zip(spec.names, moved.split(coordinates.row_counts)))
+    fc1_out = rows["fc1.weight"].view(32, 64, 2)[:, 0, 0]
+    fc2_in = rows["fc2.weight"].view(32, 32, 2)[0, :, 1]
+    torch.testing.assert_close(fc1_out, fc2_in)  # hidden channel i moves alike in both tensors
+    torch.testing.assert_close(fc1_out * 32, coordinates.group_jitter(jitter, 0))
+    assert rows["classifier.weight"][:, 0].abs().max() == 0  # class outputs never move
+    assert rows["fc1.weight"][:, 1].abs().max() == 0  # nor do input pixels
+    assert coordinates.draw_jitter(0.0) is None
 
 
 def test_resample_channels_interpolates_between_channel_centres():
     tensor = torch.arange(4.0).view(4, 1)
     assert torch.equal(resample_channels(tensor, (4, 1)), tensor)
+    shifted = resample_channels(tensor, (4, 1), (torch.tensor([0.5, 0.0, -0.5, 0.0]), None))
+    torch.testing.assert_close(shifted.flatten(), torch.tensor([0.5, 1.0, 1.5, 3.0]))
     torch.testing.assert_close(resample_channels(tensor, (2, 1)), torch.tensor([[0.5], [2.5]]))
     torch.testing.assert_close(resample_channels(tensor, (8, 1)).flatten()[[0, 3, 7]], torch.tensor([0.0, 1.25, 3.0]))

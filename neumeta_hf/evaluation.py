@@ -1,0 +1,111 @@
+"""Accuracy of sampled networks over a dataset, width sweeps, and their JSON / Markdown / plot reports."""
+
+import json
+from pathlib import Path
+
+import torch
+from .progress import progress_bar
+
+SWEEP_FILES = ("sweep.json", "sweep.md", "sweep.png")
+
+
+@torch.no_grad()
+def evaluate_accuracy(model, dataset, batch_size: int = 512, device=None) -> float:
+    """Top-1 accuracy (a fraction) of an image classifier on a dataset with `pixel_values` and `labels`."""
+    device = device or next(model.parameters()).device
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
+    correct = 0
+    for batch in loader:
+        logits = model(batch["pixel_values"].to(device)).logits
+        correct += int((logits.argmax(-1).cpu() == batch["labels"]).sum())
+    return correct / len(dataset)
+
+
+def sweep(
+    hyper,
+    dataset,
+    widths=None,
+    num_samples: int | None = None,
+    base_accuracy: float | None = None,
+    dataset_name: str = "",
+    split: str = "test",
+    batch_size: int = 512,
+) -> dict:
+    """Accuracy of the sampled network at each width (default: every width in the trained range).
+
+    Returns the `sweep.json` structure: metric, dataset, split, base {width, accuracy}, and one result per
+    width with `seen_in_training` and `num_parameters`.
+    """
+    low, high = hyper.config.width_range
+    widths = list(widths or range(low, high + 1))
+    results = []
+    for width in progress_bar(widths, desc="width sweep", unit="width"):
+        network = hyper.sample_model(width, num_samples=num_samples)
+        results.append(
+            {
+                "width": width,
+                "accuracy": evaluate_accuracy(network, dataset, batch_size),
+                "seen_in_training": width in hyper.config.train_widths,
+                "num_parameters": network.num_parameters(),
+            }
+        )
+    return {
+        "metric": "accuracy",
+        "dataset": dataset_name,
+        "split": split,
+        "num_samples": num_samples or hyper.config.num_samples,
+        "base": {"width": hyper.config.full_width, "accuracy": base_accuracy},
+        "results": results,
+    }
+
+
+def sweep_markdown(result: dict) -> str:
+    base = result["base"]
+    lines = [
+        f"Accuracy on {result['dataset']} ({result['split']}); base network (width {base['width']}): "
+        + (f"{base['accuracy']:.4f}" if base["accuracy"] is not None else "n/a"),
+        "",
+        "| width | seen in training | parameters | accuracy |",
+        "|---:|:---:|---:|---:|",
+    ]
+    for row in result["results"]:
+        seen = "yes" if row["seen_in_training"] else "no"
+        lines.append(f"| {row['width']} | {seen} | {row['num_parameters']:,} | {row['accuracy']:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_sweep(result: dict, path: str | Path):
+    """Accuracy against width: seen widths filled, unseen hollow, the base network as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["results"]
+    figure, axis = plt.subplots(figsize=(7, 4))
+    axis.plot([r["width"] for r in rows], [r["accuracy"] for r in rows], color="tab:blue", lw=1, zorder=1)
+    for seen, style in ((True, {"color": "tab:blue"}), (False, {"facecolors": "white", "edgecolors": "tab:blue"})):
+        chosen = [r for r in rows if r["seen_in_training"] == seen]
+        label = "NeuMeta, width seen in training" if seen else "NeuMeta, unseen width"
+        axis.scatter([r["width"] for r in chosen], [r["accuracy"] for r in chosen], s=28, label=label, zorder=2, **style)
+    if result["base"]["accuracy"] is not None:
+        axis.axhline(result["base"]["accuracy"], color="gray", ls="--", label=f"base network (width {result['base']['width']})")
+    axis.set_xlabel("width")
+    axis.set_ylabel(f"{result['split']} accuracy")
+    axis.set_title(f"Sampled networks on {result['dataset']}")
+    axis.grid(alpha=0.3)
+    axis.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write_sweep(result: dict, directory: str | Path) -> list[Path]:
+    """Write sweep.json, sweep.md and sweep.png into `directory`; returns their paths."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = [directory / name for name in SWEEP_FILES]
+    paths[0].write_text(json.dumps(result, indent=2) + "\n")
+    paths[1].write_text(sweep_markdown(result))
+    plot_sweep(result, paths[2])
+    return paths

@@ -1,0 +1,177 @@
+import json
+import os
+import subprocess
+import sys
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+import neumeta_hf as nm
+import train as train_script
+from conftest import REPO, reset_accelerate_state
+from neumeta_hf.data import DataConfig, load_splits, random_crop_and_flip
+from recipe import load_config
+
+DIGITS = str(REPO / "training" / "configs" / "digits_mlp.yaml")
+QUICK = [
+    "base.epochs=3",
+    "training.max_steps=40",
+    "training.warmup_steps=5",
+    "training.checkpoint_every=20",
+    "training.eval_every=20",
+    "training.batch_size=64",
+    "hypernetwork.config.hidden_size=32",
+    "sweep.widths=[32,33,64]",
+]
+
+
+def quick_config(tmp_path, *extra):
+    return load_config(DIGITS, [f"output_dir={tmp_path}", *QUICK, *extra])
+
+
+def test_config_overrides_and_unknown_keys():
+    config = load_config(DIGITS, ["training.max_steps=7", "hypernetwork.config.hidden_size=32", "seed=3"])
+    assert config.training.max_steps == 7 and config.seed == 3
+    assert config.hypernetwork.config["hidden_size"] == 32 and config.data.name == "digits"
+    with pytest.raises(ValueError, match="Unknown key\\(s\\) training.max_stepz; valid keys here: max_steps"):
+        load_config(DIGITS, ["training.max_stepz=7"])
+    with pytest.raises(ValueError, match="Unknown key\\(s\\) colour"):
+        load_config(None, ["colour=blue"])
+    with pytest.raises(ValueError, match="not of the form"):
+        load_config(DIGITS, ["training.max_steps"])
+
+
+@pytest.mark.parametrize("name", ["digits_mlp", "fashion_mnist_lenet", "cifar10_resnet20", "cifar100_resnet20",
+                                  "cifar10_resnet20_all"])
+def test_shipped_configs_parse_and_build_their_hypernetwork_config(name):
+    config = load_config(REPO / "training" / "configs" / f"{name}.yaml")
+    family_config = nm.FAMILIES[config.base.family].config_class(**config.base.family_config)
+    hyper_config = nm.NeuMetaConfig(
+        family=config.base.family,
+        family_config=family_config.to_dict(),
+        width_range=config.hypernetwork.width_range,
+        train_widths=config.hypernetwork.train_widths,
+        morph=config.hypernetwork.morph,
+        **config.hypernetwork.config,
+    )
+    assert hyper_config.width_range[1] <= hyper_config.full_width
+
+
+@pytest.mark.slow
+def test_short_training_run_learns_and_writes_every_output(tmp_path, fresh_accelerate_state):
+    result = train_script.train(quick_config(tmp_path))
+    for name in ("sweep.json", "sweep.md", "sweep.png", "log.jsonl", "base/config.json",
+                 "base/preprocessor_config.json", "hypernetwork/model.safetensors", "sampled-width-48/config.json",
+                 "checkpoints/step_20", "checkpoints/step_40"):
+        assert (tmp_path / name).exists(), name
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    losses = [r["task_loss"] for r in records if "task_loss" in r]
+    assert len(losses) == 40 and np.mean(losses[-10:]) < np.mean(losses[:10])
+    assert any("accuracy/width_64" in r for r in records)
+    saved = json.loads((tmp_path / "sweep.json").read_text())
+    assert saved == json.loads(json.dumps(result))
+    assert [r["width"] for r in saved["results"]] == [32, 33, 64]
+    assert [r["seen_in_training"] for r in saved["results"]] == [True, False, True]
+    assert all(r["accuracy"] > 0.5 for r in saved["results"])  # chance is 0.1
+    hyper = nm.NeuMetaModel.from_pretrained(tmp_path / "hypernetwork")
+    assert hyper.sample_model(40).config.width == 40
+
+
+@pytest.mark.slow
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, fresh_accelerate_state, monkeypatch):
+    train_script.train(quick_config(tmp_path / "straight"))
+    reset_accelerate_state()
+    uninterrupted = load_file(tmp_path / "straight" / "hypernetwork" / "model.safetensors")
+
+    real_step_width = train_script.step_width
+
+    def crash_after_checkpoint(config, widths, step):
+        if step == 25:
+            raise KeyboardInterrupt("simulated interruption")
+        return real_step_width(config, widths, step)
+
+    monkeypatch.setattr(train_script, "step_width", crash_after_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        train_script.train(quick_config(tmp_path / "resumed"))
+    monkeypatch.setattr(train_script, "step_width", real_step_width)
+    reset_accelerate_state()
+    train_script.train(quick_config(tmp_path / "resumed", "training.resume_from_checkpoint=latest"))
+    resumed = load_file(tmp_path / "resumed" / "hypernetwork" / "model.safetensors")
+    assert resumed.keys() == uninterrupted.keys()
+    for name in uninterrupted:
+        assert torch.equal(resumed[name], uninterrupted[name]), name
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_with_a_clear_message(tmp_path, fresh_accelerate_state):
+    with pytest.raises(FloatingPointError, match="Loss became nan at step 0.*resume_from_checkpoint=latest"):
+        train_script.train(quick_config(tmp_path, "training.l2_weight=.nan"))
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_train_one_hypernetwork(tmp_path):
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+        str(REPO / "training" / "train.py"), "--config", DIGITS, f"output_dir={tmp_path}", *QUICK,
+        "training.max_steps=20",
+    ]  # fmt: skip
+    environment = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    first = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[0])
+    assert first["config"]["num_processes"] == 2
+    hyper = nm.NeuMetaModel.from_pretrained(tmp_path / "hypernetwork")
+    assert hyper.sample_model(33).fc2.weight.shape == (33, 33)
+
+
+def test_hub_named_dataset_maps_its_columns(tmp_path, monkeypatch):
+    """The code path for `uoft-cs/cifar10` (columns img/label), on a local stand-in of the same shape."""
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        images = [Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(n)]
+        features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b", "c"])})
+        return datasets.Dataset.from_dict({"img": images, "label": rng.integers(0, 3, n).tolist()}, features=features)
+
+    stand_in = datasets.DatasetDict({"train": split(12), "test": split(4)})
+    requested = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, *a, **k: requested.append(name) or stand_in)
+    train, test, info = load_splits(DataConfig(name="uoft-cs/cifar10"))
+    assert requested == ["uoft-cs/cifar10"]
+    assert (info.num_channels, info.image_size, info.id2label, info.augment) == (3, 32, {0: "a", 1: "b", 2: "c"}, True)
+    batch = train[:5]
+    assert batch["pixel_values"].shape == (5, 3, 32, 32) and batch["pixel_values"].dtype == torch.float32
+    assert test[:4]["labels"].tolist() == stand_in["test"]["label"]
+    with pytest.raises(ValueError, match="no column\\(s\\) \\['fine_label'\\]; its columns are \\['img', 'label'\\]"):
+        load_splits(DataConfig(name="uoft-cs/cifar100"))
+
+
+def test_idx_directory_is_read_and_cached(tmp_path):
+    import gzip
+    import struct
+
+    images = np.arange(6 * 28 * 28, dtype=np.uint32).astype(np.uint8).reshape(6, 28, 28)
+    labels = np.array([0, 1, 2, 3, 4, 5], dtype=np.uint8)
+    for prefix in ("train", "t10k"):
+        with gzip.open(tmp_path / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
+            f.write(struct.pack(">HBB3I", 0, 8, 3, 6, 28, 28) + images.tobytes())
+        with gzip.open(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
+            f.write(struct.pack(">HBBI", 0, 8, 1, 6) + labels.tobytes())
+    config = DataConfig(name=str(tmp_path), cache_dir=str(tmp_path / "cache"), image_mean=[0.0], image_std=[1.0])
+    train, test, info = load_splits(config)
+    assert (info.num_channels, info.image_size, len(train), len(test)) == (1, 28, 6, 6)
+    torch.testing.assert_close(train[:1]["pixel_values"][0, 0], torch.from_numpy(images[0]).float() / 255)
+    assert (tmp_path / "cache").exists()
+
+
+def test_random_crop_and_flip_keeps_shapes_and_content():
+    images = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+    out = random_crop_and_flip(images, padding=2)
+    assert out.shape == images.shape
+    values = set(images.flatten().tolist()) | {0.0}
+    assert set(out.flatten().tolist()) <= values

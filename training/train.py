@@ -1,0 +1,370 @@
+"""Train a NeuMeta hypernetwork with Accelerate, then sweep the widths and save everything.
+
+    accelerate launch training/train.py --config training/configs/digits_mlp.yaml [key=value ...]
+
+Overrides use dotted keys: `output_dir=/tmp/run training.max_steps=200 hypernetwork.config.hidden_size=128`.
+Steps: (1) the base network -- loaded from base.pretrained or OUTPUT_DIR/base, else trained; (2) the
+hypernetwork around it (BatchNorm folded, channels permuted); (3) training: one width per step drawn from the
+training widths, loss = task loss + l2_weight x sum of generated tensors' L2 norms + reconstruction loss at full
+width (+ optional distillation from the base at other widths), AdamW, warm-up then cosine or multistep decay,
+gradient clipping, EMA of the INR; checkpoints every `training.checkpoint_every` steps
+(`training.resume_from_checkpoint=latest` continues exactly); (4) OUTPUT_DIR/hypernetwork (EMA weights),
+OUTPUT_DIR/base, a width sweep (sweep.json, sweep.md, sweep.png) and one sampled network.
+"""
+
+import argparse
+import contextlib
+import json
+import math
+import random
+import re
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.tracking import GeneralTracker, on_main_process
+from accelerate.utils import ProjectConfiguration, set_seed
+from neumeta_hf.progress import progress_bar
+
+from neumeta_hf import NeuMetaModel
+from neumeta_hf.data import load_splits
+from neumeta_hf.evaluation import evaluate_accuracy, sweep, write_sweep
+from recipe import TrainConfig, config_to_dict, load_config
+from train_base import build_base_network
+
+
+class JSONLTracker(GeneralTracker):
+    """An accelerate tracker appending one JSON object per `log` call to LOGGING_DIR/log.jsonl."""
+
+    name = "jsonl"
+    requires_logging_directory = True
+
+    @on_main_process
+    def __init__(self, run_name: str, logging_dir: str):
+        super().__init__()
+        self.path = Path(logging_dir) / "log.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def tracker(self):
+        return self.path
+
+    @on_main_process
+    def store_init_configuration(self, values: dict):
+        self._write({"config": values})
+
+    @on_main_process
+    def log(self, values: dict, step: int | None = None, **kwargs):
+        self._write({"step": step, **values})
+
+    def _write(self, record: dict):
+        with self.path.open("a") as log:
+            log.write(json.dumps(record) + "\n")
+
+
+class EMA:
+    """Exponential moving average of a module's parameters, checkpointed with the training state."""
+
+    def __init__(self, module: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.updates = 0
+        self.shadow = {name: p.detach().clone() for name, p in module.named_parameters() if p.requires_grad}
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module):
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))  # warm-up: early steps weigh more
+        for name, parameter in module.named_parameters():
+            if name in self.shadow:
+                self.shadow[name].lerp_(parameter.detach(), 1 - decay)
+
+    @contextlib.contextmanager
+    def applied(self, module: torch.nn.Module):
+        """Temporarily load the averaged weights into `module`."""
+        parameters = dict(module.named_parameters())
+        saved = {name: parameters[name].detach().clone() for name in self.shadow}
+        with torch.no_grad():
+            for name, value in self.shadow.items():
+                parameters[name].copy_(value)
+        try:
+            yield module
+        finally:
+            with torch.no_grad():
+                for name, value in saved.items():
+                    parameters[name].copy_(value)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "updates": self.updates, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict):
+        self.decay, self.updates = state["decay"], state["updates"]
+        for name, value in state["shadow"].items():
+            self.shadow[name].copy_(value)
+
+
+class StepBatches(torch.utils.data.Sampler):
+    """Batch indices as a function of the global batch number, so a resumed run sees exactly the same data:
+    epoch `e` shuffles with seed (seed, e); this process takes every `num_processes`-th batch."""
+
+    def __init__(self, size, batch_size, seed, first_batch, num_batches, rank=0, num_processes=1):
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.batches = range(first_batch * num_processes + rank, num_batches * num_processes, num_processes)
+        self.per_epoch = size // batch_size
+
+    def __iter__(self):
+        order, order_epoch = None, None
+        for batch in self.batches:
+            epoch, index = divmod(batch, self.per_epoch)
+            if epoch != order_epoch:
+                order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+                order_epoch = epoch
+            yield order[index * self.batch_size : (index + 1) * self.batch_size].tolist()
+
+    def __len__(self):
+        return len(self.batches)
+
+
+def reconstruction_loss(weights: dict, targets: dict) -> torch.Tensor:
+    """Magnitude-weighted MSE to the permuted base tensors, each normalised by its own scale."""
+    total = 0.0
+    for name, target in targets.items():
+        magnitude = target.abs()
+        error = (magnitude * (weights[name] - target) ** 2).mean()
+        total = total + error / (magnitude.mean() * target.pow(2).mean()).clamp_min(1e-12)
+    return total
+
+
+def step_width(config: TrainConfig, widths: list[int], step: int) -> int:
+    """The width trained at `step`: uniform over the training widths, the same on every process and on resume."""
+    return random.Random(config.seed * 1_000_003 + step).choice(widths)
+
+
+def learning_rate_factor(step: int, settings) -> float:
+    if step < settings.warmup_steps:
+        return (step + 1) / settings.warmup_steps
+    if settings.scheduler == "constant":
+        return 1.0
+    if settings.scheduler == "multistep":
+        return settings.gamma ** sum(step >= fraction * settings.max_steps for fraction in settings.milestones)
+    if settings.scheduler == "cosine":
+        progress = (step - settings.warmup_steps) / max(1, settings.max_steps - settings.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    raise ValueError(f"training.scheduler must be cosine, multistep or constant, got {settings.scheduler!r}")
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    steps = [(int(m.group(1)), p) for p in directory.glob("step_*") if (m := re.fullmatch(r"step_(\d+)", p.name))]
+    return max(steps)[1] if steps else None
+
+
+def evaluate_widths(hyper: NeuMetaModel, test, widths) -> dict:
+    hyper.eval()
+    return {f"accuracy/width_{w}": evaluate_accuracy(hyper.sample_model(w, num_samples=1), test) for w in widths}
+
+
+def train(config: TrainConfig) -> dict:
+    """Run the whole recipe; returns the sweep result (on the main process)."""
+    settings = config.training
+    output = Path(config.output_dir)
+    trackers = [JSONLTracker("neumeta", str(output))]
+    with contextlib.suppress(ImportError):
+        import tensorboard  # noqa: F401
+
+        trackers.append("tensorboard")
+    accelerator = Accelerator(
+        mixed_precision=settings.mixed_precision,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        log_with=trackers,
+        project_config=ProjectConfiguration(project_dir=str(output), logging_dir=str(output)),
+    )
+    set_seed(config.seed)
+    train_set, test_set, info = load_splits(config.data)
+
+    # 1. The base network.
+    if config.base.pretrained is None and (output / "base" / "config.json").exists():
+        config.base.pretrained = str(output / "base")  # a resumed run reuses the base it trained
+    base, base_accuracy = build_base_network(config, train_set, test_set, info, accelerator)
+    accelerator.print(f"Base network: width {base.config.width}, test accuracy {base_accuracy:.4f}")
+    if accelerator.is_main_process:
+        base.save_pretrained(output / "base")
+
+    # 2. The hypernetwork.
+    hyper_settings = config.hypernetwork
+    hyper = NeuMetaModel.from_base_model(
+        base,
+        width_range=hyper_settings.width_range,
+        morph=hyper_settings.morph,
+        smooth=hyper_settings.smooth,
+        train_widths=hyper_settings.train_widths,
+        **hyper_settings.config,
+    )
+    widths = hyper.config.train_widths
+    full_width = hyper.config.full_width
+    low, high = hyper.config.width_range
+    eval_widths = settings.eval_widths or sorted({low, (low + high) // 2, high})
+    if settings.epochs:
+        per_step = settings.batch_size * accelerator.num_processes * settings.gradient_accumulation_steps
+        settings.max_steps = math.ceil(settings.epochs * len(train_set) / per_step)
+
+    # 3. Training.
+    optimizer = torch.optim.AdamW(hyper.inr.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(step, settings))
+    model, optimizer, scheduler = accelerator.prepare(hyper, optimizer, scheduler)
+    hyper = accelerator.unwrap_model(model)
+    teacher = base.to(accelerator.device).eval()
+    ema = EMA(hyper.inr, hyper.config.ema_decay)
+    accelerator.register_for_checkpointing(ema)
+    run_facts = {"num_processes": accelerator.num_processes, "device": str(accelerator.device)}
+    accelerator.init_trackers("neumeta", config=_flat(config_to_dict(config)) | run_facts)
+    accelerator.print(f"Training on {accelerator.num_processes} process(es), device {accelerator.device}")
+
+    checkpoints = output / "checkpoints"
+    start_step = 0
+    if settings.resume_from_checkpoint:
+        resume = settings.resume_from_checkpoint
+        path = latest_checkpoint(checkpoints) if resume == "latest" else Path(resume)
+        if path is None or not path.exists():
+            raise FileNotFoundError(f"No checkpoint to resume from ({resume!r}; looked in {checkpoints})")
+        accelerator.load_state(str(path))
+        start_step = int(path.name.split("_")[-1])
+        accelerator.print(f"Resumed from {path} at step {start_step}")
+
+    micro_steps = settings.max_steps * settings.gradient_accumulation_steps
+    sampler = StepBatches(
+        len(train_set),
+        settings.batch_size,
+        config.seed,
+        start_step * settings.gradient_accumulation_steps,
+        micro_steps,
+        accelerator.process_index,
+        accelerator.num_processes,
+    )
+    loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler)
+    model.train()
+    step, last_checkpoint, started = start_step, None, time.time()
+    progress = progress_bar(
+        total=settings.max_steps, initial=start_step, desc="hypernetwork", disable=not accelerator.is_main_process
+    )
+    for micro_step, batch in enumerate(loader, start=start_step * settings.gradient_accumulation_steps):
+        step = micro_step // settings.gradient_accumulation_steps
+        width = step_width(config, widths, step)
+        pixel_values = batch["pixel_values"].to(accelerator.device)
+        labels = batch["labels"].to(accelerator.device)
+        noise_generator = torch.Generator(accelerator.device).manual_seed(config.seed * 7919 + micro_step)
+        with accelerator.accumulate(model):
+            # The full width is fitted exactly (reconstruction loss), so it is generated without noise.
+            noise = 0.0 if width == full_width else None
+            output_ = model(pixel_values=pixel_values, labels=labels, width=width, noise=noise, generator=noise_generator)
+            loss = output_.loss
+            terms = {"task_loss": output_.loss.detach()}
+            l2 = sum(tensor.norm() for tensor in output_.weights.values())
+            loss = loss + settings.l2_weight * l2
+            if width == full_width and settings.reconstruction_weight:
+                reconstruction = reconstruction_loss(output_.weights, hyper.reconstruction_targets())
+                loss = loss + settings.reconstruction_weight * reconstruction
+                terms["reconstruction_loss"] = reconstruction.detach()
+            if width != full_width and settings.distillation_weight:
+                with torch.no_grad():
+                    teacher_logits = teacher(pixel_values).logits
+                temperature = settings.distillation_temperature
+                distillation = F.kl_div(
+                    F.log_softmax(output_.logits / temperature, -1),
+                    F.log_softmax(teacher_logits / temperature, -1),
+                    log_target=True,
+                    reduction="batchmean",
+                ) * temperature**2
+                loss = loss + settings.distillation_weight * distillation
+                terms["distillation_loss"] = distillation.detach()
+            finite = accelerator.gather(torch.isfinite(loss.detach()).reshape(1)).all()
+            if not finite:
+                kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint yet"
+                raise FloatingPointError(
+                    f"Loss became {loss.item()} at step {step} (width {width}); stopping, {kept}. Lower "
+                    "training.learning_rate or set training.max_grad_norm, then resume with "
+                    "training.resume_from_checkpoint=latest."
+                )
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and settings.max_grad_norm:
+                accelerator.clip_grad_norm_(hyper.inr.parameters(), settings.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+        if not accelerator.sync_gradients:
+            continue
+        ema.update(hyper.inr)
+        done = step + 1
+        progress.update(1)
+        progress.set_postfix(loss=f"{loss.item():.3f}", width=width)
+        accelerator.log(
+            {"loss": loss.item(), "width": width, "lr": scheduler.get_last_lr()[0]}
+            | {k: v.item() for k, v in terms.items()},
+            step=done,
+        )
+        if done % settings.eval_every == 0 or done == settings.max_steps:
+            with ema.applied(hyper.inr):
+                accuracies = evaluate_widths(hyper, test_set, eval_widths)
+            model.train()
+            accelerator.log(accuracies, step=done)
+            progress.write(f"step {done}: " + ", ".join(f"{k.split('_')[-1]}: {v:.4f}" for k, v in accuracies.items()))
+        if done % settings.checkpoint_every == 0 or done == settings.max_steps:
+            last_checkpoint = checkpoints / f"step_{done}"
+            accelerator.save_state(str(last_checkpoint))
+    progress.close()
+    accelerator.wait_for_everyone()
+    accelerator.print(f"Trained {settings.max_steps - start_step} steps in {time.time() - started:.1f}s")
+
+    # 4. Results: EMA hypernetwork, base, sweep, one sampled network.
+    result = {}
+    if accelerator.is_main_process:
+        with torch.no_grad():
+            for name, value in ema.shadow.items():
+                dict(hyper.inr.named_parameters())[name].copy_(value)
+        hyper.eval()
+        hyper.save_pretrained(output / "hypernetwork")
+        result = sweep(
+            hyper,
+            test_set,
+            config.sweep.widths,
+            num_samples=config.sweep.num_samples,
+            base_accuracy=base_accuracy,
+            dataset_name=info.name,
+            batch_size=config.sweep.batch_size,
+        )
+        write_sweep(result, output)
+        save_width = config.sweep.save_width or (low + high) // 2
+        hyper.sample_model(save_width, num_samples=config.sweep.num_samples).save_pretrained(
+            output / f"sampled-width-{save_width}"
+        )
+        worst = min(result["results"], key=lambda r: r["accuracy"])
+        accelerator.print(
+            f"Sweep over {len(result['results'])} widths: worst {worst['accuracy']:.4f} at width {worst['width']} "
+            f"(base {base_accuracy:.4f}).\nResults in {output}: hypernetwork/, base/, sampled-width-{save_width}/, "
+            "sweep.json, sweep.md, sweep.png, log.jsonl"
+        )
+    accelerator.end_training()
+    return result
+
+
+def _flat(values: dict, prefix: str = "") -> dict:
+    """Nested config -> flat {dotted.key: scalar} for trackers."""
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML recipe (see training/configs/); omitted: the built-in defaults")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. training.max_steps=200")
+    args = parser.parse_args(argv)
+    train(load_config(args.config, args.overrides))
+
+
+if __name__ == "__main__":
+    main()
