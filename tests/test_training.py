@@ -34,8 +34,11 @@ def quick_config(tmp_path, *extra):
 
 
 def test_config_overrides_and_unknown_keys():
-    config = load_config(DIGITS, ["training.max_steps=7", "hypernetwork.config.hidden_size=32", "seed=3"])
-    assert config.training.max_steps == 7 and config.seed == 3
+    config = load_config(DIGITS, ["training.max_steps=7", "hypernetwork.config.hidden_size=32", "seed=3",
+                                  "training.learning_rate=2e-3"])
+    assert config.training.max_steps == 7 and config.seed == 3 and config.training.learning_rate == 0.002
+    with pytest.raises(ValueError, match="training.learning_rate must be a number"):
+        load_config(DIGITS, ["training.learning_rate=fast"])
     assert config.hypernetwork.config["hidden_size"] == 32 and config.data.name == "digits"
     with pytest.raises(ValueError, match="Unknown key\\(s\\) training.max_stepz; valid keys here: max_steps"):
         load_config(DIGITS, ["training.max_stepz=7"])

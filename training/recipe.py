@@ -122,5 +122,16 @@ def _build(cls, values: dict, where: str):
         if dataclasses.is_dataclass(hints[name]):
             kwargs[name] = _build(hints[name], value or {}, f"{where}{name}.")
         else:
-            kwargs[name] = value
+            kwargs[name] = _coerce(value, hints[name], f"{where}{name}")
     return cls(**kwargs)
+
+
+def _coerce(value, hint, key: str):
+    """YAML reads `2e-3` as a string (it wants `2.0e-3`): convert strings for numeric fields."""
+    numeric = [t for t in (typing.get_args(hint) or (hint,)) if t in (int, float)]
+    if isinstance(value, str) and numeric:
+        try:
+            return numeric[0](float(value)) if numeric[0] is int else float(value)
+        except ValueError:
+            raise ValueError(f"{key} must be a number, got {value!r}") from None
+    return value

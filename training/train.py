@@ -183,7 +183,8 @@ def train(config: TrainConfig) -> dict:
     train_set, test_set, info = load_splits(config.data)
 
     # 1. The base network.
-    if config.base.pretrained is None and (output / "base" / "config.json").exists():
+    resuming = settings.resume_from_checkpoint is not None
+    if resuming and config.base.pretrained is None and (output / "base" / "config.json").exists():
         config.base.pretrained = str(output / "base")  # a resumed run reuses the base it trained
     base, base_accuracy = build_base_network(config, train_set, test_set, info, accelerator)
     accelerator.print(f"Base network: width {base.config.width}, test accuracy {base_accuracy:.4f}")
@@ -222,7 +223,7 @@ def train(config: TrainConfig) -> dict:
 
     checkpoints = output / "checkpoints"
     start_step = 0
-    if settings.resume_from_checkpoint:
+    if resuming:
         resume = settings.resume_from_checkpoint
         path = latest_checkpoint(checkpoints) if resume == "latest" else Path(resume)
         if path is None or not path.exists():
@@ -277,7 +278,7 @@ def train(config: TrainConfig) -> dict:
                 ) * temperature**2
                 loss = loss + settings.distillation_weight * distillation
                 terms["distillation_loss"] = distillation.detach()
-            finite = accelerator.gather(torch.isfinite(loss.detach()).reshape(1)).all()
+            finite = accelerator.gather(torch.isfinite(loss.detach()).reshape(1).float()).min() > 0
             if not finite:
                 kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint yet"
                 raise FloatingPointError(
