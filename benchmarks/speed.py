@@ -58,9 +58,11 @@ TARGETS = {
 }
 
 
-def build_model() -> NeuMetaModel:
+def build_model(shared_trunk: bool = False) -> NeuMetaModel:
     base = NeuMetaResNetCifarForImageClassification(NeuMetaResNetCifarConfig(morph="last")).eval()
-    return NeuMetaModel.from_base_model(base, width_range=(32, 64), morph="last", smooth=False).eval()
+    return NeuMetaModel.from_base_model(
+        base, width_range=(32, 64), morph="last", smooth=False, shared_trunk=shared_trunk
+    ).eval()
 
 
 def time_ms(fn, repeats: int, warmup: int = 1) -> dict:
@@ -324,6 +326,7 @@ def main():
     }
 
     model = build_model()
+    shared_trunk_model = build_model(shared_trunk=True)
     spec = model.spec
     coordinates = spec.coordinates(WIDTH)
     row_counts = coordinates.row_counts
@@ -346,6 +349,8 @@ def main():
     cases = {
         "matmul_floor": floor_fn,
         "materialise": lambda: model.generate_weights(WIDTH),
+        # The alternative INR layout: one MLP for all tensors, per-tensor embeddings (same width and depth).
+        "materialise_shared_trunk": lambda: shared_trunk_model.generate_weights(WIDTH),
         "inr_forward": lambda: model.inr(positions, coordinates.context, row_counts),
         "sample_model": lambda: model.sample_model(WIDTH, num_samples=1),
         "reference_style": lambda: reference_style_sample(model, WIDTH),
@@ -389,6 +394,9 @@ def main():
     result["matmul_floor_gflops"] = floor_flops / 1e9
     result["matmul_floor_gflop_per_s"] = floor_flops / 1e9 / (floor_ms / 1e3)
     result["materialise_over_floor"] = statistics.median(ratios["materialise"])
+    result["materialise_shared_trunk_ms"] = median["materialise_shared_trunk"]
+    result["materialise_shared_trunk_over_floor"] = statistics.median(ratios["materialise_shared_trunk"])
+    result["shared_trunk_inr_parameters"] = count(shared_trunk_model.inr.parameters())
     result["sample_model_over_floor"] = statistics.median(ratios["sample_model"])
     result["inr_forward_over_floor"] = statistics.median(ratios["inr_forward"])
     result["num_samples"] = args.num_samples

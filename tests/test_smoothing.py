@@ -56,3 +56,16 @@ def test_tour_with_dummy_city_is_a_valid_tsp_tour():
     """The solver contract relied on: integer symmetric matrix in, permutation of all nodes out."""
     tour = fast_tsp.find_tour([[0, 3, 4], [3, 0, 5], [4, 5, 0]], duration_seconds=0.1)
     assert sorted(tour) == [0, 1, 2]
+
+
+def test_input_pixels_and_class_outputs_keep_their_order():
+    model = nm.fold_batch_norm(random_base(nm.NeuMetaMLPConfig()))
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    nm.smooth_channels(model, nm.MorphSpec(model.config).groups)
+    after = model.state_dict()
+    assert not torch.equal(after["fc1.weight"], before["fc1.weight"])  # hidden units did move...
+    # ...as whole rows: each is an original row with its input pixels in their original order.
+    matches = (after["fc1.weight"][:, None, :] == before["fc1.weight"][None, :, :]).all(-1)
+    assert matches.sum(1).tolist() == [1] * 64
+    assert torch.equal(after["classifier.bias"], before["classifier.bias"])  # class k is still output k
+    assert torch.equal(after["classifier.weight"].sort(1).values, before["classifier.weight"].sort(1).values)

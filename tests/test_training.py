@@ -19,10 +19,10 @@ from recipe import load_config
 DIGITS = str(REPO / "training" / "configs" / "digits_mlp.yaml")
 QUICK = [
     "base.epochs=3",
-    "training.max_steps=40",
+    "training.max_steps=120",
     "training.warmup_steps=5",
-    "training.checkpoint_every=20",
-    "training.eval_every=20",
+    "training.checkpoint_every=60",
+    "training.eval_every=60",
     "training.batch_size=64",
     "hypernetwork.config.hidden_size=32",
     "sweep.widths=[32,33,64]",
@@ -69,40 +69,44 @@ def test_short_training_run_learns_and_writes_every_output(tmp_path, fresh_accel
     result = train_script.train(quick_config(tmp_path))
     for name in ("sweep.json", "sweep.md", "sweep.png", "log.jsonl", "base/config.json",
                  "base/preprocessor_config.json", "hypernetwork/model.safetensors", "sampled-width-48/config.json",
-                 "checkpoints/step_20", "checkpoints/step_40"):
+                 "checkpoints/step_60", "checkpoints/step_120"):
         assert (tmp_path / name).exists(), name
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     losses = [r["task_loss"] for r in records if "task_loss" in r]
-    assert len(losses) == 40 and np.mean(losses[-10:]) < np.mean(losses[:10])
+    assert len(losses) == 120 and np.mean(losses[-20:]) < np.mean(losses[:20])
     assert any("accuracy/width_64" in r for r in records)
     saved = json.loads((tmp_path / "sweep.json").read_text())
     assert saved == json.loads(json.dumps(result))
     assert [r["width"] for r in saved["results"]] == [32, 33, 64]
     assert [r["seen_in_training"] for r in saved["results"]] == [True, False, True]
-    assert all(r["accuracy"] > 0.5 for r in saved["results"])  # chance is 0.1
+    accuracy = {r["width"]: r["accuracy"] for r in saved["results"]}
+    assert min(accuracy.values()) > 0.3 and accuracy[64] > 0.8  # chance is 0.1
     hyper = nm.NeuMetaModel.from_pretrained(tmp_path / "hypernetwork")
     assert hyper.sample_model(40).config.width == 40
 
 
 @pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path, fresh_accelerate_state, monkeypatch):
-    train_script.train(quick_config(tmp_path / "straight"))
+    # fast-tsp is time-boxed and unseeded, so two fresh runs may permute channels differently; without the
+    # permutation both runs start from the same hypernetwork and must end on the same weights.
+    deterministic = "hypernetwork.smooth=false"
+    train_script.train(quick_config(tmp_path / "straight", deterministic))
     reset_accelerate_state()
     uninterrupted = load_file(tmp_path / "straight" / "hypernetwork" / "model.safetensors")
 
     real_step_width = train_script.step_width
 
     def crash_after_checkpoint(config, widths, step):
-        if step == 25:
+        if step == 70:
             raise KeyboardInterrupt("simulated interruption")
         return real_step_width(config, widths, step)
 
     monkeypatch.setattr(train_script, "step_width", crash_after_checkpoint)
     with pytest.raises(KeyboardInterrupt):
-        train_script.train(quick_config(tmp_path / "resumed"))
+        train_script.train(quick_config(tmp_path / "resumed", deterministic))
     monkeypatch.setattr(train_script, "step_width", real_step_width)
     reset_accelerate_state()
-    train_script.train(quick_config(tmp_path / "resumed", "training.resume_from_checkpoint=latest"))
+    train_script.train(quick_config(tmp_path / "resumed", deterministic, "training.resume_from_checkpoint=latest"))
     resumed = load_file(tmp_path / "resumed" / "hypernetwork" / "model.safetensors")
     assert resumed.keys() == uninterrupted.keys()
     for name in uninterrupted:
@@ -122,6 +126,7 @@ def test_two_cpu_processes_train_one_hypernetwork(tmp_path):
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
         str(REPO / "training" / "train.py"), "--config", DIGITS, f"output_dir={tmp_path}", *QUICK,
         "training.max_steps=20",
+        "training.checkpoint_every=20",
     ]  # fmt: skip
     environment = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)

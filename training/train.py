@@ -41,7 +41,8 @@ class JSONLTracker(GeneralTracker):
     name = "jsonl"
     requires_logging_directory = True
 
-    @on_main_process
+    # No @on_main_process here: the tracker is built before the Accelerator, and asking for the process
+    # state that early would settle it as single-process before the CPU multi-process set-up happens.
     def __init__(self, run_name: str, logging_dir: str):
         super().__init__()
         self.path = Path(logging_dir) / "log.jsonl"
@@ -297,7 +298,7 @@ def train(config: TrainConfig) -> dict:
         ema.update(hyper.inr)
         done = step + 1
         progress.update(1)
-        progress.set_postfix(loss=f"{loss.item():.3f}", width=width)
+        progress.set_postfix(loss=f"{loss.item():.3f}", width=width, refresh=False)
         accelerator.log(
             {"loss": loss.item(), "width": width, "lr": scheduler.get_last_lr()[0]}
             | {k: v.item() for k, v in terms.items()},

@@ -59,8 +59,11 @@ def train_network(model, train, settings: BaseConfig, accelerator: Accelerator, 
             accelerator.backward(loss)
             optimizer.step()
             scheduler.step()
-        progress.set_postfix(loss=f"{loss.item():.3f}")
-    return accelerator.unwrap_model(model).eval()
+        progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    model = accelerator.unwrap_model(model)
+    # Forget the base network's training objects, so that later checkpoints hold only the hypernetwork's.
+    accelerator.free_memory()
+    return model.eval()
 
 
 def _decay(step: int, total: int, milestones: list[float]) -> float:
