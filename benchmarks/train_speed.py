@@ -49,7 +49,7 @@ def measure(name: str, steps: int) -> dict:
     hyper = nm.NeuMetaModel.from_base_model(
         base.eval(), width_range=setting["width_range"], morph=setting["morph"], smooth=False, **setting["inr"]
     ).train()
-    plain = nm.fold_batch_norm(base).train()  # the network the hypernetwork generates, trained directly
+    plain = base.train()  # the full-width network as one would train it (BatchNorm included)
     hyper_optimizer = torch.optim.AdamW(hyper.inr.parameters(), lr=1e-4)
     plain_optimizer = torch.optim.AdamW(plain.parameters(), lr=1e-4)
     batch = torch.randn(setting["batch_size"], config.num_channels, config.image_size, config.image_size)

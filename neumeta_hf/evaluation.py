@@ -94,7 +94,7 @@ def plot_sweep(result: dict, path: str | Path):
     axis.set_ylabel(f"{result['split']} accuracy")
     axis.set_title(f"Sampled networks on {result['dataset']}")
     axis.grid(alpha=0.3)
-    axis.legend(loc="lower right")
+    axis.legend(loc="best", fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
