@@ -11,6 +11,7 @@ image processor. Images are stored as uint8 and converted on access, so the Arro
 """
 
 import gzip
+import hashlib
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,7 +227,9 @@ def read_idx(path: Path) -> np.ndarray:
 
 def _idx_dataset(directory: Path, cache_dir: str | None):
     files = _idx_files(directory)
-    cache = Path(cache_dir or Path.home() / ".cache" / "neumeta_hf") / f"idx-{directory.resolve().name}"
+    source = directory.resolve()
+    key = hashlib.sha1(str(source).encode()).hexdigest()[:10]  # one cache per source directory
+    cache = Path(cache_dir or Path.home() / ".cache" / "neumeta_hf") / f"idx-{source.name}-{key}"
     labels = FASHION_MNIST_LABELS if "fashion" in directory.name.lower() else [str(d) for d in range(10)]
     if not cache.exists():
         splits = {}

@@ -1,24 +1,49 @@
-"""Accuracy of sampled networks over a dataset, width sweeps, and their JSON / Markdown / plot reports."""
+"""Metrics of sampled networks over a dataset (through `evaluate`), width sweeps, and their JSON / Markdown /
+plot reports."""
 
 import json
 from pathlib import Path
 
+import evaluate
 import torch
+
 from .progress import progress_bar
 
 SWEEP_FILES = ("sweep.json", "sweep.md", "sweep.png")
+# Metric modules ship inside the package: `evaluate.load("accuracy")` would need the Hub.
+METRICS_DIR = Path(__file__).parent / "metrics"
+METRICS = ("accuracy", "top5_accuracy")
+
+
+def load_metric(name: str) -> evaluate.EvaluationModule:
+    """One of the bundled metric modules (`accuracy`, `top5_accuracy`), loaded from its file."""
+    if name not in METRICS:
+        raise ValueError(f"Unknown metric {name!r}; bundled metrics: {', '.join(METRICS)}")
+    return evaluate.load(str(METRICS_DIR / name))
 
 
 @torch.no_grad()
-def evaluate_accuracy(model, dataset, batch_size: int = 512, device=None) -> float:
-    """Top-1 accuracy (a fraction) of an image classifier on a dataset with `pixel_values` and `labels`."""
+def evaluate_model(model, dataset, batch_size: int = 512, device=None) -> dict[str, float]:
+    """Accuracy and top-5 accuracy (fractions) of an image classifier on a dataset with `pixel_values` and
+    `labels`, batched, on the model's device."""
     device = device or next(model.parameters()).device
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
-    correct = 0
-    for batch in loader:
-        logits = model(batch["pixel_values"].to(device)).logits
-        correct += int((logits.argmax(-1).cpu() == batch["labels"]).sum())
-    return correct / len(dataset)
+    metrics = {name: load_metric(name) for name in METRICS}
+    for batch in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
+        logits = model(batch["pixel_values"].to(device)).logits.float().cpu()
+        ranked = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
+        metrics["accuracy"].add_batch(predictions=ranked[:, 0], references=batch["labels"])
+        metrics["top5_accuracy"].add_batch(predictions=ranked.tolist(), references=batch["labels"])
+    return {name: metric.compute()[name] for name, metric in metrics.items()}
+
+
+def evaluate_accuracy(model, dataset, batch_size: int = 512, device=None) -> float:
+    """Top-1 accuracy (a fraction)."""
+    return evaluate_model(model, dataset, batch_size, device)["accuracy"]
+
+
+def evaluate_width(hyper, dataset, width: int, num_samples: int | None = None, batch_size: int = 512) -> dict:
+    """Metrics of the hypernetwork's sampled network of width `width`."""
+    return evaluate_model(hyper.sample_model(width, num_samples=num_samples), dataset, batch_size)
 
 
 def sweep(
@@ -44,7 +69,7 @@ def sweep(
         results.append(
             {
                 "width": width,
-                "accuracy": evaluate_accuracy(network, dataset, batch_size),
+                **evaluate_model(network, dataset, batch_size),
                 "seen_in_training": width in hyper.config.train_widths,
                 "num_parameters": network.num_parameters(),
             }

@@ -56,3 +56,15 @@ def reset_accelerate_state():
 def fresh_accelerate_state():
     yield
     reset_accelerate_state()
+
+
+def write_idx_dataset(directory, images, labels):
+    """MNIST-format IDX files (gzipped) for both splits: the layout of Debian's dataset-fashion-mnist."""
+    import gzip
+    import struct
+
+    for prefix in ("train", "t10k"):
+        with gzip.open(directory / f"{prefix}-images-idx3-ubyte.gz", "wb") as handle:
+            handle.write(struct.pack(">HBB3I", 0, 8, 3, *images.shape) + images.tobytes())
+        with gzip.open(directory / f"{prefix}-labels-idx1-ubyte.gz", "wb") as handle:
+            handle.write(struct.pack(">HBBI", 0, 8, 1, len(labels)) + labels.tobytes())

@@ -31,3 +31,23 @@ def test_sweep_reports_every_width_and_writes_table_and_plot(mlp_hyper, tmp_path
     table = paths[1].read_text()
     assert "| 17 | no |" in table and table.count("\n| ") == 4  # header + three widths
     assert paths[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bundled_metric_modules_load_offline_and_compute():
+    from neumeta_hf.evaluation import load_metric
+
+    accuracy = load_metric("accuracy")
+    accuracy.add_batch(predictions=[1, 2, 3, 4], references=[1, 2, 0, 4])
+    assert accuracy.compute() == {"accuracy": 0.75}
+    top5 = load_metric("top5_accuracy")
+    top5.add_batch(predictions=[[9, 8, 7, 6, 5, 4], [0, 1, 2, 3, 4, 5]], references=[4, 3])
+    assert top5.compute() == {"top5_accuracy": 0.5}
+
+
+def test_unknown_metric_names_the_bundled_ones():
+    import pytest
+
+    from neumeta_hf.evaluation import load_metric
+
+    with pytest.raises(ValueError, match="bundled metrics: accuracy, top5_accuracy"):
+        load_metric("miou")

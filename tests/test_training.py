@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 import neumeta_hf as nm
 import train as train_script
-from conftest import REPO, reset_accelerate_state
+from conftest import REPO, reset_accelerate_state, write_idx_dataset
 from neumeta_hf.data import DataConfig, load_splits, random_crop_and_flip
 from recipe import load_config
 
@@ -160,16 +160,8 @@ def test_hub_named_dataset_maps_its_columns(tmp_path, monkeypatch):
 
 
 def test_idx_directory_is_read_and_cached(tmp_path):
-    import gzip
-    import struct
-
     images = np.arange(6 * 28 * 28, dtype=np.uint32).astype(np.uint8).reshape(6, 28, 28)
-    labels = np.array([0, 1, 2, 3, 4, 5], dtype=np.uint8)
-    for prefix in ("train", "t10k"):
-        with gzip.open(tmp_path / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
-            f.write(struct.pack(">HBB3I", 0, 8, 3, 6, 28, 28) + images.tobytes())
-        with gzip.open(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
-            f.write(struct.pack(">HBBI", 0, 8, 1, 6) + labels.tobytes())
+    write_idx_dataset(tmp_path, images, np.array([0, 1, 2, 3, 4, 5], dtype=np.uint8))
     config = DataConfig(name=str(tmp_path), cache_dir=str(tmp_path / "cache"), image_mean=[0.0], image_std=[1.0])
     train, test, info = load_splits(config)
     assert (info.num_channels, info.image_size, len(train), len(test)) == (1, 28, 6, 6)

@@ -1,0 +1,157 @@
+"""The `neumeta-hf` command line: sample networks of any width, sweep widths, describe a hypernetwork.
+
+    neumeta-hf sample outputs/digits_mlp/hypernetwork --width 40 --output nets/
+    neumeta-hf sample outputs/digits_mlp/hypernetwork --width 32:64:8 --num-samples 10
+    neumeta-hf sweep outputs/digits_mlp/hypernetwork --dataset digits --widths 32,48,64
+    neumeta-hf info outputs/digits_mlp/hypernetwork
+
+SOURCE is a local directory or a Hub id of a trained hypernetwork (`NeuMetaModel.save_pretrained`).
+Bad arguments exit with status 2 and a message naming the problem.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import NeuMetaModel
+from .progress import progress_bar
+
+
+def parse_widths(text: str) -> list[int]:
+    """`16,24,32` or `16:64:8` (start:stop:step, stop included) or `40` -> a list of widths."""
+    try:
+        if ":" in text:
+            start, stop, *step = (int(part) for part in text.split(":"))
+            if len(step) > 1:
+                raise ValueError
+            widths = list(range(start, stop + 1, step[0] if step else 1))
+        else:
+            widths = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid widths {text!r}: use one width (40), a list (16,24,32) or a range (16:64:8)"
+        ) from None
+    if not widths or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"invalid widths {text!r}: widths must be positive integers")
+    return widths
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="neumeta-hf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sample = commands.add_parser(
+        "sample",
+        help="materialise networks of given widths",
+        description="Sample standalone networks from a hypernetwork and save each with save_pretrained "
+        "(weights, config, model code, image processor): one directory per width, loadable with "
+        "AutoModelForImageClassification.from_pretrained(dir, trust_remote_code=True).",
+    )
+    sample.add_argument("source", metavar="SOURCE", help="hypernetwork directory or Hub id")
+    sample.add_argument("--width", required=True, type=parse_widths, help="40, 16,24,32 or 16:64:8")
+    sample.add_argument("--num-samples", type=int, default=None, help="generations averaged (default: config)")
+    sample.add_argument("--seed", type=int, default=0, help="seed of the coordinate noise (default: 0)")
+    sample.add_argument("--output", default=".", help="parent directory of the width-W directories (default: .)")
+
+    sweep = commands.add_parser(
+        "sweep",
+        help="accuracy of sampled networks across widths",
+        description="Evaluate sampled networks over widths on a dataset's test split; writes sweep.json, "
+        "sweep.md and sweep.png.",
+    )
+    sweep.add_argument("source", metavar="SOURCE", help="hypernetwork directory or Hub id")
+    sweep.add_argument("--dataset", required=True, help="digits, fashion_mnist, an IDX or saved-dataset dir, or a Hub id")
+    sweep.add_argument("--widths", type=parse_widths, default=None, help="default: every width in the trained range")
+    sweep.add_argument("--num-samples", type=int, default=None, help="generations averaged (default: config)")
+    sweep.add_argument("--output", default=".", help="directory for sweep.json/.md/.png (default: .)")
+
+    info = commands.add_parser("info", help="describe a hypernetwork", description="Family, widths, morph mode, "
+                               "INR size against the generated network's, smoothing and a stored sweep.")
+    info.add_argument("source", metavar="SOURCE", help="hypernetwork directory or Hub id")
+    return parser
+
+
+def load_hypernetwork(parser: argparse.ArgumentParser, source: str) -> NeuMetaModel:
+    try:
+        return NeuMetaModel.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        parser.error(f"cannot load a hypernetwork from {source!r}: {error}")
+
+
+def run_sample(args, parser):
+    hyper = load_hypernetwork(parser, args.source)
+    if args.num_samples is not None and args.num_samples < 1:
+        parser.error("--num-samples must be at least 1")
+    output = Path(args.output)
+    for width in progress_bar(args.width, desc="sampling", unit="network", disable=len(args.width) == 1):
+        network = hyper.sample_model(width, num_samples=args.num_samples, seed=args.seed)
+        directory = output / f"width-{width}"
+        network.save_pretrained(directory)
+        print(f"width {width}: {network.num_parameters():,} parameters -> {directory}")
+
+
+def run_sweep(args, parser):
+    from .data import DataConfig, load_splits
+    from .evaluation import sweep, write_sweep
+
+    hyper = load_hypernetwork(parser, args.source)
+    family = hyper.base_network.config
+    data = DataConfig(name=args.dataset, image_mean=family.image_mean, image_std=family.image_std)
+    try:
+        _, test, info = load_splits(data)
+    except (OSError, ValueError) as error:
+        parser.error(f"cannot load dataset {args.dataset!r}: {error}")
+    if (info.num_channels, info.image_size) != (family.num_channels, family.image_size):
+        parser.error(
+            f"dataset {args.dataset!r} has {info.num_channels}x{info.image_size}x{info.image_size} images, the "
+            f"hypernetwork's networks take {family.num_channels}x{family.image_size}x{family.image_size}"
+        )
+    result = sweep(hyper, test, args.widths, num_samples=args.num_samples, dataset_name=args.dataset)
+    paths = write_sweep(result, args.output)
+    for row in result["results"]:
+        print(f"width {row['width']:>4}: accuracy {row['accuracy']:.4f}")
+    print("wrote " + ", ".join(str(p) for p in paths))
+
+
+def describe(hyper: NeuMetaModel, source: str) -> dict:
+    config = hyper.config
+    full = hyper.spec.skeleton(config.full_width)
+    facts = {
+        "family": config.family,
+        "full_width": config.full_width,
+        "width_range": config.width_range,
+        "train_widths": config.train_widths,
+        "morph": config.morph,
+        "inr": {k: getattr(config, k) for k in ("hidden_size", "num_layers", "num_frequencies", "shared_trunk")},
+        "inr_parameters": sum(p.numel() for p in hyper.inr.parameters()),
+        "full_network_parameters": sum(p.numel() for p in full.parameters()),
+        "generated_parameters_at_full_width": sum(
+            p.numel() for name, p in full.named_parameters() if name in set(hyper.spec.names)
+        ),
+        "smoothing": {k: v for k, v in (config.smoothing or {}).items() if k != "groups"},
+    }
+    for candidate in (Path(source) / "sweep.json", Path(source).parent / "sweep.json"):
+        if candidate.is_file():
+            facts["sweep"] = json.loads(candidate.read_text())
+            break
+    return facts
+
+
+def run_info(args, parser):
+    hyper = load_hypernetwork(parser, args.source)
+    facts = describe(hyper, args.source)
+    print(json.dumps(facts, indent=2))
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    {"sample": run_sample, "sweep": run_sweep, "info": run_info}[args.command](args, parser)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

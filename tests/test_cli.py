@@ -1,0 +1,79 @@
+import json
+
+import pytest
+
+from neumeta_hf.cli import main, parse_widths
+
+
+def test_width_lists_and_ranges():
+    assert parse_widths("40") == [40]
+    assert parse_widths("16,24,32") == [16, 24, 32]
+    assert parse_widths("16:64:16") == [16, 32, 48, 64]
+    assert parse_widths("30:32") == [30, 31, 32]
+
+
+@pytest.fixture(scope="module")
+def saved_hyper(mlp_hyper, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("hyper")
+    mlp_hyper.save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["sample", "{hyper}", "--width", "3.5"], "invalid widths '3.5'"),
+        (["sample", "{hyper}", "--width", "0,8"], "widths must be positive"),
+        (["sample", "{hyper}"], "the following arguments are required: --width"),
+        (["sample", "{hyper}", "--width", "20", "--num-samples", "0"], "--num-samples must be at least 1"),
+        (["sample", "{missing}", "--width", "20"], "cannot load a hypernetwork from"),
+        (["info"], "the following arguments are required: SOURCE"),
+        (["sweep", "{hyper}", "--dataset", "digits", "--widths", "a:b"], "invalid widths 'a:b'"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ],
+)
+def test_bad_arguments_exit_2_naming_the_problem(argv, message, saved_hyper, tmp_path, capsys):
+    argv = [a.format(hyper=saved_hyper, missing=tmp_path / "nothing") for a in argv]
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_sample_writes_one_loadable_directory_per_width(saved_hyper, tmp_path, capsys):
+    from transformers import AutoModelForImageClassification
+
+    assert main(["sample", str(saved_hyper), "--width", "20:24:4", "--output", str(tmp_path)]) == 0
+    for width in (20, 24):
+        network = AutoModelForImageClassification.from_pretrained(tmp_path / f"width-{width}", trust_remote_code=True)
+        assert network.config.width == width
+        assert (tmp_path / f"width-{width}" / "preprocessor_config.json").exists()
+    assert "width 24:" in capsys.readouterr().out
+
+
+def test_info_reports_sizes_and_ranges(saved_hyper, capsys):
+    assert main(["info", str(saved_hyper)]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["family"] == "neumeta-mlp" and facts["width_range"] == [16, 64]
+    assert facts["full_network_parameters"] == 8970 and facts["inr_parameters"] > 0
+    assert facts["smoothing"]["total_variation_after"] < facts["smoothing"]["total_variation_before"]
+
+
+def test_sweep_on_digits_writes_reports(saved_hyper, tmp_path, capsys):
+    assert main(["sweep", str(saved_hyper), "--dataset", "digits", "--widths", "16,17", "--output", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "sweep.json").read_text())
+    assert [r["width"] for r in result["results"]] == [16, 17]
+    assert all(0 <= r["top5_accuracy"] <= 1 and r["accuracy"] <= r["top5_accuracy"] for r in result["results"])
+    assert (tmp_path / "sweep.png").exists()
+
+
+def test_sweep_rejects_a_dataset_of_another_shape(saved_hyper, tmp_path, capsys):
+    import numpy as np
+
+    from conftest import write_idx_dataset
+
+    write_idx_dataset(tmp_path, np.zeros((4, 28, 28), dtype=np.uint8), np.arange(4, dtype=np.uint8))
+    with pytest.raises(SystemExit) as stop:
+        main(["sweep", str(saved_hyper), "--dataset", str(tmp_path), "--output", str(tmp_path / "out")])
+    assert stop.value.code == 2
+    assert "has 1x28x28 images, the hypernetwork's networks take 1x8x8" in capsys.readouterr().err
