@@ -68,7 +68,8 @@ def test_shipped_configs_parse_and_build_their_hypernetwork_config(name):
 def test_short_training_run_learns_and_writes_every_output(tmp_path, fresh_accelerate_state):
     result = train_script.train(quick_config(tmp_path))
     for name in ("sweep.json", "sweep.md", "sweep.png", "log.jsonl", "base/config.json",
-                 "base/preprocessor_config.json", "hypernetwork/model.safetensors", "sampled-width-48/config.json",
+                 "base/preprocessor_config.json", "hypernetwork/model.safetensors", "hypernetwork/README.md",
+                 "hypernetwork/sweep.png", "sampled-width-48/config.json", "sampled-width-48/README.md",
                  "checkpoints/step_60", "checkpoints/step_120"):
         assert (tmp_path / name).exists(), name
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]

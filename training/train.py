@@ -18,6 +18,7 @@ import json
 import math
 import random
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from neumeta_hf.progress import progress_bar
 
 from neumeta_hf import NeuMetaModel
+from neumeta_hf.cards import hypernetwork_card, sampled_network_card
 from neumeta_hf.data import load_splits
 from neumeta_hf.evaluation import evaluate_accuracy, sweep, write_sweep
 from recipe import TrainConfig, config_to_dict, load_config
@@ -335,9 +337,21 @@ def train(config: TrainConfig) -> dict:
             batch_size=config.sweep.batch_size,
         )
         write_sweep(result, output)
+        shutil.copy(output / "sweep.png", output / "hypernetwork" / "sweep.png")
+        recipe = (
+            f"{settings.max_steps} steps, batch {settings.batch_size}, AdamW lr {settings.learning_rate} "
+            f"({settings.scheduler}), distillation weight {settings.distillation_weight}"
+        )
+        hypernetwork_card(
+            hyper, sweep=result, training={"dataset": info.name, "recipe": recipe}, sweep_plot="sweep.png"
+        ).save(output / "hypernetwork" / "README.md")
         save_width = config.sweep.save_width or (low + high) // 2
-        hyper.sample_model(save_width, num_samples=config.sweep.num_samples).save_pretrained(
-            output / f"sampled-width-{save_width}"
+        network = hyper.sample_model(save_width, num_samples=config.sweep.num_samples)
+        network.save_pretrained(output / f"sampled-width-{save_width}")
+        measured = next((r for r in result["results"] if r["width"] == save_width), None)
+        metrics = {name: measured[name] for name in ("accuracy", "top5_accuracy")} if measured else None
+        sampled_network_card(network, hypernetwork=str(output / "hypernetwork"), metrics=metrics, dataset=info.name).save(
+            output / f"sampled-width-{save_width}" / "README.md"
         )
         worst = min(result["results"], key=lambda r: r["accuracy"])
         accelerator.print(

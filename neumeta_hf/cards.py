@@ -1,0 +1,102 @@
+"""Model cards for hypernetworks and sampled networks, rendered from the Jinja templates in `model_cards/`."""
+
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from .evaluation import sweep_markdown
+
+TEMPLATES = Path(__file__).resolve().parents[1] / "model_cards"
+LICENSE = "mit"
+
+
+def _looks_like_hub_id(name: str | None) -> bool:
+    return bool(name) and not Path(name).exists() and name.count("/") == 1
+
+
+def hypernetwork_card(
+    hyper, repo_id: str | None = None, sweep: dict | None = None, training: dict | None = None,
+    sweep_plot: str | None = None,
+) -> ModelCard:
+    """The card of a trained hypernetwork: what it is, its widths and sizes, the sweep, how to sample."""
+    config = hyper.config
+    full = hyper.spec.skeleton(config.full_width)
+    smoothing = config.smoothing
+    dataset = (sweep or {}).get("dataset") or (training or {}).get("dataset")
+    card_data = ModelCardData(
+        library_name="transformers",
+        license=LICENSE,
+        tags=["neumeta", "hypernetwork", "implicit-neural-representation", config.family],
+        datasets=[dataset] if _looks_like_hub_id(dataset) else None,
+        pipeline_tag="image-classification",
+        model_name=repo_id or f"neumeta-{config.family}",
+    )
+    layout = "a shared trunk" if config.shared_trunk else "one residual MLP head per generated tensor"
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATES / "hypernetwork.md"),
+        model_name=repo_id or f"NeuMeta hypernetwork for {config.family}",
+        repo_id=repo_id or "path/to/this/directory",
+        family=config.family,
+        full_width=config.full_width,
+        width_range=config.width_range,
+        train_widths=", ".join(map(str, config.train_widths)),
+        morph=config.morph,
+        inr_description=f"{config.num_layers} x {config.hidden_size}, {config.num_frequencies} Fourier frequencies, {layout}",
+        inr_parameters=sum(p.numel() for p in hyper.inr.parameters()),
+        network_parameters=sum(p.numel() for p in full.parameters()),
+        smoothing=(
+            f"total variation {smoothing['total_variation_before']:.4g} -> {smoothing['total_variation_after']:.4g}"
+            if smoothing else "not applied"
+        ),
+        training=training,
+        example_width=(config.width_range[0] + config.width_range[1]) // 2,
+        sweep_table=sweep_markdown(sweep) if sweep else None,
+        sweep_plot=sweep_plot,
+    )
+
+
+def sampled_network_card(
+    network, repo_id: str | None = None, hypernetwork: str | None = None, metrics: dict | None = None,
+    dataset: str | None = None, split: str = "test",
+) -> ModelCard:
+    """The card of a sampled network: width, size, its hypernetwork, measured metrics as `model-index`."""
+    config = network.config
+    results = [
+        EvalResult(
+            task_type="image-classification",
+            dataset_type=dataset or "unknown",
+            dataset_name=dataset or "unknown",
+            dataset_split=split,
+            metric_type=name,
+            metric_value=value,
+        )
+        for name, value in (metrics or {}).items()
+    ]
+    name = repo_id or f"{config.model_type}-width-{config.width}"
+    card_data = ModelCardData(
+        library_name="transformers",
+        license=LICENSE,
+        tags=["neumeta", config.model_type, "image-classification"],
+        datasets=[dataset] if _looks_like_hub_id(dataset) else None,
+        pipeline_tag="image-classification",
+        base_model=hypernetwork if _looks_like_hub_id(hypernetwork) else None,
+        model_name=name,
+        eval_results=results or None,
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATES / "sampled_network.md"),
+        model_name=name,
+        repo_id=repo_id or "path/to/this/directory",
+        family=config.model_type,
+        width=config.width,
+        num_parameters=network.num_parameters(),
+        hypernetwork=hypernetwork,
+        hypernetwork_link=f"https://huggingface.co/{hypernetwork}" if _looks_like_hub_id(hypernetwork) else hypernetwork,
+        num_channels=config.num_channels,
+        image_size=config.image_size,
+        image_mean=[round(v, 4) for v in config.image_mean],
+        image_std=[round(v, 4) for v in config.image_std],
+        results=results,
+    )

@@ -1,0 +1,41 @@
+from huggingface_hub import ModelCard
+
+from neumeta_hf.cards import hypernetwork_card, sampled_network_card
+
+
+def test_sampled_network_card_has_metadata_and_model_index(mlp_hyper, tmp_path):
+    network = mlp_hyper.sample_model(24)
+    card = sampled_network_card(
+        network, repo_id="someone/mlp-w24", hypernetwork="someone/neumeta-mlp", metrics={"accuracy": 0.91},
+        dataset="digits",
+    )
+    card.save(tmp_path / "README.md")
+    data = ModelCard.load(tmp_path / "README.md").data.to_dict()
+    assert data["base_model"] == "someone/neumeta-mlp" and data["pipeline_tag"] == "image-classification"
+    assert "neumeta" in data["tags"] and data["library_name"] == "transformers" and data["license"] == "mit"
+    metrics = data["model-index"][0]["results"][0]["metrics"]
+    assert metrics == [{"type": "accuracy", "value": 0.91}]
+    text = card.text
+    assert "width **24**" in text and f"{network.num_parameters():,} parameters" in text
+    assert 'pipeline("image-classification", model="someone/mlp-w24", trust_remote_code=True)' in text
+
+
+def test_sampled_network_card_without_results_has_no_model_index(mlp_hyper):
+    card = sampled_network_card(mlp_hyper.sample_model(24))
+    assert "model-index" not in card.data.to_dict() and "## Evaluation" not in card.text
+
+
+def test_hypernetwork_card_shows_sizes_widths_and_sweep(mlp_hyper):
+    sweep = {
+        "metric": "accuracy", "dataset": "digits", "split": "test", "num_samples": 1,
+        "base": {"width": 64, "accuracy": 0.98},
+        "results": [{"width": 17, "accuracy": 0.9, "seen_in_training": False, "num_parameters": 1000}],
+    }  # fmt: skip
+    card = hypernetwork_card(mlp_hyper, repo_id="someone/neumeta-mlp", sweep=sweep, sweep_plot="sweep.png")
+    text = card.text
+    inr_parameters = sum(p.numel() for p in mlp_hyper.inr.parameters())
+    assert f"**{inr_parameters:,} parameters**, against 8,970" in text
+    assert "| 17 | no | 1,000 | 0.9000 |" in text and "![accuracy against width](sweep.png)" in text
+    assert 'NeuMetaModel.from_pretrained("someone/neumeta-mlp")' in text and "16–64" in text
+    assert "Neural Metamorphosis" in text and "extrapolated" in text
+    assert "neumeta" in card.data.to_dict()["tags"]
