@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from transformers import AutoImageProcessor
@@ -84,3 +85,29 @@ def test_rgb_family_processor_keeps_three_channels(tmp_path):
     pixels = processor(Image.new("L", (40, 40), 51), return_tensors="pt")["pixel_values"]
     assert pixels.shape == (1, 3, 32, 32)
     torch.testing.assert_close(pixels[0, :, 0, 0], torch.tensor([-1.5, -1.0, -0.5]))
+
+
+@pytest.mark.slow
+def test_pipeline_classifies_digit_images_with_a_sampled_network(tmp_path):
+    """End to end: digits base network -> hypernetwork -> sampled network -> pipeline on PIL images."""
+    from accelerate import Accelerator
+    from transformers import pipeline
+
+    from neumeta_hf.data import DataConfig, load_splits
+    from recipe import BaseConfig
+    from train_base import train_network
+
+    train, test, info = load_splits(DataConfig("digits"))
+    base = train_network(
+        nm.NeuMetaMLPForImageClassification(nm.NeuMetaMLPConfig(**info.family_kwargs())),
+        train, BaseConfig(epochs=15), Accelerator(), seed=0,
+    )
+    hyper = nm.NeuMetaModel.from_base_model(base, width_range=(32, 64), hidden_size=32, num_layers=1)
+    hyper.sample_model(48).save_pretrained(tmp_path)
+    classify = pipeline("image-classification", model=str(tmp_path), trust_remote_code=True)
+    raw = test.with_format("numpy")  # drops the normalising transform: uint8 images as stored
+    images = [Image.fromarray(np.asarray(image, dtype=np.uint8)[0], "L") for image in raw[:100]["image"]]
+    predicted = [classify(image, top_k=1)[0]["label"] for image in images]
+    expected = [info.id2label[int(label)] for label in raw[:100]["label"]]
+    correct = sum(p == e for p, e in zip(predicted, expected))
+    assert correct >= 80, correct  # chance: 10
