@@ -4,6 +4,7 @@
     neumeta-hf sample outputs/digits_mlp/hypernetwork --width 32:64:8 --num-samples 10
     neumeta-hf sweep outputs/digits_mlp/hypernetwork --dataset digits --widths 32,48,64
     neumeta-hf info outputs/digits_mlp/hypernetwork
+    neumeta-hf push outputs/digits_mlp/hypernetwork me/neumeta-digits
 
 SOURCE is a local directory or a Hub id of a trained hypernetwork (`NeuMetaModel.save_pretrained`).
 Bad arguments exit with status 2 and a message naming the problem.
@@ -55,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--num-samples", type=int, default=None, help="generations averaged (default: config)")
     sample.add_argument("--seed", type=int, default=0, help="seed of the coordinate noise (default: 0)")
     sample.add_argument("--output", default=".", help="parent directory of the width-W directories (default: .)")
+    sample.add_argument(
+        "--push-to-hub", metavar="REPO", help="also upload each network (with its card) to REPO, or REPO-width-W "
+        "when several widths are sampled",
+    )
 
     sweep = commands.add_parser(
         "sweep",
@@ -71,6 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="describe a hypernetwork", description="Family, widths, morph mode, "
                                "INR size against the generated network's, smoothing and a stored sweep.")
     info.add_argument("source", metavar="SOURCE", help="hypernetwork directory or Hub id")
+
+    push = commands.add_parser(
+        "push",
+        help="upload a trained hypernetwork with its card",
+        description="Upload a hypernetwork directory to the Hub in one commit: config, weights, a model card and, "
+        "when SOURCE or its parent holds them (as training/train.py writes), sweep.json and sweep.png.",
+    )
+    push.add_argument("source", metavar="SOURCE", help="hypernetwork directory")
+    push.add_argument("repo", metavar="REPO", help="Hub repository id, e.g. me/neumeta-digits")
+    push.add_argument("--private", action="store_true", help="create the repository as private")
     return parser
 
 
@@ -91,6 +106,10 @@ def run_sample(args, parser):
         directory = output / f"width-{width}"
         network.save_pretrained(directory)
         print(f"width {width}: {network.num_parameters():,} parameters -> {directory}")
+        if args.push_to_hub:
+            repo = args.push_to_hub if len(args.width) == 1 else f"{args.push_to_hub}-width-{width}"
+            network.push_to_hub(repo)
+            print(f"width {width}: pushed to {repo}")
 
 
 def run_sweep(args, parser):
@@ -116,6 +135,27 @@ def run_sweep(args, parser):
     print("wrote " + ", ".join(str(p) for p in paths))
 
 
+def find_sweep(source: str) -> Path | None:
+    """sweep.json in a hypernetwork directory or beside it (where training/train.py writes it)."""
+    for candidate in (Path(source) / "sweep.json", Path(source).parent / "sweep.json"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def run_push(args, parser):
+    if not Path(args.source, "config.json").is_file():
+        parser.error(f"{args.source!r} is not a saved hypernetwork directory (no config.json)")
+    hyper = load_hypernetwork(parser, args.source)
+    sweep_path = find_sweep(args.source)
+    sweep = json.loads(sweep_path.read_text()) if sweep_path else None
+    plot = sweep_path.with_name("sweep.png") if sweep_path else None
+    commit = hyper.push_to_hub(
+        args.repo, sweep=sweep, sweep_plot=str(plot) if plot and plot.is_file() else None, private=args.private
+    )
+    print(f"pushed {args.source} to {args.repo}: {commit}")
+
+
 def describe(hyper: NeuMetaModel, source: str) -> dict:
     config = hyper.config
     full = hyper.spec.skeleton(config.full_width)
@@ -133,10 +173,9 @@ def describe(hyper: NeuMetaModel, source: str) -> dict:
         ),
         "smoothing": {k: v for k, v in (config.smoothing or {}).items() if k != "groups"},
     }
-    for candidate in (Path(source) / "sweep.json", Path(source).parent / "sweep.json"):
-        if candidate.is_file():
-            facts["sweep"] = json.loads(candidate.read_text())
-            break
+    sweep_path = find_sweep(source)
+    if sweep_path:
+        facts["sweep"] = json.loads(sweep_path.read_text())
     return facts
 
 
@@ -149,7 +188,12 @@ def run_info(args, parser):
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    {"sample": run_sample, "sweep": run_sweep, "info": run_info}[args.command](args, parser)
+    commands = {"sample": run_sample, "sweep": run_sweep, "info": run_info, "push": run_push}
+    try:
+        commands[args.command](args, parser)
+    except RuntimeError as error:  # e.g. a refused upload: say what failed, without a traceback
+        print(f"neumeta-hf {args.command}: error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

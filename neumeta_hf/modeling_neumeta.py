@@ -1,15 +1,22 @@
 """NeuMetaModel: a hypernetwork that generates a working family network of any width in its range."""
 
+import json
 import operator
+import shutil
+import tempfile
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from huggingface_hub import HfApi
+from huggingface_hub.errors import HfHubHTTPError
 from torch.func import functional_call
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput, logging
 
+from .cards import hypernetwork_card, sampled_network_card
 from .configuration_neumeta import NeuMetaConfig
 from .families import NeuMetaFamilyModel
 from .folding import fold_batch_norm
@@ -249,9 +256,44 @@ class NeuMetaModel(PreTrainedModel):
         generator = torch.Generator(self.output_scale.device).manual_seed(seed)
         weights = self.generate_weights(width, num_samples or self.config.num_samples, generator=generator)
         state = {name: tensor.detach().clone() for name, tensor in self.frozen_tensors().items()}
-        skeleton = self.spec.skeleton(width)
-        skeleton.load_state_dict(state | weights, strict=True, assign=True)
-        return skeleton.eval()
+        network = self.spec.skeleton(width)
+        network.load_state_dict(state | weights, strict=True, assign=True)
+        # Written by save_pretrained / push_to_hub; replace it to add measured metrics.
+        network.model_card = sampled_network_card(network, hypernetwork=self.name_or_path or None)
+        return network.eval()
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        sweep: dict | None = None,
+        sweep_plot: str | None = None,
+        training: dict | None = None,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token=None,
+    ):
+        """Upload config, weights, model card (with the sweep table when given) and the sweep plot in one
+        commit. A failed upload raises and changes nothing locally."""
+        api = HfApi(token=token)
+        with tempfile.TemporaryDirectory() as directory:
+            self.save_pretrained(directory)
+            if sweep is not None:
+                Path(directory, "sweep.json").write_text(json.dumps(sweep, indent=2) + "\n")
+            if sweep_plot is not None:
+                shutil.copy(sweep_plot, Path(directory, "sweep.png"))
+            card = hypernetwork_card(
+                self, repo_id=repo_id, sweep=sweep, training=training, sweep_plot="sweep.png" if sweep_plot else None
+            )
+            card.save(Path(directory, "README.md"))
+            try:
+                repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+                return api.upload_folder(
+                    repo_id=repo_id,
+                    folder_path=directory,
+                    commit_message=commit_message or f"Upload NeuMeta hypernetwork for {self.config.family}",
+                )
+            except HfHubHTTPError as error:
+                raise RuntimeError(f"Pushing to {repo_id} failed ({error}); nothing local was changed") from error
 
     # ------------------------------------------------------------------------------------------------ loading
 

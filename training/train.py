@@ -347,12 +347,12 @@ def train(config: TrainConfig) -> dict:
         ).save(output / "hypernetwork" / "README.md")
         save_width = config.sweep.save_width or (low + high) // 2
         network = hyper.sample_model(save_width, num_samples=config.sweep.num_samples)
-        network.save_pretrained(output / f"sampled-width-{save_width}")
         measured = next((r for r in result["results"] if r["width"] == save_width), None)
         metrics = {name: measured[name] for name in ("accuracy", "top5_accuracy")} if measured else None
-        sampled_network_card(network, hypernetwork=str(output / "hypernetwork"), metrics=metrics, dataset=info.name).save(
-            output / f"sampled-width-{save_width}" / "README.md"
+        network.model_card = sampled_network_card(
+            network, hypernetwork=str(output / "hypernetwork"), metrics=metrics, dataset=info.name
         )
+        network.save_pretrained(output / f"sampled-width-{save_width}")
         worst = min(result["results"], key=lambda r: r["accuracy"])
         accelerator.print(
             f"Sweep over {len(result['results'])} widths: worst {worst['accuracy']:.4f} at width {worst['width']} "

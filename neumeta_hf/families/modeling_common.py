@@ -1,13 +1,17 @@
 """Pieces shared by every target family: the classification head contract, initialisation, conv+norm blocks
 and the description of coupled channels that NeuMeta morphs and permutes.
 
-Imports only torch and transformers (see configuration_common.py).
+Imports only torch, transformers and huggingface_hub (a transformers dependency; see configuration_common.py).
 """
 
+import os
+import tempfile
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import HfApi
+from huggingface_hub.errors import HfHubHTTPError
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
@@ -64,10 +68,29 @@ class NeuMetaFamilyModel(PreTrainedModel):
         return NeuMetaImageProcessor.for_config(self.config)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """Also writes `preprocessor_config.json`, so the directory works with `pipeline("image-classification")`."""
+        """Also writes `preprocessor_config.json`, so the directory works with `pipeline("image-classification")`,
+        and the model card (`README.md`) when one is attached as `model_card`."""
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
             self.image_processor().save_pretrained(save_directory)
+            if getattr(self, "model_card", None) is not None:
+                self.model_card.save(os.path.join(save_directory, "README.md"))
+
+    def push_to_hub(self, repo_id: str, commit_message: str | None = None, private: bool | None = None, token=None):
+        """Upload what `save_pretrained` writes -- config, weights, model code, image processor and the attached
+        model card -- in one commit. A failed upload raises and changes nothing locally."""
+        api = HfApi(token=token)
+        with tempfile.TemporaryDirectory() as directory:
+            self.save_pretrained(directory)
+            try:
+                repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+                return api.upload_folder(
+                    repo_id=repo_id,
+                    folder_path=directory,
+                    commit_message=commit_message or f"Upload {self.config.model_type} of width {self.config.width}",
+                )
+            except HfHubHTTPError as error:
+                raise RuntimeError(f"Pushing to {repo_id} failed ({error}); nothing local was changed") from error
 
     @torch.no_grad()
     def _init_weights(self, module):

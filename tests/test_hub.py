@@ -1,0 +1,109 @@
+"""Publishing through the Hub's HTTP protocol, against an in-process fake Hub (the real one is unreachable).
+
+huggingface_hub reads HF_ENDPOINT when imported, so each Hub client runs in a subprocess pointed at the fake.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import inputs_for
+from fake_hub import FakeHub
+from neumeta_hf.evaluation import sweep, write_sweep
+from test_remote_code import LOAD_WITHOUT_NEUMETA
+
+
+@pytest.fixture
+def hub():
+    fake = FakeHub()
+    yield fake
+    fake.close()
+
+
+def run(arguments, hub, tmp_path, code=None):
+    environment = {key: value for key, value in os.environ.items() if key not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    environment |= {"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": "hf_fake", "HF_HOME": str(tmp_path / "hf-home"),
+                    "HF_HUB_DISABLE_TELEMETRY": "1"}  # fmt: skip
+    command = [sys.executable, "-c", code, *arguments] if code else [sys.executable, "-m", "neumeta_hf.cli", *arguments]
+    return subprocess.run(command, capture_output=True, text=True, env=environment, cwd=tmp_path, timeout=300)
+
+
+def card_metadata(readme: bytes) -> dict:
+    _, front, _ = readme.decode().split("---", 2)
+    return yaml.safe_load(front)
+
+
+@pytest.fixture
+def trained_directory(mlp_hyper, tmp_path):
+    """What training/train.py leaves: OUTPUT/hypernetwork beside sweep.json and sweep.png."""
+    import datasets
+
+    mlp_hyper.save_pretrained(tmp_path / "run" / "hypernetwork")
+    inputs = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    data = datasets.Dataset.from_dict({"pixel_values": inputs.numpy(), "labels": [0, 1] * 4}).with_format("torch")
+    write_sweep(sweep(mlp_hyper, data, widths=[16, 17], base_accuracy=0.5, dataset_name="noise"), tmp_path / "run")
+    return tmp_path / "run" / "hypernetwork"
+
+
+@pytest.mark.slow
+def test_push_hypernetwork_uploads_weights_card_and_sweep_in_one_commit(hub, trained_directory, tmp_path):
+    result = run(["push", str(trained_directory), "me/neumeta-mlp"], hub, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    files = hub.repo_files("me/neumeta-mlp")
+    assert sorted(files) == ["README.md", "config.json", "model.safetensors", "sweep.json", "sweep.png"]
+    assert hub.commits("me/neumeta-mlp") == 1
+    assert files["model.safetensors"] == (trained_directory / "model.safetensors").read_bytes()
+    metadata = card_metadata(files["README.md"])
+    assert "neumeta" in metadata["tags"] and metadata["pipeline_tag"] == "image-classification"
+    text = files["README.md"].decode()
+    assert "| 17 | no |" in text and "![accuracy against width](sweep.png)" in text
+    assert 'NeuMetaModel.from_pretrained("me/neumeta-mlp")' in text
+
+
+@pytest.mark.slow
+def test_pushed_sampled_network_loads_from_the_hub_without_neumeta_hf(hub, trained_directory, mlp_hyper, tmp_path):
+    result = run(["sample", str(trained_directory), "--width", "27", "--output", str(tmp_path / "nets"),
+                  "--push-to-hub", "me/mlp-w27"], hub, tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    files = hub.repo_files("me/mlp-w27")
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "modeling_mlp.py",
+                 "configuration_mlp.py", "modeling_common.py", "configuration_common.py", "image_processing_neumeta.py"):
+        assert name in files, name
+    assert hub.commits("me/mlp-w27") == 1
+    assert "neumeta" in card_metadata(files["README.md"])["tags"]
+
+    # A stranger with transformers alone: the pushed code, weights and image processor, read back over HTTP.
+    directory = tmp_path / "stranger"
+    directory.mkdir()
+    network = mlp_hyper.sample_model(27)
+    inputs = inputs_for(network.config)
+    np.save(directory / "inputs.npy", inputs.numpy())
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8), "L").save(directory / "digit.png")
+    loader = LOAD_WITHOUT_NEUMETA.replace("directory = sys.argv[1]", "directory, repo = sys.argv[1], sys.argv[2]")
+    loader = loader.replace("from_pretrained(directory,", "from_pretrained(repo,").replace("model=directory,", "model=repo,")
+    result = run([str(directory), "me/mlp-w27"], hub, tmp_path, code=loader)
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert not loaded["module"].startswith("neumeta_hf") and loaded["width"] == 27
+    with torch.no_grad():
+        torch.testing.assert_close(torch.tensor(loaded["logits"]), network(inputs).logits)
+    assert any(r.startswith("GET /me/mlp-w27/resolve/") for r in hub.requests)
+
+
+@pytest.mark.slow
+def test_failed_upload_raises_and_leaves_local_files_alone(hub, trained_directory, tmp_path):
+    hub.fail_commits = True
+    before = {p.name: p.read_bytes() for p in trained_directory.iterdir()}
+    result = run(["push", str(trained_directory), "me/neumeta-mlp"], hub, tmp_path)
+    assert result.returncode != 0
+    assert "Pushing to me/neumeta-mlp failed" in result.stderr and "nothing local was changed" in result.stderr
+    assert {p.name: p.read_bytes() for p in trained_directory.iterdir()} == before
+    assert hub.repo_files("me/neumeta-mlp") == {}
