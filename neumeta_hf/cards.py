@@ -6,7 +6,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .evaluation import sweep_markdown
 
-TEMPLATES = Path(__file__).resolve().parents[1] / "model_cards"
+TEMPLATES = Path(__file__).parent / "model_cards"  # a link to the top-level model_cards/, packaged as data
 LICENSE = "mit"
 
 

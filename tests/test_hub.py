@@ -107,3 +107,25 @@ def test_failed_upload_raises_and_leaves_local_files_alone(hub, trained_director
     assert "Pushing to me/neumeta-mlp failed" in result.stderr and "nothing local was changed" in result.stderr
     assert {p.name: p.read_bytes() for p in trained_directory.iterdir()} == before
     assert hub.repo_files("me/neumeta-mlp") == {}
+
+
+PUSH_WITH_METRICS = """
+import sys
+import neumeta_hf as nm
+from neumeta_hf.cards import sampled_network_card
+
+network = nm.NeuMetaModel.from_pretrained(sys.argv[1]).sample_model(30)
+network.model_card = sampled_network_card(
+    network, hypernetwork="me/neumeta-mlp", metrics={"accuracy": 0.875}, dataset="digits"
+)
+network.push_to_hub("me/mlp-w30")
+"""
+
+
+@pytest.mark.slow
+def test_sampled_network_card_carries_model_index_to_the_hub(hub, trained_directory, tmp_path):
+    result = run([str(trained_directory)], hub, tmp_path, code=PUSH_WITH_METRICS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metadata = card_metadata(hub.repo_files("me/mlp-w30")["README.md"])
+    assert metadata["base_model"] == "me/neumeta-mlp"
+    assert metadata["model-index"][0]["results"][0]["metrics"] == [{"type": "accuracy", "value": 0.875}]
