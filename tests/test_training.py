@@ -88,7 +88,7 @@ def test_short_training_run_learns_and_writes_every_output(tmp_path, fresh_accel
 
 @pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path, fresh_accelerate_state, monkeypatch):
-    # fast-tsp is time-boxed and unseeded, so two fresh runs may permute channels differently; without the
+    # fast-tsp is time-boxed and unseeded: under load two fresh runs may permute channels differently; without the
     # permutation both runs start from the same hypernetwork and must end on the same weights.
     deterministic = "hypernetwork.smooth=false"
     train_script.train(quick_config(tmp_path / "straight", deterministic))
