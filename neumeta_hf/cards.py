@@ -29,7 +29,7 @@ def hypernetwork_card(
         tags=["neumeta", "hypernetwork", "implicit-neural-representation", config.family],
         datasets=[dataset] if _looks_like_hub_id(dataset) else None,
         pipeline_tag="image-classification",
-        model_name=repo_id or f"neumeta-{config.family}",
+        model_name=repo_id or f"{config.family}-hypernetwork",
     )
     layout = "a shared trunk" if config.shared_trunk else "one residual MLP head per generated tensor"
     return ModelCard.from_template(
