@@ -9,8 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from huggingface_hub import HfApi
-from huggingface_hub.errors import HfHubHTTPError
 from torch.func import functional_call
 from transformers import PreTrainedModel
 from transformers import initialization as init
@@ -19,6 +17,7 @@ from transformers.utils import ModelOutput, logging
 from .cards import hypernetwork_card, sampled_network_card
 from .configuration_neumeta import NeuMetaConfig
 from .families import NeuMetaFamilyModel
+from .families.modeling_common import upload_in_one_commit
 from .folding import fold_batch_norm
 from .inr import FourierFeatures, NeuMetaINR
 from .morph import Coordinates, MorphSpec, resample_channels
@@ -274,7 +273,6 @@ class NeuMetaModel(PreTrainedModel):
     ):
         """Upload config, weights, model card (with the sweep table when given) and the sweep plot in one
         commit. A failed upload raises and changes nothing locally."""
-        api = HfApi(token=token)
         with tempfile.TemporaryDirectory() as directory:
             self.save_pretrained(directory)
             if sweep is not None:
@@ -285,15 +283,8 @@ class NeuMetaModel(PreTrainedModel):
                 self, repo_id=repo_id, sweep=sweep, training=training, sweep_plot="sweep.png" if sweep_plot else None
             )
             card.save(Path(directory, "README.md"))
-            try:
-                repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-                return api.upload_folder(
-                    repo_id=repo_id,
-                    folder_path=directory,
-                    commit_message=commit_message or f"Upload NeuMeta hypernetwork for {self.config.family}",
-                )
-            except HfHubHTTPError as error:
-                raise RuntimeError(f"Pushing to {repo_id} failed ({error}); nothing local was changed") from error
+            message = commit_message or f"Upload NeuMeta hypernetwork for {self.config.family}"
+            return upload_in_one_commit(directory, repo_id, message, private=private, token=token)
 
     # ------------------------------------------------------------------------------------------------ loading
 

@@ -79,18 +79,11 @@ class NeuMetaFamilyModel(PreTrainedModel):
     def push_to_hub(self, repo_id: str, commit_message: str | None = None, private: bool | None = None, token=None):
         """Upload what `save_pretrained` writes -- config, weights, model code, image processor and the attached
         model card -- in one commit. A failed upload raises and changes nothing locally."""
-        api = HfApi(token=token)
         with tempfile.TemporaryDirectory() as directory:
             self.save_pretrained(directory)
-            try:
-                repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-                return api.upload_folder(
-                    repo_id=repo_id,
-                    folder_path=directory,
-                    commit_message=commit_message or f"Upload {self.config.model_type} of width {self.config.width}",
-                )
-            except HfHubHTTPError as error:
-                raise RuntimeError(f"Pushing to {repo_id} failed ({error}); nothing local was changed") from error
+            message = commit_message or f"Upload {self.config.model_type} of width {self.config.width}"
+            return upload_in_one_commit(directory, repo_id, message, private=private, token=token)
+
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -116,3 +109,14 @@ class NeuMetaFamilyModel(PreTrainedModel):
             for suffix in suffixes
             if f"{prefix}.{suffix}" in names
         )
+
+
+def upload_in_one_commit(directory, repo_id: str, commit_message: str, private: bool | None = None, token=None):
+    """Create `repo_id` if needed and upload everything in `directory` as one commit. A refused upload raises
+    RuntimeError; `directory` is only read."""
+    api = HfApi(token=token)
+    try:
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        return api.upload_folder(repo_id=repo_id, folder_path=directory, commit_message=commit_message)
+    except HfHubHTTPError as error:
+        raise RuntimeError(f"Pushing to {repo_id} failed ({error}); nothing local was changed") from error
