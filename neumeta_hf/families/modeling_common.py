@@ -84,7 +84,6 @@ class NeuMetaFamilyModel(PreTrainedModel):
             message = commit_message or f"Upload {self.config.model_type} of width {self.config.width}"
             return upload_in_one_commit(directory, repo_id, message, private=private, token=token)
 
-
     @torch.no_grad()
     def _init_weights(self, module):
         # He initialisation for the ReLU networks here, instead of transformers' N(0, 0.02).
