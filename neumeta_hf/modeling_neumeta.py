@@ -1,5 +1,6 @@
 """NeuMetaModel: a hypernetwork that generates a working family network of any width in its range."""
 
+import functools
 import json
 import operator
 import shutil
@@ -257,8 +258,8 @@ class NeuMetaModel(PreTrainedModel):
         state = {name: tensor.detach().clone() for name, tensor in self.frozen_tensors().items()}
         network = self.spec.skeleton(width)
         network.load_state_dict(state | weights, strict=True, assign=True)
-        # Written by save_pretrained / push_to_hub; replace it to add measured metrics.
-        network.model_card = sampled_network_card(network, hypernetwork=self.name_or_path or None)
+        # Rendered by save_pretrained / push_to_hub; replace it with a card that has measured metrics.
+        network.model_card = functools.partial(sampled_network_card, network, hypernetwork=self.name_or_path or None)
         return network.eval()
 
     def push_to_hub(

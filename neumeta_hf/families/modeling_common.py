@@ -69,12 +69,14 @@ class NeuMetaFamilyModel(PreTrainedModel):
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """Also writes `preprocessor_config.json`, so the directory works with `pipeline("image-classification")`,
-        and the model card (`README.md`) when one is attached as `model_card`."""
+        and the model card (`README.md`) when one is attached as `model_card`: a card, or a callable that
+        renders one (so that networks which are never saved never pay for rendering)."""
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
             self.image_processor().save_pretrained(save_directory)
-            if getattr(self, "model_card", None) is not None:
-                self.model_card.save(os.path.join(save_directory, "README.md"))
+            card = getattr(self, "model_card", None)
+            if card is not None:
+                (card() if callable(card) else card).save(os.path.join(save_directory, "README.md"))
 
     def push_to_hub(self, repo_id: str, commit_message: str | None = None, private: bool | None = None, token=None):
         """Upload what `save_pretrained` writes -- config, weights, model code, image processor and the attached
