@@ -13,7 +13,7 @@ image processor. Images are stored as uint8 and converted on access, so the Arro
 import gzip
 import hashlib
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
@@ -74,7 +74,6 @@ class DataInfo:
     image_std: list[float]
     name: str = ""
     augment: bool = False
-    extra: dict = field(default_factory=dict)
 
     def family_kwargs(self) -> dict:
         """Fields of a family config that follow from the data."""

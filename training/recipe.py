@@ -4,6 +4,7 @@ Every section is a dataclass; an unknown key anywhere is an error naming the key
 """
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,6 +102,23 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
                 raise ValueError(f"Override {override!r}: {part!r} is not a section")
         section[leaf] = yaml.safe_load(value)
     return _build(TrainConfig, raw, "")
+
+
+def schedule_factor(
+    step: int, total: int, scheduler: str, milestones=(), gamma: float = 0.1, warmup_steps: int = 0
+) -> float:
+    """Learning-rate multiplier at `step` of `total`: linear warm-up, then cosine decay to zero, x`gamma` at
+    each milestone (a fraction of `total`) for "multistep", or 1 for "constant"."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if scheduler == "constant":
+        return 1.0
+    if scheduler == "multistep":
+        return gamma ** sum(step >= fraction * total for fraction in milestones)
+    if scheduler == "cosine":
+        progress = (step - warmup_steps) / max(1, total - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    raise ValueError(f"scheduler must be cosine, multistep or constant, got {scheduler!r}")
 
 
 def config_to_dict(config) -> dict:

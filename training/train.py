@@ -32,8 +32,8 @@ from neumeta_hf.progress import progress_bar
 from neumeta_hf import NeuMetaModel
 from neumeta_hf.cards import hypernetwork_card, sampled_network_card
 from neumeta_hf.data import load_splits
-from neumeta_hf.evaluation import evaluate_accuracy, sweep, write_sweep
-from recipe import TrainConfig, config_to_dict, load_config
+from neumeta_hf.evaluation import evaluate_width, sweep, write_sweep
+from recipe import TrainConfig, config_to_dict, load_config, schedule_factor
 from train_base import build_base_network
 
 
@@ -83,20 +83,23 @@ class EMA:
             if name in self.shadow:
                 self.shadow[name].lerp_(parameter.detach(), 1 - decay)
 
+    @torch.no_grad()
+    def copy_to(self, module: torch.nn.Module, values: dict | None = None):
+        """Load the averaged weights (or `values`, same names) into `module`."""
+        parameters = dict(module.named_parameters())
+        for name, value in (self.shadow if values is None else values).items():
+            parameters[name].copy_(value)
+
     @contextlib.contextmanager
     def applied(self, module: torch.nn.Module):
         """Temporarily load the averaged weights into `module`."""
         parameters = dict(module.named_parameters())
         saved = {name: parameters[name].detach().clone() for name in self.shadow}
-        with torch.no_grad():
-            for name, value in self.shadow.items():
-                parameters[name].copy_(value)
+        self.copy_to(module)
         try:
             yield module
         finally:
-            with torch.no_grad():
-                for name, value in saved.items():
-                    parameters[name].copy_(value)
+            self.copy_to(module, saved)
 
     def state_dict(self) -> dict:
         return {"decay": self.decay, "updates": self.updates, "shadow": self.shadow}
@@ -144,19 +147,6 @@ def step_width(config: TrainConfig, widths: list[int], step: int) -> int:
     return random.Random(config.seed * 1_000_003 + step).choice(widths)
 
 
-def learning_rate_factor(step: int, settings) -> float:
-    if step < settings.warmup_steps:
-        return (step + 1) / settings.warmup_steps
-    if settings.scheduler == "constant":
-        return 1.0
-    if settings.scheduler == "multistep":
-        return settings.gamma ** sum(step >= fraction * settings.max_steps for fraction in settings.milestones)
-    if settings.scheduler == "cosine":
-        progress = (step - settings.warmup_steps) / max(1, settings.max_steps - settings.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-    raise ValueError(f"training.scheduler must be cosine, multistep or constant, got {settings.scheduler!r}")
-
-
 def latest_checkpoint(directory: Path) -> Path | None:
     steps = [(int(m.group(1)), p) for p in directory.glob("step_*") if (m := re.fullmatch(r"step_(\d+)", p.name))]
     return max(steps)[1] if steps else None
@@ -164,7 +154,7 @@ def latest_checkpoint(directory: Path) -> Path | None:
 
 def evaluate_widths(hyper: NeuMetaModel, test, widths) -> dict:
     hyper.eval()
-    return {f"accuracy/width_{w}": evaluate_accuracy(hyper.sample_model(w, num_samples=1), test) for w in widths}
+    return {f"accuracy/width_{w}": evaluate_width(hyper, test, w, num_samples=1)["accuracy"] for w in widths}
 
 
 def train(config: TrainConfig) -> dict:
@@ -214,7 +204,12 @@ def train(config: TrainConfig) -> dict:
 
     # 3. Training.
     optimizer = torch.optim.AdamW(hyper.inr.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(step, settings))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: schedule_factor(
+            step, settings.max_steps, settings.scheduler, settings.milestones, settings.gamma, settings.warmup_steps
+        ),
+    )
     model, optimizer, scheduler = accelerator.prepare(hyper, optimizer, scheduler)
     hyper = accelerator.unwrap_model(model)
     teacher = base.to(accelerator.device).eval()
@@ -322,9 +317,7 @@ def train(config: TrainConfig) -> dict:
     # 4. Results: EMA hypernetwork, base, sweep, one sampled network.
     result = {}
     if accelerator.is_main_process:
-        with torch.no_grad():
-            for name, value in ema.shadow.items():
-                dict(hyper.inr.named_parameters())[name].copy_(value)
+        ema.copy_to(hyper.inr)
         hyper.eval()
         hyper.save_pretrained(output / "hypernetwork")
         result = sweep(

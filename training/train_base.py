@@ -7,7 +7,6 @@ code first when no trained base network is given.
 """
 
 import argparse
-import math
 from pathlib import Path
 
 import torch
@@ -17,7 +16,7 @@ from neumeta_hf.progress import progress_bar
 from neumeta_hf.data import DataInfo, load_splits
 from neumeta_hf.evaluation import evaluate_accuracy
 from neumeta_hf.families import NeuMetaFamilyModel, family_model_class
-from recipe import BaseConfig, TrainConfig, load_config
+from recipe import BaseConfig, TrainConfig, load_config, schedule_factor
 
 
 def build_base_network(
@@ -48,7 +47,10 @@ def train_network(model, train, settings: BaseConfig, accelerator: Accelerator, 
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     total = settings.epochs * (len(train) // settings.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _decay(step, total, settings.milestones))
+    scheduler_name = "multistep" if settings.milestones else "cosine"
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: schedule_factor(step, total, scheduler_name, settings.milestones)
+    )
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     model.train()
     progress = progress_bar(range(settings.epochs), desc="base network", unit="epoch", disable=not accelerator.is_main_process)
@@ -64,13 +66,6 @@ def train_network(model, train, settings: BaseConfig, accelerator: Accelerator, 
     # Forget the base network's training objects, so that later checkpoints hold only the hypernetwork's.
     accelerator.free_memory()
     return model.eval()
-
-
-def _decay(step: int, total: int, milestones: list[float]) -> float:
-    """Learning-rate factor: x0.1 at each milestone fraction, or cosine decay to zero without milestones."""
-    if milestones:
-        return 0.1 ** sum(step >= fraction * total for fraction in milestones)
-    return 0.5 * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
 
 
 def main(argv=None):

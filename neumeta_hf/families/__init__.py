@@ -4,7 +4,7 @@ Each family is a config + model pair registered with `AutoConfig` and `AutoModel
 `neumeta_hf` is imported, and marked for `trust_remote_code` saving so that a saved network carries its code.
 """
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
+from transformers import AutoConfig, AutoModelForImageClassification
 
 from .configuration_common import NeuMetaFamilyConfig
 from .configuration_lenet import NeuMetaLeNetConfig
