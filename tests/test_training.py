@@ -89,9 +89,10 @@ def test_short_training_run_learns_and_writes_every_output(tmp_path, fresh_accel
 @pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path, fresh_accelerate_state, monkeypatch):
     # fast-tsp is time-boxed and unseeded: under load two fresh runs may permute channels differently; without the
-    # permutation both runs start from the same hypernetwork and must end on the same weights.
-    deterministic = "hypernetwork.smooth=false"
-    train_script.train(quick_config(tmp_path / "straight", deterministic))
+    # permutation both runs start from the same hypernetwork and must end on the same weights. The smallest
+    # width is trained at every step as well (sandwich), which must resume just as exactly.
+    deterministic = ["hypernetwork.smooth=false", "training.sandwich=true"]
+    train_script.train(quick_config(tmp_path / "straight", *deterministic))
     reset_accelerate_state()
     uninterrupted = load_file(tmp_path / "straight" / "hypernetwork" / "model.safetensors")
 
@@ -104,11 +105,14 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, fresh_accelerate_
 
     monkeypatch.setattr(train_script, "step_width", crash_after_checkpoint)
     with pytest.raises(KeyboardInterrupt):
-        train_script.train(quick_config(tmp_path / "resumed", deterministic))
+        train_script.train(quick_config(tmp_path / "resumed", *deterministic))
     monkeypatch.setattr(train_script, "step_width", real_step_width)
     reset_accelerate_state()
-    train_script.train(quick_config(tmp_path / "resumed", deterministic, "training.resume_from_checkpoint=latest"))
+    train_script.train(quick_config(tmp_path / "resumed", *deterministic, "training.resume_from_checkpoint=latest"))
     resumed = load_file(tmp_path / "resumed" / "hypernetwork" / "model.safetensors")
+    records = [json.loads(line) for line in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
+    smallest = [r for r in records if "smallest_width_loss" in r]
+    assert len(smallest) == sum(1 for r in records if r.get("width", 32) != 32) > 90
     assert resumed.keys() == uninterrupted.keys()
     for name in uninterrupted:
         assert torch.equal(resumed[name], uninterrupted[name]), name

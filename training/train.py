@@ -142,6 +142,33 @@ def reconstruction_loss(weights: dict, targets: dict) -> torch.Tensor:
     return total
 
 
+def width_loss(model, hyper: NeuMetaModel, settings, pixel_values, labels, teacher_logits, width, generator):
+    """(loss, detached terms) of the width-`width` network generated for this batch: task loss + L2 of the
+    generated tensors + reconstruction at full width, or + distillation towards `teacher_logits` (the base
+    network's) at other widths."""
+    full_width = hyper.config.full_width
+    # The full width is fitted exactly (reconstruction loss), so it is generated without noise.
+    noise = 0.0 if width == full_width else None
+    output = model(pixel_values=pixel_values, labels=labels, width=width, noise=noise, generator=generator)
+    terms = {"task_loss": output.loss.detach()}
+    loss = output.loss + settings.l2_weight * sum(tensor.norm() for tensor in output.weights.values())
+    if width == full_width and settings.reconstruction_weight:
+        reconstruction = reconstruction_loss(output.weights, hyper.reconstruction_targets())
+        loss = loss + settings.reconstruction_weight * reconstruction
+        terms["reconstruction_loss"] = reconstruction.detach()
+    if width != full_width and settings.distillation_weight:
+        temperature = settings.distillation_temperature
+        distillation = F.kl_div(
+            F.log_softmax(output.logits / temperature, -1),
+            F.log_softmax(teacher_logits / temperature, -1),
+            log_target=True,
+            reduction="batchmean",
+        ) * temperature**2
+        loss = loss + settings.distillation_weight * distillation
+        terms["distillation_loss"] = distillation.detach()
+    return loss, terms
+
+
 def step_width(config: TrainConfig, widths: list[int], step: int) -> int:
     """The width trained at `step`: uniform over the training widths, the same on every process and on resume."""
     return random.Random(config.seed * 1_000_003 + step).choice(widths)
@@ -194,7 +221,7 @@ def train(config: TrainConfig) -> dict:
         train_widths=hyper_settings.train_widths,
         **hyper_settings.config,
     )
-    widths = hyper.config.train_widths
+    widths = sorted(hyper.config.train_widths)
     full_width = hyper.config.full_width
     low, high = hyper.config.width_range
     eval_widths = settings.eval_widths or sorted({low, (low + high) // 2, high})
@@ -253,29 +280,16 @@ def train(config: TrainConfig) -> dict:
         labels = batch["labels"].to(accelerator.device)
         noise_generator = torch.Generator(accelerator.device).manual_seed(config.seed * 7919 + micro_step)
         with accelerator.accumulate(model):
-            # The full width is fitted exactly (reconstruction loss), so it is generated without noise.
-            noise = 0.0 if width == full_width else None
-            output_ = model(pixel_values=pixel_values, labels=labels, width=width, noise=noise, generator=noise_generator)
-            loss = output_.loss
-            terms = {"task_loss": output_.loss.detach()}
-            l2 = sum(tensor.norm() for tensor in output_.weights.values())
-            loss = loss + settings.l2_weight * l2
-            if width == full_width and settings.reconstruction_weight:
-                reconstruction = reconstruction_loss(output_.weights, hyper.reconstruction_targets())
-                loss = loss + settings.reconstruction_weight * reconstruction
-                terms["reconstruction_loss"] = reconstruction.detach()
-            if width != full_width and settings.distillation_weight:
+            teacher_logits = None
+            if settings.distillation_weight and (width != full_width or settings.sandwich):
                 with torch.no_grad():
                     teacher_logits = teacher(pixel_values).logits
-                temperature = settings.distillation_temperature
-                distillation = F.kl_div(
-                    F.log_softmax(output_.logits / temperature, -1),
-                    F.log_softmax(teacher_logits / temperature, -1),
-                    log_target=True,
-                    reduction="batchmean",
-                ) * temperature**2
-                loss = loss + settings.distillation_weight * distillation
-                terms["distillation_loss"] = distillation.detach()
+            inputs = (pixel_values, labels, teacher_logits)
+            loss, terms = width_loss(model, hyper, settings, *inputs, width, noise_generator)
+            if settings.sandwich and width != widths[0]:
+                smallest_loss, _ = width_loss(model, hyper, settings, *inputs, widths[0], noise_generator)
+                loss = loss + smallest_loss
+                terms["smallest_width_loss"] = smallest_loss.detach()
             finite = accelerator.gather(torch.isfinite(loss.detach()).reshape(1).float()).min() > 0
             if not finite:
                 kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint yet"

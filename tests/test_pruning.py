@@ -1,0 +1,56 @@
+import pytest
+import torch
+
+import neumeta_hf as nm
+from conftest import inputs_for, random_base
+from neumeta_hf.pruning import prune_l1
+
+PRUNABLE = [
+    (nm.NeuMetaMLPConfig(), 40),
+    (nm.NeuMetaLeNetConfig(), 12),
+    (nm.NeuMetaResNetCifarConfig(morph="all", norm="none", width=32), 16),
+]
+
+
+@pytest.mark.parametrize("config,width", PRUNABLE, ids=lambda p: getattr(p, "model_type", p))
+def test_pruning_removes_dead_channels_and_keeps_the_function(config, width):
+    """Channels whose weights are all zero are the smallest in L1 and contribute nothing: pruning a network
+    down to exactly its live channels must keep its logits."""
+    model = random_base(config).double()
+    target = nm.FAMILIES[config.model_type](type(config).from_dict({**config.to_dict(), "width": width}))
+    target_shapes = {name: tensor.shape for name, tensor in target.state_dict().items()}
+    state = model.state_dict()
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for group in model.channel_groups():
+            name, axis = group.members[0]
+            size, live = state[name].shape[axis], target_shapes[name][axis]
+            dead = torch.randperm(size, generator=generator)[live:]
+            for member, member_axis in group.members:
+                state[member].index_fill_(member_axis, dead, 0.0)
+    x = inputs_for(config).double()
+    pruned = prune_l1(model, width)
+    assert {name: t.shape for name, t in pruned.state_dict().items()} == target_shapes
+    torch.testing.assert_close(pruned(x).logits, model(x).logits, rtol=1e-9, atol=1e-9)
+
+
+def test_pruning_keeps_the_largest_filters_in_their_order():
+    model = random_base(nm.NeuMetaMLPConfig(width=64)).double()
+    with torch.no_grad():  # fc1's filter i has L1 norm proportional to i, with mixed signs
+        signs = torch.tensor([1.0, -1.0]).repeat(32)
+        model.fc1.weight.copy_(torch.arange(64.0).view(64, 1) * signs)
+    pruned = prune_l1(model, 16)
+    second = model.fc2.weight.abs().sum(1).topk(16).indices.sort().values
+    torch.testing.assert_close(pruned.fc1.weight, model.fc1.weight[48:])
+    torch.testing.assert_close(pruned.fc1.bias, model.fc1.bias[48:])
+    torch.testing.assert_close(pruned.fc2.weight, model.fc2.weight[second][:, 48:])
+    torch.testing.assert_close(pruned.classifier.weight, model.classifier.weight[:, second])
+
+
+def test_pruning_to_full_width_is_the_identity_and_growing_is_refused():
+    model = random_base(nm.NeuMetaLeNetConfig())
+    same = prune_l1(model, 32)
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(same.state_dict()[name], tensor)
+    with pytest.raises(ValueError, match="only shrink"):
+        prune_l1(model, 40)
