@@ -74,7 +74,7 @@ def main(argv=None):
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="fashion_mnist_lenet")
     parser.add_argument("--data-dir", help="data.name for every run: a directory of IDX files or a Hub dataset id")
     parser.add_argument("--output-dir", default=str(REPO / "benchmarks" / "results"), help="where RECIPE.json/.md/.png go")
-    parser.add_argument("--work-dir", help="where the runs write their networks (default: OUTPUT_DIR/RECIPE_runs)")
+    parser.add_argument("--work-dir", help="where the runs write their networks (default: outputs/quality/RECIPE)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each gets cores / jobs threads)")
     parser.add_argument(
         "--set", nargs="*", default=[], metavar="key=value", help="recipe overrides for every run, e.g. base.epochs=2"
@@ -88,7 +88,7 @@ def main(argv=None):
     if config.data.name == "fashion_mnist":
         ensure_fashion_mnist()
     output = Path(args.output_dir)
-    work = Path(args.work_dir or output / f"{args.recipe}_runs")
+    work = Path(args.work_dir or REPO / "outputs" / "quality" / args.recipe)
     work.mkdir(parents=True, exist_ok=True)
     full_width = family_model_class(config.base.family).config_class.full_width
     low, high = config.hypernetwork.width_range

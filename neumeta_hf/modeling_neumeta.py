@@ -173,12 +173,21 @@ class NeuMetaModel(PreTrainedModel):
 
         With `num_samples > 1`, the average of one noise-free generation and `num_samples - 1` with uniform
         coordinate noise of amplitude `noise` (default: `config.coordinate_noise`), drawn from `generator`.
+        The full width is always generated once, without noise.
         """
         width = self.check_width(width)
         if num_samples < 1:
             raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+        if width == self.config.full_width:
+            # Training fits the full width exactly, without noise: jittered copies would only blur it.
+            num_samples = 1
         noise = self.config.coordinate_noise if noise is None else noise
         return self._generate(width, num_samples, noise, generator, first_noise_free=True)
+
+    def generate(self, width: int, noise: float = 0.0, generator: torch.Generator | None = None) -> dict:
+        """One generation of the width-`width` tensors with coordinate noise `noise`, differentiable (for
+        training; `generate_weights` is the inference path)."""
+        return self._generate(width, 1, noise, generator, first_noise_free=False)
 
     def _generate(self, width, num_samples, noise, generator=None, first_noise_free=True):
         coordinates = self.spec.coordinates(width, self.output_scale.device)
@@ -240,7 +249,7 @@ class NeuMetaModel(PreTrainedModel):
         width = self.check_width(width)
         if noise is None:
             noise = self.config.coordinate_noise if self.training else 0.0
-        weights = self._generate(width, 1, noise, generator, first_noise_free=False)
+        weights = self.generate(width, noise, generator)
         outputs = functional_call(
             self.spec.skeleton(width), {**self.frozen_tensors(), **weights}, (pixel_values,), {"labels": labels}
         )

@@ -59,7 +59,7 @@ class OptimConfig:
     reconstruction_weight: float = 1.0
     distillation_weight: float = 0.0
     distillation_temperature: float = 1.0
-    sandwich: bool = False  # also train the smallest training width at every step (it is the cheapest to run)
+    sandwich: bool = False  # every step also trains the smallest width and reconstructs the full width (cheap)
     checkpoint_every: int = 500
     eval_every: int = 500
     eval_widths: list[int] | None = None  # default: smallest, middle and largest of the range

@@ -286,10 +286,18 @@ def train(config: TrainConfig) -> dict:
                     teacher_logits = teacher(pixel_values).logits
             inputs = (pixel_values, labels, teacher_logits)
             loss, terms = width_loss(model, hyper, settings, *inputs, width, noise_generator)
-            if settings.sandwich and width != widths[0]:
-                smallest_loss, _ = width_loss(model, hyper, settings, *inputs, widths[0], noise_generator)
-                loss = loss + smallest_loss
-                terms["smallest_width_loss"] = smallest_loss.detach()
+            if settings.sandwich:
+                # The sandwich rule of slimmable networks: the smallest and largest widths at every step, beside
+                # the drawn one. The largest is the base itself, so it needs only the reconstruction loss: no
+                # network runs for it.
+                if width != widths[0]:
+                    smallest_loss, _ = width_loss(model, hyper, settings, *inputs, widths[0], noise_generator)
+                    loss = loss + smallest_loss
+                    terms["smallest_width_loss"] = smallest_loss.detach()
+                if width != full_width and settings.reconstruction_weight:
+                    reconstruction = reconstruction_loss(hyper.generate(full_width), hyper.reconstruction_targets())
+                    loss = loss + settings.reconstruction_weight * reconstruction
+                    terms["reconstruction_loss"] = reconstruction.detach()
             finite = accelerator.gather(torch.isfinite(loss.detach()).reshape(1).float()).min() > 0
             if not finite:
                 kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint yet"
