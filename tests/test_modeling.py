@@ -90,6 +90,9 @@ def test_averaging_starts_from_the_noise_free_generation(mlp_hyper):
     averaged = hyper.generate_weights(30, num_samples=4, generator=torch.Generator().manual_seed(0))
     difference = (averaged["fc2.weight"] - noise_free["fc2.weight"]).abs().max()
     assert 0 < difference < noise_free["fc2.weight"].abs().max()
+    # The full width is fitted without noise, so it is never averaged with jittered copies.
+    full = hyper.generate_weights(64, num_samples=4, generator=torch.Generator().manual_seed(0))
+    assert all(torch.equal(full[name], tensor) for name, tensor in hyper.generate_weights(64).items())
 
 
 def test_forward_trains_the_inr_with_one_backward_and_no_gradient_for_frozen_tensors(mlp_hyper):

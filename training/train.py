@@ -6,7 +6,8 @@ Overrides use dotted keys: `output_dir=/tmp/run training.max_steps=200 hypernetw
 Steps: (1) the base network -- loaded from base.pretrained or OUTPUT_DIR/base, else trained; (2) the
 hypernetwork around it (BatchNorm folded, channels permuted); (3) training: one width per step drawn from the
 training widths, loss = task loss + l2_weight x sum of generated tensors' L2 norms + reconstruction loss at full
-width (+ optional distillation from the base at other widths), AdamW, warm-up then cosine or multistep decay,
+width (+ optional distillation from the base at other widths; with `training.sandwich` every step also trains
+the smallest width and reconstructs the full width), AdamW, warm-up then cosine or multistep decay,
 gradient clipping, EMA of the INR; checkpoints every `training.checkpoint_every` steps
 (`training.resume_from_checkpoint=latest` continues exactly); (4) OUTPUT_DIR/hypernetwork (EMA weights),
 OUTPUT_DIR/base, a width sweep (sweep.json, sweep.md, sweep.png) and one sampled network.
