@@ -13,7 +13,7 @@ Runs, as subprocesses of this one (two at a time on two cores, one thread each):
   ablations   full NeuMeta runs without the channel permutation, without coordinate noise, and with a shared
               INR trunk instead of per-tensor heads; plus the main run sampled with num_samples 1 and 100.
 Then, in this process: pruned_l1 (the base pruned to every width by filter L1 norm, no fine-tuning), the
-targets, and RESULTS/RECIPE.json, .md and .png.
+targets, and OUTPUT_DIR/RECIPE.json, .md and .png (default OUTPUT_DIR: benchmarks/results).
 
 Fashion-MNIST comes from Debian's `dataset-fashion-mnist` (installed with apt-get when missing and running as
 root), from `--data-dir` (a directory of IDX files), or from the Hub (`--data-dir zalando-datasets/fashion_mnist`).
@@ -73,7 +73,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="fashion_mnist_lenet")
     parser.add_argument("--data-dir", help="data.name for every run: a directory of IDX files or a Hub dataset id")
-    parser.add_argument("--output-dir", default=str(REPO / "benchmarks" / "results"), help="where RECIPE.json/.md/.png go")
+    parser.add_argument("--output-dir", default=str(REPO / "benchmarks" / "results"), help="where RECIPE.json/.md/.png go (default: benchmarks/results)")
     parser.add_argument("--work-dir", help="where the runs write their networks (default: outputs/quality/RECIPE)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each gets cores / jobs threads)")
     parser.add_argument(
