@@ -120,6 +120,10 @@ def _aligned(size: int) -> int:
 
 def _grouped_linear(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor | None) -> torch.Tensor:
     """x [rows, in] @ weight[head] for the head owning each row; `offsets` ends each head's rows."""
+    if torch.is_autocast_enabled(x.device.type):
+        # grouped_mm is on none of autocast's lists and takes one dtype: cast as autocast casts a matmul.
+        dtype = torch.get_autocast_dtype(x.device.type)
+        x, weight = x.to(dtype), weight.to(dtype)
     if offsets is None:
         return x @ weight[0]
     if x.device.type != "cpu" and x.dtype != torch.bfloat16:

@@ -44,3 +44,19 @@ def test_every_head_gets_gradients_from_one_backward():
     inr = make_inr()
     inr(torch.rand(15, 2), torch.rand(3, 3), (5, 3, 7)).sum().backward()  # .sum() gives the stride-0 gradient grouped_mm rejects
     assert inr.output_weight.grad.abs().sum(dim=(1, 2)).min() > 0
+
+
+def test_autocast_runs_every_head_in_its_dtype():
+    """Under bf16 autocast (Accelerate's mixed precision) the grouped products run in bf16, close to float32,
+    and train: on CUDA a float32 weight against bf16 rows used to stop grouped_mm with a dtype error."""
+    counts = (5, 3, 7)
+    positions, context = torch.rand(15, 2), torch.rand(3, 3)
+    for shared in (False, True):
+        inr = make_inr(shared)
+        expected = inr(positions, context, counts)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            output = inr(positions, context, counts)
+        assert output.dtype == torch.bfloat16
+        torch.testing.assert_close(output.float(), expected, atol=0.1, rtol=0.05)
+        output.float().sum().backward()
+        assert inr.output_weight.grad.dtype == torch.float32 and inr.output_weight.grad.abs().sum() > 0
