@@ -251,7 +251,7 @@ class NeuMetaModel(PreTrainedModel):
             noise = self.config.coordinate_noise if self.training else 0.0
         weights = self.generate(width, noise, generator)
         outputs = functional_call(
-            self.spec.skeleton(width), {**self.frozen_tensors(), **weights}, (pixel_values,), {"labels": labels}
+            self.spec.meta_network(width), {**self.frozen_tensors(), **weights}, (pixel_values,), {"labels": labels}
         )
         return NeuMetaOutput(loss=outputs.loss, logits=outputs.logits, weights=weights)
 

@@ -105,6 +105,7 @@ class MorphSpec:
             g for g in groups if any(name in names for name, _ in g.members)
         )
         self._shapes: dict[int, dict[str, tuple[int, ...]]] = {}
+        self._meta_networks: dict[int, NeuMetaFamilyModel] = {}
         self._coordinates: dict[tuple[int, str], Coordinates] = {}
         full_shapes = self.shapes(self.full_width)
         self.kernel_sizes = tuple(_kernel_size(full_shapes[t.name]) for t in self.tensors)
@@ -119,14 +120,23 @@ class MorphSpec:
         return type(self.family_config).from_dict({**self.family_config.to_dict(), "width": width})
 
     def skeleton(self, width: int) -> NeuMetaFamilyModel:
-        """The width-`width` network on the meta device: structure and shapes, no storage."""
+        """A new width-`width` network on the meta device: structure and shapes, no storage (for callers that
+        materialise it)."""
         with torch.device("meta"):
             return self.model_class(self.config_at(width))
+
+    def meta_network(self, width: int) -> NeuMetaFamilyModel:
+        """The width-`width` meta network, built once per width and shared: for `functional_call`, which reads
+        only its structure. Building one takes milliseconds (config round trip, layer init), once per step in
+        training otherwise."""
+        if width not in self._meta_networks:
+            self._meta_networks[width] = self.skeleton(width)
+        return self._meta_networks[width]
 
     def shapes(self, width: int) -> dict[str, tuple[int, ...]]:
         """Shapes of all tensors (parameters and buffers) of the width-`width` network."""
         if width not in self._shapes:
-            state = self.skeleton(width).state_dict()
+            state = self.meta_network(width).state_dict()
             self._shapes[width] = {name: tuple(tensor.shape) for name, tensor in state.items()}
         return self._shapes[width]
 

@@ -132,6 +132,7 @@ def test_two_cpu_processes_train_one_hypernetwork(tmp_path):
         str(REPO / "training" / "train.py"), "--config", DIGITS, f"output_dir={tmp_path}", *QUICK,
         "training.max_steps=20",
         "training.checkpoint_every=20",
+        "training.sandwich=true",  # two forwards through the DDP wrapper and one generation outside it per step
     ]  # fmt: skip
     environment = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)

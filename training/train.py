@@ -28,12 +28,12 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.tracking import GeneralTracker, on_main_process
 from accelerate.utils import ProjectConfiguration, set_seed
-from neumeta_hf.progress import progress_bar
 
 from neumeta_hf import NeuMetaModel
 from neumeta_hf.cards import hypernetwork_card, sampled_network_card
 from neumeta_hf.data import load_splits
 from neumeta_hf.evaluation import evaluate_width, sweep, write_sweep
+from neumeta_hf.progress import progress_bar
 from recipe import TrainConfig, config_to_dict, load_config, schedule_factor
 from train_base import build_base_network
 
@@ -159,12 +159,15 @@ def width_loss(model, hyper: NeuMetaModel, settings, pixel_values, labels, teach
         terms["reconstruction_loss"] = reconstruction.detach()
     if width != full_width and settings.distillation_weight:
         temperature = settings.distillation_temperature
-        distillation = F.kl_div(
-            F.log_softmax(output.logits / temperature, -1),
-            F.log_softmax(teacher_logits / temperature, -1),
-            log_target=True,
-            reduction="batchmean",
-        ) * temperature**2
+        distillation = (
+            F.kl_div(
+                F.log_softmax(output.logits / temperature, -1),
+                F.log_softmax(teacher_logits / temperature, -1),
+                log_target=True,
+                reduction="batchmean",
+            )
+            * temperature**2
+        )
         loss = loss + settings.distillation_weight * distillation
         terms["distillation_loss"] = distillation.detach()
     return loss, terms
@@ -393,7 +396,9 @@ def _flat(values: dict, prefix: str = "") -> dict:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML recipe (see training/configs/); omitted: the built-in defaults")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. training.max_steps=200")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. training.max_steps=200"
+    )
     args = parser.parse_args(argv)
     train(load_config(args.config, args.overrides))
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from neumeta_hf.progress import progress_bar
 
 from neumeta_hf.data import DataInfo, load_splits
 from neumeta_hf.evaluation import evaluate_accuracy
 from neumeta_hf.families import NeuMetaFamilyModel, family_model_class
+from neumeta_hf.progress import progress_bar
 from recipe import BaseConfig, TrainConfig, load_config, schedule_factor
 
 
