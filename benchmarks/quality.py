@@ -277,9 +277,13 @@ def plot(report: dict, path: Path):
     for name, values in (("individual", methods["individual"]), ("pruned_l1", methods["pruned_l1"])):
         widths = sorted(values)
         axis.plot(widths, [100 * values[w] for w in widths], marker="s" if name == "individual" else None, label=name)
-    for name, values in report["ablations"].items():
+    # Distinct colours for the ablations (the default cycle's red and brown look alike at this line weight);
+    # dash-dot for the num_samples ones, which resample the main run rather than train another.
+    colours = ["tab:green", "tab:red", "tab:purple", "tab:cyan", "tab:olive", "tab:pink", "tab:brown"]
+    for (name, values), colour in zip(report["ablations"].items(), colours):
         widths = sorted(values)
-        axis.plot(widths, [100 * values[w] for w in widths], lw=0.8, ls=":", label=f"ablation: {name}")
+        style = "-." if name.startswith("num_samples") else ":"
+        axis.plot(widths, [100 * values[w] for w in widths], lw=1.0, ls=style, color=colour, label=f"ablation: {name}")
     neumeta = methods["neumeta"]
     widths = sorted(neumeta)
     axis.plot(widths, [100 * neumeta[w] for w in widths], color="black", lw=1.5, label="neumeta")
