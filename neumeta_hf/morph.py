@@ -115,15 +115,11 @@ class MorphSpec:
     def names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.tensors)
 
-    def config_at(self, width: int) -> NeuMetaFamilyConfig:
-        """The family config of the width-`width` network (everything else as at full width)."""
-        return type(self.family_config).from_dict({**self.family_config.to_dict(), "width": width})
-
     def skeleton(self, width: int) -> NeuMetaFamilyModel:
         """A new width-`width` network on the meta device: structure and shapes, no storage (for callers that
         materialise it)."""
         with torch.device("meta"):
-            return self.model_class(self.config_at(width))
+            return self.model_class(self.family_config.at_width(width))
 
     def meta_network(self, width: int) -> NeuMetaFamilyModel:
         """The width-`width` meta network, built once per width and shared: for `functional_call`, which reads

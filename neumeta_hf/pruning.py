@@ -16,8 +16,7 @@ def prune_l1(model: NeuMetaFamilyModel, width: int) -> NeuMetaFamilyModel:
     weights are copied, not retrained."""
     if width > model.config.width:
         raise ValueError(f"Pruning can only shrink: width {width} > the network's width {model.config.width}")
-    config = type(model.config).from_dict({**model.config.to_dict(), "width": width})
-    pruned = type(model)(config).to(model.device, model.dtype)
+    pruned = type(model)(model.config.at_width(width)).to(model.device, model.dtype)
     target_shapes = {name: tensor.shape for name, tensor in pruned.state_dict().items()}
     state = model.state_dict()
     kept = {}  # (tensor name, axis) -> channel indices to keep

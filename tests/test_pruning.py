@@ -17,7 +17,7 @@ def test_pruning_removes_dead_channels_and_keeps_the_function(config, width):
     """Channels whose weights are all zero are the smallest in L1 and contribute nothing: pruning a network
     down to exactly its live channels must keep its logits."""
     model = random_base(config).double()
-    target = nm.FAMILIES[config.model_type](type(config).from_dict({**config.to_dict(), "width": width}))
+    target = nm.FAMILIES[config.model_type](config.at_width(width))
     target_shapes = {name: tensor.shape for name, tensor in target.state_dict().items()}
     state = model.state_dict()
     generator = torch.Generator().manual_seed(3)

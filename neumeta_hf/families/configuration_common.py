@@ -55,6 +55,10 @@ class NeuMetaFamilyConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         self.num_classes = self.num_labels
 
+    def at_width(self, width: int) -> "NeuMetaFamilyConfig":
+        """The same config at width `width` (everything else unchanged)."""
+        return type(self).from_dict({**self.to_dict(), "width": width})
+
     def scaled(self, base: int) -> int:
         """`base` channels scaled by width / full width, at least one (the rule every family uses)."""
         return max(1, round(base * self.width / self.full_width))
