@@ -181,3 +181,18 @@ def test_random_crop_and_flip_keeps_shapes_and_content():
     assert out.shape == images.shape
     values = set(images.flatten().tolist()) | {0.0}
     assert set(out.flatten().tolist()) <= values
+
+
+def test_mixup_blends_each_image_and_its_label_by_the_same_weight():
+    # Labels 0..7 are one-hot rows, so each target row holds the two blending weights and the blended image
+    # must equal the target row applied to the batch's images.
+    images = torch.randn(8, 1, 4, 4)
+    labels = torch.arange(8)
+    mixed, targets = train_script.mixup(images, labels, num_labels=8, alpha=0.4, seed=3)
+    assert mixed.shape == images.shape and targets.shape == (8, 8)
+    torch.testing.assert_close(targets.sum(1), torch.ones(8))
+    torch.testing.assert_close(mixed, torch.einsum("ij,jchw->ichw", targets, images))
+    assert (targets.max(1).values < 1).any()  # some images really are blended
+    again, _ = train_script.mixup(images, labels, num_labels=8, alpha=0.4, seed=3)
+    other, _ = train_script.mixup(images, labels, num_labels=8, alpha=0.4, seed=4)
+    assert torch.equal(again, mixed) and not torch.equal(other, mixed)

@@ -59,6 +59,7 @@ class OptimConfig:
     reconstruction_weight: float = 1.0
     distillation_weight: float = 0.0
     distillation_temperature: float = 1.0
+    mixup_alpha: float = 0.0  # > 0: train on mixup-blended images, Beta(alpha, alpha) weights; 0: off
     sandwich: bool = False  # every step also trains the smallest width and reconstructs the full width (cheap)
     checkpoint_every: int = 500
     eval_every: int = 500

@@ -6,8 +6,9 @@ Overrides use dotted keys: `output_dir=/tmp/run training.max_steps=200 hypernetw
 Steps: (1) the base network -- loaded from base.pretrained or OUTPUT_DIR/base, else trained; (2) the
 hypernetwork around it (BatchNorm folded, channels permuted); (3) training: one width per step drawn from the
 training widths, loss = task loss + l2_weight x sum of generated tensors' L2 norms + reconstruction loss at full
-width (+ optional distillation from the base at other widths; with `training.sandwich` every step also trains
-the smallest width and reconstructs the full width), AdamW, warm-up then cosine or multistep decay,
+width (+ optional distillation from the base at other widths; with `training.mixup_alpha` > 0 the batch is
+mixup-blended first; with `training.sandwich` every step also trains the smallest width and reconstructs the
+full width), AdamW, warm-up then cosine or multistep decay,
 gradient clipping, EMA of the INR; checkpoints every `training.checkpoint_every` steps
 (`training.resume_from_checkpoint=latest` continues exactly); (4) OUTPUT_DIR/hypernetwork (EMA weights),
 OUTPUT_DIR/base, a width sweep (sweep.json, sweep.md, sweep.png) and one sampled network.
@@ -23,6 +24,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
@@ -143,16 +145,17 @@ def reconstruction_loss(weights: dict, targets: dict) -> torch.Tensor:
     return total
 
 
-def width_loss(model, hyper: NeuMetaModel, settings, pixel_values, labels, teacher_logits, width, generator):
-    """(loss, detached terms) of the width-`width` network generated for this batch: task loss + L2 of the
-    generated tensors + reconstruction at full width, or + distillation towards `teacher_logits` (the base
-    network's) at other widths."""
+def width_loss(model, hyper: NeuMetaModel, settings, pixel_values, targets, teacher_logits, width, generator):
+    """(loss, detached terms) of the width-`width` network generated for this batch: task loss (cross-entropy
+    to `targets`, class indices or probabilities) + L2 of the generated tensors + reconstruction at full width,
+    or + distillation towards `teacher_logits` (the base network's) at other widths."""
     full_width = hyper.config.full_width
     # The full width is fitted exactly (reconstruction loss), so it is generated without noise.
     noise = 0.0 if width == full_width else None
-    output = model(pixel_values=pixel_values, labels=labels, width=width, noise=noise, generator=generator)
-    terms = {"task_loss": output.loss.detach()}
-    loss = output.loss + settings.l2_weight * sum(tensor.norm() for tensor in output.weights.values())
+    output = model(pixel_values=pixel_values, width=width, noise=noise, generator=generator)
+    task_loss = F.cross_entropy(output.logits, targets)
+    terms = {"task_loss": task_loss.detach()}
+    loss = task_loss + settings.l2_weight * sum(tensor.norm() for tensor in output.weights.values())
     if width == full_width and settings.reconstruction_weight:
         reconstruction = reconstruction_loss(output.weights, hyper.reconstruction_targets())
         loss = loss + settings.reconstruction_weight * reconstruction
@@ -171,6 +174,19 @@ def width_loss(model, hyper: NeuMetaModel, settings, pixel_values, labels, teach
         loss = loss + settings.distillation_weight * distillation
         terms["distillation_loss"] = distillation.detach()
     return loss, terms
+
+
+def mixup(pixel_values, labels, num_labels: int, alpha: float, seed: int):
+    """Mixup (Zhang et al., 2018): each image blended with another of the batch by a Beta(alpha, alpha) weight,
+    and its one-hot label likewise. Drawn from `seed`, so a resumed run mixes the same pairs."""
+    rng = np.random.default_rng(seed)
+    weight = torch.as_tensor(rng.beta(alpha, alpha, len(labels)), dtype=pixel_values.dtype, device=pixel_values.device)
+    partner = torch.as_tensor(rng.permutation(len(labels)), device=pixel_values.device)
+    shape = (-1,) + (1,) * (pixel_values.dim() - 1)
+    mixed = weight.view(shape) * pixel_values + (1 - weight.view(shape)) * pixel_values[partner]
+    one_hot = F.one_hot(labels, num_labels).to(mixed.dtype)
+    targets = weight[:, None] * one_hot + (1 - weight[:, None]) * one_hot[partner]
+    return mixed, targets
 
 
 def step_width(config: TrainConfig, widths: list[int], step: int) -> int:
@@ -271,7 +287,9 @@ def train(config: TrainConfig) -> dict:
         accelerator.process_index,
         accelerator.num_processes,
     )
-    loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler)
+    # Each sampled index list is fetched as one slice (`batch_size=None`): datasets formats the batch at once,
+    # instead of splitting it into rows for the default collate to stack again.
+    loader = torch.utils.data.DataLoader(train_set, sampler=sampler, batch_size=None)
     model.train()
     step, last_checkpoint, started = start_step, None, time.time()
     progress = progress_bar(
@@ -283,12 +301,16 @@ def train(config: TrainConfig) -> dict:
         pixel_values = batch["pixel_values"].to(accelerator.device)
         labels = batch["labels"].to(accelerator.device)
         noise_generator = torch.Generator(accelerator.device).manual_seed(config.seed * 7919 + micro_step)
+        targets = labels
+        if settings.mixup_alpha:
+            seed = (config.seed * 7919 + micro_step) * accelerator.num_processes + accelerator.process_index
+            pixel_values, targets = mixup(pixel_values, labels, base.config.num_labels, settings.mixup_alpha, seed)
         with accelerator.accumulate(model):
             teacher_logits = None
             if settings.distillation_weight and (width != full_width or settings.sandwich):
                 with torch.no_grad():
                     teacher_logits = teacher(pixel_values).logits
-            inputs = (pixel_values, labels, teacher_logits)
+            inputs = (pixel_values, targets, teacher_logits)
             loss, terms = width_loss(model, hyper, settings, *inputs, width, noise_generator)
             if settings.sandwich:
                 # The sandwich rule of slimmable networks: the smallest and largest widths at every step, beside
@@ -359,7 +381,8 @@ def train(config: TrainConfig) -> dict:
         shutil.copy(output / "sweep.png", output / "hypernetwork" / "sweep.png")
         recipe = (
             f"{settings.max_steps} steps, batch {settings.batch_size}, AdamW lr {settings.learning_rate} "
-            f"({settings.scheduler}), distillation weight {settings.distillation_weight}"
+            f"({settings.scheduler}), distillation weight {settings.distillation_weight} "
+            f"(temperature {settings.distillation_temperature}), mixup alpha {settings.mixup_alpha}"
         )
         hypernetwork_card(
             hyper, sweep=result, training={"dataset": info.name, "recipe": recipe}, sweep_plot="sweep.png"
