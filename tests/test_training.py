@@ -46,6 +46,8 @@ def test_config_overrides_and_unknown_keys():
         load_config(None, ["colour=blue"])
     with pytest.raises(ValueError, match="not of the form"):
         load_config(DIGITS, ["training.max_steps"])
+    with pytest.raises(ValueError, match="training.mixup_alpha must be >= 0"):
+        load_config(DIGITS, ["training.mixup_alpha=-0.2"])
 
 
 @pytest.mark.parametrize("name", ["digits_mlp", "fashion_mnist_lenet", "cifar10_resnet20", "cifar100_resnet20",

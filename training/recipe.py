@@ -60,11 +60,15 @@ class OptimConfig:
     distillation_weight: float = 0.0
     distillation_temperature: float = 1.0
     mixup_alpha: float = 0.0  # > 0: train on mixup-blended images, Beta(alpha, alpha) weights; 0: off
-    sandwich: bool = False  # every step also trains the smallest width and reconstructs the full width (cheap)
+    sandwich: bool = False  # each step also trains the smallest width, reconstructs the full one (digits: 2.5x a step)
     checkpoint_every: int = 500
     eval_every: int = 500
     eval_widths: list[int] | None = None  # default: smallest, middle and largest of the range
     resume_from_checkpoint: str | None = None  # "latest" or a checkpoint directory
+
+    def __post_init__(self):
+        if self.mixup_alpha < 0:
+            raise ValueError(f"training.mixup_alpha must be >= 0 (0 turns mixup off), got {self.mixup_alpha}")
 
 
 @dataclass
