@@ -49,6 +49,12 @@ def hypernetwork_card(
             f"total variation {smoothing['total_variation_before']:.4g} -> {smoothing['total_variation_after']:.4g}"
             if smoothing else "not applied"
         ),
+        sampling=(
+            f"`sample_model` averages {config.num_samples} generations, the first noise-free, the others with "
+            "coordinate noise (`num_samples=1`: one, faster)"
+            if config.num_samples > 1
+            else "`sample_model` uses one noise-free generation (`num_samples` > 1 averages noisy ones)"
+        ),
         training=training,
         example_width=(config.width_range[0] + config.width_range[1]) // 2,
         sweep_table=sweep_markdown(sweep) if sweep else None,

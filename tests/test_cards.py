@@ -25,7 +25,7 @@ def test_sampled_network_card_without_results_has_no_model_index(mlp_hyper):
     assert "model-index" not in card.data.to_dict() and "## Evaluation" not in card.text
 
 
-def test_hypernetwork_card_shows_sizes_widths_and_sweep(mlp_hyper):
+def test_hypernetwork_card_shows_sizes_widths_and_sweep(mlp_hyper, monkeypatch):
     sweep = {
         "metric": "accuracy", "dataset": "digits", "split": "test", "num_samples": 1,
         "base": {"width": 64, "accuracy": 0.98},
@@ -39,3 +39,6 @@ def test_hypernetwork_card_shows_sizes_widths_and_sweep(mlp_hyper):
     assert 'NeuMetaModel.from_pretrained("someone/neumeta-mlp")' in text and "16–64" in text
     assert "Neural Metamorphosis" in text and "extrapolated" in text
     assert "neumeta" in card.data.to_dict()["tags"]
+    assert "`sample_model` uses one noise-free generation" in text
+    monkeypatch.setattr(mlp_hyper.config, "num_samples", 100)  # the fixture is shared: restored afterwards
+    assert "`sample_model` averages 100 generations" in hypernetwork_card(mlp_hyper).text
