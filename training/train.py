@@ -300,10 +300,11 @@ def train(config: TrainConfig) -> dict:
         width = step_width(config, widths, step)
         pixel_values = batch["pixel_values"].to(accelerator.device)
         labels = batch["labels"].to(accelerator.device)
-        noise_generator = torch.Generator(accelerator.device).manual_seed(config.seed * 7919 + micro_step)
+        step_seed = config.seed * 7919 + micro_step
+        noise_generator = torch.Generator(accelerator.device).manual_seed(step_seed)
         targets = labels
-        if settings.mixup_alpha:
-            seed = (config.seed * 7919 + micro_step) * accelerator.num_processes + accelerator.process_index
+        if settings.mixup_alpha:  # each process mixes its own shard of the batch: a draw of its own
+            seed = step_seed * accelerator.num_processes + accelerator.process_index
             pixel_values, targets = mixup(pixel_values, labels, base.config.num_labels, settings.mixup_alpha, seed)
         with accelerator.accumulate(model):
             teacher_logits = None
