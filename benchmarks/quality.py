@@ -162,7 +162,8 @@ class Runs:
         if dependency is not None:
             dependency.result()  # raises if what this run needs failed
         command = [sys.executable, str(REPO / "training" / script), "--config", str(self.config)]
-        command += self.overrides + overrides
+        # The work directory is the benchmark's own: each run replaces the previous benchmark's.
+        command += self.overrides + overrides + ["overwrite_output_dir=true"]
         environment = os.environ | {"OMP_NUM_THREADS": str(self.threads), "TQDM_MININTERVAL": "30"}
         log = self.work / "logs" / f"{name}.log"
         print(f"[{time.strftime('%H:%M:%S')}] {name}: started (log: {log})", flush=True)

@@ -104,6 +104,16 @@ def load_splits(config: DataConfig) -> tuple[datasets.Dataset, datasets.Dataset,
     return train, test, info
 
 
+def check_labels(dataset: datasets.Dataset, num_labels: int, where: str):
+    """A ValueError unless every label of `dataset` (from `load_splits`) is a class index below `num_labels`."""
+    labels = np.asarray(dataset.with_format("numpy")["label"])
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_labels):
+        raise ValueError(
+            f"{where} has labels {labels.min()}..{labels.max()}, but the network has {num_labels} classes "
+            f"(labels 0..{num_labels - 1}); use data whose labels fit, or a network with more classes"
+        )
+
+
 class _Transform:
     """uint8 [C, H, W] images -> normalised float tensors (plus pure-torch augmentation for training)."""
 

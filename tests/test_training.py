@@ -46,7 +46,7 @@ def test_config_overrides_and_unknown_keys():
         load_config(None, ["colour=blue"])
     with pytest.raises(ValueError, match="not of the form"):
         load_config(DIGITS, ["training.max_steps"])
-    with pytest.raises(ValueError, match="training.mixup_alpha must be >= 0"):
+    with pytest.raises(ValueError, match="training.mixup_alpha must be a non-negative number, got -0.2"):
         load_config(DIGITS, ["training.mixup_alpha=-0.2"])
 
 
@@ -118,12 +118,6 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, fresh_accelerate_
     assert resumed.keys() == uninterrupted.keys()
     for name in uninterrupted:
         assert torch.equal(resumed[name], uninterrupted[name]), name
-
-
-@pytest.mark.slow
-def test_nan_loss_stops_with_a_clear_message(tmp_path, fresh_accelerate_state):
-    with pytest.raises(FloatingPointError, match="Loss became nan at step 0.*resume_from_checkpoint=latest"):
-        train_script.train(quick_config(tmp_path, "training.l2_weight=.nan"))
 
 
 @pytest.mark.slow

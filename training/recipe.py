@@ -1,17 +1,25 @@
 """Training recipes: typed, nested configuration read from YAML, with `dotted.key=value` overrides.
 
-Every section is a dataclass; an unknown key anywhere is an error naming the key and the valid ones.
+Every section is a dataclass; an unknown key anywhere (the free-form `hypernetwork.config` and
+`base.family_config` included) is an error naming the key and the valid ones, and every value is checked
+(`check_recipe`) before anything runs, so that a bad recipe fails in a second rather than after training.
 """
 
 import dataclasses
+import difflib
+import hashlib
+import json
 import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from transformers import PreTrainedConfig
 
+from neumeta_hf import NeuMetaConfig
 from neumeta_hf.data import DataConfig
+from neumeta_hf.families import family_model_class
 
 
 @dataclass
@@ -66,10 +74,6 @@ class OptimConfig:
     eval_widths: list[int] | None = None  # default: smallest, middle and largest of the range
     resume_from_checkpoint: str | None = None  # "latest" or a checkpoint directory
 
-    def __post_init__(self):
-        if self.mixup_alpha < 0:
-            raise ValueError(f"training.mixup_alpha must be >= 0 (0 turns mixup off), got {self.mixup_alpha}")
-
 
 @dataclass
 class SweepConfig:
@@ -84,6 +88,7 @@ class SweepConfig:
 @dataclass
 class TrainConfig:
     output_dir: str = "outputs/run"
+    overwrite_output_dir: bool = False  # replace an earlier run in output_dir (otherwise it is an error)
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     base: BaseConfig = field(default_factory=BaseConfig)
@@ -107,7 +112,138 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
             if not isinstance(section, dict):
                 raise ValueError(f"Override {override!r}: {part!r} is not a section")
         section[leaf] = yaml.safe_load(value)
-    return _build(TrainConfig, raw, "")
+    config = _build(TrainConfig, raw, "")
+    check_recipe(config)
+    return config
+
+
+# Settings that may change when a run is resumed without making it another run: they do not change what the
+# training steps compute (learning_rate is applied from the resumed step on, and said so).
+RESUMABLE_CHANGES = {
+    "output_dir",
+    "overwrite_output_dir",
+    "training.resume_from_checkpoint",
+    "training.learning_rate",
+    "training.max_grad_norm",
+    "training.checkpoint_every",
+    "training.eval_every",
+    "training.eval_widths",
+}
+
+
+def run_identity(config) -> dict:
+    """Everything in the recipe that determines the training run, flat (not `RESUMABLE_CHANGES`, not the sweep):
+    checkpoints carry it and its hash, so a run resumes only its own checkpoints."""
+    flat = flatten(config_to_dict(config))
+    return {key: value for key, value in flat.items() if key not in RESUMABLE_CHANGES and not key.startswith("sweep.")}
+
+
+def identity_hash(identity: dict) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def flatten(values: dict, prefix: str = "") -> dict:
+    """Nested config -> flat {dotted.key: value}."""
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+_POSITIVE_INTEGERS = (
+    "base.epochs", "base.batch_size", "training.max_steps", "training.batch_size",
+    "training.gradient_accumulation_steps", "training.checkpoint_every", "training.eval_every",
+    "sweep.batch_size", "sweep.num_samples", "sweep.save_width", "data.max_train_samples", "data.max_test_samples",
+)  # fmt: skip
+_POSITIVE_NUMBERS = ("base.learning_rate", "training.learning_rate", "training.epochs", "training.max_grad_norm")
+_NON_NEGATIVE_NUMBERS = (
+    "base.weight_decay", "training.weight_decay", "training.warmup_steps", "training.l2_weight",
+    "training.reconstruction_weight", "training.distillation_weight", "training.mixup_alpha",
+)  # fmt: skip
+_WIDTH_LISTS = ("hypernetwork.width_range", "hypernetwork.train_widths", "training.eval_widths", "sweep.widths")
+_CHOICES = {
+    "training.scheduler": ("cosine", "multistep", "constant"),
+    "training.mixed_precision": ("no", "bf16", "fp16"),
+}
+# NeuMetaConfig fields that the recipe sets through keys of its own, or that are measured, not chosen.
+_HYPERNETWORK_OWN_KEYS = {"family": "base.family", "family_config": "base.family_config",
+                          "width_range": "hypernetwork.width_range", "train_widths": "hypernetwork.train_widths",
+                          "morph": "hypernetwork.morph", "smoothing": None}  # fmt: skip
+
+
+def check_recipe(config: "TrainConfig"):
+    """Every value of the recipe in its range, every free-form key a real field: a ValueError naming the key,
+    the value and what is allowed. (Checks against the data come later, still before training.)"""
+    flat = flatten(config_to_dict(config))
+    for key in _POSITIVE_INTEGERS:
+        value = flat[key]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{key} must be a positive integer, got {value!r}")
+    for key in _POSITIVE_NUMBERS + _NON_NEGATIVE_NUMBERS:
+        value, positive = flat[key], key in _POSITIVE_NUMBERS
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
+            value <= 0 if positive else value < 0
+        ):
+            raise ValueError(f"{key} must be a {'positive' if positive else 'non-negative'} number, got {value!r}")
+    for key in _WIDTH_LISTS:
+        value = flat[key]
+        if value is not None and (
+            not isinstance(value, list)
+            or not value
+            or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in value)
+        ):
+            raise ValueError(f"{key} must be a non-empty list of positive integer widths, got {value!r}")
+    width_range = flat["hypernetwork.width_range"]
+    if width_range is not None and (len(width_range) != 2 or width_range[0] > width_range[1]):
+        raise ValueError(f"hypernetwork.width_range must be [min, max] with min <= max, got {width_range}")
+    for key, allowed in _CHOICES.items():
+        if flat[key] not in allowed:
+            raise ValueError(f"{key} must be one of {', '.join(allowed)}, got {flat[key]!r}")
+    if not isinstance(config.data.name, str) or not config.data.name.strip():
+        raise ValueError(f"data.name must name a dataset (digits, fashion_mnist, a directory or a Hub id), got "
+                         f"{config.data.name!r}")
+    for key in ("data.image_mean", "data.image_std"):
+        value = flat[key]
+        if value is not None and (not isinstance(value, list) or not value or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value
+        )):
+            raise ValueError(f"{key} must be a list of numbers, one per image channel, got {value!r}")
+    if config.data.image_std is not None and min(config.data.image_std) <= 0:
+        raise ValueError(f"data.image_std must be positive (images are divided by it), got {config.data.image_std}")
+
+    model_class = family_model_class(config.base.family)  # an unknown family names the known ones
+    family_fields = _own_fields(model_class.config_class) | {"id2label", "label2id", "num_labels"}
+    _check_keys("base.family_config", config.base.family_config, family_fields)
+    for key in set(config.hypernetwork.config if isinstance(config.hypernetwork.config, dict) else ()) & set(
+        _HYPERNETWORK_OWN_KEYS
+    ):
+        where = _HYPERNETWORK_OWN_KEYS[key]
+        raise ValueError(
+            f"hypernetwork.config.{key} cannot be set here" + (f": use {where}" if where else " (it is measured)")
+        )
+    hypernetwork_fields = _own_fields(NeuMetaConfig) - set(_HYPERNETWORK_OWN_KEYS)
+    _check_keys("hypernetwork.config", config.hypernetwork.config, hypernetwork_fields)
+
+
+def _own_fields(config_class) -> set[str]:
+    """The fields a config class adds to transformers' `PreTrainedConfig`."""
+    common = {f.name for f in dataclasses.fields(PreTrainedConfig)}
+    return {f.name for f in dataclasses.fields(config_class)} - common
+
+
+def _check_keys(where: str, values, valid: set[str]):
+    if not isinstance(values, dict):
+        raise ValueError(f"{where} must be a mapping of field names to values, got {values!r}")
+    for key in values:
+        if key not in valid:
+            close = difflib.get_close_matches(key, sorted(valid), n=1)
+            hint = f" Did you mean {where}.{close[0]}?" if close else ""
+            raise ValueError(f"Unknown key {where}.{key}.{hint} Valid keys here: {', '.join(sorted(valid))}")
 
 
 def schedule_factor(

@@ -12,10 +12,14 @@ full width), AdamW, warm-up then cosine or multistep decay,
 gradient clipping, EMA of the INR; checkpoints every `training.checkpoint_every` steps
 (`training.resume_from_checkpoint=latest` continues exactly); (4) OUTPUT_DIR/hypernetwork (EMA weights),
 OUTPUT_DIR/base, a width sweep (sweep.json, sweep.md, sweep.png) and one sampled network.
+
+The whole recipe is checked, against the data too, before anything trains. An OUTPUT_DIR that holds an earlier
+run is refused unless the run is resumed or `overwrite_output_dir=true` says to replace it.
 """
 
 import argparse
 import contextlib
+import copy
 import json
 import math
 import random
@@ -30,14 +34,25 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.tracking import GeneralTracker, on_main_process
 from accelerate.utils import ProjectConfiguration, set_seed
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from neumeta_hf import NeuMetaModel
 from neumeta_hf.cards import hypernetwork_card, sampled_network_card
 from neumeta_hf.data import load_splits
 from neumeta_hf.evaluation import evaluate_width, sweep, write_sweep
 from neumeta_hf.progress import progress_bar
-from recipe import TrainConfig, config_to_dict, load_config, schedule_factor
-from train_base import build_base_network
+from recipe import (
+    RESUMABLE_CHANGES,
+    TrainConfig,
+    config_to_dict,
+    flatten,
+    identity_hash,
+    load_config,
+    run_identity,
+    schedule_factor,
+)
+from train_base import build_base_network, check_against_data, claim_output_dir
 
 
 class JSONLTracker(GeneralTracker):
@@ -104,13 +119,16 @@ class EMA:
         finally:
             self.copy_to(module, saved)
 
-    def state_dict(self) -> dict:
-        return {"decay": self.decay, "updates": self.updates, "shadow": self.shadow}
+    def save(self, path: Path):
+        """A safetensors file (no pickle: loading a checkpoint never runs code)."""
+        save_file(self.shadow, path, metadata={"decay": repr(self.decay), "updates": str(self.updates)})
 
-    def load_state_dict(self, state: dict):
-        self.decay, self.updates = state["decay"], state["updates"]
-        for name, value in state["shadow"].items():
-            self.shadow[name].copy_(value)
+    def load(self, path: Path):
+        with safe_open(path, framework="pt") as stored:
+            metadata = stored.metadata()
+            self.decay, self.updates = float(metadata["decay"]), int(metadata["updates"])
+            for name, value in self.shadow.items():
+                value.copy_(stored.get_tensor(name))
 
 
 class StepBatches(torch.utils.data.Sampler):
@@ -194,9 +212,93 @@ def step_width(config: TrainConfig, widths: list[int], step: int) -> int:
     return random.Random(config.seed * 1_000_003 + step).choice(widths)
 
 
-def latest_checkpoint(directory: Path) -> Path | None:
-    steps = [(int(m.group(1)), p) for p in directory.glob("step_*") if (m := re.fullmatch(r"step_(\d+)", p.name))]
-    return max(steps)[1] if steps else None
+# A checkpoint directory: accelerate's state (weights as safetensors; optimizer, scheduler and RNG states as
+# torch files, loaded with weights_only=True), the EMA as safetensors and run.json saying which run wrote it.
+RUN_FILE = "run.json"
+
+
+def save_checkpoint(accelerator: Accelerator, ema: EMA, directory: Path, step: int, run: dict) -> Path:
+    """Write checkpoint `step_{step}` under a temporary name and rename it when complete, so that a kill or a
+    full disk leaves either a whole checkpoint or one that `find_checkpoint` never looks at."""
+    final, partial = directory / f"step_{step}", directory / f".partial-step_{step}"
+    if accelerator.is_main_process and partial.exists():
+        shutil.rmtree(partial)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    if accelerator.is_main_process:
+        ema.save(partial / "ema.safetensors")
+        (partial / RUN_FILE).write_text(json.dumps({"step": step, **run}, indent=1) + "\n")
+        if final.exists():  # written before by this run, then resumed from an earlier checkpoint
+            shutil.rmtree(final)
+        partial.rename(final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def complete_checkpoints(directory: Path) -> list[tuple[int, Path, dict]]:
+    """(step, path, run.json) of every complete checkpoint in `directory`, newest first."""
+    found = []
+    for path in directory.glob("step_*"):
+        if re.fullmatch(r"step_\d+", path.name) and (path / RUN_FILE).is_file():
+            run = json.loads((path / RUN_FILE).read_text())
+            found.append((run["step"], path, run))
+    return sorted(found, key=lambda item: item[0], reverse=True)
+
+
+def find_checkpoint(resume: str, directory: Path, recipe: dict) -> tuple[Path, dict]:
+    """(path, run.json) of the checkpoint to resume: `latest` is the newest complete checkpoint written with
+    this recipe; a path must be a complete checkpoint of this recipe. Anything else is an error saying why."""
+    if resume == "latest":
+        checkpoints = complete_checkpoints(directory)
+        ours = [(path, run) for _, path, run in checkpoints if run["recipe_hash"] == identity_hash(recipe)]
+        if not ours:
+            others = f" ({len(checkpoints)} from other recipes: {checkpoints[0][1]} and older)" if checkpoints else ""
+            raise FileNotFoundError(
+                f"No complete checkpoint of this recipe in {directory}{others}; resume with the recipe that wrote "
+                "them, name one with training.resume_from_checkpoint=PATH, or start afresh with "
+                "overwrite_output_dir=true."
+            )
+        return ours[0]
+    path = Path(resume)
+    if not (path / RUN_FILE).is_file():
+        state = "does not exist" if not path.exists() else f"is not a complete checkpoint (no {RUN_FILE})"
+        raise FileNotFoundError(f"training.resume_from_checkpoint: {path} {state}")
+    run = json.loads((path / RUN_FILE).read_text())
+    if run["recipe_hash"] != identity_hash(recipe):
+        differences = [
+            f"{key}={run['recipe'].get(key)!r} there, {recipe.get(key)!r} here"
+            for key in sorted(set(run["recipe"]) | set(recipe))
+            if run["recipe"].get(key) != recipe.get(key)
+        ]
+        raise ValueError(
+            f"Checkpoint {path} was written by another recipe ({'; '.join(differences)}). Resume it with the "
+            f"recipe that wrote it; only {', '.join(sorted(RESUMABLE_CHANGES))} may change on resume."
+        )
+    return path, run
+
+
+def stop_on_non_finite_loss(accelerator, checkpoints: Path, identity: dict, loss: float, step: int, width: int):
+    """Stop, naming the newest checkpoint whose weights gave a finite loss. The checkpoint written just before
+    this step holds the weights that gave `loss`: it is renamed so that `latest` skips it."""
+    diverged = checkpoints / f"step_{step}"
+    if accelerator.is_main_process and diverged.exists():
+        diverged.rename(checkpoints / f"non-finite-loss-step_{step}")
+    accelerator.wait_for_everyone()
+    good = [path for _, path, run in complete_checkpoints(checkpoints) if run["recipe_hash"] == identity_hash(identity)]
+    kept = f"the newest checkpoint with a finite loss is {good[0]}" if good else "no checkpoint with a finite loss"
+    raise FloatingPointError(
+        f"Loss became {loss} at step {step} (width {width}); stopping: {kept}. Lower training.learning_rate "
+        "(a resumed run applies the new rate) or set training.max_grad_norm, then resume with "
+        "training.resume_from_checkpoint=latest."
+    )
+
+
+def set_learning_rate(scheduler, learning_rate: float):
+    """Make `learning_rate` the schedule's peak from the current step on (a checkpoint restores the old one)."""
+    schedule = getattr(scheduler, "scheduler", scheduler)  # accelerate wraps it
+    schedule.base_lrs = [learning_rate] * len(schedule.base_lrs)
+    for group, factor in zip(schedule.optimizer.param_groups, schedule.lr_lambdas):
+        group["initial_lr"], group["lr"] = learning_rate, learning_rate * factor(schedule.last_epoch)
 
 
 def evaluate_widths(hyper: NeuMetaModel, test, widths) -> dict:
@@ -206,6 +308,7 @@ def evaluate_widths(hyper: NeuMetaModel, test, widths) -> dict:
 
 def train(config: TrainConfig) -> dict:
     """Run the whole recipe; returns the sweep result (on the main process)."""
+    config = copy.deepcopy(config)  # derived settings are filled in below; the caller's recipe stays as given
     settings = config.training
     output = Path(config.output_dir)
     trackers = [JSONLTracker("neumeta", str(output))]
@@ -220,12 +323,17 @@ def train(config: TrainConfig) -> dict:
         project_config=ProjectConfiguration(project_dir=str(output), logging_dir=str(output)),
     )
     set_seed(config.seed)
-    train_set, test_set, info = load_splits(config.data)
-
-    # 1. The base network.
+    identity = run_identity(config)  # before the base network's place is filled in below
     resuming = settings.resume_from_checkpoint is not None
+    claim_output_dir(config, accelerator, resuming)
+    checkpoints = output / "checkpoints"
+    resume_from = find_checkpoint(settings.resume_from_checkpoint, checkpoints, identity) if resuming else None
+    train_set, test_set, info = load_splits(config.data)
     if resuming and config.base.pretrained is None and (output / "base" / "config.json").exists():
         config.base.pretrained = str(output / "base")  # a resumed run reuses the base it trained
+    check_against_data(config, train_set, test_set, info, accelerator)
+
+    # 1. The base network.
     base, base_accuracy = build_base_network(config, train_set, test_set, info, accelerator)
     accelerator.print(f"Base network: width {base.config.width}, test accuracy {base_accuracy:.4f}")
     if accelerator.is_main_process:
@@ -261,21 +369,25 @@ def train(config: TrainConfig) -> dict:
     hyper = accelerator.unwrap_model(model)
     teacher = base.to(accelerator.device).eval()
     ema = EMA(hyper.inr, hyper.config.ema_decay)
-    accelerator.register_for_checkpointing(ema)
     run_facts = {"num_processes": accelerator.num_processes, "device": str(accelerator.device)}
-    accelerator.init_trackers("neumeta", config=_flat(config_to_dict(config)) | run_facts)
+    flat = flatten(config_to_dict(config))
+    tracked = {key: value if isinstance(value, (int, float, str, bool)) else str(value) for key, value in flat.items()}
+    accelerator.init_trackers("neumeta", config=tracked | run_facts)
     accelerator.print(f"Training on {accelerator.num_processes} process(es), device {accelerator.device}")
 
-    checkpoints = output / "checkpoints"
     start_step = 0
-    if resuming:
-        resume = settings.resume_from_checkpoint
-        path = latest_checkpoint(checkpoints) if resume == "latest" else Path(resume)
-        if path is None or not path.exists():
-            raise FileNotFoundError(f"No checkpoint to resume from ({resume!r}; looked in {checkpoints})")
+    if resume_from:
+        path, run = resume_from
         accelerator.load_state(str(path))
-        start_step = int(path.name.split("_")[-1])
+        ema.load(path / "ema.safetensors")
+        start_step = run["step"]
         accelerator.print(f"Resumed from {path} at step {start_step}")
+        if run["learning_rate"] != settings.learning_rate:
+            set_learning_rate(scheduler, settings.learning_rate)
+            accelerator.print(
+                f"training.learning_rate is {settings.learning_rate} (the checkpoint's run had "
+                f"{run['learning_rate']}): the schedule continues from step {start_step} at the new rate"
+            )
 
     micro_steps = settings.max_steps * settings.gradient_accumulation_steps
     sampler = StepBatches(
@@ -291,7 +403,7 @@ def train(config: TrainConfig) -> dict:
     # instead of splitting it into rows for the default collate to stack again.
     loader = torch.utils.data.DataLoader(train_set, sampler=sampler, batch_size=None)
     model.train()
-    step, last_checkpoint, started = start_step, None, time.time()
+    step, started = start_step, time.time()
     progress = progress_bar(
         total=settings.max_steps, initial=start_step, desc="hypernetwork", disable=not accelerator.is_main_process
     )
@@ -327,12 +439,7 @@ def train(config: TrainConfig) -> dict:
                     terms["reconstruction_loss"] = reconstruction.detach()
             finite = accelerator.gather(torch.isfinite(loss.detach()).reshape(1).float()).min() > 0
             if not finite:
-                kept = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint yet"
-                raise FloatingPointError(
-                    f"Loss became {loss.item()} at step {step} (width {width}); stopping, {kept}. Lower "
-                    "training.learning_rate or set training.max_grad_norm, then resume with "
-                    "training.resume_from_checkpoint=latest."
-                )
+                stop_on_non_finite_loss(accelerator, checkpoints, identity, loss.item(), step, width)
             accelerator.backward(loss)
             if accelerator.sync_gradients and settings.max_grad_norm:
                 accelerator.clip_grad_norm_(hyper.inr.parameters(), settings.max_grad_norm)
@@ -357,8 +464,8 @@ def train(config: TrainConfig) -> dict:
             accelerator.log(accuracies, step=done)
             progress.write(f"step {done}: " + ", ".join(f"{k.split('_')[-1]}: {v:.4f}" for k, v in accuracies.items()))
         if done % settings.checkpoint_every == 0 or done == settings.max_steps:
-            last_checkpoint = checkpoints / f"step_{done}"
-            accelerator.save_state(str(last_checkpoint))
+            run = {"recipe_hash": identity_hash(identity), "learning_rate": settings.learning_rate, "recipe": identity}
+            save_checkpoint(accelerator, ema, checkpoints, done, run)
     progress.close()
     accelerator.wait_for_everyone()
     accelerator.print(f"Trained {settings.max_steps - start_step} steps in {time.time() - started:.1f}s")
@@ -404,17 +511,6 @@ def train(config: TrainConfig) -> dict:
         )
     accelerator.end_training()
     return result
-
-
-def _flat(values: dict, prefix: str = "") -> dict:
-    """Nested config -> flat {dotted.key: scalar} for trackers."""
-    flat = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
-    return flat
 
 
 def main(argv=None):

@@ -7,16 +7,89 @@ code first when no trained base network is given.
 """
 
 import argparse
+import shutil
+import warnings
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 
-from neumeta_hf.data import DataInfo, load_splits
+from neumeta_hf import NeuMetaConfig
+from neumeta_hf.data import DataInfo, check_labels, load_splits
 from neumeta_hf.evaluation import evaluate_accuracy
 from neumeta_hf.families import NeuMetaFamilyModel, family_model_class
 from neumeta_hf.progress import progress_bar
 from recipe import BaseConfig, TrainConfig, load_config, schedule_factor
+
+# What a run writes into its output directory (train.py; train_base.py writes only base/).
+RUN_OUTPUTS = ("log.jsonl", "checkpoints", "hypernetwork", "base", "sweep.json", "sweep.md", "sweep.png")
+
+
+def claim_output_dir(config: TrainConfig, accelerator: Accelerator, resuming: bool, outputs=RUN_OUTPUTS):
+    """Refuse an output directory that holds an earlier run, unless it is resumed or `overwrite_output_dir` says
+    to replace it (its outputs are then deleted, so that nothing stale mixes with the new run)."""
+    output = Path(config.output_dir)
+    if output.exists() and not output.is_dir():
+        raise NotADirectoryError(f"output_dir {output} is a file; choose a directory with output_dir=...")
+    earlier = [output / name for name in outputs if (output / name).exists()]
+    if "hypernetwork" in outputs:
+        earlier += sorted(output.glob("sampled-width-*"))
+    pretrained = Path(config.base.pretrained).resolve() if config.base.pretrained else None
+    earlier = [path for path in earlier if path.resolve() != pretrained]  # the base network this run starts from
+    if not earlier or resuming:
+        return
+    names = ", ".join(path.name for path in earlier)
+    if not config.overwrite_output_dir:
+        raise FileExistsError(
+            f"output_dir {output} already holds a run ({names}). Resume it with "
+            "training.resume_from_checkpoint=latest, choose another output_dir=..., or replace it with "
+            "overwrite_output_dir=true."
+        )
+    if accelerator.is_main_process:
+        for path in earlier:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        accelerator.print(f"overwrite_output_dir: removed the earlier run's {names} from {output}")
+    accelerator.wait_for_everyone()
+
+
+def check_against_data(config: TrainConfig, train, test, info: DataInfo, accelerator: Accelerator):
+    """The recipe against the data, before anything trains: labels, image shape and classes of a given base
+    network, batch sizes, and the hypernetwork's own config. Each failure names the key and the fix."""
+    if config.base.pretrained:
+        base_config = family_model_class(config.base.family).config_class.from_pretrained(config.base.pretrained)
+        expected = (base_config.num_channels, base_config.image_size)
+        if expected != (info.num_channels, info.image_size):
+            raise ValueError(
+                f"base.pretrained {config.base.pretrained!r} takes {expected[0]}x{expected[1]}x{expected[1]} images, "
+                f"but data {config.data.name!r} has {info.num_channels}x{info.image_size}x{info.image_size}"
+            )
+    else:
+        base_config = family_model_class(config.base.family).config_class(
+            **{**info.family_kwargs(), **config.base.family_config}
+        )
+    for split, dataset in (("training", train), ("test", test)):
+        check_labels(dataset, base_config.num_labels, f"data {config.data.name!r} ({split} split)")
+    per_step = config.training.batch_size * accelerator.num_processes * config.training.gradient_accumulation_steps
+    batches = [("training.batch_size", per_step)]
+    if not config.base.pretrained:
+        batches.append(("base.batch_size", config.base.batch_size * accelerator.num_processes))
+    for key, examples in batches:
+        if examples > len(train):
+            raise ValueError(
+                f"{key}: one step takes {examples} examples (over all processes and accumulation steps), more "
+                f"than the {len(train)} training examples of data {config.data.name!r}; lower {key}"
+            )
+    hypernetwork = config.hypernetwork
+    NeuMetaConfig(  # the hypernetwork's config errors now, not after the base network has trained
+        family=config.base.family,
+        family_config=base_config.to_dict(),
+        width_range=hypernetwork.width_range,
+        train_widths=hypernetwork.train_widths,
+        morph=hypernetwork.morph,
+        **hypernetwork.config,
+    )
+    if config.training.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        warnings.warn("training.mixed_precision=fp16 on a CPU: use bf16 there (fp16 is for GPUs)", stacklevel=2)
 
 
 def build_base_network(
@@ -30,6 +103,12 @@ def build_base_network(
             raise ValueError(
                 f"base.pretrained {config.base.pretrained!r} is a {model.config.model_type!r} network, "
                 f"but base.family is {config.base.family!r}"
+            )
+        broken = [name for name, tensor in model.state_dict().items() if not torch.isfinite(tensor).all()]
+        if broken:
+            raise ValueError(
+                f"base.pretrained {config.base.pretrained!r} holds non-finite values in {', '.join(broken)}: "
+                "it diverged or is damaged; retrain it (leave base.pretrained unset)"
             )
     else:
         family_config = model_class.config_class(**{**info.family_kwargs(), **config.base.family_config})
@@ -54,9 +133,14 @@ def train_network(model, train, settings: BaseConfig, accelerator: Accelerator, 
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     model.train()
     progress = progress_bar(range(settings.epochs), desc="base network", unit="epoch", disable=not accelerator.is_main_process)
-    for _ in progress:
+    for epoch in progress:
         for batch in loader:
             loss = model(batch["pixel_values"], labels=batch["labels"]).loss
+            if accelerator.gather(torch.isfinite(loss.detach()).reshape(1).float()).min() == 0:
+                raise FloatingPointError(
+                    f"Base network training: the loss became {loss.item()} in epoch {epoch}; lower "
+                    f"base.learning_rate (now {settings.learning_rate})"
+                )
             optimizer.zero_grad()
             accelerator.backward(loss)
             optimizer.step()
@@ -75,7 +159,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     config = load_config(args.config, args.overrides)
     accelerator = Accelerator()
+    claim_output_dir(config, accelerator, resuming=False, outputs=("base",))
     train, test, info = load_splits(config.data)
+    check_against_data(config, train, test, info, accelerator)
     model, accuracy = build_base_network(config, train, test, info, accelerator)
     output = Path(config.output_dir) / "base"
     if accelerator.is_main_process:

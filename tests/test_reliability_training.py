@@ -1,0 +1,223 @@
+"""Bad recipes, bad data and faults in `training/`: each is refused early with an error naming the key or value
+and the fix, nothing is overwritten or resumed by mistake, and resuming never runs code from a checkpoint."""
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from accelerate import Accelerator
+
+import neumeta_hf as nm
+import train as train_script
+from conftest import random_base, reset_accelerate_state, write_idx_dataset
+from neumeta_hf.data import load_splits
+from recipe import identity_hash, load_config, run_identity
+from test_training import DIGITS, quick_config
+from train_base import check_against_data, claim_output_dir
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("hypernetwork.config.hiden_size=128", "Unknown key hypernetwork.config.hiden_size. Did you mean "
+         "hypernetwork.config.hidden_size"),
+        ("base.family_config.widht=32", "Unknown key base.family_config.widht. Did you mean base.family_config.width"),
+        ("hypernetwork.config.width_range=[8,16]", "hypernetwork.config.width_range cannot be set here: use "
+         "hypernetwork.width_range"),
+        ("base.family=neumeta-vgg", "Unknown family 'neumeta-vgg'; known families: neumeta-mlp"),
+        ("training.max_steps=0", "training.max_steps must be a positive integer, got 0"),
+        ("training.max_steps=-5", "training.max_steps must be a positive integer, got -5"),
+        ("training.epochs=0", "training.epochs must be a positive number, got 0"),
+        ("sweep.save_width=0", "sweep.save_width must be a positive integer, got 0"),
+        ("sweep.num_samples=0", "sweep.num_samples must be a positive integer, got 0"),
+        ("data.max_train_samples=0", "data.max_train_samples must be a positive integer, got 0"),
+        ("training.batch_size=0", "training.batch_size must be a positive integer, got 0"),
+        ("training.batch_size=-1", "training.batch_size must be a positive integer, got -1"),
+        ("base.batch_size=0", "base.batch_size must be a positive integer, got 0"),
+        ("training.checkpoint_every=0", "training.checkpoint_every must be a positive integer, got 0"),
+        ("training.eval_every=0", "training.eval_every must be a positive integer, got 0"),
+        ("training.gradient_accumulation_steps=0", "training.gradient_accumulation_steps must be a positive"),
+        ("training.learning_rate=0", "training.learning_rate must be a positive number, got 0"),
+        ("training.l2_weight=.nan", "training.l2_weight must be a non-negative number, got nan"),
+        ("training.mixup_alpha=-0.2", "training.mixup_alpha must be a non-negative number, got -0.2"),
+        ("data.image_std=[0]", "data.image_std must be positive (images are divided by it), got [0]"),
+        ("data.image_mean=mean", "data.image_mean must be a list of numbers, one per image channel, got 'mean'"),
+        ("data.name=''", "data.name must name a dataset"),
+        ("training.scheduler=cosin", "training.scheduler must be one of cosine, multistep, constant, got 'cosin'"),
+        ("training.mixed_precision=fp32", "training.mixed_precision must be one of no, bf16, fp16, got 'fp32'"),
+        ("sweep.widths=[0,32]", "sweep.widths must be a non-empty list of positive integer widths, got [0, 32]"),
+        ("training.eval_widths=[]", "training.eval_widths must be a non-empty list of positive integer widths"),
+        ("hypernetwork.width_range=[8,16,32]", "hypernetwork.width_range must be [min, max] with min <= max"),
+        ("hypernetwork.width_range=[a,b]", "hypernetwork.width_range must be a non-empty list of positive integer"),
+        ("hypernetwork.width_range=[64,32]", "hypernetwork.width_range must be [min, max] with min <= max"),
+    ],
+)  # fmt: skip
+def test_bad_recipe_values_are_refused_when_read(override, message):
+    with pytest.raises(ValueError) as error:
+        load_config(DIGITS, [override])
+    assert message in str(error.value)
+
+
+def _idx_data(directory, labels):
+    images = np.random.default_rng(0).integers(0, 255, (len(labels), 28, 28), dtype=np.uint8)
+    write_idx_dataset(directory, images, np.asarray(labels, dtype=np.uint8))
+    return [f"data.name={directory}", f"data.cache_dir={directory / 'cache'}"]
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("labels", "has labels 0..12, but the network has 10 classes (labels 0..9)"),
+        ("batch", "training.batch_size: one step takes 64 examples (over all processes and accumulation steps), "
+         "more than the 50 training examples"),
+        ("base_batch", "base.batch_size: one step takes 128 examples"),
+        ("image_shape", "takes 1x8x8 images, but data"),
+        ("train_widths", "train_widths [70] lie outside width_range [32, 64]"),
+    ],
+)  # fmt: skip
+def test_recipe_is_checked_against_the_data_before_anything_trains(case, message, tmp_path, fresh_accelerate_state):
+    overrides = {
+        "labels": lambda: _idx_data(tmp_path, [0, 1, 2, 12] * 20) + ["base.family=neumeta-lenet"],
+        "batch": lambda: ["data.max_train_samples=50"],
+        "base_batch": lambda: ["base.batch_size=128", "data.max_train_samples=100"],
+        "image_shape": lambda: _idx_data(tmp_path, list(range(10)) * 8) + [f"base.pretrained={tmp_path / 'mlp'}"],
+        "train_widths": lambda: ["hypernetwork.train_widths=[32,70]"],
+    }[case]()
+    random_base(nm.NeuMetaMLPConfig()).save_pretrained(tmp_path / "mlp")
+    config = quick_config(tmp_path / "run", *overrides)
+    with pytest.raises(ValueError) as error:
+        train_script.train(config)
+    assert message in str(error.value)
+    assert not (tmp_path / "run" / "base").exists()  # nothing trained
+
+
+def test_fp16_on_cpu_is_warned_about(tmp_path, fresh_accelerate_state):
+    config = quick_config(tmp_path, "training.mixed_precision=fp16")
+    train, test, info = load_splits(config.data)
+    with pytest.warns(UserWarning, match="training.mixed_precision=fp16 on a CPU: use bf16"):
+        check_against_data(config, train, test, info, Accelerator())
+
+
+def test_an_earlier_run_is_never_overwritten_without_being_told(tmp_path, fresh_accelerate_state):
+    (tmp_path / "hypernetwork").mkdir()
+    (tmp_path / "hypernetwork" / "model.safetensors").write_text("the 12,000-step hypernetwork")
+    (tmp_path / "sampled-width-48").mkdir()
+    (tmp_path / "log.jsonl").write_text("{}\n")
+    with pytest.raises(FileExistsError, match="already holds a run \\(log.jsonl, hypernetwork, sampled-width-48\\)"
+                       ".*training.resume_from_checkpoint=latest.*overwrite_output_dir=true"):
+        train_script.train(quick_config(tmp_path))
+    assert (tmp_path / "hypernetwork" / "model.safetensors").read_text() == "the 12,000-step hypernetwork"
+
+    accelerator = Accelerator()
+    claim_output_dir(quick_config(tmp_path, "overwrite_output_dir=true"), accelerator, resuming=False)
+    assert list(tmp_path.iterdir()) == []
+
+    (tmp_path / "base").mkdir()  # the base network of train_base.py, reused by the next run: not an earlier run
+    claim_output_dir(quick_config(tmp_path, f"base.pretrained={tmp_path / 'base'}"), accelerator, resuming=False)
+    with pytest.raises(FileExistsError, match="already holds a run \\(base\\)"):
+        claim_output_dir(quick_config(tmp_path), accelerator, resuming=False)
+    (tmp_path / "base").rmdir()
+    (tmp_path / "base").write_text("")
+    with pytest.raises(NotADirectoryError, match="output_dir .*/base is a file"):
+        claim_output_dir(quick_config(tmp_path / "base"), accelerator, resuming=False)
+
+
+def _fake_checkpoint(directory, step, identity):
+    directory.mkdir(parents=True)
+    run = {"step": step, "recipe_hash": identity_hash(identity), "learning_rate": 2e-3, "recipe": identity}
+    (directory / "run.json").write_text(json.dumps(run))
+
+
+def test_latest_takes_the_newest_complete_checkpoint_of_this_recipe(tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    ours = run_identity(quick_config(tmp_path))
+    other = run_identity(quick_config(tmp_path, "training.max_steps=100000"))
+    _fake_checkpoint(checkpoints / "step_60", 60, ours)
+    _fake_checkpoint(checkpoints / "step_100000", 100000, other)  # a stale one from another run
+    (checkpoints / "step_90").mkdir()  # written by accelerate, killed before run.json: incomplete
+    _fake_checkpoint(checkpoints / ".partial-step_120", 120, ours)  # killed before the rename
+    path, run = train_script.find_checkpoint("latest", checkpoints, ours)
+    assert path == checkpoints / "step_60" and run["step"] == 60
+
+    with pytest.raises(ValueError, match="step_100000 was written by another recipe \\(training.max_steps=100000 "
+                       "there, 120 here\\)"):
+        train_script.find_checkpoint(str(checkpoints / "step_100000"), checkpoints, ours)
+    with pytest.raises(FileNotFoundError, match="step_90 is not a complete checkpoint"):
+        train_script.find_checkpoint(str(checkpoints / "step_90"), checkpoints, ours)
+    with pytest.raises(FileNotFoundError, match="step_7 does not exist"):
+        train_script.find_checkpoint(str(checkpoints / "step_7"), checkpoints, ours)
+    with pytest.raises(FileNotFoundError, match="No complete checkpoint of this recipe .*2 from other recipes"):
+        train_script.find_checkpoint("latest", checkpoints, run_identity(quick_config(tmp_path, "seed=5")))
+
+
+class _Payload:
+    """Unpickling this creates a file: proof that a checkpoint ran code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.slow
+def test_non_finite_loss_names_a_good_checkpoint_and_a_lower_rate_resumes(tmp_path, monkeypatch,
+                                                                          fresh_accelerate_state):
+    steps = ["training.max_steps=80", "training.checkpoint_every=30", "training.eval_every=80"]
+    real_width_loss = train_script.width_loss
+    calls = []
+
+    def diverging_at_step_60(*args, **kwargs):  # one call per step: the recipe has no sandwich
+        loss, terms = real_width_loss(*args, **kwargs)
+        calls.append(None)
+        return (loss * float("nan") if len(calls) == 61 else loss), terms
+
+    monkeypatch.setattr(train_script, "width_loss", diverging_at_step_60)
+    with pytest.raises(FloatingPointError, match="Loss became nan at step 60 .*stopping: the newest checkpoint with "
+                       "a finite loss is .*step_30\\. Lower training.learning_rate \\(a resumed run applies"):
+        train_script.train(quick_config(tmp_path, *steps))
+    checkpoints = tmp_path / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["non-finite-loss-step_60", "step_30"]
+    saved = sorted(p.name for p in (checkpoints / "step_30").iterdir())
+    assert "ema.safetensors" in saved and "run.json" in saved and not any("custom" in name for name in saved)
+
+    # Plant code where the old EMA checkpointing and accelerate's RNG state look for pickles: neither may run it.
+    monkeypatch.setattr(train_script, "width_loss", real_width_loss)
+    marker = tmp_path / "payload-ran"
+    resumed = quick_config(tmp_path, *steps, "training.learning_rate=1e-3", "training.resume_from_checkpoint=latest")
+    planted = checkpoints / "step_30" / "custom_checkpoint_0.pkl"
+    planted.write_bytes(pickle.dumps(_Payload(marker)))
+    reset_accelerate_state()
+    with pytest.raises(RuntimeError, match="Number of custom checkpoints in folder .*step_30 does not match"):
+        train_script.train(resumed)  # accelerate refuses the unexpected file without loading it
+    assert not marker.exists()
+    planted.unlink()
+    (checkpoints / "step_30" / "random_states_0.pkl").write_bytes(pickle.dumps(_Payload(marker)))
+    reset_accelerate_state()
+    printed = []
+    monkeypatch.setattr(Accelerator, "print", lambda self, *a, **k: printed.append(" ".join(map(str, a))))
+    train_script.train(resumed)
+    assert not marker.exists()  # loaded with weights_only=True: refused
+    assert any(f"Resumed from {checkpoints / 'step_30'} at step 30" in line for line in printed)
+    assert any("training.learning_rate is 0.001 (the checkpoint's run had 0.002)" in line for line in printed)
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    rates = {r["step"]: r["lr"] for r in records if "lr" in r}  # the resumed run's steps overwrite the first's
+    assert rates[31] < 1e-3 and rates[60] < 1e-3 and torch.isfinite(torch.tensor(list(rates.values()))).all()
+
+
+@pytest.mark.slow
+def test_a_diverging_base_network_is_stopped_with_its_own_message(tmp_path, fresh_accelerate_state):
+    with pytest.raises(FloatingPointError, match="Base network training: the loss became .* in epoch 0; lower "
+                       "base.learning_rate \\(now 1e\\+30\\)"):
+        train_script.train(quick_config(tmp_path, "base.learning_rate=1e30", "base.epochs=1"))
+
+
+def test_a_base_network_with_non_finite_weights_is_refused(tmp_path, fresh_accelerate_state):
+    base = random_base(nm.NeuMetaMLPConfig())
+    with torch.no_grad():
+        base.fc1.weight[0, 0] = float("nan")
+    base.save_pretrained(tmp_path / "base")
+    with pytest.raises(ValueError, match="holds non-finite values in fc1.weight: it diverged or is damaged"):
+        train_script.train(quick_config(tmp_path / "run", f"base.pretrained={tmp_path / 'base'}"))
