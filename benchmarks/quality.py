@@ -1,19 +1,23 @@
-"""Quality benchmark: NeuMeta against networks trained individually at each width and against L1 pruning,
-with ablations, all on the same data splits.
+"""Quality benchmark: NeuMeta against what a user would pick instead, all on the same data splits.
 
     python benchmarks/quality.py                        # Fashion-MNIST, LeNet widths 8-32
     python benchmarks/quality.py --recipe digits_mlp    # the embedded default: digits, MLP widths 32-64
 
 Runs, as subprocesses of this one (two at a time on two cores, one thread each):
-  base        the full-width network, trained with the recipe's `base` settings (training/train_base.py);
-  individual  the same recipe from scratch at each of a few smaller widths (the full width is the base: same
-              recipe, same seed, so the same network);
-  neumeta     training/train.py around that base, morph "all", trained on the recipe's `train_widths` and
-              swept over every width of the range (widths outside `train_widths` are unseen);
-  ablations   full NeuMeta runs without the channel permutation, without coordinate noise, and with a shared
-              INR trunk instead of per-tensor heads; plus the main run sampled with num_samples 1 and 100.
-Then, in this process: pruned_l1 (the base pruned to every width by filter L1 norm, no fine-tuning), the
-targets, and OUTPUT_DIR/RECIPE.json, .md and .png (default OUTPUT_DIR: benchmarks/results).
+  base                 the full-width network, trained with the recipe's `base` settings (train_base.py);
+  individual           the same recipe from scratch at each of the recipe's reference widths;
+  pruned_l1_finetuned  the base L1-pruned to each reference width, then fine-tuned (FINETUNE_EPOCHS);
+  slimmable            a universally slimmable network (US-Nets: first w channels, sandwich rule, in-place
+                       distillation), with as many optimizer steps and examples as the NeuMeta run;
+  neumeta              training/train.py around the base, swept over every width of the range (widths outside
+                       `train_widths` are unseen);
+  ablations            (--ablations) NeuMeta without the channel permutation, without coordinate noise, with a
+                       shared INR trunk; plus the main run sampled with num_samples 1 and 100.
+Then, in this process: pruned_l1 (the base pruned to every width, no fine-tuning), the slimmable network cut
+to every width, the targets, and OUTPUT_DIR/RECIPE.json, .md and .png (default OUTPUT_DIR: benchmarks/results).
+Every accuracy here is on the test split, read once per method for this table; the recipes decide everything
+(evaluation during training) on the validation split they carve out of the training data (`data.validation_size`).
+Each method's cost is recorded in wall seconds and in forward-backward passes of the full-width network.
 
 Fashion-MNIST comes from Debian's `dataset-fashion-mnist` (installed with apt-get when missing and running as
 root), from `--data-dir` (a directory of IDX files), or from the Hub (`--data-dir zalando-datasets/fashion_mnist`).
@@ -30,6 +34,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "training"))
 
@@ -40,7 +46,7 @@ from neumeta_hf.data import FASHION_MNIST_DIR, load_splits  # noqa: E402
 from neumeta_hf.evaluation import evaluate_accuracy, sweep  # noqa: E402
 from neumeta_hf.families import family_model_class  # noqa: E402
 from neumeta_hf.progress import progress_bar  # noqa: E402
-from neumeta_hf.pruning import prune_l1  # noqa: E402
+from neumeta_hf.pruning import first_channels, prune_l1  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -50,23 +56,38 @@ class Recipe:
 
 
 RECIPES = {
-    "fashion_mnist_lenet": Recipe("training/configs/fashion_mnist_lenet.yaml", (8, 12, 16, 24, 32)),
+    "fashion_mnist_lenet": Recipe("training/configs/fashion_mnist_lenet.yaml", (8, 12, 16, 20, 24, 28, 32)),
     "digits_mlp": Recipe("training/configs/digits_mlp.yaml", (32, 40, 48, 56, 64)),
 }
 
-# Each ablation is a full NeuMeta run with these overrides on top of the recipe.
+# Each ablation is a full NeuMeta run with these overrides on top of the recipe (with --ablations).
 ABLATIONS = {
     "no_permutation": ["hypernetwork.smooth=false"],
     "no_coordinate_noise": ["hypernetwork.config.coordinate_noise=0"],
     "shared_trunk": ["hypernetwork.config.shared_trunk=true"],
 }
 SAMPLE_COUNTS = (1, 100)  # the num_samples ablation: the main run sampled both ways
+# Levers: NeuMeta runs that change the method, each built on the network of the named run (measured by default).
+# nested_anchor: the INR learns a correction, from zero, to the slimmable network's first w channels, so that it
+# starts where the slimmable network is at every width (no channel permutation: it would break the nesting).
+# nested_anchor_every_width: the same, trained on every width of the range without coordinate noise (noise buys
+# unseen widths; here none is unseen).
+NESTED_ANCHOR = ["hypernetwork.smooth=false", "hypernetwork.config.anchor_channels=first", "training.learning_rate=1.0e-3"]
+LEVERS = {
+    "nested_anchor": ("slimmable", NESTED_ANCHOR),
+    "nested_anchor_every_width": (
+        "slimmable", NESTED_ANCHOR + ["hypernetwork.train_widths=null", "hypernetwork.config.coordinate_noise=0"]
+    ),
+}
+# The pruned networks' fine-tuning: a fixed, stated budget (not tuned on the test split).
+FINETUNE_EPOCHS = 2
+FINETUNE_LEARNING_RATE = 5e-4
 
 # The targets (accuracy points are fractions here).
 FULL_WIDTH_TOLERANCE = 0.003  # NeuMeta at full width vs the base network
-INDIVIDUAL_TOLERANCE = 0.005  # NeuMeta vs the network trained individually at that width
-PRUNING_MARGIN = 0.10  # NeuMeta above L1 pruning at the smallest width
-UNSEEN_TOLERANCE = 0.005  # an unseen width vs the mean of its seen neighbours
+INDIVIDUAL_TOLERANCE = 0.005  # NeuMeta vs the individual network (or the line between the two nearest)
+SMOOTHNESS_TOLERANCE = 0.010  # a width vs the mean of its two neighbours
+COST_BUDGET = 4  # hypernetwork training cost, in individually trained full-width networks
 
 
 def main(argv=None):
@@ -76,6 +97,11 @@ def main(argv=None):
     parser.add_argument("--output-dir", default=str(REPO / "benchmarks" / "results"), help="where RECIPE.json/.md/.png go (default: benchmarks/results)")
     parser.add_argument("--work-dir", help="where the runs write their networks (default: outputs/quality/RECIPE)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each gets cores / jobs threads)")
+    parser.add_argument("--ablations", action="store_true", help="also run the ablations (three more NeuMeta runs)")
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep the baselines' networks from an earlier run in the work directory "
+        "(the JSON records which were reused); only valid when their recipe has not changed",
+    )
     parser.add_argument(
         "--set", nargs="*", default=[], metavar="key=value", help="recipe overrides for every run, e.g. base.epochs=2"
     )
@@ -92,78 +118,172 @@ def main(argv=None):
     work.mkdir(parents=True, exist_ok=True)
     full_width = family_model_class(config.base.family).config_class.full_width
     low, high = config.hypernetwork.width_range
+    train, validation, test, info = load_splits(config.data)
+    neumeta_epochs = config.training.epochs or config.training.max_steps * config.training.batch_size / len(train)
 
-    runs = Runs(REPO / recipe.config, overrides, work, args.jobs)
+    runs = Runs(REPO / recipe.config, overrides, work, args.jobs, reuse=args.reuse)
     base_dir = work / "base" / "base"
     runs.submit("base", "train_base.py", [f"output_dir={work / 'base'}"])
+    # The slimmable network sees as many examples in as many optimizer steps as the NeuMeta run.
+    slimmable = ["base.slimmable=true", f"base.epochs={round(neumeta_epochs)}", f"base.batch_size={config.training.batch_size}"]
+    runs.submit("slimmable", "train_base.py", [f"output_dir={work / 'slimmable'}", *slimmable])
     widths = [w for w in recipe.individual_widths if w != full_width]
     for width in sorted(widths, reverse=True):  # longest first, so that two workers finish together
         family = [f"base.family_config.width={width}", "base.family_config.morph=all"]
         runs.submit(f"individual_{width}", "train_base.py", [f"output_dir={work / f'individual_{width}'}", *family])
-    for name, extra in {"neumeta": [], **ABLATIONS}.items():
+    for width in widths:
+        finetune = [f"base.prune_from={base_dir}", f"base.family_config.width={width}", "base.family_config.morph=all",
+                    f"base.epochs={FINETUNE_EPOCHS}", f"base.learning_rate={FINETUNE_LEARNING_RATE}"]  # fmt: skip
+        runs.submit(f"pruned_l1_finetuned_{width}", "train_base.py", [f"output_dir={work / f'finetuned_{width}'}",
+                    *finetune], after="base")  # fmt: skip
+    ablation_runs = ABLATIONS if args.ablations else {}
+    neumeta_runs = {name: ("base", extra) for name, extra in ({"neumeta": []} | ablation_runs).items()}
+    neumeta_runs |= {f"lever_{name}": lever for name, lever in LEVERS.items()}
+    for name, (start, extra) in neumeta_runs.items():
+        pretrained = work / start / "base"
         runs.submit(
-            name, "train.py", [f"output_dir={work / name}", f"base.pretrained={base_dir}", *extra], after="base"
+            name, "train.py", [f"output_dir={work / name}", f"base.pretrained={pretrained}", *extra], after=start,
+            fresh=True,
         )
     runs.wait()
 
-    _, test, info = load_splits(config.data)
     model_class = family_model_class(config.base.family)
     base = model_class.from_pretrained(base_dir)
     individual = {full_width: evaluate_accuracy(base, test)}
     for width in widths:
         individual[width] = evaluate_accuracy(model_class.from_pretrained(work / f"individual_{width}" / "base"), test)
-    pruned = {w: evaluate_accuracy(prune_l1(base, w), test) for w in progress_bar(range(low, high + 1), desc="pruned_l1")}
-    ablations = {name: swept(work / name) for name in ABLATIONS}
+    everywhere = range(low, high + 1)
+    pruned = {w: evaluate_accuracy(prune_l1(base, w), test) for w in progress_bar(everywhere, desc="pruned_l1")}
+    finetuned = {
+        w: evaluate_accuracy(model_class.from_pretrained(work / f"finetuned_{w}" / "base"), test) for w in widths
+    } | {full_width: individual[full_width]}
+    slim = model_class.from_pretrained(work / "slimmable" / "base")
+    slimmed = {w: evaluate_accuracy(first_channels(slim, w), test) for w in progress_bar(everywhere, desc="slimmable")}
+    ablations = {name: swept(work / name) for name in ablation_runs}
+    levers = {name: swept(work / f"lever_{name}") for name in LEVERS}
+    validation_sweeps = {name: validation_sweep(work / name, validation) for name in neumeta_runs}
     hyper = NeuMetaModel.from_pretrained(work / "neumeta" / "hypernetwork")
-    for count in SAMPLE_COUNTS:
-        result = sweep(hyper, test, range(low, high + 1), num_samples=count)
-        ablations[f"num_samples_{count}"] = {r["width"]: r["accuracy"] for r in result["results"]}
+    if args.ablations:
+        for count in SAMPLE_COUNTS:
+            result = sweep(hyper, test, everywhere, num_samples=count)
+            ablations[f"num_samples_{count}"] = {r["width"]: r["accuracy"] for r in result["results"]}
 
+    macs = {w: multiply_accumulates(model_class, base.config, w) for w in everywhere}
+    passes = training_passes(config, len(train), macs, full_width, neumeta_epochs, widths)
     report = {
         "dataset": info.name,
         "family": config.base.family,
         "full_width": full_width,
         "seen_widths": hyper.config.train_widths,
         "num_samples": hyper.config.num_samples,
+        "splits": {
+            "train": len(train),
+            "validation": len(validation) if validation is not None else 0,
+            "test": len(test),
+            "every accuracy in this report": "test",
+            "decisions during training (evaluation)": "validation" if validation is not None else "test",
+        },
         "methods": {
             "base": individual[full_width],
             "individual": dict(sorted(individual.items())),
             "pruned_l1": pruned,
+            "pruned_l1_finetuned": dict(sorted(finetuned.items())),
+            "slimmable": slimmed,
             "neumeta": swept(work / "neumeta"),
         },
         "ablations": ablations,
+        "levers": levers,
+        "validation_accuracy": validation_sweeps,
         "inr_parameters": sum(p.numel() for p in hyper.inr.parameters()),
         "base_parameters": base.num_parameters(),
         "recipe": recipe.config,
         "overrides": list(args.set),
+        "finetuning": f"{FINETUNE_EPOCHS} epochs, AdamW lr {FINETUNE_LEARNING_RATE} cosine, batch {config.base.batch_size}",
+        "reused_runs": sorted(runs.reused),
         "wall_seconds": {**runs.seconds, "total": round(time.time() - started, 1)},
+        "training_passes": passes,
     }
-    report["targets"] = check_targets(report)
+    report["targets"] = check_targets(report, report["methods"]["neumeta"], passes["neumeta"])
+    report["lever_targets"] = {
+        name: check_targets(report, values, passes[f"lever_{name}"]) for name, values in levers.items()
+    }
     paths = write_report(report, output / args.recipe)
     print(markdown(report))
     print("Wrote " + ", ".join(str(p) for p in paths))
 
 
-class Runs:
-    """Training scripts run as subprocesses, `jobs` at a time, each logging to WORK/logs/NAME.log."""
+def multiply_accumulates(model_class, config, width: int) -> int:
+    """Multiply-accumulates of one forward pass of the width-`width` network on one image."""
+    network = model_class(config.at_width(width)).eval()
+    total = []
 
-    def __init__(self, config: Path, overrides: list[str], work: Path, jobs: int):
-        self.config, self.overrides, self.work = config, overrides, work
+    def count(module, inputs, output):
+        kernel = module.weight[0].numel()  # inputs per output value
+        total.append(output[0].numel() * kernel)
+
+    handles = [m.register_forward_hook(count) for m in network.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    with torch.no_grad():
+        network(torch.zeros(1, config.num_channels, config.image_size, config.image_size))
+    for handle in handles:
+        handle.remove()
+    return sum(total)
+
+
+def training_passes(config, examples: int, macs: dict, full_width: int, neumeta_epochs: float, widths) -> dict:
+    """Each method's training cost in forward-backward passes of the full-width network (a width-w pass counts
+    its share of the full width's multiply-accumulates; a teacher's forward-only pass counts a third). The INR's
+    own work is not in these figures: its wall seconds are."""
+    share = {w: macs[w] / macs[full_width] for w in macs}
+    low, high = config.hypernetwork.width_range
+    mean_share = sum(share[w] for w in range(low, high + 1)) / (high - low + 1)
+    base = config.base.epochs * examples
+    individual = {w: round(config.base.epochs * examples * share[w]) for w in widths} | {full_width: base}
+    finetuned = {w: round(base + FINETUNE_EPOCHS * examples * share[w]) for w in widths}
+    slimmable = round(round(neumeta_epochs) * examples * (1 + share[low] + 2 * mean_share))
+    train_widths = config.hypernetwork.train_widths or list(range(low, high + 1))
+    per_example = sum(share[w] for w in train_widths) / len(train_widths)
+    if config.training.sandwich:
+        per_example += share[low]
+    if config.training.distillation_weight:
+        per_example += 1 / 3
+    hypernetwork = round(neumeta_epochs * examples * per_example)
+    return {
+        "individual": individual,
+        "pruned_l1_finetuned": finetuned,
+        "slimmable": slimmable,
+        "neumeta": base + hypernetwork,  # the base network, then the hypernetwork
+        **{f"lever_{name}": {"base": base, "slimmable": slimmable}[start] + hypernetwork for name, (start, _) in LEVERS.items()},
+    }
+
+
+class Runs:
+    """Training scripts run as subprocesses, `jobs` at a time, each logging to WORK/logs/NAME.log. With `reuse`,
+    a run that finished in an earlier benchmark (WORK/logs/NAME.done holds its command) is kept when its command
+    is the same, unless it is submitted `fresh`."""
+
+    def __init__(self, config: Path, overrides: list[str], work: Path, jobs: int, reuse: bool = False):
+        self.config, self.overrides, self.work, self.reuse = config, overrides, work, reuse
         self.pool = ThreadPoolExecutor(max_workers=jobs)
         self.threads = max(1, (os.cpu_count() or 1) // jobs)
-        self.futures, self.seconds = {}, {}
+        self.futures, self.seconds, self.reused = {}, {}, set()
         (work / "logs").mkdir(exist_ok=True)
 
-    def submit(self, name: str, script: str, overrides: list[str], after: str | None = None):
+    def submit(self, name: str, script: str, overrides: list[str], after: str | None = None, fresh: bool = False):
         dependency = self.futures.get(after)
-        self.futures[name] = self.pool.submit(self._run, name, script, overrides, dependency)
+        self.futures[name] = self.pool.submit(self._run, name, script, overrides, dependency, fresh)
 
-    def _run(self, name, script, overrides, dependency):
+    def _run(self, name, script, overrides, dependency, fresh):
         if dependency is not None:
             dependency.result()  # raises if what this run needs failed
         command = [sys.executable, str(REPO / "training" / script), "--config", str(self.config)]
         # The work directory is the benchmark's own: each run replaces the previous benchmark's.
         command += self.overrides + overrides + ["overwrite_output_dir=true"]
+        done = self.work / "logs" / f"{name}.done"
+        if self.reuse and not fresh and done.exists() and json.loads(done.read_text())["command"] == command[1:]:
+            self.reused.add(name)
+            self.seconds[name] = json.loads(done.read_text())["seconds"]
+            print(f"[{time.strftime('%H:%M:%S')}] {name}: reused from the earlier benchmark", flush=True)
+            return
         environment = os.environ | {"OMP_NUM_THREADS": str(self.threads), "TQDM_MININTERVAL": "30"}
         log = self.work / "logs" / f"{name}.log"
         print(f"[{time.strftime('%H:%M:%S')}] {name}: started (log: {log})", flush=True)
@@ -173,6 +293,7 @@ class Runs:
         self.seconds[name] = round(time.time() - started, 1)
         if code != 0:
             raise RuntimeError(f"{name} failed (exit {code}); see {log}:\n{log.read_text()[-2000:]}")
+        done.write_text(json.dumps({"command": command[1:], "seconds": self.seconds[name]}))
         print(f"[{time.strftime('%H:%M:%S')}] {name}: done in {self.seconds[name]:.0f}s", flush=True)
 
     def wait(self):
@@ -184,6 +305,15 @@ class Runs:
 def swept(run: Path) -> dict[int, float]:
     """{width: accuracy} from a NeuMeta run's sweep.json."""
     return {r["width"]: r["accuracy"] for r in json.loads((run / "sweep.json").read_text())["results"]}
+
+
+def validation_sweep(run: Path, validation) -> dict[int, float] | None:
+    """{width: validation accuracy} of a NeuMeta run's hypernetwork, the figure to choose between recipes by."""
+    if validation is None:
+        return None
+    hyper = NeuMetaModel.from_pretrained(run / "hypernetwork")
+    low, high = hyper.config.width_range
+    return {r["width"]: r["accuracy"] for r in sweep(hyper, validation, range(low, high + 1))["results"]}
 
 
 def ensure_fashion_mnist():
@@ -199,53 +329,59 @@ def ensure_fashion_mnist():
     subprocess.run(["apt-get", "install", "-y", "dataset-fashion-mnist"], check=True)
 
 
-def check_targets(report: dict) -> list[dict]:
-    """Each target with the measured figure and whether it is met (accuracies in points)."""
+def check_targets(report: dict, neumeta: dict[int, float], passes: int) -> list[dict]:
+    """Each target for NeuMeta's accuracies `neumeta` at training cost `passes`, with the measured figure and
+    whether it is met (accuracies in points)."""
     methods, full = report["methods"], report["full_width"]
-    neumeta, seen = methods["neumeta"], set(report["seen_widths"])
+    individual = methods["individual"]
     points = lambda value: round(100 * value, 2)  # noqa: E731
-    targets = [
-        {
-            "target": f"NeuMeta at full width within {points(FULL_WIDTH_TOLERANCE)} points of the base",
-            "measured": f"{points(neumeta[full])} vs {points(methods['base'])}",
-            "met": neumeta[full] >= methods["base"] - FULL_WIDTH_TOLERANCE,
-        }
-    ]
-    for width, accuracy in methods["individual"].items():
-        targets.append({
-            "target": f"width {width}: NeuMeta at most {points(INDIVIDUAL_TOLERANCE)} points below individual",
-            "measured": f"{points(neumeta[width])} vs {points(accuracy)}",
-            "met": neumeta[width] >= accuracy - INDIVIDUAL_TOLERANCE,
-        })
-    smallest = min(neumeta)
-    targets.append({
-        "target": f"width {smallest}: NeuMeta at least {points(PRUNING_MARGIN)} points above L1 pruning",
-        "measured": f"{points(neumeta[smallest])} vs {points(methods['pruned_l1'][smallest])}",
-        "met": neumeta[smallest] >= methods["pruned_l1"][smallest] + PRUNING_MARGIN,
-    })
+    targets = []
+
+    def target(text, measured, met):
+        targets.append({"target": text, "measured": measured, "met": bool(met)})
+
+    target(f"full width within {points(FULL_WIDTH_TOLERANCE)} points of the base", f"{points(neumeta[full])} vs "
+           f"{points(methods['base'])}", neumeta[full] >= methods["base"] - FULL_WIDTH_TOLERANCE)  # fmt: skip
+    references = sorted(individual)
     for width in sorted(neumeta):
-        neighbours = [neumeta[w] for w in (width - 1, width + 1) if w in seen and w in neumeta]
-        if width in seen or not neighbours:
-            continue
-        expected = sum(neighbours) / len(neighbours)
-        targets.append({
-            "target": f"unseen width {width}: no more than {points(UNSEEN_TOLERANCE)} points below its seen neighbours",
-            "measured": f"{points(neumeta[width])} vs {points(expected)}",
-            "met": neumeta[width] >= expected - UNSEEN_TOLERANCE,
-        })
-    targets.append({
-        "target": "INR parameters at most the full-width network's",
-        "measured": f"{report['inr_parameters']:,} vs {report['base_parameters']:,}",
-        "met": report["inr_parameters"] <= report["base_parameters"],
-    })
+        below, above = max(w for w in references if w <= width), min(w for w in references if w >= width)
+        fraction = 0.0 if above == below else (width - below) / (above - below)
+        reference = individual[below] + fraction * (individual[above] - individual[below])
+        what = "the individual network" if below == above else f"the line between individual {below} and {above}"
+        target(f"width {width}: at most {points(INDIVIDUAL_TOLERANCE)} points below {what}",
+               f"{points(neumeta[width])} vs {points(reference)}", neumeta[width] >= reference - INDIVIDUAL_TOLERANCE)
+    for name in ("slimmable", "pruned_l1_finetuned"):
+        short = [w for w, value in methods[name].items() if neumeta[w] < value]
+        target(f"at or above {name} at every width it is measured at ({len(methods[name])})",
+               f"below at {len(short)}: " + ", ".join(f"{w} ({points(neumeta[w])} vs {points(methods[name][w])})"
+                                                     for w in short), not short)  # fmt: skip
+    short = [w for w in neumeta if w != full and neumeta[w] <= methods["pruned_l1"][w]]
+    target("above pruned_l1 at every width below the full one", f"at or below at {len(short)}: {short}", not short)
+    rough = []
+    for width in sorted(neumeta):
+        if width - 1 in neumeta and width + 1 in neumeta:
+            mean = (neumeta[width - 1] + neumeta[width + 1]) / 2
+            if neumeta[width] < mean - SMOOTHNESS_TOLERANCE:
+                rough.append(f"{width} ({points(neumeta[width])} vs {points(mean)})")
+    target(f"smooth: no width more than {points(SMOOTHNESS_TOLERANCE)} points below the mean of its neighbours",
+           f"{len(rough)} widths: " + ", ".join(rough), not rough)
+    target("INR parameters at most the full-width network's",
+           f"{report['inr_parameters']:,} vs {report['base_parameters']:,}",
+           report["inr_parameters"] <= report["base_parameters"])  # fmt: skip
+    ratio = round(passes / report["training_passes"]["individual"][full], 2)
+    target(f"training cost at most {COST_BUDGET} individually trained full-width networks",
+           f"{ratio} (in full-width forward-backward passes, base network included)", ratio <= COST_BUDGET)
     return targets
 
 
 def markdown(report: dict) -> str:
     methods, ablations = report["methods"], report["ablations"]
-    columns = {"individual": methods["individual"], "pruned_l1": methods["pruned_l1"], "neumeta": methods["neumeta"]}
+    columns = {name: methods[name] for name in ("individual", "pruned_l1", "pruned_l1_finetuned", "slimmable",
+                                                  "neumeta")}  # fmt: skip
     columns |= {f"ablation: {name}": values for name, values in ablations.items()}
+    columns |= {f"lever: {name}": values for name, values in report["levers"].items()}
     seen = set(report["seen_widths"])
+    splits = report["splits"]
     lines = [
         f"# NeuMeta quality: {report['family']} on {report['dataset']} (test accuracy, %)",
         "",
@@ -253,7 +389,9 @@ def markdown(report: dict) -> str:
         f"{100 * methods['base']:.2f}. INR: {report['inr_parameters']:,} parameters. "
         f"Unseen widths are marked *. Recipe `{report['recipe']}`"
         + (f" with `{' '.join(report['overrides'])}`" if report["overrides"] else "")
-        + f"; {report['wall_seconds']['total'] / 60:.1f} minutes in all.",
+        + f"; {report['wall_seconds']['total'] / 60:.1f} minutes in all. Splits: {splits['train']:,} training, "
+        f"{splits['validation']:,} validation (evaluation during training), {splits['test']:,} test (this table "
+        f"only). Pruned networks fine-tuned {report['finetuning']}.",
         "",
         "| width | " + " | ".join(columns) + " |",
         "|---:|" + "---:|" * len(columns),
@@ -263,8 +401,17 @@ def markdown(report: dict) -> str:
         lines.append(f"| {width}{'' if width in seen else '*'} | " + " | ".join(cells) + " |")
     lines += ["", "| target | measured | met |", "|---|---|:---:|"]
     lines += [f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else '**no**'} |" for t in report["targets"]]
+    for name, targets in report["lever_targets"].items():
+        met = sum(t["met"] for t in targets)
+        lines += ["", f"Lever `{name}`: {met} of {len(targets)} targets met; missed:", ""]
+        lines += [f"- {t['target']}: {t['measured']}" for t in targets if not t["met"]]
+    passes = report["training_passes"]
+    cost = [f"individual {w}: {v:,}" for w, v in passes["individual"].items()]
+    cost += [f"{name}: {passes[name]:,}" for name in passes if name not in ("individual", "pruned_l1_finetuned")]
     seconds = ", ".join(f"{name} {value:.0f}" for name, value in report["wall_seconds"].items())
-    return "\n".join(lines + ["", f"Wall seconds: {seconds}.", ""])
+    reused = f" Reused from an earlier run: {', '.join(report['reused_runs'])}." if report["reused_runs"] else ""
+    return "\n".join(lines + ["", "Training cost (forward-backward passes, full-width units): " + "; ".join(cost)
+                              + ".", "", f"Wall seconds: {seconds}.{reused}", ""])  # fmt: skip
 
 
 def plot(report: dict, path: Path):
@@ -275,16 +422,24 @@ def plot(report: dict, path: Path):
 
     methods, seen = report["methods"], set(report["seen_widths"])
     figure, axis = plt.subplots(figsize=(8, 4.5))
-    for name, values in (("individual", methods["individual"]), ("pruned_l1", methods["pruned_l1"])):
+    individual = methods["individual"]
+    axis.scatter(list(individual), [100 * v for v in individual.values()], marker="s", color="tab:blue", zorder=4,
+                 label="individual")  # fmt: skip
+    styles = {"pruned_l1": ("tab:orange", "-"), "pruned_l1_finetuned": ("tab:brown", "-"),
+              "slimmable": ("tab:green", "-")}  # fmt: skip
+    for name, (colour, style) in styles.items():
+        values = methods[name]
         widths = sorted(values)
-        axis.plot(widths, [100 * values[w] for w in widths], marker="s" if name == "individual" else None, label=name)
-    # Distinct colours for the ablations (the default cycle's red and brown look alike at this line weight);
-    # dash-dot for the num_samples ones, which resample the main run rather than train another.
-    colours = ["tab:green", "tab:red", "tab:purple", "tab:cyan", "tab:olive", "tab:pink", "tab:brown"]
-    for (name, values), colour in zip(report["ablations"].items(), colours):
+        marker = "^" if len(widths) < 10 else None
+        axis.plot(widths, [100 * values[w] for w in widths], color=colour, ls=style, marker=marker, lw=1.0, label=name)
+    # Dash-dot for the num_samples ablations, which resample the main run rather than train another.
+    colours = ["tab:red", "tab:purple", "tab:cyan", "tab:olive", "tab:pink"]
+    variants = [(f"ablation: {name}", values) for name, values in report["ablations"].items()]
+    variants += [(f"lever: {name}", values) for name, values in report["levers"].items()]
+    for (name, values), colour in zip(variants, colours):
         widths = sorted(values)
-        style = "-." if name.startswith("num_samples") else ":"
-        axis.plot(widths, [100 * values[w] for w in widths], lw=1.0, ls=style, color=colour, label=f"ablation: {name}")
+        style = "-." if "num_samples" in name else ("--" if name.startswith("lever") else ":")
+        axis.plot(widths, [100 * values[w] for w in widths], lw=1.2, ls=style, color=colour, label=name)
     neumeta = methods["neumeta"]
     widths = sorted(neumeta)
     axis.plot(widths, [100 * neumeta[w] for w in widths], color="black", lw=1.5, label="neumeta")
@@ -293,7 +448,7 @@ def plot(report: dict, path: Path):
                  label="neumeta, unseen width")
     axis.axhline(100 * methods["base"], color="gray", ls="--", lw=0.8, label="base network")
     top = 100 * max(methods["base"], *neumeta.values())
-    axis.set_ylim(max(0, top - 20), top + 1)  # pruning collapses far below; keep the interesting band readable
+    axis.set_ylim(max(0, top - 15), top + 1)  # pruning collapses far below; keep the interesting band readable
     axis.set_xlabel("width")
     axis.set_ylabel("test accuracy (%)")
     axis.set_title(f"{report['family']} on {report['dataset']}")

@@ -7,13 +7,17 @@
     neumeta-hf push outputs/digits_mlp/hypernetwork me/neumeta-digits
 
 SOURCE is a local directory or a Hub id of a trained hypernetwork (`NeuMetaModel.save_pretrained`).
-Bad arguments exit with status 2 and a message naming the problem.
+Bad arguments exit with status 2 and a message naming the problem; a failed upload exits with status 1 and a
+one-line message.
 """
 
 import argparse
 import json
 import sys
 from pathlib import Path
+
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 
 from . import NeuMetaModel
 from .progress import progress_bar
@@ -23,19 +27,49 @@ def parse_widths(text: str) -> list[int]:
     """`16,24,32` or `16:64:8` (start:stop:step, stop included) or `40` -> a list of widths."""
     try:
         if ":" in text:
-            start, stop, *step = (int(part) for part in text.split(":"))
-            if len(step) > 1:
+            start, stop, *rest = (int(part) for part in text.split(":"))
+            if len(rest) > 1:
                 raise ValueError
-            widths = list(range(start, stop + 1, step[0] if step else 1))
+            step = rest[0] if rest else 1
+            widths = list(range(start, stop + 1, step)) if step > 0 else []
         else:
             widths = [int(part) for part in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"invalid widths {text!r}: use one width (40), a list (16,24,32) or a range (16:64:8)"
         ) from None
-    if not widths or min(widths) < 1:
+    if not widths:
+        raise argparse.ArgumentTypeError(
+            f"invalid widths {text!r}: the range is empty; start:stop:step needs start <= stop and a step of at least 1"
+        )
+    if min(widths) < 1:
         raise argparse.ArgumentTypeError(f"invalid widths {text!r}: widths must be positive integers")
     return widths
+
+
+def positive_integer(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer of at least 1, got {text!r}")
+    return value
+
+
+def output_directory(text: str) -> Path:
+    """A directory to write into, created when missing: an existing file is an error."""
+    if Path(text).exists() and not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a file, not a directory")
+    return Path(text)
+
+
+def hub_repo_id(text: str) -> str:
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        raise argparse.ArgumentTypeError(f"invalid Hub repository id {text!r}: use owner/name") from None
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,12 +87,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sample.add_argument("source", metavar="SOURCE", help="hypernetwork directory or Hub id")
     sample.add_argument("--width", required=True, type=parse_widths, help="40, 16,24,32 or 16:64:8")
-    sample.add_argument("--num-samples", type=int, default=None, help="generations averaged (default: config)")
-    sample.add_argument("--seed", type=int, default=0, help="seed of the coordinate noise (default: 0)")
-    sample.add_argument("--output", default=".", help="parent directory of the width-W directories (default: .)")
     sample.add_argument(
-        "--push-to-hub", metavar="REPO", help="also upload each network (with its card) to REPO, or REPO-width-W "
-        "when several widths are sampled",
+        "--num-samples", type=positive_integer, default=None, help="generations averaged, at least 1 (default: config)"
+    )
+    sample.add_argument("--seed", type=int, default=0, help="seed of the coordinate noise (default: 0)")
+    sample.add_argument(
+        "--output", type=output_directory, default=Path("."),
+        help="parent directory of the width-W directories (default: .)",
+    )
+    sample.add_argument(
+        "--overwrite", action="store_true", help="write over width-W directories that already exist (default: refuse)"
+    )
+    sample.add_argument(
+        "--push-to-hub", metavar="REPO", type=hub_repo_id, help="also upload each network (with its card) to REPO, "
+        "or REPO-width-W when several widths are sampled",
     )
 
     sweep = commands.add_parser(
@@ -70,8 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("source", metavar="SOURCE", help="hypernetwork directory or Hub id")
     sweep.add_argument("--dataset", required=True, help="digits, fashion_mnist, an IDX or saved-dataset dir, or a Hub id")
     sweep.add_argument("--widths", type=parse_widths, default=None, help="default: every width in the trained range")
-    sweep.add_argument("--num-samples", type=int, default=None, help="generations averaged (default: config)")
-    sweep.add_argument("--output", default=".", help="directory for sweep.json/.md/.png (default: .)")
+    sweep.add_argument(
+        "--num-samples", type=positive_integer, default=None, help="generations averaged, at least 1 (default: config)"
+    )
+    sweep.add_argument(
+        "--output", type=output_directory, default=Path("."), help="directory for sweep.json/.md/.png (default: .)"
+    )
 
     info = commands.add_parser("info", help="describe a hypernetwork", description="Family, widths, morph mode, "
                                "INR size against the generated network's, smoothing and a stored sweep.")
@@ -84,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         "when SOURCE or its parent holds them (as training/train.py writes), sweep.json and sweep.png.",
     )
     push.add_argument("source", metavar="SOURCE", help="hypernetwork directory")
-    push.add_argument("repo", metavar="REPO", help="Hub repository id, e.g. me/neumeta-digits")
+    push.add_argument("repo", metavar="REPO", type=hub_repo_id, help="Hub repository id, e.g. me/neumeta-digits")
     push.add_argument("--private", action="store_true", help="create the repository as private")
     return parser
 
@@ -97,13 +143,18 @@ def load_hypernetwork(parser: argparse.ArgumentParser, source: str) -> NeuMetaMo
 
 
 def run_sample(args, parser):
+    directories = {width: args.output / f"width-{width}" for width in args.width}
+    existing = [str(directory) for directory in directories.values() if directory.exists()]
+    if existing and not args.overwrite:
+        parser.error(f"output directories already exist: {', '.join(existing)}; pass --overwrite to write over them")
     hyper = load_hypernetwork(parser, args.source)
-    if args.num_samples is not None and args.num_samples < 1:
-        parser.error("--num-samples must be at least 1")
-    output = Path(args.output)
-    for width in progress_bar(args.width, desc="sampling", unit="network", disable=len(args.width) == 1):
-        network = hyper.sample_model(width, num_samples=args.num_samples, seed=args.seed)
-        directory = output / f"width-{width}"
+    for width, directory in progress_bar(
+        directories.items(), desc="sampling", unit="network", disable=len(directories) == 1
+    ):
+        try:
+            network = hyper.sample_model(width, num_samples=args.num_samples, seed=args.seed)
+        except MemoryError as error:
+            parser.error(str(error))
         network.save_pretrained(directory)
         print(f"width {width}: {network.num_parameters():,} parameters -> {directory}")
         if args.push_to_hub:
@@ -120,7 +171,7 @@ def run_sweep(args, parser):
     family = hyper.base_network.config
     data = DataConfig(name=args.dataset, image_mean=family.image_mean, image_std=family.image_std)
     try:
-        _, test, info = load_splits(data)
+        _, _, test, info = load_splits(data)
     except (OSError, ValueError) as error:
         parser.error(f"cannot load dataset {args.dataset!r}: {error}")
     if (info.num_channels, info.image_size) != (family.num_channels, family.image_size):
@@ -128,7 +179,10 @@ def run_sweep(args, parser):
             f"dataset {args.dataset!r} has {info.num_channels}x{info.image_size}x{info.image_size} images, the "
             f"hypernetwork's networks take {family.num_channels}x{family.image_size}x{family.image_size}"
         )
-    result = sweep(hyper, test, args.widths, num_samples=args.num_samples, dataset_name=args.dataset)
+    try:
+        result = sweep(hyper, test, args.widths, num_samples=args.num_samples, dataset_name=args.dataset)
+    except (ValueError, MemoryError) as error:  # labels of another task, or a width too large
+        parser.error(f"cannot sweep {args.dataset!r}: {error}")
     paths = write_sweep(result, args.output)
     for row in result["results"]:
         print(f"width {row['width']:>4}: accuracy {row['accuracy']:.4f}")
@@ -191,7 +245,7 @@ def main(argv=None) -> int:
     commands = {"sample": run_sample, "sweep": run_sweep, "info": run_info, "push": run_push}
     try:
         commands[args.command](args, parser)
-    except RuntimeError as error:  # e.g. a refused upload: say what failed, without a traceback
+    except RuntimeError as error:  # a failed upload, or damaged weights: say what failed, without a traceback
         print(f"neumeta-hf {args.command}: error: {error}", file=sys.stderr)
         return 1
     return 0

@@ -1,9 +1,38 @@
 """NeuMetaConfig: the target family and width range, the INR's hyper-parameters and the sampling defaults."""
 
+import operator
+import os
+
+import torch
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from transformers import PreTrainedConfig
 
 from .families import FAMILIES, family_model_class
 from .families.configuration_common import MORPH_MODES
+
+ANCHOR_CHANNELS = ("resampled", "first")
+
+# Fields a saved hypernetwork must carry: their defaults suit a config built in code, not a damaged file.
+REQUIRED_FIELDS = ("family", "family_config", "width_range", "train_widths")
+
+
+def as_integer(value, name: str, hint: str = "") -> int:
+    """`value` as an int, whatever its integer type (Python, numpy, a one-element integer tensor); TypeError
+    naming `name` for anything else, booleans included."""
+    try:
+        if isinstance(value, bool) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool):
+            raise TypeError
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer{hint}, got {value!r}") from None
+
+
+def _integer_list(values, name: str) -> list[int]:
+    try:
+        return [as_integer(value, name) for value in values]
+    except TypeError:
+        raise ValueError(f"{name} must be a list of integers, got {values!r}") from None
 
 
 class NeuMetaConfig(PreTrainedConfig):
@@ -29,6 +58,10 @@ class NeuMetaConfig(PreTrainedConfig):
             interpolation of channels) rather than the tensors themselves, and starts at zero. An untrained
             plain INR generates nearly identical channels (row correlation ~0.9) and, in deep networks,
             exploding activations; the anchored one starts as a working network at every width.
+        anchor_channels: what the base anchor is at width w: "resampled", the base's channels linearly
+            interpolated to w (any base; blends neighbouring channels), or "first", its first w channels as they
+            are (a base trained universally slimmable, `base.slimmable` in the recipes, whose first w channels
+            already form a good width-w network).
         coordinate_noise: amplitude, in channels, of the uniform noise on channel coordinates during training
             and for averaging (paper: 1.0, i.e. +-0.5 channel).
         num_samples: how many generations `sample_model` averages by default (the first without noise).
@@ -51,6 +84,7 @@ class NeuMetaConfig(PreTrainedConfig):
     shared_trunk: bool = False
     fan_in_power: float = 0.5
     base_anchor: bool = True
+    anchor_channels: str = "resampled"
     coordinate_noise: float = 1.0
     num_samples: int = 1
     ema_decay: float = 0.995
@@ -69,11 +103,11 @@ class NeuMetaConfig(PreTrainedConfig):
         family_config["morph"] = self.morph
         self.family_config = family_model_class(self.family).config_class.from_dict(family_config).to_dict()
         full_width = self.family_config["width"]
-        self.width_range = list(self.width_range or [max(1, full_width // 4), full_width])
-        low, high = self.width_range
-        if len(self.width_range) != 2 or not 1 <= low <= high:
+        self.width_range = _integer_list(self.width_range or [max(1, full_width // 4), full_width], "width_range")
+        if len(self.width_range) != 2 or not 1 <= self.width_range[0] <= self.width_range[1]:
             raise ValueError(f"width_range must be [min, max] with 1 <= min <= max, got {self.width_range}")
-        self.train_widths = sorted(self.train_widths or range(low, high + 1))
+        low, high = self.width_range
+        self.train_widths = sorted(_integer_list(self.train_widths or range(low, high + 1), "train_widths"))
         outside = [w for w in self.train_widths if not low <= w <= high]
         if outside:
             raise ValueError(f"train_widths {outside} lie outside width_range {self.width_range}")
@@ -85,9 +119,45 @@ class NeuMetaConfig(PreTrainedConfig):
         for name in ("num_frequencies", "size_frequencies", "coordinate_noise"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
+        if self.anchor_channels not in ANCHOR_CHANNELS:
+            raise ValueError(f"anchor_channels must be one of {ANCHOR_CHANNELS}, got {self.anchor_channels!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         super().__post_init__(**kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """`PreTrainedConfig.from_pretrained`, with a plain error for a local path that does not exist (which
+        transformers would take for a malformed Hub id)."""
+        source = os.fspath(pretrained_model_name_or_path)
+        if not os.path.exists(source):
+            try:
+                validate_repo_id(source)
+            except HFValidationError:
+                raise FileNotFoundError(
+                    f"no such directory: {source!r} (and not a Hub id, which has the form owner/name)"
+                ) from None
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """`PreTrainedConfig.from_dict`, which every saved config goes through (`from_pretrained`, `AutoConfig`):
+        refuses another model's config and a hypernetwork config without one of `REQUIRED_FIELDS`."""
+        model_type = config_dict.get("model_type", cls.model_type)
+        if model_type in FAMILIES:
+            raise ValueError(
+                f"this is a {model_type} network, not a hypernetwork; load it with "
+                "AutoModelForImageClassification.from_pretrained(..., trust_remote_code=True)"
+            )
+        if model_type != cls.model_type:
+            raise ValueError(f"this is a {model_type!r} config, not a NeuMeta hypernetwork's ({cls.model_type!r})")
+        missing = [name for name in REQUIRED_FIELDS if config_dict.get(name) is None]
+        if missing:
+            raise ValueError(
+                f"the hypernetwork config lacks {', '.join(missing)}: it is incomplete or damaged; use the "
+                "config.json that NeuMetaModel.save_pretrained wrote"
+            )
+        return super().from_dict(config_dict, **kwargs)
 
     def family_config_object(self):
         """The full-width base network's config as a family config object."""

@@ -48,6 +48,9 @@ class DataConfig:
             32x32 colour images only (flipping digits or clothes icons does not help).
         cache_dir: where converted IDX data is cached as Arrow (default: beside nothing, under ~/.cache).
         max_train_samples, max_test_samples: keep only the first N examples (quick runs and tests).
+        validation_size: examples held out of the training split as a validation split (stratified by label,
+            always the same ones): what every decision during training (evaluation, checkpoint choice,
+            hyper-parameters) is measured on, so that the test split is read only for final figures. 0: none.
     """
 
     name: str = "digits"
@@ -61,6 +64,7 @@ class DataConfig:
     cache_dir: str | None = None
     max_train_samples: int | None = None
     max_test_samples: int | None = None
+    validation_size: int = 0
 
 
 @dataclass
@@ -86,13 +90,17 @@ class DataInfo:
         }
 
 
-def load_splits(config: DataConfig) -> tuple[datasets.Dataset, datasets.Dataset, DataInfo]:
-    """(train, test, info): both splits yield `pixel_values` float32 [C, H, W] normalised, and `labels`."""
+def load_splits(config: DataConfig) -> tuple[datasets.Dataset, datasets.Dataset | None, datasets.Dataset, DataInfo]:
+    """(train, validation, test, info): every split yields `pixel_values` float32 [C, H, W] normalised, and
+    `labels`; validation is None when `config.validation_size` is 0."""
     train, test, labels = _raw_splits(config)
     if config.max_train_samples:
         train = train.select(range(min(config.max_train_samples, len(train))))
     if config.max_test_samples:
         test = test.select(range(min(config.max_test_samples, len(test))))
+    validation = None
+    if config.validation_size:
+        train, validation = _hold_out(train, config.validation_size)
     pixels = np.asarray(train.with_format("numpy")["image"][: min(len(train), 10_000)], dtype=np.float32) / 255
     num_channels, image_size = pixels.shape[1], pixels.shape[-1]
     mean = config.image_mean or pixels.mean(axis=(0, 2, 3)).tolist()
@@ -100,18 +108,23 @@ def load_splits(config: DataConfig) -> tuple[datasets.Dataset, datasets.Dataset,
     augment = (num_channels == 3 and image_size == 32) if config.augment == "auto" else bool(config.augment)
     info = DataInfo(num_channels, image_size, dict(enumerate(labels)), mean, std, config.name, augment)
     train.set_transform(_Transform(mean, std, augment))
-    test.set_transform(_Transform(mean, std, augment=False))
-    return train, test, info
+    for split in (validation, test):
+        if split is not None:
+            split.set_transform(_Transform(mean, std, augment=False))
+    return train, validation, test, info
 
 
-def check_labels(dataset: datasets.Dataset, num_labels: int, where: str):
-    """A ValueError unless every label of `dataset` (from `load_splits`) is a class index below `num_labels`."""
-    labels = np.asarray(dataset.with_format("numpy")["label"])
-    if len(labels) and (labels.min() < 0 or labels.max() >= num_labels):
-        raise ValueError(
-            f"{where} has labels {labels.min()}..{labels.max()}, but the network has {num_labels} classes "
-            f"(labels 0..{num_labels - 1}); use data whose labels fit, or a network with more classes"
-        )
+def _hold_out(train: datasets.Dataset, size: int) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """(rest, held out): `size` examples, stratified by label, chosen with a fixed seed (the same split for every
+    run and method, whatever the recipe's seed)."""
+    from sklearn.model_selection import train_test_split
+
+    if not 0 < size < len(train):
+        raise ValueError(f"data.validation_size must be between 1 and {len(train) - 1} (the training split's size "
+                         f"minus one), got {size}")
+    labels = np.asarray(train.with_format("numpy")["label"])
+    kept, held = train_test_split(np.arange(len(train)), test_size=size, stratify=labels, random_state=0)
+    return train.select(np.sort(kept)), train.select(np.sort(held))
 
 
 class _Transform:

@@ -4,6 +4,7 @@ plot reports."""
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .progress import progress_bar
@@ -42,6 +43,18 @@ def evaluate_accuracy(model, dataset, batch_size: int = 512, device=None) -> flo
     return evaluate_model(model, dataset, batch_size, device)["accuracy"]
 
 
+def check_labels(dataset, num_labels: int, where: str = "the dataset"):
+    """ValueError unless every label of `dataset` (a `datasets.Dataset`) is a class index below `num_labels`.
+    Reads the label column alone: `labels`, or `label` under a transform that renames it (`data.load_splits`)."""
+    raw = dataset.with_format("numpy")  # without the transform: images stay undecoded
+    labels = np.asarray(raw["labels" if "labels" in raw.column_names else "label"])
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_labels):
+        raise ValueError(
+            f"{where} has labels {labels.min()}..{labels.max()}, but the network has num_labels={num_labels} "
+            f"classes (labels 0..{num_labels - 1}); use data whose labels fit, or a network with more classes"
+        )
+
+
 def evaluate_width(hyper, dataset, width: int, num_samples: int | None = None, batch_size: int = 512) -> dict:
     """Metrics of the hypernetwork's sampled network of width `width`."""
     return evaluate_model(hyper.sample_model(width, num_samples=num_samples), dataset, batch_size)
@@ -60,8 +73,9 @@ def sweep(
     """Accuracy of the sampled network at each width (default: every width in the trained range).
 
     Returns the `sweep.json` structure: metric, dataset, split, base {width, accuracy}, and one result per
-    width with `seen_in_training` and `num_parameters`.
+    width with `seen_in_training` and `num_parameters`. Labels outside the networks' classes are a ValueError.
     """
+    check_labels(dataset, hyper.base_network.config.num_labels)
     low, high = hyper.config.width_range
     widths = list(widths or range(low, high + 1))
     results = []
@@ -79,7 +93,7 @@ def sweep(
         "metric": "accuracy",
         "dataset": dataset_name,
         "split": split,
-        "num_samples": num_samples or hyper.config.num_samples,
+        "num_samples": hyper.config.num_samples if num_samples is None else num_samples,
         "base": {"width": hyper.config.full_width, "accuracy": base_accuracy},
         "results": results,
     }

@@ -2,7 +2,7 @@
 
 import functools
 import json
-import operator
+import os
 import shutil
 import tempfile
 import warnings
@@ -10,23 +10,27 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch.func import functional_call
 from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput, logging
+from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput, logging
 
 from .cards import hypernetwork_card, sampled_network_card
-from .configuration_neumeta import NeuMetaConfig
+from .configuration_neumeta import NeuMetaConfig, as_integer
 from .families import NeuMetaFamilyModel
 from .families.modeling_common import upload_in_one_commit
 from .folding import fold_batch_norm
 from .inr import FourierFeatures, NeuMetaINR
 from .morph import Coordinates, MorphSpec, resample_channels
+from .progress import progress_bar
 from .smoothing import smooth_channels
 
 logger = logging.get_logger(__name__)
 
 _MIN_TARGET_RMS = 0.01
+# Multiply-adds above which averaging shows a progress bar: a few seconds on a CPU.
+_PROGRESS_WORK = 1e11
 
 
 @dataclass
@@ -36,6 +40,16 @@ class NeuMetaOutput(ModelOutput):
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     weights: dict[str, torch.Tensor] | None = None
+
+
+def _memory_size(device: torch.device) -> int | None:
+    """Total memory of `device` in bytes (the machine's physical memory for the CPU); None where unknown."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows), or not these names
+        return None
 
 
 class NeuMetaModel(PreTrainedModel):
@@ -113,6 +127,11 @@ class NeuMetaModel(PreTrainedModel):
             **config_overrides,
         )
         model = cls(config)
+        if smooth and config.anchor_channels == "first":
+            raise ValueError(
+                'anchor_channels="first" anchors width w on the base\'s first w channels, in the order they were '
+                "trained (a slimmable network's); the smoothing permutation would reorder them: pass smooth=False"
+            )
         if smooth:
             config.smoothing = smooth_channels(base, model.spec.groups)
             logger.info(
@@ -151,10 +170,7 @@ class NeuMetaModel(PreTrainedModel):
         """`width` as an int; TypeError/ValueError for non-integers and widths below 1, a warning outside the
         trained range (the network is then extrapolated)."""
         low, high = self.config.width_range
-        try:
-            width = operator.index(width)
-        except TypeError:
-            raise TypeError(f"width must be an integer (trained range {low}-{high}), got {width!r}") from None
+        width = as_integer(width, "width", f" (trained range {low}-{high})")
         if width < 1:
             raise ValueError(f"width must be at least 1 (trained range {low}-{high}), got {width}")
         if not low <= width <= high:
@@ -173,16 +189,29 @@ class NeuMetaModel(PreTrainedModel):
 
         With `num_samples > 1`, the average of one noise-free generation and `num_samples - 1` with uniform
         coordinate noise of amplitude `noise` (default: `config.coordinate_noise`), drawn from `generator`.
-        The full width is always generated once, without noise.
+        The full width is always generated once, without noise. `num_samples` below 1 is a ValueError, a width
+        whose generation cannot fit in the device's memory a MemoryError (estimated before generating), and
+        non-finite results a RuntimeError naming the tensors (a damaged hypernetwork).
         """
-        width = self.check_width(width)
+        return self._averaged_weights(self.check_width(width), num_samples, noise, generator)
+
+    def _averaged_weights(self, width: int, num_samples, noise, generator) -> dict[str, torch.Tensor]:
+        """`generate_weights` for a checked width (sample_model checks it itself)."""
+        num_samples = as_integer(num_samples, "num_samples")
         if num_samples < 1:
             raise ValueError(f"num_samples must be at least 1, got {num_samples}")
         if width == self.config.full_width:
             # Training fits the full width exactly, without noise: jittered copies would only blur it.
             num_samples = 1
         noise = self.config.coordinate_noise if noise is None else noise
-        return self._generate(width, num_samples, noise, generator, first_noise_free=True)
+        weights = self._generate(width, num_samples, noise, generator, first_noise_free=True)
+        damaged = [name for name, tensor in weights.items() if not tensor.isfinite().all()]
+        if damaged:
+            raise RuntimeError(
+                f"generated tensors {', '.join(damaged)} of width {width} contain NaN or infinite values: the "
+                "hypernetwork's weights are damaged (a diverged training run or a corrupt checkpoint)"
+            )
+        return weights
 
     def generate(self, width: int, noise: float = 0.0, generator: torch.Generator | None = None) -> dict:
         """One generation of the width-`width` tensors with coordinate noise `noise`, differentiable (for
@@ -190,10 +219,21 @@ class NeuMetaModel(PreTrainedModel):
         return self._generate(width, 1, noise, generator, first_noise_free=False)
 
     def _generate(self, width, num_samples, noise, generator=None, first_noise_free=True):
-        coordinates = self.spec.coordinates(width, self.output_scale.device)
+        device = self.output_scale.device
+        memory, work = self._generation_cost(width)
+        limit = _memory_size(device)
+        if limit is not None and memory > limit:
+            raise MemoryError(
+                f"width {width} needs about {memory / 1e9:.1f} GB, more than the {limit / 1e9:.1f} GB of memory "
+                f"of {device}; choose a smaller width"
+            )
+        coordinates = self.spec.coordinates(width, device)
         total = None
+        samples = range(num_samples)
+        if num_samples > 1 and num_samples * work > _PROGRESS_WORK:
+            samples = progress_bar(samples, desc=f"averaging width {width}", unit="sample", leave=False)
         # One generation at a time: memory stays that of a single sample, whatever num_samples is.
-        for sample in range(num_samples):
+        for sample in samples:
             sample_noise = 0.0 if (sample == 0 and first_noise_free) else noise
             jitter = coordinates.draw_jitter(sample_noise, generator)
             raw = self.inr(coordinates.positions(jitter), coordinates.context, coordinates.row_counts)
@@ -205,9 +245,21 @@ class NeuMetaModel(PreTrainedModel):
                     total[name] = total[name].add_(tensor) if not torch.is_grad_enabled() else total[name] + tensor
         return {name: tensor / num_samples for name, tensor in total.items()} if num_samples > 1 else total
 
+    def _generation_cost(self, width: int) -> tuple[int, int]:
+        """(bytes of memory, multiply-adds) of one generation at `width`, estimated from its INR row count
+        without building anything, so that an absurd width is refused at once rather than in the allocator."""
+        rows = self.spec.row_count(width)
+        hidden, layers = self.config.hidden_size, self.config.num_layers
+        features, outputs = self.inr.position_weight.shape[1], self.inr.output_weight.shape[-1]
+        # Measured peak on CPU (activations, coordinates, outputs), within 20% across families and INR sizes.
+        memory = rows * (4 * (3 * hidden + features + 3 * outputs) + 64)
+        work = rows * hidden * (features + layers * hidden + outputs)
+        return memory, work
+
     def _unpack(self, raw: torch.Tensor, coordinates: Coordinates, jitter=None) -> dict[str, torch.Tensor]:
-        """Raw INR rows -> tensors: scaled, plus the base tensor resampled at the same (jittered) channel
-        positions when `base_anchor` is set, then multiplied by (full-width fan-in / fan-in) ** fan_in_power."""
+        """Raw INR rows -> tensors: scaled and multiplied by (full-width fan-in / fan-in) ** fan_in_power, plus,
+        when `base_anchor` is set, the base tensor at this width: resampled at the same (jittered) channel
+        positions and scaled alike (`anchor_channels="resampled"`), or its first channels as they are ("first")."""
         fan_in_scales = coordinates.fan_in_ratio**self.config.fan_in_power
         pieces = raw.split(coordinates.row_counts)
         targets = self.reconstruction_targets() if self.config.base_anchor else {}
@@ -216,10 +268,15 @@ class NeuMetaModel(PreTrainedModel):
             zip(self.spec.tensors, pieces, self.spec.kernel_sizes, coordinates.shapes)
         ):
             tensor = piece[:, :kernel].reshape(shape) * self.output_scale[index]
-            if tensor_spec.name in targets:
+            target = targets.get(tensor_spec.name)
+            if target is not None and self.config.anchor_channels == "first":
+                tensor = tensor * fan_in_scales[index] + target[tuple(slice(0, size) for size in shape)]
+            elif target is not None:
                 offsets = tuple(coordinates.group_jitter(jitter, g) for g in (tensor_spec.out_group, tensor_spec.in_group))
-                tensor = tensor + resample_channels(targets[tensor_spec.name], shape, offsets)
-            weights[tensor_spec.name] = tensor * fan_in_scales[index]
+                tensor = (tensor + resample_channels(target, shape, offsets)) * fan_in_scales[index]
+            else:
+                tensor = tensor * fan_in_scales[index]
+            weights[tensor_spec.name] = tensor
         return weights
 
     def frozen_tensors(self) -> dict[str, torch.Tensor]:
@@ -261,9 +318,12 @@ class NeuMetaModel(PreTrainedModel):
 
         Its config carries `width`, the labels and the input normalisation, and `save_pretrained` writes an
         image processor beside it, so the saved directory works with `pipeline("image-classification")`.
+        `num_samples` defaults to `config.num_samples`; errors are those of `generate_weights`.
         """
+        width = self.check_width(width)
+        num_samples = self.config.num_samples if num_samples is None else num_samples
         generator = torch.Generator(self.output_scale.device).manual_seed(seed)
-        weights = self.generate_weights(width, num_samples or self.config.num_samples, generator=generator)
+        weights = self._averaged_weights(width, num_samples, None, generator)
         state = {name: tensor.detach().clone() for name, tensor in self.frozen_tensors().items()}
         network = self.spec.skeleton(width)
         network.load_state_dict(state | weights, strict=True, assign=True)
@@ -299,13 +359,23 @@ class NeuMetaModel(PreTrainedModel):
     # ------------------------------------------------------------------------------------------------ loading
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        """`PreTrainedModel.from_pretrained`, except that a checkpoint whose tensors do not match the config
-        (missing, unexpected or differently shaped) is an error naming them, never silently re-initialised."""
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, except that a damaged checkpoint is an error naming the file or the
+        tensors: truncated or corrupt, with NaN or infinite values, or not matching the config (missing,
+        unexpected or differently shaped tensors), never silently re-initialised."""
         wants_info = kwargs.pop("output_loading_info", False)
+        source = os.fspath(pretrained_model_name_or_path)
+        weights = (
+            os.path.join(source, kwargs.get("subfolder", ""), SAFE_WEIGHTS_NAME)
+            if os.path.isdir(source)
+            else f"{SAFE_WEIGHTS_NAME} of {source}"
+        )
         # Let transformers report every mismatch instead of stopping at its generic error, then refuse.
         kwargs["ignore_mismatched_sizes"] = True
-        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        try:
+            model, info = super().from_pretrained(source, *args, output_loading_info=True, **kwargs)
+        except SafetensorError as error:
+            raise OSError(f"{weights} is truncated or corrupt ({error}); save or download it again") from error
         problems = {
             kind: sorted(str(key[0] if isinstance(key, tuple) else key) for key in keys)
             for kind, keys in info.items()
@@ -317,5 +387,8 @@ class NeuMetaModel(PreTrainedModel):
                 f"The checkpoint does not match its config ({details}). It was saved with a different "
                 "configuration or is damaged; load it with the config.json it was saved with."
             )
+        damaged = [name for name, tensor in model.state_dict().items() if not tensor.isfinite().all()]
+        if damaged:
+            raise ValueError(f"{weights} is damaged: tensors {', '.join(damaged)} contain NaN or infinite values")
         model.base_network.requires_grad_(False)
         return (model, info) if wants_info else model

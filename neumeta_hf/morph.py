@@ -4,6 +4,7 @@ Everything that depends on "which tensors morph and how their shapes follow the 
 generation, injection into the network, reconstruction targets, permutation groups and export.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -135,6 +136,11 @@ class MorphSpec:
             state = self.meta_network(width).state_dict()
             self._shapes[width] = {name: tuple(tensor.shape) for name, tensor in state.items()}
         return self._shapes[width]
+
+    def row_count(self, width: int) -> int:
+        """Rows of the width-`width` coordinates (one per generated (out, in) channel pair), without building them."""
+        shapes = self.shapes(width)
+        return sum(math.prod(_channel_sizes(shapes[t.name])) for t in self.tensors)
 
     def coordinates(self, width: int, device: torch.device | str = "cpu") -> Coordinates:
         """The INR inputs for the width-`width` network, computed once per width and device."""

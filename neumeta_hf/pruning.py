@@ -1,7 +1,10 @@
-"""Structured L1 pruning of a family network to a smaller width: the baseline NeuMeta is measured against.
+"""Smaller networks cut out of a family network: the baselines NeuMeta is measured against.
 
-Channels are chosen per channel group (the same groups NeuMeta morphs and permutes) by the L1 norm of their
-filters, as in Li et al., "Pruning Filters for Efficient ConvNets" (2017), and no fine-tuning follows.
+* `prune_l1`: structured L1 pruning. Channels are chosen per channel group (the same groups NeuMeta morphs and
+  permutes) by the L1 norm of their filters, as in Li et al., "Pruning Filters for Efficient ConvNets" (2017);
+  no fine-tuning follows here (`training/train_base.py` fine-tunes with `base.prune_from`).
+* `first_channels` / `nested_weights`: the width-w network as the first w channels of every scaling group, the
+  sub-network of a universally slimmable network (Yu & Huang, "Universally Slimmable Networks", ICCV 2019).
 """
 
 import torch
@@ -38,3 +41,28 @@ def prune_l1(model: NeuMetaFamilyModel, width: int) -> NeuMetaFamilyModel:
         pruned_state[name] = tensor
     pruned.load_state_dict(pruned_state)
     return pruned.eval()
+
+
+def nested_weights(model: NeuMetaFamilyModel, width: int) -> dict[str, torch.Tensor]:
+    """Every tensor of `model` cut to its first channels at width `width` (views: differentiable, for training a
+    slimmable network through `torch.func.functional_call` on a width-`width` network)."""
+    if width > model.config.width:
+        raise ValueError(f"A nested network can only be narrower: width {width} > the network's width {model.config.width}")
+    if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise ValueError(
+            f"{model.config.model_type} has BatchNorm, whose statistics differ per width: nested (slimmable) "
+            "networks need per-width recalibration, which is not implemented; use a family without BatchNorm"
+        )
+    shapes = model.config.at_width(width)
+    with torch.device("meta"):
+        target_shapes = {name: tensor.shape for name, tensor in type(model)(shapes).state_dict().items()}
+    state = dict(model.named_parameters()) | dict(model.named_buffers())
+    return {name: state[name][tuple(slice(0, size) for size in shape)] for name, shape in target_shapes.items()}
+
+
+@torch.no_grad()
+def first_channels(model: NeuMetaFamilyModel, width: int) -> NeuMetaFamilyModel:
+    """The standalone width-`width` network made of `model`'s first channels (a slimmable network's member)."""
+    nested = type(model)(model.config.at_width(width)).to(model.device, model.dtype)
+    nested.load_state_dict({name: tensor.clone() for name, tensor in nested_weights(model, width).items()})
+    return nested.eval()

@@ -25,7 +25,7 @@ def saved_hyper(mlp_hyper, tmp_path_factory):
         (["sample", "{hyper}", "--width", "3.5"], "invalid widths '3.5'"),
         (["sample", "{hyper}", "--width", "0,8"], "widths must be positive"),
         (["sample", "{hyper}"], "the following arguments are required: --width"),
-        (["sample", "{hyper}", "--width", "20", "--num-samples", "0"], "--num-samples must be at least 1"),
+        (["sample", "{hyper}", "--width", "20", "--num-samples", "0"], "--num-samples: must be an integer of at"),
         (["sample", "{missing}", "--width", "20"], "cannot load a hypernetwork from"),
         (["info"], "the following arguments are required: SOURCE"),
         (["sweep", "{hyper}", "--dataset", "digits", "--widths", "a:b"], "invalid widths 'a:b'"),

@@ -104,7 +104,8 @@ def test_failed_upload_raises_and_leaves_local_files_alone(hub, trained_director
     before = {p.name: p.read_bytes() for p in trained_directory.iterdir()}
     result = run(["push", str(trained_directory), "me/neumeta-mlp"], hub, tmp_path)
     assert result.returncode != 0
-    assert "Pushing to me/neumeta-mlp failed" in result.stderr and "nothing local was changed" in result.stderr
+    assert "error: upload to me/neumeta-mlp failed: " in result.stderr and "nothing local was changed" in result.stderr
+    assert "Traceback" not in result.stderr
     assert {p.name: p.read_bytes() for p in trained_directory.iterdir()} == before
     assert hub.repo_files("me/neumeta-mlp") == {}
 

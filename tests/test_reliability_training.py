@@ -15,6 +15,7 @@ from conftest import random_base, reset_accelerate_state, write_idx_dataset
 from neumeta_hf.data import load_splits
 from recipe import identity_hash, load_config, run_identity
 from test_training import DIGITS, quick_config
+import train_base
 from train_base import check_against_data, claim_output_dir
 
 
@@ -60,6 +61,17 @@ def test_bad_recipe_values_are_refused_when_read(override, message):
     assert message in str(error.value)
 
 
+@pytest.mark.parametrize("script", [train_script, train_base])
+def test_a_bad_recipe_on_the_command_line_exits_2_with_the_message(script, capsys):
+    with pytest.raises(SystemExit) as stop:
+        script.main(["--config", DIGITS, "training.max_steps=0"])
+    assert stop.value.code == 2
+    assert "error: training.max_steps must be a positive integer, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        script.main(["--config", "no/such/recipe.yaml"])
+    assert "No such file or directory: 'no/such/recipe.yaml'" in capsys.readouterr().err
+
+
 def _idx_data(directory, labels):
     images = np.random.default_rng(0).integers(0, 255, (len(labels), 28, 28), dtype=np.uint8)
     write_idx_dataset(directory, images, np.asarray(labels, dtype=np.uint8))
@@ -69,7 +81,7 @@ def _idx_data(directory, labels):
 @pytest.mark.parametrize(
     "case, message",
     [
-        ("labels", "has labels 0..12, but the network has 10 classes (labels 0..9)"),
+        ("labels", "has labels 0..12, but the network has num_labels=10 classes (labels 0..9)"),
         ("batch", "training.batch_size: one step takes 64 examples (over all processes and accumulation steps), "
          "more than the 50 training examples"),
         ("base_batch", "base.batch_size: one step takes 128 examples"),
@@ -95,9 +107,9 @@ def test_recipe_is_checked_against_the_data_before_anything_trains(case, message
 
 def test_fp16_on_cpu_is_warned_about(tmp_path, fresh_accelerate_state):
     config = quick_config(tmp_path, "training.mixed_precision=fp16")
-    train, test, info = load_splits(config.data)
+    train, validation, test, info = load_splits(config.data)
     with pytest.warns(UserWarning, match="training.mixed_precision=fp16 on a CPU: use bf16"):
-        check_against_data(config, train, test, info, Accelerator())
+        check_against_data(config, train, validation, test, info, Accelerator())
 
 
 def test_an_earlier_run_is_never_overwritten_without_being_told(tmp_path, fresh_accelerate_state):

@@ -1,4 +1,5 @@
-"""A sampled network must load and classify with transformers alone, where neumeta_hf cannot be imported."""
+"""A sampled network must load and classify with transformers alone, where neumeta_hf cannot be imported (and,
+for the model without its processor, where Pillow is not installed)."""
 
 import json
 import os
@@ -14,7 +15,7 @@ from transformers import AutoImageProcessor
 import neumeta_hf as nm
 from conftest import inputs_for
 
-LOAD_WITHOUT_NEUMETA = r"""
+BLOCK_NEUMETA = r"""
 import importlib.abc, json, sys
 
 class BlockNeuMeta(importlib.abc.MetaPathFinder):
@@ -23,6 +24,9 @@ class BlockNeuMeta(importlib.abc.MetaPathFinder):
             raise ImportError("neumeta_hf is deliberately unavailable in this process")
 
 sys.meta_path.insert(0, BlockNeuMeta())
+"""
+
+LOAD_WITHOUT_NEUMETA = BLOCK_NEUMETA + r"""
 import numpy as np, torch
 from PIL import Image
 from transformers import AutoModelForImageClassification, pipeline
@@ -41,6 +45,41 @@ print(json.dumps({
 """
 
 
+# Pillow hidden as if it were not installed: the path finder no longer finds it, so `find_spec("PIL")` is None,
+# which is what transformers checks before importing anything that needs it.
+LOAD_WITHOUT_PILLOW = BLOCK_NEUMETA + r"""
+import importlib.machinery
+
+class WithoutPillow(importlib.machinery.PathFinder):
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        return None if name.split(".")[0] == "PIL" else super().find_spec(name, path, target)
+
+sys.meta_path[:] = [WithoutPillow if finder is importlib.machinery.PathFinder else finder for finder in sys.meta_path]
+import numpy as np, torch
+from transformers import AutoModelForImageClassification
+
+model = AutoModelForImageClassification.from_pretrained(sys.argv[1], trust_remote_code=True)
+inputs = torch.from_numpy(np.load(sys.argv[1] + "/inputs.npy"))
+print(json.dumps({"pillow_imported": "PIL" in sys.modules, "logits": model(inputs).logits.tolist()}))
+"""
+
+
+def run_in_clean_process(code: str, directory) -> dict:
+    """Run `code` on a saved network's directory in a fresh interpreter; the JSON it prints last."""
+    environment = {**os.environ, "HF_MODULES_CACHE": str(directory / "modules"), "PYTHONPATH": ""}
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(directory)],
+        capture_output=True,
+        text=True,
+        cwd=directory,
+        env=environment,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def test_sampled_network_loads_and_classifies_without_neumeta_hf(mlp_hyper, tmp_path):
     network = mlp_hyper.sample_model(27)
     network.save_pretrained(tmp_path)
@@ -49,21 +88,23 @@ def test_sampled_network_loads_and_classifies_without_neumeta_hf(mlp_hyper, tmp_
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (8, 8), dtype=np.uint8), "L").save(
         tmp_path / "digit.png"
     )
-    environment = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}
-    result = subprocess.run(
-        [sys.executable, "-c", LOAD_WITHOUT_NEUMETA, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=environment,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    loaded = run_in_clean_process(LOAD_WITHOUT_NEUMETA, tmp_path)
     assert not loaded["module"].startswith("neumeta_hf") and loaded["width"] == 27
     with torch.no_grad():
         torch.testing.assert_close(torch.tensor(loaded["logits"]), network(inputs).logits)
     assert loaded["pipeline"]["label"] in network.config.id2label.values()
+
+
+def test_sampled_network_loads_and_runs_without_pillow(mlp_hyper, tmp_path):
+    """Only the image processor and the pipeline need Pillow: the model's code must import without it."""
+    network = mlp_hyper.sample_model(27)
+    network.save_pretrained(tmp_path)
+    inputs = inputs_for(network.config)
+    np.save(tmp_path / "inputs.npy", inputs.numpy())
+    loaded = run_in_clean_process(LOAD_WITHOUT_PILLOW, tmp_path)
+    assert not loaded["pillow_imported"]
+    with torch.no_grad():
+        torch.testing.assert_close(torch.tensor(loaded["logits"]), network(inputs).logits)
 
 
 def test_preprocessing_brings_any_image_to_the_network_input(mlp_hyper, tmp_path):
@@ -97,7 +138,7 @@ def test_pipeline_classifies_digit_images_with_a_sampled_network(tmp_path):
     from recipe import BaseConfig
     from train_base import train_network
 
-    train, test, info = load_splits(DataConfig("digits"))
+    train, _, test, info = load_splits(DataConfig("digits"))
     base = train_network(
         nm.NeuMetaMLPForImageClassification(nm.NeuMetaMLPConfig(**info.family_kwargs())),
         train, BaseConfig(epochs=15), Accelerator(), seed=0,

@@ -151,7 +151,7 @@ def test_hub_named_dataset_maps_its_columns(tmp_path, monkeypatch):
     stand_in = datasets.DatasetDict({"train": split(12), "test": split(4)})
     requested = []
     monkeypatch.setattr(datasets, "load_dataset", lambda name, *a, **k: requested.append(name) or stand_in)
-    train, test, info = load_splits(DataConfig(name="uoft-cs/cifar10"))
+    train, _, test, info = load_splits(DataConfig(name="uoft-cs/cifar10"))
     assert requested == ["uoft-cs/cifar10"]
     assert (info.num_channels, info.image_size, info.id2label, info.augment) == (3, 32, {0: "a", 1: "b", 2: "c"}, True)
     batch = train[:5]
@@ -165,7 +165,7 @@ def test_idx_directory_is_read_and_cached(tmp_path):
     images = np.arange(6 * 28 * 28, dtype=np.uint32).astype(np.uint8).reshape(6, 28, 28)
     write_idx_dataset(tmp_path, images, np.array([0, 1, 2, 3, 4, 5], dtype=np.uint8))
     config = DataConfig(name=str(tmp_path), cache_dir=str(tmp_path / "cache"), image_mean=[0.0], image_std=[1.0])
-    train, test, info = load_splits(config)
+    train, _, test, info = load_splits(config)
     assert (info.num_channels, info.image_size, len(train), len(test)) == (1, 28, 6, 6)
     torch.testing.assert_close(train[:1]["pixel_values"][0, 0], torch.from_numpy(images[0]).float() / 255)
     assert (tmp_path / "cache").exists()

@@ -34,6 +34,11 @@ class BaseConfig:
     learning_rate: float = 3e-3
     weight_decay: float = 1e-4
     milestones: list[float] = field(default_factory=list)  # fractions of training; empty: cosine decay
+    # Universally slimmable training (US-Nets): each step the full width on the labels, and the smallest width of
+    # hypernetwork.width_range and two random widths distilled from the full width's predictions; width w is
+    # then the first w channels of every layer. One process, families without BatchNorm.
+    slimmable: bool = False
+    prune_from: str | None = None  # a trained network, L1-pruned to family_config.width, then fine-tuned
 
 
 @dataclass
@@ -158,6 +163,7 @@ _POSITIVE_INTEGERS = (
     "training.gradient_accumulation_steps", "training.checkpoint_every", "training.eval_every",
     "sweep.batch_size", "sweep.num_samples", "sweep.save_width", "data.max_train_samples", "data.max_test_samples",
 )  # fmt: skip
+_NON_NEGATIVE_INTEGERS = ("data.validation_size",)
 _POSITIVE_NUMBERS = ("base.learning_rate", "training.learning_rate", "training.epochs", "training.max_grad_norm")
 _NON_NEGATIVE_NUMBERS = (
     "base.weight_decay", "training.weight_decay", "training.warmup_steps", "training.l2_weight",
@@ -182,6 +188,10 @@ def check_recipe(config: "TrainConfig"):
         value = flat[key]
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{key} must be a positive integer, got {value!r}")
+    for key in _NON_NEGATIVE_INTEGERS:
+        value = flat[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{key} must be a non-negative integer, got {value!r}")
     for key in _POSITIVE_NUMBERS + _NON_NEGATIVE_NUMBERS:
         value, positive = flat[key], key in _POSITIVE_NUMBERS
         if value is None:

@@ -301,9 +301,10 @@ def set_learning_rate(scheduler, learning_rate: float):
         group["initial_lr"], group["lr"] = learning_rate, learning_rate * factor(schedule.last_epoch)
 
 
-def evaluate_widths(hyper: NeuMetaModel, test, widths) -> dict:
+def evaluate_widths(hyper: NeuMetaModel, dataset, widths, split: str) -> dict:
     hyper.eval()
-    return {f"accuracy/width_{w}": evaluate_width(hyper, test, w, num_samples=1)["accuracy"] for w in widths}
+    prefix = "" if split == "test" else f"{split}_"
+    return {f"{prefix}accuracy/width_{w}": evaluate_width(hyper, dataset, w, num_samples=1)["accuracy"] for w in widths}
 
 
 def train(config: TrainConfig) -> dict:
@@ -328,10 +329,12 @@ def train(config: TrainConfig) -> dict:
     claim_output_dir(config, accelerator, resuming)
     checkpoints = output / "checkpoints"
     resume_from = find_checkpoint(settings.resume_from_checkpoint, checkpoints, identity) if resuming else None
-    train_set, test_set, info = load_splits(config.data)
+    train_set, validation_set, test_set, info = load_splits(config.data)
     if resuming and config.base.pretrained is None and (output / "base" / "config.json").exists():
         config.base.pretrained = str(output / "base")  # a resumed run reuses the base it trained
-    check_against_data(config, train_set, test_set, info, accelerator)
+    check_against_data(config, train_set, validation_set, test_set, info, accelerator)
+    # Evaluation during training is what one watches and decides by: the validation split when there is one.
+    watched, watched_split = (test_set, "test") if validation_set is None else (validation_set, "validation")
 
     # 1. The base network.
     base, base_accuracy = build_base_network(config, train_set, test_set, info, accelerator)
@@ -459,10 +462,10 @@ def train(config: TrainConfig) -> dict:
         )
         if done % settings.eval_every == 0 or done == settings.max_steps:
             with ema.applied(hyper.inr):
-                accuracies = evaluate_widths(hyper, test_set, eval_widths)
+                accuracies = evaluate_widths(hyper, watched, eval_widths, watched_split)
             model.train()
             accelerator.log(accuracies, step=done)
-            progress.write(f"step {done}: " + ", ".join(f"{k.split('_')[-1]}: {v:.4f}" for k, v in accuracies.items()))
+            progress.write(f"step {done} ({watched_split}): " + ", ".join(f"{k.split('_')[-1]}: {v:.4f}" for k, v in accuracies.items()))
         if done % settings.checkpoint_every == 0 or done == settings.max_steps:
             run = {"recipe_hash": identity_hash(identity), "learning_rate": settings.learning_rate, "recipe": identity}
             save_checkpoint(accelerator, ema, checkpoints, done, run)
@@ -520,7 +523,11 @@ def main(argv=None):
         "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. training.max_steps=200"
     )
     args = parser.parse_args(argv)
-    train(load_config(args.config, args.overrides))
+    try:
+        config = load_config(args.config, args.overrides)
+    except (ValueError, OSError) as error:  # a bad recipe: say what is wrong, exit 2, no traceback
+        parser.error(str(error))
+    train(config)
 
 
 if __name__ == "__main__":

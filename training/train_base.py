@@ -7,18 +7,22 @@ code first when no trained base network is given.
 """
 
 import argparse
+import random
 import shutil
 import warnings
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from accelerate import Accelerator
+from torch.func import functional_call
 
 from neumeta_hf import NeuMetaConfig
-from neumeta_hf.data import DataInfo, check_labels, load_splits
-from neumeta_hf.evaluation import evaluate_accuracy
+from neumeta_hf.data import DataInfo, load_splits
+from neumeta_hf.evaluation import check_labels, evaluate_accuracy
 from neumeta_hf.families import NeuMetaFamilyModel, family_model_class
 from neumeta_hf.progress import progress_bar
+from neumeta_hf.pruning import nested_weights, prune_l1
 from recipe import BaseConfig, TrainConfig, load_config, schedule_factor
 
 # What a run writes into its output directory (train.py; train_base.py writes only base/).
@@ -52,7 +56,7 @@ def claim_output_dir(config: TrainConfig, accelerator: Accelerator, resuming: bo
     accelerator.wait_for_everyone()
 
 
-def check_against_data(config: TrainConfig, train, test, info: DataInfo, accelerator: Accelerator):
+def check_against_data(config: TrainConfig, train, validation, test, info: DataInfo, accelerator: Accelerator):
     """The recipe against the data, before anything trains: labels, image shape and classes of a given base
     network, batch sizes, and the hypernetwork's own config. Each failure names the key and the fix."""
     if config.base.pretrained:
@@ -67,8 +71,9 @@ def check_against_data(config: TrainConfig, train, test, info: DataInfo, acceler
         base_config = family_model_class(config.base.family).config_class(
             **{**info.family_kwargs(), **config.base.family_config}
         )
-    for split, dataset in (("training", train), ("test", test)):
-        check_labels(dataset, base_config.num_labels, f"data {config.data.name!r} ({split} split)")
+    for split, dataset in (("training", train), ("validation", validation), ("test", test)):
+        if dataset is not None:
+            check_labels(dataset, base_config.num_labels, f"data {config.data.name!r} ({split} split)")
     per_step = config.training.batch_size * accelerator.num_processes * config.training.gradient_accumulation_steps
     batches = [("training.batch_size", per_step)]
     if not config.base.pretrained:
@@ -110,16 +115,28 @@ def build_base_network(
                 f"base.pretrained {config.base.pretrained!r} holds non-finite values in {', '.join(broken)}: "
                 "it diverged or is damaged; retrain it (leave base.pretrained unset)"
             )
+    elif config.base.prune_from:
+        source = model_class.from_pretrained(config.base.prune_from)
+        width = config.base.family_config.get("width", source.config.width)
+        model = train_network(prune_l1(source, width).train(), train, config.base, accelerator, config.seed)
     else:
         family_config = model_class.config_class(**{**info.family_kwargs(), **config.base.family_config})
         torch.manual_seed(config.seed)
-        model = train_network(model_class(family_config), train, config.base, accelerator, config.seed)
+        model = model_class(family_config)
+        nested = None
+        if config.base.slimmable:
+            nested = tuple(config.hypernetwork.width_range or (max(1, model.config.width // 4), model.config.width))
+        model = train_network(model, train, config.base, accelerator, config.seed, nested)
     model.eval()
     return model, evaluate_accuracy(model, test)
 
 
-def train_network(model, train, settings: BaseConfig, accelerator: Accelerator, seed: int):
-    """Plain supervised training with AdamW and a cosine (or multistep) schedule; returns the unwrapped model."""
+def train_network(model, train, settings: BaseConfig, accelerator: Accelerator, seed: int, nested_widths=None):
+    """Supervised training with AdamW and a cosine (or multistep) schedule; returns the unwrapped model.
+    With `nested_widths` (smallest, largest) the network is trained universally slimmable (`SlimmableObjective`)."""
+    if nested_widths and accelerator.num_processes > 1:
+        raise ValueError("base.slimmable trains in one process; launch train_base.py without --num_processes")
+    slimmable = SlimmableObjective(nested_widths, seed) if nested_widths else None
     generator = torch.Generator().manual_seed(seed)
     loader = torch.utils.data.DataLoader(
         train, batch_size=settings.batch_size, shuffle=True, drop_last=True, generator=generator
@@ -135,7 +152,10 @@ def train_network(model, train, settings: BaseConfig, accelerator: Accelerator, 
     progress = progress_bar(range(settings.epochs), desc="base network", unit="epoch", disable=not accelerator.is_main_process)
     for epoch in progress:
         for batch in loader:
-            loss = model(batch["pixel_values"], labels=batch["labels"]).loss
+            if slimmable:
+                loss = slimmable(model, batch["pixel_values"], batch["labels"])
+            else:
+                loss = model(batch["pixel_values"], labels=batch["labels"]).loss
             if accelerator.gather(torch.isfinite(loss.detach()).reshape(1).float()).min() == 0:
                 raise FloatingPointError(
                     f"Base network training: the loss became {loss.item()} in epoch {epoch}; lower "
@@ -152,16 +172,42 @@ def train_network(model, train, settings: BaseConfig, accelerator: Accelerator, 
     return model.eval()
 
 
+class SlimmableObjective:
+    """The sandwich rule with in-place distillation (US-Nets): cross-entropy of the full width to the labels,
+    plus that of the smallest and two random widths of `widths` (the first channels of the same weights) to the
+    full width's predictions. Widths are drawn from `seed`."""
+
+    def __init__(self, widths: tuple[int, int], seed: int):
+        self.low, self.high = widths
+        self.rng = random.Random(seed)
+        self.skeletons = {}  # width -> network on the meta device (structure only, for functional_call)
+
+    def __call__(self, model, pixel_values, labels) -> torch.Tensor:
+        full = model(pixel_values, labels=labels)
+        teacher = full.logits.detach().softmax(-1)
+        loss = full.loss
+        for width in (self.low, self.rng.randint(self.low, self.high), self.rng.randint(self.low, self.high)):
+            if width not in self.skeletons:
+                with torch.device("meta"):
+                    self.skeletons[width] = type(model)(model.config.at_width(width))
+            logits = functional_call(self.skeletons[width], nested_weights(model, width), (pixel_values,)).logits
+            loss = loss + F.cross_entropy(logits, teacher)
+        return loss
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML recipe (see training/configs/)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. base.epochs=5")
     args = parser.parse_args(argv)
-    config = load_config(args.config, args.overrides)
+    try:
+        config = load_config(args.config, args.overrides)
+    except (ValueError, OSError) as error:  # a bad recipe: say what is wrong, exit 2, no traceback
+        parser.error(str(error))
     accelerator = Accelerator()
     claim_output_dir(config, accelerator, resuming=False, outputs=("base",))
-    train, test, info = load_splits(config.data)
-    check_against_data(config, train, test, info, accelerator)
+    train, validation, test, info = load_splits(config.data)
+    check_against_data(config, train, validation, test, info, accelerator)
     model, accuracy = build_base_network(config, train, test, info, accelerator)
     output = Path(config.output_dir) / "base"
     if accelerator.is_main_process:

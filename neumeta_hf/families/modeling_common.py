@@ -1,7 +1,8 @@
 """Pieces shared by every target family: the classification head contract, initialisation, conv+norm blocks
 and the description of coupled channels that NeuMeta morphs and permutes.
 
-Imports only torch, transformers and huggingface_hub (a transformers dependency; see configuration_common.py).
+Imports only torch, transformers and huggingface_hub (a transformers dependency; see configuration_common.py),
+and the image processor only where it is used: it needs Pillow, which loading and running a network must not.
 """
 
 import os
@@ -16,8 +17,6 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import ImageClassifierOutput
-
-from .image_processing_neumeta import NeuMetaImageProcessor
 
 
 class ChannelGroup(NamedTuple):
@@ -64,7 +63,10 @@ class NeuMetaFamilyModel(PreTrainedModel):
         """Groups of coupled hidden channels; input image channels and class outputs are never in a group."""
         raise NotImplementedError
 
-    def image_processor(self) -> NeuMetaImageProcessor:
+    def image_processor(self):
+        """The `NeuMetaImageProcessor` matching this network's input (needs Pillow)."""
+        from .image_processing_neumeta import NeuMetaImageProcessor
+
         return NeuMetaImageProcessor.for_config(self.config)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
@@ -112,12 +114,18 @@ class NeuMetaFamilyModel(PreTrainedModel):
         )
 
 
+# What a failed upload raises: the Hub's refusals, offline mode (an OSError), an invalid repo id (a ValueError)
+# and connection failures, which raise the HTTP client's own error, the base class of HfHubHTTPError.
+UPLOAD_ERRORS = (OSError, ValueError, *HfHubHTTPError.__bases__)
+
+
 def upload_in_one_commit(directory, repo_id: str, commit_message: str, private: bool | None = None, token=None):
-    """Create `repo_id` if needed and upload everything in `directory` as one commit. A refused upload raises
-    RuntimeError; `directory` is only read."""
+    """Create `repo_id` if needed and upload everything in `directory` as one commit. A failed upload raises
+    RuntimeError with a one-line reason; `directory` is only read."""
     api = HfApi(token=token)
     try:
         repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
         return api.upload_folder(repo_id=repo_id, folder_path=directory, commit_message=commit_message)
-    except HfHubHTTPError as error:
-        raise RuntimeError(f"Pushing to {repo_id} failed ({error}); nothing local was changed") from error
+    except UPLOAD_ERRORS as error:
+        reason = (str(error).strip() or type(error).__name__).splitlines()[0].rstrip(".")
+        raise RuntimeError(f"upload to {repo_id} failed: {reason}; nothing local was changed") from error

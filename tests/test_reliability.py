@@ -1,0 +1,277 @@
+"""Every bad input to the library or the command line ends in a clear error naming the offending key or value
+(or in correct behaviour): never silent acceptance, never a traceback from deep inside torch."""
+
+import json
+import re
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModel
+
+import neumeta_hf as nm
+import neumeta_hf.modeling_neumeta as modeling
+from conftest import write_idx_dataset
+from neumeta_hf.cli import main
+from neumeta_hf.configuration_neumeta import REQUIRED_FIELDS
+from neumeta_hf.evaluation import sweep
+
+
+@pytest.fixture
+def saved(mlp_hyper, tmp_path):
+    """A saved hypernetwork that a test may damage."""
+    mlp_hyper.save_pretrained(tmp_path / "hyper")
+    return tmp_path / "hyper"
+
+
+def edit_config(directory, change):
+    config = json.loads((directory / "config.json").read_text())
+    change(config)
+    (directory / "config.json").write_text(json.dumps(config))
+
+
+def run_cli(argv, capsys) -> tuple[int, str]:
+    """The exit status of `neumeta-hf argv` and what it wrote to stderr."""
+    try:
+        status = main([str(a) for a in argv])
+    except SystemExit as stop:
+        status = stop.code
+    return status, capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------- widths and num_samples
+
+
+@pytest.mark.parametrize("num_samples", [0, -3])
+@pytest.mark.parametrize("method", ["sample_model", "generate_weights"])
+def test_num_samples_below_one_is_an_error_not_the_default(mlp_hyper, method, num_samples):
+    with pytest.raises(ValueError, match=f"num_samples must be at least 1, got {num_samples}"):
+        getattr(mlp_hyper, method)(40, num_samples=num_samples)
+
+
+@pytest.mark.parametrize("width", [40, np.int64(40), np.uint16(40), torch.tensor(40)])
+def test_every_integer_type_is_a_width(mlp_hyper, width):
+    network = mlp_hyper.sample_model(width)
+    assert type(network.config.width) is int and network.config.width == 40
+    assert mlp_hyper.generate_weights(width)["fc2.weight"].shape == (40, 40)
+
+
+@pytest.mark.parametrize("width", [True, np.True_, torch.tensor(True), 40.0, torch.tensor(40.0), "40"])
+@pytest.mark.parametrize("method", ["sample_model", "generate_weights"])
+def test_booleans_and_non_integers_are_not_widths(mlp_hyper, method, width):
+    message = r"width must be an integer \(trained range 16-64\), got " + re.escape(repr(width))
+    with pytest.raises(TypeError, match=message):
+        getattr(mlp_hyper, method)(width)
+
+
+def test_num_samples_must_be_an_integer(mlp_hyper):
+    with pytest.raises(TypeError, match="num_samples must be an integer, got True"):
+        mlp_hyper.sample_model(40, num_samples=True)
+
+
+def test_a_width_that_cannot_fit_in_memory_is_refused_before_generating(mlp_hyper):
+    with pytest.warns(UserWarning, match="outside the trained range"):
+        with pytest.raises(MemoryError, match=r"width 1000000 needs about [\d.]+ GB, more than the [\d.]+ GB"):
+            mlp_hyper.sample_model(10**6)
+
+
+def test_long_averaging_shows_a_progress_bar(mlp_hyper, monkeypatch):
+    bars = []
+
+    def progress_bar(samples, **kwargs):
+        bars.append(kwargs)
+        return samples
+
+    monkeypatch.setattr(modeling, "progress_bar", progress_bar)
+    mlp_hyper.generate_weights(30, num_samples=3)
+    assert bars == []  # a few milliseconds of work: no bar
+    monkeypatch.setattr(modeling, "_PROGRESS_WORK", 0)
+    mlp_hyper.generate_weights(30, num_samples=3)
+    assert bars[0]["unit"] == "sample" and "width 30" in bars[0]["desc"]
+
+
+# ------------------------------------------------------------------------------------------------- configs
+
+
+@pytest.mark.parametrize("field", REQUIRED_FIELDS)
+@pytest.mark.parametrize(
+    "load", [nm.NeuMetaModel.from_pretrained, nm.NeuMetaConfig.from_pretrained, AutoModel.from_pretrained]
+)
+def test_saved_config_without_a_required_field_fails_naming_it(saved, field, load):
+    edit_config(saved, lambda config: config.pop(field))
+    with pytest.raises(ValueError, match=f"the hypernetwork config lacks {field}"):
+        load(saved)
+
+
+def test_configs_built_in_code_keep_their_defaults():
+    config = nm.NeuMetaConfig(family="neumeta-lenet", family_config={"width": 16})
+    assert config.width_range == [4, 16] and config.train_widths == list(range(4, 17))
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("width_range", [16, 32, 64], "width_range must be \\[min, max\\]"),
+        ("width_range", ["16", "64"], "width_range must be a list of integers, got \\['16', '64'\\]"),
+        ("width_range", "16-64", "width_range must be a list of integers, got '16-64'"),
+        ("width_range", 64, "width_range must be a list of integers, got 64"),
+        ("width_range", [16.0, 64.0], "width_range must be a list of integers"),
+        ("width_range", [True, 64], "width_range must be a list of integers"),
+        ("train_widths", [16, "32"], "train_widths must be a list of integers"),
+    ],
+)
+def test_width_lists_must_hold_integers(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        nm.NeuMetaConfig(family="neumeta-mlp", **{field: value})
+
+
+def test_numpy_integers_in_width_lists_are_stored_as_ints():
+    config = nm.NeuMetaConfig(family="neumeta-mlp", width_range=[np.int64(16), 64], train_widths=[np.int64(16)])
+    assert config.width_range == [16, 64] and type(config.train_widths[0]) is int
+    json.loads(config.to_json_string())
+
+
+def test_saved_config_with_a_three_value_width_range_fails_naming_it(saved):
+    edit_config(saved, lambda config: config.update(width_range=[16, 32, 64]))
+    with pytest.raises(ValueError, match="width_range must be"):
+        nm.NeuMetaModel.from_pretrained(saved)
+
+
+# ------------------------------------------------------------------------------------------------- loading
+
+
+def test_checkpoint_with_nan_fails_naming_file_and_tensor(saved):
+    state = load_file(saved / "model.safetensors")
+    state["inr.output_bias"][0, 0] = float("nan")
+    save_file(state, saved / "model.safetensors", metadata={"format": "pt"})
+    expected = re.escape(str(saved / "model.safetensors")) + " is damaged: tensors inr.output_bias contain NaN"
+    with pytest.raises(ValueError, match=expected):
+        nm.NeuMetaModel.from_pretrained(saved)
+
+
+@pytest.mark.parametrize("method", ["sample_model", "generate_weights"])
+def test_non_finite_generated_weights_fail_naming_the_tensor(mlp_hyper, method):
+    hyper = nm.NeuMetaModel(mlp_hyper.config)
+    hyper.load_state_dict(mlp_hyper.state_dict())
+    with torch.no_grad():
+        hyper.inr.output_bias[hyper.spec.names.index("fc2.weight")] = float("inf")
+    with pytest.raises(RuntimeError, match="generated tensors fc2.weight of width 40 contain NaN or infinite"):
+        getattr(hyper, method)(40)
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.01, 0.0])
+def test_truncated_checkpoint_fails_naming_the_file(saved, keep):
+    path = saved / "model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(OSError, match=re.escape(str(path)) + " is truncated or corrupt"):
+        nm.NeuMetaModel.from_pretrained(saved)
+
+
+def test_missing_directory_says_so(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such directory: .*nothing.*owner/name"):
+        nm.NeuMetaModel.from_pretrained(tmp_path / "nothing")
+
+
+def test_sampled_network_is_not_taken_for_a_hypernetwork(mlp_hyper, tmp_path):
+    mlp_hyper.sample_model(20).save_pretrained(tmp_path)
+    message = (
+        r"this is a neumeta-mlp network, not a hypernetwork; load it with "
+        r"AutoModelForImageClassification.from_pretrained\(..., trust_remote_code=True\)"
+    )
+    with pytest.raises(ValueError, match=message):
+        nm.NeuMetaModel.from_pretrained(tmp_path)
+
+
+# --------------------------------------------------------------------------------------------------- sweeps
+
+
+@pytest.mark.parametrize("labels, shown", [([0, 1, 12, 3], "0..12"), ([-1, 0, 1, 2], "-1..2")])
+def test_sweep_refuses_labels_outside_the_classes(mlp_hyper, labels, shown):
+    data = datasets.Dataset.from_dict({"pixel_values": np.zeros((4, 1, 8, 8), np.float32), "labels": labels})
+    with pytest.raises(ValueError, match=f"has labels {shown}, but the network has num_labels=10"):
+        sweep(mlp_hyper, data.with_format("torch"), widths=[16])
+
+
+# ---------------------------------------------------------------------------------------------- command line
+
+
+@pytest.fixture(scope="module")
+def cli_hyper(mlp_hyper, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("cli") / "hyper"
+    mlp_hyper.save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two"])
+@pytest.mark.parametrize("command", [["sample", "--width", "20"], ["sweep", "--dataset", "digits"]])
+def test_cli_num_samples_must_be_at_least_one(cli_hyper, command, value, capsys):
+    status, err = run_cli([command[0], cli_hyper, *command[1:], "--num-samples", value], capsys)
+    assert status == 2 and f"argument --num-samples: must be an integer of at least 1, got '{value}'" in err
+
+
+@pytest.mark.parametrize("text", ["64:32", "16:64:0", "16:64:-8"])
+def test_cli_empty_width_range_is_named(cli_hyper, text, capsys):
+    status, err = run_cli(["sample", cli_hyper, "--width", text], capsys)
+    assert status == 2 and f"invalid widths '{text}': the range is empty" in err
+
+
+@pytest.mark.parametrize("command", [["sample", "--width", "20"], ["sweep", "--dataset", "digits"]])
+def test_cli_output_that_is_a_file_is_refused(cli_hyper, command, tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    status, err = run_cli([command[0], cli_hyper, *command[1:], "--output", tmp_path / "file"], capsys)
+    assert status == 2 and "is a file, not a directory" in err
+
+
+def test_cli_sample_refuses_existing_directories_unless_overwrite(cli_hyper, tmp_path, capsys):
+    (tmp_path / "width-20").mkdir()
+    status, err = run_cli(["sample", cli_hyper, "--width", "20,24", "--output", tmp_path], capsys)
+    assert status == 2 and f"already exist: {tmp_path / 'width-20'}; pass --overwrite" in err
+    assert not (tmp_path / "width-24").exists()  # refused before sampling anything
+    status, _ = run_cli(["sample", cli_hyper, "--width", "20,24", "--output", tmp_path, "--overwrite"], capsys)
+    assert status == 0 and (tmp_path / "width-20" / "model.safetensors").exists()
+
+
+@pytest.mark.filterwarnings("ignore:width 1000000 is outside the trained range")
+def test_cli_width_too_large_for_memory_is_a_bad_argument(cli_hyper, tmp_path, capsys):
+    status, err = run_cli(["sample", cli_hyper, "--width", "1000000", "--output", tmp_path], capsys)
+    assert status == 2 and "width 1000000 needs about" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv", [["push", "{hyper}", "bad id!"], ["sample", "{hyper}", "--width", "20", "--push-to-hub", "a/b/c"]]
+)
+def test_cli_invalid_repo_id_is_a_bad_argument(cli_hyper, argv, capsys):
+    status, err = run_cli([a.format(hyper=cli_hyper) for a in argv], capsys)
+    assert status == 2 and "invalid Hub repository id" in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["push", "{hyper}", "me/neumeta-mlp"], ["sample", "{hyper}", "--width", "20", "--push-to-hub", "me/neumeta-mlp"]],
+)
+def test_cli_failed_upload_exits_1_with_one_line(cli_hyper, argv, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # sample writes width-20 here
+    from huggingface_hub import constants
+
+    assert constants.HF_HUB_OFFLINE  # conftest: the upload fails at once, without trying the network
+    status, err = run_cli([a.format(hyper=cli_hyper) for a in argv], capsys)
+    assert status == 1 and "Traceback" not in err
+    assert re.search(r"^neumeta-hf (push|sample): error: upload to me/neumeta-mlp failed: .*offline", err, re.M)
+
+
+def test_cli_missing_source_and_sampled_network_are_named(cli_hyper, mlp_hyper, tmp_path, capsys):
+    status, err = run_cli(["info", tmp_path / "nothing"], capsys)
+    assert status == 2 and "no such directory" in err
+    mlp_hyper.sample_model(20).save_pretrained(tmp_path / "net")
+    status, err = run_cli(["info", tmp_path / "net"], capsys)
+    assert status == 2 and "this is a neumeta-mlp network, not a hypernetwork" in err
+
+
+def test_cli_sweep_on_labels_beyond_the_classes_exits_2(cli_hyper, tmp_path, capsys):
+    write_idx_dataset(tmp_path, np.zeros((13, 8, 8), dtype=np.uint8), np.arange(13, dtype=np.uint8))
+    argv = ["sweep", cli_hyper, "--dataset", tmp_path, "--widths", "16", "--output", tmp_path / "out"]
+    status, err = run_cli(argv, capsys)
+    assert status == 2 and "has labels 0..12, but the network has num_labels=10" in err

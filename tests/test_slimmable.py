@@ -1,0 +1,71 @@
+"""Nested (slimmable) networks: the baseline of the quality benchmark, and the anchor NeuMeta can build on."""
+
+import pytest
+import torch
+from accelerate import Accelerator
+from torch.func import functional_call
+
+import neumeta_hf as nm
+import train_base
+from conftest import SMALL_INR, inputs_for, random_base
+from neumeta_hf.data import load_splits
+from neumeta_hf.evaluation import evaluate_accuracy
+from neumeta_hf.pruning import first_channels, nested_weights, prune_l1
+from test_training import quick_config
+
+
+@pytest.mark.parametrize("config", [nm.NeuMetaMLPConfig(), nm.NeuMetaLeNetConfig(image_size=28)])
+def test_a_nested_network_is_the_first_channels_of_every_layer(config):
+    base = random_base(config)
+    inputs = inputs_for(config)
+    network = first_channels(base, 20)
+    assert network.config.width == 20
+    for name, tensor in network.state_dict().items():
+        full = base.state_dict()[name]
+        assert torch.equal(tensor, full[tuple(slice(0, n) for n in tensor.shape)]), name
+    with torch.device("meta"):
+        skeleton = type(base)(config.at_width(20))
+    through_views = functional_call(skeleton, nested_weights(base, 20), (inputs,)).logits
+    torch.testing.assert_close(through_views, network(inputs).logits)
+    assert torch.equal(first_channels(base, config.width)(inputs).logits, base(inputs).logits)
+    with pytest.raises(ValueError, match="can only be narrower: width 70"):
+        first_channels(base, 70)
+
+
+def test_batch_norm_families_are_refused_for_nested_networks():
+    with pytest.raises(ValueError, match="has BatchNorm, whose statistics differ per width"):
+        nested_weights(random_base(nm.NeuMetaResNetCifarConfig(depth=8)), 32)
+
+
+def test_first_channel_anchor_starts_as_the_nested_network_at_every_width():
+    base = random_base(nm.NeuMetaMLPConfig())
+    hyper = nm.NeuMetaModel.from_base_model(
+        base, width_range=(16, 64), smooth=False, anchor_channels="first", **SMALL_INR
+    )
+    inputs = inputs_for(base.config)
+    for width in (16, 23, 40, 64):
+        expected = first_channels(base, width)(inputs).logits
+        torch.testing.assert_close(hyper.sample_model(width, num_samples=3)(inputs).logits, expected)
+    with pytest.raises(ValueError, match='anchor_channels="first" .* pass smooth=False'):
+        nm.NeuMetaModel.from_base_model(base, width_range=(16, 64), anchor_channels="first", **SMALL_INR)
+    with pytest.raises(ValueError, match="anchor_channels must be one of"):
+        nm.NeuMetaConfig(family="neumeta-mlp", anchor_channels="middle")
+
+
+def test_slimmable_training_makes_every_width_work_and_pruned_fine_tuning_recovers(tmp_path, fresh_accelerate_state):
+    config = quick_config(tmp_path, "base.slimmable=true", "base.epochs=8", "data.validation_size=300")
+    train, validation, test, info = load_splits(config.data)
+    assert (len(train), len(validation)) == (1438 - 300, 300)
+    slimmable, _ = train_base.build_base_network(config, train, test, info, Accelerator())
+    plain = quick_config(tmp_path, "base.epochs=8", "data.validation_size=300")
+    full_only, _ = train_base.build_base_network(plain, train, test, info, Accelerator())
+    # Trained at the narrow widths too, the slimmable network's first 32 channels work; the plain network's do not.
+    nested = evaluate_accuracy(first_channels(slimmable, 32), validation)
+    assert nested > 0.85 and nested > evaluate_accuracy(first_channels(full_only, 32), validation) + 0.05
+
+    full_only.save_pretrained(tmp_path / "plain")
+    finetune = quick_config(tmp_path, f"base.prune_from={tmp_path / 'plain'}", "base.family_config.width=16",
+                            "base.epochs=2", "base.learning_rate=1e-3", "data.validation_size=300")  # fmt: skip
+    tuned, _ = train_base.build_base_network(finetune, train, test, info, Accelerator())
+    assert tuned.config.width == 16
+    assert evaluate_accuracy(tuned, validation) > evaluate_accuracy(prune_l1(full_only, 16), validation)
