@@ -24,6 +24,7 @@ root), from `--data-dir` (a directory of IDX files), or from the Hub (`--data-di
 """
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -258,8 +259,8 @@ def training_passes(config, examples: int, macs: dict, full_width: int, neumeta_
 
 class Runs:
     """Training scripts run as subprocesses, `jobs` at a time, each logging to WORK/logs/NAME.log. With `reuse`,
-    a run that finished in an earlier benchmark (WORK/logs/NAME.done holds its command) is kept when its command
-    is the same, unless it is submitted `fresh`."""
+    a run that finished in an earlier benchmark (WORK/logs/NAME.done holds its command and recipe) is kept when
+    both are the same, unless it is submitted `fresh`."""
 
     def __init__(self, config: Path, overrides: list[str], work: Path, jobs: int, reuse: bool = False):
         self.config, self.overrides, self.work, self.reuse = config, overrides, work, reuse
@@ -279,7 +280,9 @@ class Runs:
         # The work directory is the benchmark's own: each run replaces the previous benchmark's.
         command += self.overrides + overrides + ["overwrite_output_dir=true"]
         done = self.work / "logs" / f"{name}.done"
-        if self.reuse and not fresh and done.exists() and json.loads(done.read_text())["command"] == command[1:]:
+        # What the run did: its command and the recipe file's text (the command names the file, not its contents).
+        signature = command[1:] + [hashlib.sha256(self.config.read_bytes()).hexdigest()]
+        if self.reuse and not fresh and done.exists() and json.loads(done.read_text())["command"] == signature:
             self.reused.add(name)
             self.seconds[name] = json.loads(done.read_text())["seconds"]
             print(f"[{time.strftime('%H:%M:%S')}] {name}: reused from the earlier benchmark", flush=True)
@@ -293,7 +296,7 @@ class Runs:
         self.seconds[name] = round(time.time() - started, 1)
         if code != 0:
             raise RuntimeError(f"{name} failed (exit {code}); see {log}:\n{log.read_text()[-2000:]}")
-        done.write_text(json.dumps({"command": command[1:], "seconds": self.seconds[name]}))
+        done.write_text(json.dumps({"command": signature, "seconds": self.seconds[name]}))
         print(f"[{time.strftime('%H:%M:%S')}] {name}: done in {self.seconds[name]:.0f}s", flush=True)
 
     def wait(self):

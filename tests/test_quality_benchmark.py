@@ -4,6 +4,7 @@ import json
 import pytest
 
 from conftest import REPO
+from recipe import load_config
 
 
 def load_quality_benchmark():
@@ -15,15 +16,14 @@ def load_quality_benchmark():
 
 @pytest.mark.slow
 def test_quality_benchmark_runs_every_method_and_writes_the_report(tmp_path):
-    """The whole benchmark on digits with a few real steps per run: every method, ablation and lever measured on
-    the same test split, validation figures beside them, the targets checked, the JSON, table and plot written;
+    """The whole benchmark on digits with a few real steps per run: every method and lever measured on the same
+    test split, validation figures beside them, the targets checked, the JSON, table and plot written;
     a second run reuses the unchanged baselines and retrains NeuMeta."""
     quality = load_quality_benchmark()
     short = ["base.epochs=3", "training.max_steps=40", "training.checkpoint_every=40", "training.eval_every=40",
              "data.validation_size=200", "hypernetwork.config.num_samples=5"]  # fmt: skip
     work = tmp_path / "work"
-    quality.main(["--recipe", "digits_mlp", "--output-dir", str(tmp_path), "--work-dir", str(work), "--ablations",
-                  "--set", *short])  # fmt: skip
+    quality.main(["--recipe", "digits_mlp", "--output-dir", str(tmp_path), "--work-dir", str(work), "--set", *short])
 
     report = json.loads((tmp_path / "digits_mlp.json").read_text())
     methods = report["methods"]
@@ -32,14 +32,13 @@ def test_quality_benchmark_runs_every_method_and_writes_the_report(tmp_path):
     assert list(methods["pruned_l1_finetuned"]) == ["32", "40", "48", "56", "64"]
     for name in ("neumeta", "pruned_l1", "slimmable"):
         assert list(methods[name]) == widths, name
-    assert set(report["ablations"]) == {
-        "no_permutation", "no_coordinate_noise", "shared_trunk", "num_samples_1", "num_samples_100"
-    }
-    assert all(list(values) == widths for values in report["ablations"].values())
+    assert report["ablations"] == {}  # they run with --ablations: each a NeuMeta run with valid overrides
+    for overrides in quality.ABLATIONS.values():
+        load_config(REPO / quality.RECIPES["digits_mlp"].config, overrides)
     assert list(report["levers"]) == list(quality.LEVERS)
     assert all(list(values) == widths for values in report["levers"].values())
     levers = {f"lever_{name}" for name in quality.LEVERS}
-    assert set(report["validation_accuracy"]) == {"neumeta", *levers, *quality.ABLATIONS}
+    assert set(report["validation_accuracy"]) == {"neumeta", *levers}
     assert report["splits"]["validation"] == 200 and report["splits"]["every accuracy in this report"] == "test"
     # Three epochs on digits already learn; the full-width individual network is the base itself, and
     # pruning to full width removes nothing.
@@ -53,11 +52,11 @@ def test_quality_benchmark_runs_every_method_and_writes_the_report(tmp_path):
     passes = report["training_passes"]
     assert passes["individual"]["64"] > passes["individual"]["32"] > 0
     assert passes["lever_nested_anchor"] > passes["neumeta"] > passes["individual"]["64"]
-    assert {"base", "slimmable", "individual_40", "pruned_l1_finetuned_40", "neumeta", "shared_trunk", "total"} <= set(
+    assert {"base", "slimmable", "individual_40", "pruned_l1_finetuned_40", "neumeta", "total"} <= set(
         report["wall_seconds"]
     )
     table = (tmp_path / "digits_mlp.md").read_text()
-    assert "| 33* |" in table and "| 34 |" in table and "ablation: shared_trunk" in table
+    assert "| 33* |" in table and "| 34 |" in table and "pruned_l1_finetuned" in table
     assert "lever: nested_anchor" in table and "Lever `nested_anchor`" in table
     assert (tmp_path / "digits_mlp.png").stat().st_size > 10_000
 
