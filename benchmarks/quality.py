@@ -73,7 +73,9 @@ SAMPLE_COUNTS = (1, 100)  # the num_samples ablation: the main run sampled both 
 # starts where the slimmable network is at every width (no channel permutation: it would break the nesting).
 # nested_anchor_every_width: the same, trained on every width of the range without coordinate noise (noise buys
 # unseen widths; here none is unseen).
-NESTED_ANCHOR = ["hypernetwork.smooth=false", "hypernetwork.config.anchor_channels=first", "training.learning_rate=1.0e-3"]
+NESTED_ANCHOR = [
+    "hypernetwork.smooth=false", "hypernetwork.config.anchor_channels=first", "training.learning_rate=1.0e-3"
+]  # fmt: skip
 LEVERS = {
     "nested_anchor": ("slimmable", NESTED_ANCHOR),
     "nested_anchor_every_width": (
@@ -126,7 +128,9 @@ def main(argv=None):
     base_dir = work / "base" / "base"
     runs.submit("base", "train_base.py", [f"output_dir={work / 'base'}"])
     # The slimmable network sees as many examples in as many optimizer steps as the NeuMeta run.
-    slimmable = ["base.slimmable=true", f"base.epochs={round(neumeta_epochs)}", f"base.batch_size={config.training.batch_size}"]
+    slimmable = [
+        "base.slimmable=true", f"base.epochs={round(neumeta_epochs)}", f"base.batch_size={config.training.batch_size}"
+    ]  # fmt: skip
     runs.submit("slimmable", "train_base.py", [f"output_dir={work / 'slimmable'}", *slimmable])
     widths = [w for w in recipe.individual_widths if w != full_width]
     for width in sorted(widths, reverse=True):  # longest first, so that two workers finish together
@@ -199,7 +203,8 @@ def main(argv=None):
         "base_parameters": base.num_parameters(),
         "recipe": recipe.config,
         "overrides": list(args.set),
-        "finetuning": f"{FINETUNE_EPOCHS} epochs, AdamW lr {FINETUNE_LEARNING_RATE} cosine, batch {config.base.batch_size}",
+        "finetuning": f"{FINETUNE_EPOCHS} epochs, AdamW lr {FINETUNE_LEARNING_RATE} cosine, "
+        f"batch {config.base.batch_size}",
         "reused_runs": sorted(runs.reused),
         "wall_seconds": {**runs.seconds, "total": round(time.time() - started, 1)},
         "training_passes": passes,
@@ -222,7 +227,8 @@ def multiply_accumulates(model_class, config, width: int) -> int:
         kernel = module.weight[0].numel()  # inputs per output value
         total.append(output[0].numel() * kernel)
 
-    handles = [m.register_forward_hook(count) for m in network.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    layers = [m for m in network.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    handles = [layer.register_forward_hook(count) for layer in layers]
     with torch.no_grad():
         network(torch.zeros(1, config.num_channels, config.image_size, config.image_size))
     for handle in handles:
@@ -253,7 +259,10 @@ def training_passes(config, examples: int, macs: dict, full_width: int, neumeta_
         "pruned_l1_finetuned": finetuned,
         "slimmable": slimmable,
         "neumeta": base + hypernetwork,  # the base network, then the hypernetwork
-        **{f"lever_{name}": {"base": base, "slimmable": slimmable}[start] + hypernetwork for name, (start, _) in LEVERS.items()},
+        **{
+            f"lever_{name}": {"base": base, "slimmable": slimmable}[start] + hypernetwork
+            for name, (start, _) in LEVERS.items()
+        },
     }
 
 

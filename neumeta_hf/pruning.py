@@ -47,7 +47,9 @@ def nested_weights(model: NeuMetaFamilyModel, width: int) -> dict[str, torch.Ten
     """Every tensor of `model` cut to its first channels at width `width` (views: differentiable, for training a
     slimmable network through `torch.func.functional_call` on a width-`width` network)."""
     if width > model.config.width:
-        raise ValueError(f"A nested network can only be narrower: width {width} > the network's width {model.config.width}")
+        raise ValueError(
+            f"A nested network can only be narrower: width {width} > the network's width {model.config.width}"
+        )
     if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         raise ValueError(
             f"{model.config.model_type} has BatchNorm, whose statistics differ per width: nested (slimmable) "

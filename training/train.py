@@ -465,7 +465,8 @@ def train(config: TrainConfig) -> dict:
                 accuracies = evaluate_widths(hyper, watched, eval_widths, watched_split)
             model.train()
             accelerator.log(accuracies, step=done)
-            progress.write(f"step {done} ({watched_split}): " + ", ".join(f"{k.split('_')[-1]}: {v:.4f}" for k, v in accuracies.items()))
+            scores = ", ".join(f"{name.split('_')[-1]}: {value:.4f}" for name, value in accuracies.items())
+            progress.write(f"step {done} ({watched_split}): {scores}")
         if done % settings.checkpoint_every == 0 or done == settings.max_steps:
             run = {"recipe_hash": identity_hash(identity), "learning_rate": settings.learning_rate, "recipe": identity}
             save_checkpoint(accelerator, ema, checkpoints, done, run)

@@ -149,7 +149,9 @@ def train_network(model, train, settings: BaseConfig, accelerator: Accelerator, 
     )
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     model.train()
-    progress = progress_bar(range(settings.epochs), desc="base network", unit="epoch", disable=not accelerator.is_main_process)
+    progress = progress_bar(
+        range(settings.epochs), desc="base network", unit="epoch", disable=not accelerator.is_main_process
+    )
     for epoch in progress:
         for batch in loader:
             if slimmable:
