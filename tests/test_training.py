@@ -50,8 +50,7 @@ def test_config_overrides_and_unknown_keys():
         load_config(DIGITS, ["training.mixup_alpha=-0.2"])
 
 
-@pytest.mark.parametrize("name", ["digits_mlp", "fashion_mnist_lenet", "cifar10_resnet20", "cifar100_resnet20",
-                                  "cifar10_resnet20_all"])
+@pytest.mark.parametrize("name", sorted(path.stem for path in (REPO / "training" / "configs").glob("*.yaml")))
 def test_shipped_configs_parse_and_build_their_hypernetwork_config(name):
     config = load_config(REPO / "training" / "configs" / f"{name}.yaml")
     family_config = nm.FAMILIES[config.base.family].config_class(**config.base.family_config)
