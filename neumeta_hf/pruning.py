@@ -43,9 +43,11 @@ def prune_l1(model: NeuMetaFamilyModel, width: int) -> NeuMetaFamilyModel:
     return pruned.eval()
 
 
-def nested_weights(model: NeuMetaFamilyModel, width: int) -> dict[str, torch.Tensor]:
-    """Every tensor of `model` cut to its first channels at width `width` (views: differentiable, for training a
-    slimmable network through `torch.func.functional_call` on a width-`width` network)."""
+def nested_weights(model: NeuMetaFamilyModel, narrower: NeuMetaFamilyModel) -> dict[str, torch.Tensor]:
+    """Every tensor of `model` cut to its first channels in the shape `narrower` (a network of the same family at
+    a smaller width, on any device, the meta device included) has: views, differentiable, for training a slimmable
+    network through `torch.func.functional_call` on `narrower`."""
+    width = narrower.config.width
     if width > model.config.width:
         raise ValueError(
             f"A nested network can only be narrower: width {width} > the network's width {model.config.width}"
@@ -55,16 +57,16 @@ def nested_weights(model: NeuMetaFamilyModel, width: int) -> dict[str, torch.Ten
             f"{model.config.model_type} has BatchNorm, whose statistics differ per width: nested (slimmable) "
             "networks need per-width recalibration, which is not implemented; use a family without BatchNorm"
         )
-    shapes = model.config.at_width(width)
-    with torch.device("meta"):
-        target_shapes = {name: tensor.shape for name, tensor in type(model)(shapes).state_dict().items()}
     state = dict(model.named_parameters()) | dict(model.named_buffers())
-    return {name: state[name][tuple(slice(0, size) for size in shape)] for name, shape in target_shapes.items()}
+    return {
+        name: state[name][tuple(slice(0, size) for size in tensor.shape)]
+        for name, tensor in narrower.state_dict().items()
+    }
 
 
 @torch.no_grad()
 def first_channels(model: NeuMetaFamilyModel, width: int) -> NeuMetaFamilyModel:
     """The standalone width-`width` network made of `model`'s first channels (a slimmable network's member)."""
     nested = type(model)(model.config.at_width(width)).to(model.device, model.dtype)
-    nested.load_state_dict({name: tensor.clone() for name, tensor in nested_weights(model, width).items()})
+    nested.load_state_dict({name: tensor.clone() for name, tensor in nested_weights(model, nested).items()})
     return nested.eval()

@@ -25,7 +25,7 @@ def test_a_nested_network_is_the_first_channels_of_every_layer(config):
         assert torch.equal(tensor, full[tuple(slice(0, n) for n in tensor.shape)]), name
     with torch.device("meta"):
         skeleton = type(base)(config.at_width(20))
-    through_views = functional_call(skeleton, nested_weights(base, 20), (inputs,)).logits
+    through_views = functional_call(skeleton, nested_weights(base, skeleton), (inputs,)).logits
     torch.testing.assert_close(through_views, network(inputs).logits)
     assert torch.equal(first_channels(base, config.width)(inputs).logits, base(inputs).logits)
     with pytest.raises(ValueError, match="can only be narrower: width 70"):
@@ -34,7 +34,7 @@ def test_a_nested_network_is_the_first_channels_of_every_layer(config):
 
 def test_batch_norm_families_are_refused_for_nested_networks():
     with pytest.raises(ValueError, match="has BatchNorm, whose statistics differ per width"):
-        nested_weights(random_base(nm.NeuMetaResNetCifarConfig(depth=8)), 32)
+        first_channels(random_base(nm.NeuMetaResNetCifarConfig(depth=8)), 32)
 
 
 def test_first_channel_anchor_starts_as_the_nested_network_at_every_width():

@@ -229,15 +229,14 @@ def check_recipe(config: "TrainConfig"):
     model_class = family_model_class(config.base.family)  # an unknown family names the known ones
     family_fields = _own_fields(model_class.config_class) | {"id2label", "label2id", "num_labels"}
     _check_keys("base.family_config", config.base.family_config, family_fields)
-    for key in set(config.hypernetwork.config if isinstance(config.hypernetwork.config, dict) else ()) & set(
-        _HYPERNETWORK_OWN_KEYS
-    ):
+    hypernetwork_config = config.hypernetwork.config
+    hypernetwork_fields = _own_fields(NeuMetaConfig) - set(_HYPERNETWORK_OWN_KEYS)
+    _check_keys("hypernetwork.config", hypernetwork_config, hypernetwork_fields | set(_HYPERNETWORK_OWN_KEYS))
+    for key in sorted(set(hypernetwork_config) & set(_HYPERNETWORK_OWN_KEYS)):
         where = _HYPERNETWORK_OWN_KEYS[key]
         raise ValueError(
             f"hypernetwork.config.{key} cannot be set here" + (f": use {where}" if where else " (it is measured)")
         )
-    hypernetwork_fields = _own_fields(NeuMetaConfig) - set(_HYPERNETWORK_OWN_KEYS)
-    _check_keys("hypernetwork.config", config.hypernetwork.config, hypernetwork_fields)
 
 
 def _own_fields(config_class) -> set[str]:

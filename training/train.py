@@ -248,9 +248,10 @@ def complete_checkpoints(directory: Path) -> list[tuple[int, Path, dict]]:
 def find_checkpoint(resume: str, directory: Path, recipe: dict) -> tuple[Path, dict]:
     """(path, run.json) of the checkpoint to resume: `latest` is the newest complete checkpoint written with
     this recipe; a path must be a complete checkpoint of this recipe. Anything else is an error saying why."""
+    expected = identity_hash(recipe)
     if resume == "latest":
         checkpoints = complete_checkpoints(directory)
-        ours = [(path, run) for _, path, run in checkpoints if run["recipe_hash"] == identity_hash(recipe)]
+        ours = [(path, run) for _, path, run in checkpoints if run["recipe_hash"] == expected]
         if not ours:
             others = f" ({len(checkpoints)} from other recipes: {checkpoints[0][1]} and older)" if checkpoints else ""
             raise FileNotFoundError(
@@ -264,7 +265,7 @@ def find_checkpoint(resume: str, directory: Path, recipe: dict) -> tuple[Path, d
         state = "does not exist" if not path.exists() else f"is not a complete checkpoint (no {RUN_FILE})"
         raise FileNotFoundError(f"training.resume_from_checkpoint: {path} {state}")
     run = json.loads((path / RUN_FILE).read_text())
-    if run["recipe_hash"] != identity_hash(recipe):
+    if run["recipe_hash"] != expected:
         differences = [
             f"{key}={run['recipe'].get(key)!r} there, {recipe.get(key)!r} here"
             for key in sorted(set(run["recipe"]) | set(recipe))
@@ -407,6 +408,10 @@ def train(config: TrainConfig) -> dict:
     loader = torch.utils.data.DataLoader(train_set, sampler=sampler, batch_size=None)
     model.train()
     step, started = start_step, time.time()
+    # What every checkpoint of this run says about it (run.json).
+    checkpoint_run = {
+        "recipe_hash": identity_hash(identity), "learning_rate": settings.learning_rate, "recipe": identity
+    }  # fmt: skip
     progress = progress_bar(
         total=settings.max_steps, initial=start_step, desc="hypernetwork", disable=not accelerator.is_main_process
     )
@@ -468,8 +473,7 @@ def train(config: TrainConfig) -> dict:
             scores = ", ".join(f"{name.split('_')[-1]}: {value:.4f}" for name, value in accuracies.items())
             progress.write(f"step {done} ({watched_split}): {scores}")
         if done % settings.checkpoint_every == 0 or done == settings.max_steps:
-            run = {"recipe_hash": identity_hash(identity), "learning_rate": settings.learning_rate, "recipe": identity}
-            save_checkpoint(accelerator, ema, checkpoints, done, run)
+            save_checkpoint(accelerator, ema, checkpoints, done, checkpoint_run)
     progress.close()
     accelerator.wait_for_everyone()
     accelerator.print(f"Trained {settings.max_steps - start_step} steps in {time.time() - started:.1f}s")

@@ -192,7 +192,8 @@ class SlimmableObjective:
             if width not in self.skeletons:
                 with torch.device("meta"):
                     self.skeletons[width] = type(model)(model.config.at_width(width))
-            logits = functional_call(self.skeletons[width], nested_weights(model, width), (pixel_values,)).logits
+            skeleton = self.skeletons[width]
+            logits = functional_call(skeleton, nested_weights(model, skeleton), (pixel_values,)).logits
             loss = loss + F.cross_entropy(logits, teacher)
         return loss
 
