@@ -5,9 +5,19 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .evaluation import sweep_markdown
+from .targets import WIDTH_RULES, is_stock, network_width, task_of
 
 TEMPLATES = Path(__file__).parent / "model_cards"  # a link to the top-level model_cards/, packaged as data
 LICENSE = "mit"
+
+
+# The Auto class that loads a network of each pipeline task.
+_AUTO_CLASSES = {
+    "image-classification": "AutoModelForImageClassification",
+    "text-classification": "AutoModelForSequenceClassification",
+    "text-generation": "AutoModelForCausalLM",
+    "fill-mask": "AutoModelForMaskedLM",
+}
 
 
 def _looks_like_hub_id(name: str | None) -> bool:
@@ -21,6 +31,7 @@ def hypernetwork_card(
     """The card of a trained hypernetwork: what it is, its widths and sizes, the sweep, how to sample."""
     config = hyper.config
     full = hyper.spec.skeleton(config.full_width)
+    stock = is_stock(config.family)
     smoothing = config.smoothing
     dataset = (sweep or {}).get("dataset") or (training or {}).get("dataset")
     card_data = ModelCardData(
@@ -28,7 +39,7 @@ def hypernetwork_card(
         license=LICENSE,
         tags=["neumeta", "hypernetwork", "implicit-neural-representation", config.family],
         datasets=[dataset] if _looks_like_hub_id(dataset) else None,
-        pipeline_tag="image-classification",
+        pipeline_tag=task_of(hyper.spec.family_config),
         model_name=repo_id or f"{config.family}-hypernetwork",
     )
     layout = "a shared trunk" if config.shared_trunk else "one residual MLP head per generated tensor"
@@ -42,6 +53,8 @@ def hypernetwork_card(
         width_range=config.width_range,
         train_widths=", ".join(map(str, config.train_widths)),
         morph=config.morph,
+        width_field=WIDTH_RULES[config.family].width_field if stock else None,
+        architecture=type(full).__name__ if stock else None,
         inr_description=f"{config.num_layers} x {config.hidden_size}, {config.num_frequencies} Fourier frequencies, {layout}",
         inr_parameters=sum(p.numel() for p in hyper.inr.parameters()),
         network_parameters=sum(p.numel() for p in full.parameters()),
@@ -68,9 +81,13 @@ def sampled_network_card(
 ) -> ModelCard:
     """The card of a sampled network: width, size, its hypernetwork, measured metrics as `model-index`."""
     config = network.config
+    task = task_of(config)
+    stock = is_stock(config.model_type)
+    width = network_width(config)
+    channels = getattr(config, "num_channels", 1)
     results = [
         EvalResult(
-            task_type="image-classification",
+            task_type=task,
             dataset_type=dataset or "unknown",
             dataset_name=dataset or "unknown",
             dataset_split=split,
@@ -79,13 +96,13 @@ def sampled_network_card(
         )
         for name, value in (metrics or {}).items()
     ]
-    name = repo_id or f"{config.model_type}-width-{config.width}"
+    name = repo_id or f"{config.model_type}-width-{width}"
     card_data = ModelCardData(
         library_name="transformers",
         license=LICENSE,
-        tags=["neumeta", config.model_type, "image-classification"],
+        tags=["neumeta", config.model_type] + ([task] if task else []),
         datasets=[dataset] if _looks_like_hub_id(dataset) else None,
-        pipeline_tag="image-classification",
+        pipeline_tag=task,
         base_model=hypernetwork if _looks_like_hub_id(hypernetwork) else None,
         model_name=name,
         eval_results=results or None,
@@ -96,13 +113,19 @@ def sampled_network_card(
         model_name=name,
         repo_id=repo_id or "path/to/this/directory",
         family=config.model_type,
-        width=config.width,
+        width=width,
+        architecture=type(network).__name__ if stock else None,
+        width_field=WIDTH_RULES[config.model_type].width_field if stock else None,
+        layer_widths=getattr(config, "neumeta_layer_widths", None),
+        auto_class=_AUTO_CLASSES.get(task, "AutoModel"),
+        pipeline_tag=task,
         num_parameters=network.num_parameters(),
         hypernetwork=hypernetwork,
         hypernetwork_link=f"https://huggingface.co/{hypernetwork}" if _looks_like_hub_id(hypernetwork) else hypernetwork,
-        num_channels=config.num_channels,
-        image_size=config.image_size,
-        image_mean=[round(v, 4) for v in config.image_mean],
-        image_std=[round(v, 4) for v in config.image_std],
+        num_channels=getattr(config, "num_channels", None),
+        image_size=getattr(config, "image_size", None),
+        # A stock vision model's image processor defaults to 0.5 where training recorded no normalisation.
+        image_mean=[round(v, 4) for v in getattr(config, "image_mean", None) or [0.5] * channels],
+        image_std=[round(v, 4) for v in getattr(config, "image_std", None) or [0.5] * channels],
         results=results,
     )

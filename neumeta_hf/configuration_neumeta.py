@@ -8,8 +8,9 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from transformers import PreTrainedConfig
 
-from .families import FAMILIES, family_model_class
+from .families import FAMILIES
 from .families.configuration_common import MORPH_MODES
+from .targets import WIDTH_RULES, check_model_type, is_stock, network_class, network_width, target_config
 
 ANCHOR_CHANNELS = ("resampled", "first")
 
@@ -39,8 +40,11 @@ class NeuMetaConfig(PreTrainedConfig):
     """Configuration of a NeuMeta hypernetwork.
 
     Args:
-        family: model type of the target network (`neumeta-mlp`, `neumeta-lenet`, `neumeta-resnet-cifar`).
-        family_config: the full-width base network's config as a dict; its `width` is the full width.
+        family: model type of the target network: a family (`neumeta-mlp`, `neumeta-lenet`,
+            `neumeta-resnet-cifar`) or a stock transformers type with a width rule (`vit`, `bert`, `llama`,
+            `gpt2`; see `neumeta_hf.targets`).
+        family_config: the full-width base network's config as a dict; its width (a family's `width`, a stock
+            model's feed-forward width such as `intermediate_size`) is the full width.
         width_range: `[min, max]` widths trained on; sampling outside it extrapolates.
         train_widths: the widths drawn during training (default: every width in the range); the others
             in the range stay unseen.
@@ -91,8 +95,7 @@ class NeuMetaConfig(PreTrainedConfig):
     smoothing: dict | None = None
 
     def __post_init__(self, **kwargs):
-        if self.family not in FAMILIES:
-            raise ValueError(f"Unknown family {self.family!r}; known families: {', '.join(FAMILIES)}")
+        check_model_type(self.family)
         if self.morph not in MORPH_MODES:
             raise ValueError(f"morph must be one of {MORPH_MODES}, got {self.morph!r}")
         family_config = dict(self.family_config or {})
@@ -100,9 +103,18 @@ class NeuMetaConfig(PreTrainedConfig):
             raise ValueError(
                 f"family_config is for {family_config['model_type']!r} but family is {self.family!r}"
             )
-        family_config["morph"] = self.morph
-        self.family_config = family_model_class(self.family).config_class.from_dict(family_config).to_dict()
-        full_width = self.family_config["width"]
+        if is_stock(self.family):
+            if self.morph != "all":
+                raise ValueError(f"a stock {self.family} model morphs its feed-forward width in every layer: use morph='all'")
+            target = target_config(self.family, family_config)
+            network_class(target)  # its architectures name the model class
+            # Stored explicitly (GPT-2 leaves n_inner None for 4 x n_embd), so that full_width reads it.
+            setattr(target, WIDTH_RULES[self.family].width_field, network_width(target))
+        else:
+            family_config["morph"] = self.morph
+            target = target_config(self.family, family_config)
+        self.family_config = target.to_dict()
+        full_width = self.full_width
         self.width_range = _integer_list(self.width_range or [max(1, full_width // 4), full_width], "width_range")
         if len(self.width_range) != 2 or not 1 <= self.width_range[0] <= self.width_range[1]:
             raise ValueError(f"width_range must be [min, max] with 1 <= min <= max, got {self.width_range}")
@@ -160,9 +172,10 @@ class NeuMetaConfig(PreTrainedConfig):
         return super().from_dict(config_dict, **kwargs)
 
     def family_config_object(self):
-        """The full-width base network's config as a family config object."""
-        return family_model_class(self.family).config_class.from_dict(self.family_config)
+        """The full-width base network's config object (a family's, or the stock model's)."""
+        return target_config(self.family, self.family_config)
 
     @property
     def full_width(self) -> int:
-        return self.family_config["width"]
+        field = WIDTH_RULES[self.family].width_field if is_stock(self.family) else "width"
+        return self.family_config[field]

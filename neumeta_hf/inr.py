@@ -78,21 +78,31 @@ class NeuMetaINR(nn.Module):
     def shared_trunk(self) -> bool:
         return self.position_weight.shape[0] == 1
 
-    def forward(self, positions: torch.Tensor, context: torch.Tensor, row_counts: tuple[int, ...]) -> torch.Tensor:
+    def forward(
+        self, positions: torch.Tensor, context: torch.Tensor, row_counts: tuple[int, ...], first_tensor: int = 0
+    ) -> torch.Tensor:
         """positions [rows, 2] grouped by tensor (`row_counts` rows each), context [tensors, 3]
-        -> [rows, max kernel size]."""
+        -> [rows, max kernel size].
+
+        The rows may be those of tensors `first_tensor`, `first_tensor + 1`, ... only (a chunk of a larger
+        evaluation, possibly cut inside its first and last tensor): `context` and `row_counts` are then those
+        tensors', and those tensors' heads and biases are used.
+        """
         device = positions.device
         counts = torch.tensor(row_counts, device=device)
-        # The head of each tensor, and where each head's rows end.
-        heads = torch.zeros_like(counts) if self.shared_trunk else torch.arange(len(counts), device=device)
+        tensors = slice(first_tensor, first_tensor + len(row_counts))
+        # The head of each tensor, the heads of the grouped products, and where each head's rows end.
+        heads = torch.arange(tensors.start, tensors.stop, device=device)
+        heads = torch.zeros_like(heads) if self.shared_trunk else heads
+        grouped = slice(None) if self.shared_trunk else tensors
         offsets = None if self.shared_trunk else counts.cumsum(0).to(torch.int32)
         padding = self.position_weight.shape[1] - self.num_position_features
         features = torch.nn.functional.pad(self.position_features(positions), (0, padding))
         per_tensor = torch.einsum("tc,tch->th", self.context_features(context), self.context_weight[heads])
-        hidden = _grouped_linear(features, self.position_weight, offsets)
-        _add_per_tensor_(hidden, per_tensor + self.input_bias, row_counts).relu_()
+        hidden = _grouped_linear(features, self.position_weight[grouped], offsets)
+        _add_per_tensor_(hidden, per_tensor + self.input_bias[tensors], row_counts).relu_()
         for layer in range(self.hidden_weight.shape[0]):
-            update = _grouped_linear(hidden, self.hidden_weight[layer], offsets)
+            update = _grouped_linear(hidden, self.hidden_weight[layer, grouped], offsets)
             _add_per_tensor_(update, self.hidden_bias[layer][heads], row_counts).relu_()
             scale = torch.repeat_interleave(self.residual_scale[layer][heads], counts, output_size=len(hidden))
             scale = scale.unsqueeze(1)
@@ -101,8 +111,8 @@ class NeuMetaINR(nn.Module):
                 hidden = torch.addcmul(hidden, update, scale)
             else:
                 hidden.addcmul_(update, scale)
-        output = _grouped_linear(hidden, self.output_weight, offsets)
-        return _add_per_tensor_(output, self.output_bias, row_counts)
+        output = _grouped_linear(hidden, self.output_weight[grouped], offsets)
+        return _add_per_tensor_(output, self.output_bias[tensors], row_counts)
 
 
 def _add_per_tensor_(rows: torch.Tensor, values: torch.Tensor, row_counts: tuple[int, ...]) -> torch.Tensor:

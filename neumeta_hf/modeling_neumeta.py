@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import tempfile
+import types
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,19 +19,23 @@ from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput, logging
 
 from .cards import hypernetwork_card, sampled_network_card
 from .configuration_neumeta import NeuMetaConfig, as_integer
-from .families import NeuMetaFamilyModel
 from .families.modeling_common import upload_in_one_commit
 from .folding import fold_batch_norm
 from .inr import FourierFeatures, NeuMetaINR
 from .morph import Coordinates, MorphSpec, resample_channels
 from .progress import progress_bar
 from .smoothing import smooth_channels
+from .targets import is_stock, stock_image_processor
 
 logger = logging.get_logger(__name__)
 
 _MIN_TARGET_RMS = 0.01
 # Multiply-adds above which averaging shows a progress bar: a few seconds on a CPU.
 _PROGRESS_WORK = 1e11
+# Rows per INR call in gradient-free generation (NeuMetaModel._inr_rows). Big enough that every matrix product
+# is a large one (per-call overhead negligible, on a GPU too); small enough that one chunk's activations (about
+# 1 KB a row at hidden size 64, 4 KB at 256) take 0.3-1 GB whatever the width of the generated network.
+_CHUNK_ROWS = 2**18
 
 
 @dataclass
@@ -105,13 +110,15 @@ class NeuMetaModel(PreTrainedModel):
     @classmethod
     def from_base_model(
         cls,
-        base_model: NeuMetaFamilyModel,
+        base_model: PreTrainedModel,
         width_range: tuple[int, int] | None = None,
         morph: str = "all",
         smooth: bool = True,
         **config_overrides,
     ) -> "NeuMetaModel":
-        """A hypernetwork around a trained full-width network of a known family.
+        """A hypernetwork around a trained full-width network: one of neumeta-hf's families, or a stock
+        transformers model whose `model_type` has a width rule (`neumeta_hf.targets.WIDTH_RULES`: ViT, BERT,
+        Llama, GPT-2), whose feed-forward width then varies.
 
         Folds BatchNorm, permutes hidden channels for smoothness (`smooth=True`, checked to keep the
         function), stores the result as frozen weights and reconstruction targets, and scales the INR's
@@ -119,9 +126,12 @@ class NeuMetaModel(PreTrainedModel):
         `config_overrides` are any other `NeuMetaConfig` fields (`hidden_size`, `train_widths`, ...).
         """
         base = fold_batch_norm(base_model)
+        family_config = base.config.to_dict()
+        if is_stock(base.config.model_type):
+            family_config["architectures"] = [type(base).__name__]  # the class every sampled network will be
         config = NeuMetaConfig(
             family=base.config.model_type,
-            family_config=base.config.to_dict(),
+            family_config=family_config,
             width_range=list(width_range) if width_range is not None else None,
             morph=morph,
             **config_overrides,
@@ -220,7 +230,7 @@ class NeuMetaModel(PreTrainedModel):
 
     def _generate(self, width, num_samples, noise, generator=None, first_noise_free=True):
         device = self.output_scale.device
-        memory, work = self._generation_cost(width)
+        memory, work = self._generation_cost(width, chunked=not torch.is_grad_enabled())
         limit = _memory_size(device)
         if limit is not None and memory > limit:
             raise MemoryError(
@@ -236,7 +246,7 @@ class NeuMetaModel(PreTrainedModel):
         for sample in samples:
             sample_noise = 0.0 if (sample == 0 and first_noise_free) else noise
             jitter = coordinates.draw_jitter(sample_noise, generator)
-            raw = self.inr(coordinates.positions(jitter), coordinates.context, coordinates.row_counts)
+            raw = self._inr_rows(coordinates, coordinates.positions(jitter))
             weights = self._unpack(raw, coordinates, jitter)
             if total is None:
                 total = weights
@@ -245,7 +255,30 @@ class NeuMetaModel(PreTrainedModel):
                     total[name] = total[name].add_(tensor) if not torch.is_grad_enabled() else total[name] + tensor
         return {name: tensor / num_samples for name, tensor in total.items()} if num_samples > 1 else total
 
-    def _generation_cost(self, width: int) -> tuple[int, int]:
+    def _inr_rows(self, coordinates: Coordinates, positions: torch.Tensor) -> torch.Tensor:
+        """The INR's raw output for every row of `coordinates` (at `positions`), as `_unpack` takes it.
+
+        With gradients (training) the INR runs on all rows at once. Without, it runs on at most `_CHUNK_ROWS`
+        rows at a time, cut at tensor boundaries and inside large tensors, each chunk written into one
+        preallocated `[rows, max kernel size]` result: the memory is that of the outputs plus one chunk's
+        activations, whatever the width.
+        """
+        context, row_counts = coordinates.context, coordinates.row_counts
+        if torch.is_grad_enabled():
+            return self.inr(positions, context, row_counts)
+        raw = positions.new_empty(len(positions), max(self.spec.kernel_sizes))
+        ends = torch.tensor(row_counts).cumsum(0).tolist()  # where each tensor's rows end
+        for start in range(0, len(positions), _CHUNK_ROWS):
+            end = min(start + _CHUNK_ROWS, len(positions))
+            # The chunk's tensors: from the first that ends after `start` to the first that ends at or after `end`.
+            first = next(t for t, stop in enumerate(ends) if stop > start)
+            last = next(t for t, stop in enumerate(ends) if stop >= end)
+            counts = tuple(min(end, ends[t]) - max(start, ends[t] - row_counts[t]) for t in range(first, last + 1))
+            rows = self.inr(positions[start:end], context[first : last + 1], counts, first_tensor=first)
+            raw[start:end] = rows[:, : raw.shape[1]]
+        return raw
+
+    def _generation_cost(self, width: int, chunked: bool = False) -> tuple[int, int]:
         """(bytes of memory, multiply-adds) of one generation at `width`, estimated from its INR row count
         without building anything, so that an absurd width is refused at once rather than in the allocator."""
         rows = self.spec.row_count(width)
@@ -280,10 +313,12 @@ class NeuMetaModel(PreTrainedModel):
         return weights
 
     def frozen_tensors(self) -> dict[str, torch.Tensor]:
-        """The base network's tensors that every width shares (all but the generated ones)."""
+        """The base network's tensors that every width shares (all but the generated ones), for
+        `functional_call`: parameters and every buffer, non-persistent ones included (e.g. Llama's rotary
+        frequencies), which a network on the meta device does not have."""
         generated = set(self.spec.names)
-        state = self.base_network.state_dict(keep_vars=True)
-        return {name: tensor for name, tensor in state.items() if name not in generated}
+        tensors = dict(self.base_network.named_parameters()) | dict(self.base_network.named_buffers())
+        return {name: tensor for name, tensor in tensors.items() if name not in generated}
 
     def reconstruction_targets(self) -> dict[str, torch.Tensor]:
         """The permuted base network's values of the generated tensors (what width `full_width` should give)."""
@@ -313,23 +348,82 @@ class NeuMetaModel(PreTrainedModel):
         return NeuMetaOutput(loss=outputs.loss, logits=outputs.logits, weights=weights)
 
     @torch.no_grad()
-    def sample_model(self, width: int, num_samples: int | None = None, seed: int = 0) -> NeuMetaFamilyModel:
-        """A standalone family network of width `width` in eval mode; same arguments, bit-identical weights.
+    def sample_model(
+        self, width: int | None = None, num_samples: int | None = None, seed: int = 0, widths: list[int] | None = None
+    ) -> PreTrainedModel:
+        """A standalone network of width `width` in eval mode; same arguments, bit-identical weights.
 
-        Its config carries `width`, the labels and the input normalisation, and `save_pretrained` writes an
-        image processor beside it, so the saved directory works with `pipeline("image-classification")`.
+        For a family it is the family's network: its config carries `width`, the labels and the input
+        normalisation, and `save_pretrained` writes an image processor beside it, so the saved directory works
+        with `pipeline("image-classification")`. For a stock transformers model it is an instance of the base
+        model's own class whose config has the feed-forward width (`intermediate_size`) set to `width`; saved,
+        it needs no remote code. Both write a model card naming the hypernetwork and the width.
+
+        `widths` instead of `width` (stock models): one feed-forward width per layer (MatFormer's mix'n'match).
+        The network's `intermediate_size` is then the largest of them and each narrower layer's extra hidden
+        units are zero, which computes exactly the mixed network (at the widest layer's cost: stock configs
+        have one width for all layers); `config.neumeta_layer_widths` records the widths.
         `num_samples` defaults to `config.num_samples`; errors are those of `generate_weights`.
         """
-        width = self.check_width(width)
+        if (width is None) == (widths is None):
+            raise TypeError("sample_model takes either width or widths (one per layer)")
         num_samples = self.config.num_samples if num_samples is None else num_samples
-        generator = torch.Generator(self.output_scale.device).manual_seed(seed)
-        weights = self._averaged_weights(width, num_samples, None, generator)
-        state = {name: tensor.detach().clone() for name, tensor in self.frozen_tensors().items()}
+        if widths is None:
+            width = self.check_width(width)
+            weights = self._averaged_weights(width, num_samples, None, self._generator(seed))
+        else:
+            widths = self._check_layer_widths(widths)
+            width = max(widths)
+            weights = self._mixed_weights(widths, num_samples, seed)
+        state = {name: tensor.detach().clone() for name, tensor in self.base_network.state_dict().items()}
         network = self.spec.skeleton(width)
         network.load_state_dict(state | weights, strict=True, assign=True)
+        # A network built on the meta device has no non-persistent buffers (Llama's rotary frequencies) and,
+        # loaded by assignment, no longer shares tied tensors (GPT-2's embeddings and output layer).
+        persistent = set(state)
+        for name, buffer in self.base_network.named_buffers():
+            if name not in persistent:
+                module, _, leaf = name.rpartition(".")
+                network.get_submodule(module).register_buffer(leaf, buffer.clone(), persistent=False)
+        network.tie_weights()
+        if widths is not None:
+            network.config.neumeta_layer_widths = widths
         # Rendered by save_pretrained / push_to_hub; replace it with a card that has measured metrics.
         network.model_card = functools.partial(sampled_network_card, network, hypernetwork=self.name_or_path or None)
+        if is_stock(self.config.family):
+            # The class stays the stock one (saved, it needs no remote code); only this instance also writes
+            # its card and image processor.
+            network.save_pretrained = types.MethodType(_save_stock_network, network)
+            network.push_to_hub = types.MethodType(_push_stock_network, network)
         return network.eval()
+
+    def _generator(self, seed: int) -> torch.Generator:
+        return torch.Generator(self.output_scale.device).manual_seed(seed)
+
+    def _check_layer_widths(self, widths) -> list[int]:
+        groups = self.spec.scaling_groups
+        if not is_stock(self.config.family):
+            raise ValueError(
+                "widths (one per layer) is for stock transformers models, whose layers' feed-forward widths are "
+                f"independent; {self.config.family}'s channel groups are coupled: pass one width"
+            )
+        if isinstance(widths, (str, bytes)) or len(widths) != len(groups):
+            raise ValueError(f"widths needs one width per layer ({len(groups)}), got {widths!r}")
+        return [self.check_width(width) for width in widths]
+
+    def _mixed_weights(self, widths: list[int], num_samples: int, seed: int) -> dict[str, torch.Tensor]:
+        """Each layer's tensors generated at that layer's width, zero-padded to the widest layer's shapes."""
+        generated = {w: self._averaged_weights(w, num_samples, None, self._generator(seed)) for w in set(widths)}
+        shapes = self.spec.shapes(max(widths))
+        weights = {}
+        for tensor in self.spec.tensors:
+            # In a stock model every generated tensor follows exactly one group: its layer's hidden units.
+            layer = tensor.out_group if tensor.out_group is not None else tensor.in_group
+            source = generated[widths[layer]][tensor.name]
+            padded = source.new_zeros(shapes[tensor.name])
+            padded[tuple(slice(0, size) for size in source.shape)] = source
+            weights[tensor.name] = padded
+        return weights
 
     def push_to_hub(
         self,
@@ -392,3 +486,25 @@ class NeuMetaModel(PreTrainedModel):
             raise ValueError(f"{weights} is damaged: tensors {', '.join(damaged)} contain NaN or infinite values")
         model.base_network.requires_grad_(False)
         return (model, info) if wants_info else model
+
+
+def _save_stock_network(network: PreTrainedModel, save_directory, *args, **kwargs):
+    """`save_pretrained` of a sampled stock network: the class's own, then its model card and, for a vision
+    model, its stock image processor (so the directory works with `pipeline(...)` and no remote code)."""
+    type(network).save_pretrained(network, save_directory, *args, **kwargs)
+    if kwargs.get("is_main_process", True):
+        processor = stock_image_processor(network.config)
+        if processor is not None:
+            processor.save_pretrained(save_directory)
+        card = network.model_card
+        (card() if callable(card) else card).save(os.path.join(save_directory, "README.md"))
+
+
+def _push_stock_network(network: PreTrainedModel, repo_id: str, commit_message: str | None = None,
+                        private: bool | None = None, token=None):
+    """`push_to_hub` of a sampled stock network: what `save_pretrained` writes, card included, in one commit
+    (the class's own would replace the card with a generic one)."""
+    with tempfile.TemporaryDirectory() as directory:
+        network.save_pretrained(directory)
+        message = commit_message or f"Upload {network.config.model_type} sampled by NeuMeta"
+        return upload_in_one_commit(directory, repo_id, message, private=private, token=token)

@@ -9,7 +9,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .families import ChannelGroup, NeuMetaFamilyConfig, NeuMetaFamilyModel, family_model_class
+from transformers import PreTrainedConfig, PreTrainedModel
+
+from .families import ChannelGroup
+from .targets import channel_groups, config_at_width, network_class, network_width
 
 
 @dataclass(frozen=True)
@@ -74,18 +77,19 @@ class Coordinates:
 
 
 class MorphSpec:
-    """What morphs in a family network: derived from the family's channel groups and the config's morph mode.
+    """What morphs in a target network (a family's, or a stock transformers model's): derived from its channel
+    groups (`targets.channel_groups`) and, for families, the config's morph mode.
 
     A tensor morphs when one of its first two axes belongs to a channel group that follows the width; all
     others have the same shape at every width and are kept frozen.
     """
 
-    def __init__(self, family_config: NeuMetaFamilyConfig):
+    def __init__(self, family_config: PreTrainedConfig):
         self.family_config = family_config
-        self.model_class: type[NeuMetaFamilyModel] = family_model_class(family_config.model_type)
-        self.full_width = family_config.width
+        self.model_class: type[PreTrainedModel] = network_class(family_config)
+        self.full_width = network_width(family_config)
         full = self.skeleton(self.full_width)
-        groups = full.channel_groups()
+        groups = channel_groups(full)
         self.scaling_groups: tuple[ChannelGroup, ...] = tuple(group for group in groups if group.scales)
         scaling = {member: index for index, group in enumerate(self.scaling_groups) for member in group.members}
         parameters = dict(full.named_parameters())
@@ -106,7 +110,7 @@ class MorphSpec:
             g for g in groups if any(name in names for name, _ in g.members)
         )
         self._shapes: dict[int, dict[str, tuple[int, ...]]] = {}
-        self._meta_networks: dict[int, NeuMetaFamilyModel] = {}
+        self._meta_networks: dict[int, PreTrainedModel] = {}
         self._coordinates: dict[tuple[int, str], Coordinates] = {}
         full_shapes = self.shapes(self.full_width)
         self.kernel_sizes = tuple(_kernel_size(full_shapes[t.name]) for t in self.tensors)
@@ -116,13 +120,13 @@ class MorphSpec:
     def names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.tensors)
 
-    def skeleton(self, width: int) -> NeuMetaFamilyModel:
+    def skeleton(self, width: int) -> PreTrainedModel:
         """A new width-`width` network on the meta device: structure and shapes, no storage (for callers that
         materialise it)."""
         with torch.device("meta"):
-            return self.model_class(self.family_config.at_width(width))
+            return self.model_class(config_at_width(self.family_config, width))
 
-    def meta_network(self, width: int) -> NeuMetaFamilyModel:
+    def meta_network(self, width: int) -> PreTrainedModel:
         """The width-`width` meta network, built once per width and shared: for `functional_call`, which reads
         only its structure. Building one takes milliseconds (config round trip, layer init), once per step in
         training otherwise."""

@@ -8,29 +8,30 @@
 """
 
 import torch
+from transformers import PreTrainedModel
 
-from .families import NeuMetaFamilyModel
+from .targets import WIDTH_RULES, channel_groups, config_at_width, is_stock, network_width
 
 
 @torch.no_grad()
-def prune_l1(model: NeuMetaFamilyModel, width: int) -> NeuMetaFamilyModel:
+def prune_l1(model: PreTrainedModel, width: int) -> PreTrainedModel:
     """The width-`width` network made of `model`'s channels with the largest filter L1 norms, in their original
     order. Every scaling channel group keeps as many channels as a width-`width` network has there; the
-    weights are copied, not retrained."""
-    if width > model.config.width:
-        raise ValueError(f"Pruning can only shrink: width {width} > the network's width {model.config.width}")
-    pruned = type(model)(model.config.at_width(width)).to(model.device, model.dtype)
+    weights are copied, not retrained. For a stock transformers model, the channels are the feed-forward hidden
+    units and a unit's filter is its input weights (the first tensor of the model type's width rule)."""
+    full_width = network_width(model.config)
+    if width > full_width:
+        raise ValueError(f"Pruning can only shrink: width {width} > the network's width {full_width}")
+    pruned = type(model)(config_at_width(model.config, width)).to(model.device, model.dtype)
     target_shapes = {name: tensor.shape for name, tensor in pruned.state_dict().items()}
     state = model.state_dict()
     kept = {}  # (tensor name, axis) -> channel indices to keep
-    for group in model.channel_groups():
+    for group in channel_groups(model):
         if not group.scales:
             continue
         name, axis = group.members[0]
         count = target_shapes[name][axis]
-        # A channel's filter: the rows of the multi-dimensional weights that produce it.
-        filters = [state[n] for n, a in group.members if a == 0 and state[n].dim() > 1]
-        importance = sum(weight.abs().flatten(1).sum(1) for weight in filters)
+        importance = sum(weight.abs().flatten(1).sum(1) for weight in _filters(model, group, state))
         indices = importance.topk(count).indices.sort().values
         kept.update({member: indices for member in group.members})
     pruned_state = {}
@@ -43,15 +44,22 @@ def prune_l1(model: NeuMetaFamilyModel, width: int) -> NeuMetaFamilyModel:
     return pruned.eval()
 
 
-def nested_weights(model: NeuMetaFamilyModel, narrower: NeuMetaFamilyModel) -> dict[str, torch.Tensor]:
+def _filters(model: PreTrainedModel, group, state: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """The weights that produce a group's channels, channels first: a family's multi-dimensional weights along
+    their output axis; a stock model's first width-rule tensor (GPT-2's Conv1D stores it transposed)."""
+    if is_stock(model.config.model_type):
+        producer = next(iter(WIDTH_RULES[model.config.model_type].members))
+        return [state[name].movedim(axis, 0) for name, axis in group.members if name.endswith(producer)]
+    return [state[name] for name, axis in group.members if axis == 0 and state[name].dim() > 1]
+
+
+def nested_weights(model: PreTrainedModel, narrower: PreTrainedModel) -> dict[str, torch.Tensor]:
     """Every tensor of `model` cut to its first channels in the shape `narrower` (a network of the same family at
     a smaller width, on any device, the meta device included) has: views, differentiable, for training a slimmable
     network through `torch.func.functional_call` on `narrower`."""
-    width = narrower.config.width
-    if width > model.config.width:
-        raise ValueError(
-            f"A nested network can only be narrower: width {width} > the network's width {model.config.width}"
-        )
+    width, full_width = network_width(narrower.config), network_width(model.config)
+    if width > full_width:
+        raise ValueError(f"A nested network can only be narrower: width {width} > the network's width {full_width}")
     if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         raise ValueError(
             f"{model.config.model_type} has BatchNorm, whose statistics differ per width: nested (slimmable) "
@@ -65,8 +73,9 @@ def nested_weights(model: NeuMetaFamilyModel, narrower: NeuMetaFamilyModel) -> d
 
 
 @torch.no_grad()
-def first_channels(model: NeuMetaFamilyModel, width: int) -> NeuMetaFamilyModel:
-    """The standalone width-`width` network made of `model`'s first channels (a slimmable network's member)."""
-    nested = type(model)(model.config.at_width(width)).to(model.device, model.dtype)
+def first_channels(model: PreTrainedModel, width: int) -> PreTrainedModel:
+    """The standalone width-`width` network made of `model`'s first channels (a slimmable network's member, or a
+    MatFormer sub-model of a stock transformers model)."""
+    nested = type(model)(config_at_width(model.config, width)).to(model.device, model.dtype)
     nested.load_state_dict({name: tensor.clone() for name, tensor in nested_weights(model, nested).items()})
     return nested.eval()

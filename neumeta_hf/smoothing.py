@@ -11,7 +11,10 @@ import copy
 import fast_tsp
 import torch
 
-from .families import ChannelGroup, NeuMetaFamilyModel
+from transformers import PreTrainedModel
+
+from .families import ChannelGroup
+from .targets import example_inputs
 
 # fast-tsp takes integer distances up to 65,535; the longest edge becomes that many units.
 _DISTANCE_RESOLUTION = 65_535
@@ -56,7 +59,7 @@ def group_cities(state: dict[str, torch.Tensor], group: ChannelGroup) -> torch.T
 
 
 @torch.no_grad()
-def smooth_channels(model: NeuMetaFamilyModel, groups: tuple[ChannelGroup, ...], seconds: float = 1.0) -> dict:
+def smooth_channels(model: PreTrainedModel, groups: tuple[ChannelGroup, ...], seconds: float = 1.0) -> dict:
     """Permute `model`'s channels in place, group by group, and check that its function is unchanged.
 
     Returns the total variation (summed path length over the groups) before and after, per group and in all.
@@ -77,16 +80,16 @@ def smooth_channels(model: NeuMetaFamilyModel, groups: tuple[ChannelGroup, ...],
 
 
 @torch.no_grad()
-def check_same_function(reference: NeuMetaFamilyModel, model: NeuMetaFamilyModel, atol: float = 1e-5):
-    """Raise if the two networks' logits differ by more than `atol` on random inputs (compared in float64)."""
-    config = model.config
-    generator = torch.Generator().manual_seed(0)
-    inputs = torch.randn(8, config.num_channels, config.image_size, config.image_size, generator=generator)
-    expected = copy.deepcopy(reference).double().eval()(inputs.double()).logits
-    actual = copy.deepcopy(model).double().eval()(inputs.double()).logits
+def check_same_function(reference: PreTrainedModel, model: PreTrainedModel, atol: float = 1e-5):
+    """Raise if the two networks' logits differ by more than `atol` on random inputs (images or token ids,
+    `targets.example_inputs`; compared in float64)."""
+    inputs = example_inputs(model.config, generator=torch.Generator().manual_seed(0))
+    inputs = {name: value.double() if value.is_floating_point() else value for name, value in inputs.items()}
+    expected = copy.deepcopy(reference).double().eval()(**inputs).logits
+    actual = copy.deepcopy(model).double().eval()(**inputs).logits
     difference = float((expected - actual).abs().max())
     if difference > atol:
         raise RuntimeError(
             f"Channel permutation changed the network's outputs (max abs difference {difference:.2e} > {atol:.0e}); "
-            "a channel group of the family is missing a coupled tensor"
+            "a channel group of the family (or the width rule of the model type) is missing a coupled tensor"
         )
