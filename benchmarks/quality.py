@@ -2,13 +2,15 @@
 
     python benchmarks/quality.py                        # Fashion-MNIST, LeNet widths 8-32
     python benchmarks/quality.py --recipe digits_mlp    # the embedded default: digits, MLP widths 32-64
+    python benchmarks/quality.py --recipe fashion_mnist_vit  # a stock ViT, feed-forward widths 64-256
 
 Runs, as subprocesses of this one (two at a time on two cores, one thread each):
   base                 the full-width network, trained with the recipe's `base` settings (train_base.py);
   individual           the same recipe from scratch at each of the recipe's reference widths;
   pruned_l1_finetuned  the base L1-pruned to each reference width, then fine-tuned (FINETUNE_EPOCHS);
   slimmable            a universally slimmable network (US-Nets: first w channels, sandwich rule, in-place
-                       distillation), with as many optimizer steps and examples as the NeuMeta run;
+                       distillation), with as many optimizer steps and examples as the NeuMeta run; for a
+                       stock transformers model the same training of nested feed-forward widths, MatFormer-style;
   neumeta              training/train.py around the base, swept over every width of the range (widths outside
                        `train_widths` are unseen);
   ablations            (--ablations) NeuMeta without the channel permutation, without coordinate noise, with a
@@ -45,20 +47,24 @@ from recipe import load_config  # noqa: E402
 from neumeta_hf import NeuMetaModel  # noqa: E402
 from neumeta_hf.data import FASHION_MNIST_DIR, load_splits  # noqa: E402
 from neumeta_hf.evaluation import evaluate_accuracy, sweep  # noqa: E402
-from neumeta_hf.families import family_model_class  # noqa: E402
 from neumeta_hf.progress import progress_bar  # noqa: E402
 from neumeta_hf.pruning import first_channels, prune_l1  # noqa: E402
+from neumeta_hf.targets import config_at_width, image_classifier_class, is_stock, network_width, width_field  # noqa: E402
 
 
 @dataclass(frozen=True)
 class Recipe:
     config: str  # the training recipe both the baselines and NeuMeta use
     individual_widths: tuple[int, ...]
+    levers: tuple[str, ...] = ()  # names in LEVERS
 
 
 RECIPES = {
-    "fashion_mnist_lenet": Recipe("training/configs/fashion_mnist_lenet.yaml", (8, 12, 16, 20, 24, 28, 32)),
+    "fashion_mnist_lenet": Recipe(
+        "training/configs/fashion_mnist_lenet.yaml", (8, 12, 16, 20, 24, 28, 32), ("nested_anchor", "nested_anchor_every_width")
+    ),
     "digits_mlp": Recipe("training/configs/digits_mlp.yaml", (32, 40, 48, 56, 64)),
+    "fashion_mnist_vit": Recipe("training/configs/fashion_mnist_vit.yaml", (64, 128, 192, 256), ("nested_anchor",)),
 }
 
 # Each ablation is a full NeuMeta run with these overrides on top of the recipe (with --ablations).
@@ -119,8 +125,11 @@ def main(argv=None):
     output = Path(args.output_dir)
     work = Path(args.work_dir or REPO / "outputs" / "quality" / args.recipe)
     work.mkdir(parents=True, exist_ok=True)
-    full_width = family_model_class(config.base.family).config_class.full_width
+    model_class = image_classifier_class(config.base.family)
+    full_width = network_width(model_class.config_class(**config.base.family_config))
     low, high = config.hypernetwork.width_range
+    # The widths every method is measured at: the recipe's sweep (every width of the range unless it says less).
+    everywhere = config.sweep.widths or list(range(low, high + 1))
     train, validation, test, info = load_splits(config.data)
     neumeta_epochs = config.training.epochs or config.training.max_steps * config.training.batch_size / len(train)
 
@@ -133,17 +142,20 @@ def main(argv=None):
     ]  # fmt: skip
     runs.submit("slimmable", "train_base.py", [f"output_dir={work / 'slimmable'}", *slimmable])
     widths = [w for w in recipe.individual_widths if w != full_width]
+    at_width = lambda width: [f"base.family_config.{width_field(config.base.family)}={width}"] + (  # noqa: E731
+        [] if is_stock(config.base.family) else ["base.family_config.morph=all"]
+    )
     for width in sorted(widths, reverse=True):  # longest first, so that two workers finish together
-        family = [f"base.family_config.width={width}", "base.family_config.morph=all"]
-        runs.submit(f"individual_{width}", "train_base.py", [f"output_dir={work / f'individual_{width}'}", *family])
+        runs.submit(f"individual_{width}", "train_base.py", [f"output_dir={work / f'individual_{width}'}",
+                    *at_width(width)])  # fmt: skip
     for width in widths:
-        finetune = [f"base.prune_from={base_dir}", f"base.family_config.width={width}", "base.family_config.morph=all",
-                    f"base.epochs={FINETUNE_EPOCHS}", f"base.learning_rate={FINETUNE_LEARNING_RATE}"]  # fmt: skip
+        finetune = [f"base.prune_from={base_dir}", *at_width(width), f"base.epochs={FINETUNE_EPOCHS}",
+                    f"base.learning_rate={FINETUNE_LEARNING_RATE}"]  # fmt: skip
         runs.submit(f"pruned_l1_finetuned_{width}", "train_base.py", [f"output_dir={work / f'finetuned_{width}'}",
                     *finetune], after="base")  # fmt: skip
     ablation_runs = ABLATIONS if args.ablations else {}
     neumeta_runs = {name: ("base", extra) for name, extra in ({"neumeta": []} | ablation_runs).items()}
-    neumeta_runs |= {f"lever_{name}": lever for name, lever in LEVERS.items()}
+    neumeta_runs |= {f"lever_{name}": LEVERS[name] for name in recipe.levers}
     for name, (start, extra) in neumeta_runs.items():
         pretrained = work / start / "base"
         runs.submit(
@@ -152,12 +164,10 @@ def main(argv=None):
         )
     runs.wait()
 
-    model_class = family_model_class(config.base.family)
     base = model_class.from_pretrained(base_dir)
     individual = {full_width: evaluate_accuracy(base, test)}
     for width in widths:
         individual[width] = evaluate_accuracy(model_class.from_pretrained(work / f"individual_{width}" / "base"), test)
-    everywhere = range(low, high + 1)
     pruned = {w: evaluate_accuracy(prune_l1(base, w), test) for w in progress_bar(everywhere, desc="pruned_l1")}
     finetuned = {
         w: evaluate_accuracy(model_class.from_pretrained(work / f"finetuned_{w}" / "base"), test) for w in widths
@@ -165,19 +175,21 @@ def main(argv=None):
     slim = model_class.from_pretrained(work / "slimmable" / "base")
     slimmed = {w: evaluate_accuracy(first_channels(slim, w), test) for w in progress_bar(everywhere, desc="slimmable")}
     ablations = {name: swept(work / name) for name in ablation_runs}
-    levers = {name: swept(work / f"lever_{name}") for name in LEVERS}
-    validation_sweeps = {name: validation_sweep(work / name, validation) for name in neumeta_runs}
+    levers = {name: swept(work / f"lever_{name}") for name in recipe.levers}
+    validation_sweeps = {name: validation_sweep(work / name, validation, everywhere) for name in neumeta_runs}
     hyper = NeuMetaModel.from_pretrained(work / "neumeta" / "hypernetwork")
     if args.ablations:
         for count in SAMPLE_COUNTS:
             result = sweep(hyper, test, everywhere, num_samples=count)
             ablations[f"num_samples_{count}"] = {r["width"]: r["accuracy"] for r in result["results"]}
 
-    macs = {w: multiply_accumulates(model_class, base.config, w) for w in everywhere}
-    passes = training_passes(config, len(train), macs, full_width, neumeta_epochs, widths)
+    train_widths = config.hypernetwork.train_widths or range(low, high + 1)
+    macs = {w: multiply_accumulates(model_class, base.config, w) for w in {*everywhere, *train_widths, low, full_width}}
+    passes = training_passes(config, len(train), macs, full_width, everywhere, neumeta_epochs, widths, recipe.levers)
     report = {
         "dataset": info.name,
         "family": config.base.family,
+        "slimmable_kind": "nested feed-forward widths, MatFormer-style" if is_stock(config.base.family) else "US-Nets",
         "full_width": full_width,
         "seen_widths": hyper.config.train_widths,
         "num_samples": hyper.config.num_samples,
@@ -219,8 +231,9 @@ def main(argv=None):
 
 
 def multiply_accumulates(model_class, config, width: int) -> int:
-    """Multiply-accumulates of one forward pass of the width-`width` network on one image."""
-    network = model_class(config.at_width(width)).eval()
+    """Multiply-accumulates of one forward pass of the width-`width` network on one image (its convolutions and
+    linear layers: a transformer's attention products are left out)."""
+    network = model_class(config_at_width(config, width)).eval()
     total = []
 
     def count(module, inputs, output):
@@ -236,13 +249,15 @@ def multiply_accumulates(model_class, config, width: int) -> int:
     return sum(total)
 
 
-def training_passes(config, examples: int, macs: dict, full_width: int, neumeta_epochs: float, widths) -> dict:
+def training_passes(
+    config, examples: int, macs: dict, full_width: int, everywhere, neumeta_epochs: float, widths, levers
+) -> dict:
     """Each method's training cost in forward-backward passes of the full-width network (a width-w pass counts
     its share of the full width's multiply-accumulates; a teacher's forward-only pass counts a third). The INR's
-    own work is not in these figures: its wall seconds are."""
-    share = {w: macs[w] / macs[full_width] for w in macs}
+    own work is not in these figures: its wall seconds are. `macs` covers the measured and the trained widths."""
     low, high = config.hypernetwork.width_range
-    mean_share = sum(share[w] for w in range(low, high + 1)) / (high - low + 1)
+    share = {w: macs[w] / macs[full_width] for w in macs}
+    mean_share = sum(share[w] for w in everywhere) / len(everywhere)
     base = config.base.epochs * examples
     individual = {w: round(config.base.epochs * examples * share[w]) for w in widths} | {full_width: base}
     finetuned = {w: round(base + FINETUNE_EPOCHS * examples * share[w]) for w in widths}
@@ -261,7 +276,7 @@ def training_passes(config, examples: int, macs: dict, full_width: int, neumeta_
         "neumeta": base + hypernetwork,  # the base network, then the hypernetwork
         **{
             f"lever_{name}": {"base": base, "slimmable": slimmable}[start] + hypernetwork
-            for name, (start, _) in LEVERS.items()
+            for name, (start, _) in LEVERS.items() if name in levers
         },
     }
 
@@ -319,13 +334,12 @@ def swept(run: Path) -> dict[int, float]:
     return {r["width"]: r["accuracy"] for r in json.loads((run / "sweep.json").read_text())["results"]}
 
 
-def validation_sweep(run: Path, validation) -> dict[int, float] | None:
+def validation_sweep(run: Path, validation, widths) -> dict[int, float] | None:
     """{width: validation accuracy} of a NeuMeta run's hypernetwork, the figure to choose between recipes by."""
     if validation is None:
         return None
     hyper = NeuMetaModel.from_pretrained(run / "hypernetwork")
-    low, high = hyper.config.width_range
-    return {r["width"]: r["accuracy"] for r in sweep(hyper, validation, range(low, high + 1))["results"]}
+    return {r["width"]: r["accuracy"] for r in sweep(hyper, validation, widths)["results"]}
 
 
 def ensure_fashion_mnist():
@@ -370,11 +384,11 @@ def check_targets(report: dict, neumeta: dict[int, float], passes: int) -> list[
     short = [w for w in neumeta if w != full and neumeta[w] <= methods["pruned_l1"][w]]
     target("above pruned_l1 at every width below the full one", f"at or below at {len(short)}: {short}", not short)
     rough = []
-    for width in sorted(neumeta):
-        if width - 1 in neumeta and width + 1 in neumeta:
-            mean = (neumeta[width - 1] + neumeta[width + 1]) / 2
-            if neumeta[width] < mean - SMOOTHNESS_TOLERANCE:
-                rough.append(f"{width} ({points(neumeta[width])} vs {points(mean)})")
+    measured = sorted(neumeta)
+    for before, width, after in zip(measured, measured[1:], measured[2:]):  # neighbours among measured widths
+        mean = (neumeta[before] + neumeta[after]) / 2
+        if neumeta[width] < mean - SMOOTHNESS_TOLERANCE:
+            rough.append(f"{width} ({points(neumeta[width])} vs {points(mean)})")
     target(f"smooth: no width more than {points(SMOOTHNESS_TOLERANCE)} points below the mean of its neighbours",
            f"{len(rough)} widths: " + ", ".join(rough), not rough)
     target("INR parameters at most the full-width network's",

@@ -66,6 +66,12 @@ class NeuMetaConfig(PreTrainedConfig):
             interpolated to w (any base; blends neighbouring channels), or "first", its first w channels as they
             are (a base trained universally slimmable, `base.slimmable` in the recipes, whose first w channels
             already form a good width-w network).
+        fold_fixed_axes: a weight with one axis that follows the width and one that does not (a feed-forward
+            layer's input or output side, a first convolution, a classifier) gets one INR row per channel of the
+            scaling axis, generating the whole fixed axis at once, instead of one row per (out, in) pair as in the
+            paper. Rows drop by the fixed axis's size (64x for a ViT with hidden size 64, 768x for ViT-B), and
+            with them the INR's time and memory. Default: on for stock transformers models, off for families
+            (whose published results use a row per pair).
         coordinate_noise: amplitude, in channels, of the uniform noise on channel coordinates during training
             and for averaging (paper: 1.0, i.e. +-0.5 channel).
         num_samples: how many generations `sample_model` averages by default (the first without noise).
@@ -89,6 +95,7 @@ class NeuMetaConfig(PreTrainedConfig):
     fan_in_power: float = 0.5
     base_anchor: bool = True
     anchor_channels: str = "resampled"
+    fold_fixed_axes: bool | None = None
     coordinate_noise: float = 1.0
     num_samples: int = 1
     ema_decay: float = 0.995
@@ -114,6 +121,8 @@ class NeuMetaConfig(PreTrainedConfig):
             family_config["morph"] = self.morph
             target = target_config(self.family, family_config)
         self.family_config = target.to_dict()
+        if self.fold_fixed_axes is None:
+            self.fold_fixed_axes = is_stock(self.family)
         full_width = self.full_width
         self.width_range = _integer_list(self.width_range or [max(1, full_width // 4), full_width], "width_range")
         if len(self.width_range) != 2 or not 1 <= self.width_range[0] <= self.width_range[1]:

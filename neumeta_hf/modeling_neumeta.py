@@ -71,7 +71,7 @@ class NeuMetaModel(PreTrainedModel):
 
     def __init__(self, config: NeuMetaConfig):
         super().__init__(config)
-        self.spec = MorphSpec(config.family_config_object())
+        self.spec = MorphSpec(config.family_config_object(), config.fold_fixed_axes)
         self.base_network = self.spec.model_class(self.spec.family_config)
         self.base_network.requires_grad_(False)
         self.inr = NeuMetaINR(
@@ -300,7 +300,7 @@ class NeuMetaModel(PreTrainedModel):
         for index, (tensor_spec, piece, kernel, shape) in enumerate(
             zip(self.spec.tensors, pieces, self.spec.kernel_sizes, coordinates.shapes)
         ):
-            tensor = piece[:, :kernel].reshape(shape) * self.output_scale[index]
+            tensor = tensor_spec.from_rows(piece[:, :kernel], shape) * self.output_scale[index]
             target = targets.get(tensor_spec.name)
             if target is not None and self.config.anchor_channels == "first":
                 tensor = tensor * fan_in_scales[index] + target[tuple(slice(0, size) for size in shape)]

@@ -8,7 +8,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-
 from transformers import PreTrainedConfig, PreTrainedModel
 
 from .families import ChannelGroup
@@ -23,6 +22,20 @@ class MorphTensor:
     name: str
     out_group: int | None  # axis 0
     in_group: int | None  # axis 1 (always None for 1-D tensors)
+    # With fold_fixed_axes, a weight with one scaling axis has one INR row per channel of that axis, the other
+    # axis folded into the row's values: `rows_along` is the scaling axis then (None: a row per (out, in) pair).
+    rows_along: int | None = None
+
+    def row_grid(self, shape: tuple[int, ...]) -> tuple[int, int]:
+        """(out, in) extent of this tensor's INR rows at `shape`: a folded axis counts once."""
+        c_out, c_in = _channel_sizes(shape)
+        return {None: (c_out, c_in), 0: (c_out, 1), 1: (1, c_in)}[self.rows_along]
+
+    def from_rows(self, values: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        """The tensor of `shape` from its rows' values [rows, values per row]."""
+        if self.rows_along == 1:  # rows run over inputs: each row holds one input's column (x kernel)
+            return values.reshape(shape[1], shape[0], *shape[2:]).transpose(0, 1)
+        return values.reshape(shape)
 
 
 @dataclass(frozen=True)
@@ -30,7 +43,8 @@ class Coordinates:
     """The INR's inputs for every generated value of the width-`width` network, one row per (tensor, out, in).
 
     Rows are grouped by tensor in spec order; within a tensor they run over (out, in) in row-major order, so a
-    tensor's rows reshape straight into its weight. Each row yields `prod(kernel)` values (a whole conv kernel).
+    tensor's rows reshape straight into its weight. Each row yields `prod(kernel)` values (a whole conv kernel),
+    or, for a tensor folded along its fixed axis (`MorphTensor.rows_along`), that axis's values times the kernel.
 
     Coordinate noise moves whole channels: one offset per channel of each scaling group, shared by every
     tensor that channel appears in, so a noisy generation is the network resampled at shifted channel
@@ -84,7 +98,7 @@ class MorphSpec:
     others have the same shape at every width and are kept frozen.
     """
 
-    def __init__(self, family_config: PreTrainedConfig):
+    def __init__(self, family_config: PreTrainedConfig, fold_fixed_axes: bool = False):
         self.family_config = family_config
         self.model_class: type[PreTrainedModel] = network_class(family_config)
         self.full_width = network_width(family_config)
@@ -93,11 +107,17 @@ class MorphSpec:
         self.scaling_groups: tuple[ChannelGroup, ...] = tuple(group for group in groups if group.scales)
         scaling = {member: index for index, group in enumerate(self.scaling_groups) for member in group.members}
         parameters = dict(full.named_parameters())
+        full_state = full.state_dict()
         self.tensors = tuple(
             MorphTensor(name, scaling.get((name, 0)), scaling.get((name, 1)))
-            for name in full.state_dict()
+            for name in full_state
             if (name, 0) in scaling or (name, 1) in scaling
         )
+        if fold_fixed_axes:
+            self.tensors = tuple(
+                MorphTensor(t.name, t.out_group, t.in_group, _scaling_axis(t, full_state[t.name].shape))
+                for t in self.tensors
+            )
         buffers = [t.name for t in self.tensors if t.name not in parameters]
         if buffers:
             raise ValueError(
@@ -113,7 +133,10 @@ class MorphSpec:
         self._meta_networks: dict[int, PreTrainedModel] = {}
         self._coordinates: dict[tuple[int, str], Coordinates] = {}
         full_shapes = self.shapes(self.full_width)
-        self.kernel_sizes = tuple(_kernel_size(full_shapes[t.name]) for t in self.tensors)
+        # Values per INR row: the kernel, times the folded axis where there is one (the same at every width).
+        self.kernel_sizes = tuple(
+            math.prod(full_shapes[t.name]) // math.prod(t.row_grid(full_shapes[t.name])) for t in self.tensors
+        )
         self._full_sizes = [_channel_sizes(full_shapes[t.name]) for t in self.tensors]
 
     @property
@@ -144,7 +167,7 @@ class MorphSpec:
     def row_count(self, width: int) -> int:
         """Rows of the width-`width` coordinates (one per generated (out, in) channel pair), without building them."""
         shapes = self.shapes(width)
-        return sum(math.prod(_channel_sizes(shapes[t.name])) for t in self.tensors)
+        return sum(math.prod(t.row_grid(shapes[t.name])) for t in self.tensors)
 
     def coordinates(self, width: int, device: torch.device | str = "cpu") -> Coordinates:
         """The INR inputs for the width-`width` network, computed once per width and device."""
@@ -162,7 +185,7 @@ class MorphSpec:
         count = len(self.tensors)
         centres, jitter_index, inverse_sizes, context, row_counts, fan_in_ratio = [], [], [], [], [], []
         for index, (tensor, full) in enumerate(zip(self.tensors, self._full_sizes)):
-            c_out, c_in = _channel_sizes(shapes[tensor.name])
+            c_out, c_in = tensor.row_grid(shapes[tensor.name])
             out_index, in_index = torch.meshgrid(torch.arange(c_out), torch.arange(c_in), indexing="ij")
             channels = torch.stack([out_index.reshape(-1), in_index.reshape(-1)], dim=1)
             sizes = torch.tensor([c_out, c_in], dtype=torch.float32)
@@ -171,9 +194,10 @@ class MorphSpec:
             moving = torch.tensor([s >= 0 for s in starts])
             jitter_index.append(torch.where(moving, channels + torch.tensor(starts), -1))
             inverse_sizes.append(1.0 / sizes)
-            context.append([index / count, c_out / full[0], c_in / full[1]])
+            true_out, true_in = _channel_sizes(shapes[tensor.name])
+            context.append([index / count, true_out / full[0], true_in / full[1]])
             row_counts.append(c_out * c_in)
-            fan_in_ratio.append(full[1] / c_in)
+            fan_in_ratio.append(full[1] / true_in)
         return Coordinates(
             width=width,
             centres=torch.cat(centres),
@@ -192,12 +216,12 @@ def _channel_sizes(shape: tuple[int, ...]) -> tuple[int, int]:
     return (shape[0], shape[1]) if len(shape) > 1 else (shape[0], 1)
 
 
-def _kernel_size(shape: tuple[int, ...]) -> int:
-    """Values per coordinate: the product of the kernel dimensions (1 for linear weights and 1-D tensors)."""
-    size = 1
-    for dim in shape[2:]:
-        size *= dim
-    return size
+def _scaling_axis(tensor: MorphTensor, shape) -> int | None:
+    """The axis to run rows along when the other of the first two axes is fixed: folding that one
+    into the values cuts the rows by its size, e.g. 768x for a ViT-B feed-forward weight."""
+    if len(shape) < 2 or (tensor.out_group is None) == (tensor.in_group is None):
+        return None
+    return 0 if tensor.out_group is not None else 1
 
 
 def resample_channels(

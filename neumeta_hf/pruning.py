@@ -65,7 +65,8 @@ def nested_weights(model: PreTrainedModel, narrower: PreTrainedModel) -> dict[st
             f"{model.config.model_type} has BatchNorm, whose statistics differ per width: nested (slimmable) "
             "networks need per-width recalibration, which is not implemented; use a family without BatchNorm"
         )
-    state = dict(model.named_parameters()) | dict(model.named_buffers())
+    # Tied tensors (GPT-2's output layer is its embedding) under every name: `narrower.state_dict()` lists them all.
+    state = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
     return {
         name: state[name][tuple(slice(0, size) for size in tensor.shape)]
         for name, tensor in narrower.state_dict().items()

@@ -10,7 +10,6 @@ import copy
 
 import fast_tsp
 import torch
-
 from transformers import PreTrainedModel
 
 from .families import ChannelGroup

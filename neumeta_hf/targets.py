@@ -118,6 +118,30 @@ def target_config(model_type: str, values: dict) -> PreTrainedConfig:
     return config_class(model_type).from_dict(dict(values))
 
 
+def width_field(model_type: str) -> str:
+    """The config field that holds the width: `width` for a family, the width rule's field for a stock type."""
+    return width_rule(model_type).width_field if is_stock(model_type) else "width"
+
+
+def image_classifier_class(model_type: str) -> type[PreTrainedModel]:
+    """The image classification class of a target type, for training one from data: the family's, or the stock
+    type's `AutoModelForImageClassification` class (ViT); a text-only type is a ValueError."""
+    check_model_type(model_type)
+    if not is_stock(model_type):
+        return FAMILIES[model_type]
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+
+    name = MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES.get(model_type)
+    if name is None:
+        vision = [t for t in WIDTH_RULES if t in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES]
+        raise ValueError(
+            f"{model_type} has no image classification model; the training scripts train image classifiers "
+            f"(families, or stock types {', '.join(vision)}). Build a hypernetwork around a trained {model_type} "
+            "model with NeuMetaModel.from_base_model instead"
+        )
+    return getattr(transformers, name)
+
+
 def network_class(config: PreTrainedConfig) -> type[PreTrainedModel]:
     """The model class of a target network: the family's, or for a stock model the transformers class named first
     in `config.architectures` (which `NeuMetaModel.from_base_model` records)."""
@@ -137,15 +161,17 @@ def network_class(config: PreTrainedConfig) -> type[PreTrainedModel]:
 def network_width(config: PreTrainedConfig) -> int:
     """The width NeuMeta varies: a family's `width`, or a stock model's feed-forward width."""
     if not is_stock(config.model_type):
+        check_model_type(config.model_type)  # a stock type without a width rule has no `width` either
         return config.width
     rule = WIDTH_RULES[config.model_type]
-    width = getattr(config, rule.width_field)
+    width = getattr(config, rule.width_field, None)
     return rule.default_width(config) if width is None and rule.default_width else width
 
 
 def config_at_width(config: PreTrainedConfig, width: int) -> PreTrainedConfig:
     """The same config at width `width`, everything else unchanged."""
     if not is_stock(config.model_type):
+        check_model_type(config.model_type)
         return config.at_width(width)
     narrower = copy.deepcopy(config)
     setattr(narrower, WIDTH_RULES[config.model_type].width_field, width)
@@ -157,6 +183,7 @@ def channel_groups(model: PreTrainedModel) -> list[ChannelGroup]:
     hidden units), in layer order."""
     model_type = model.config.model_type
     if not is_stock(model_type):
+        check_model_type(model_type)
         return model.channel_groups()
     rule = WIDTH_RULES[model_type]
     pattern = re.compile(rf"^(.*?{rule.layer_pattern})(.+)$")

@@ -42,6 +42,7 @@ from neumeta_hf.cards import hypernetwork_card, sampled_network_card
 from neumeta_hf.data import load_splits
 from neumeta_hf.evaluation import evaluate_width, sweep, write_sweep
 from neumeta_hf.progress import progress_bar
+from neumeta_hf.targets import network_width
 from recipe import (
     RESUMABLE_CHANGES,
     TrainConfig,
@@ -52,7 +53,7 @@ from recipe import (
     run_identity,
     schedule_factor,
 )
-from train_base import build_base_network, check_against_data, claim_output_dir
+from train_base import build_base_network, check_against_data, claim_output_dir, save_network
 
 
 class JSONLTracker(GeneralTracker):
@@ -339,9 +340,9 @@ def train(config: TrainConfig) -> dict:
 
     # 1. The base network.
     base, base_accuracy = build_base_network(config, train_set, test_set, info, accelerator)
-    accelerator.print(f"Base network: width {base.config.width}, test accuracy {base_accuracy:.4f}")
+    accelerator.print(f"Base network: width {network_width(base.config)}, test accuracy {base_accuracy:.4f}")
     if accelerator.is_main_process:
-        base.save_pretrained(output / "base")
+        save_network(base, output / "base")
 
     # 2. The hypernetwork.
     hyper_settings = config.hypernetwork

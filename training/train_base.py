@@ -16,13 +16,21 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from torch.func import functional_call
+from transformers import PreTrainedModel
 
 from neumeta_hf import NeuMetaConfig
 from neumeta_hf.data import DataInfo, load_splits
 from neumeta_hf.evaluation import check_labels, evaluate_accuracy
-from neumeta_hf.families import NeuMetaFamilyModel, family_model_class
 from neumeta_hf.progress import progress_bar
 from neumeta_hf.pruning import nested_weights, prune_l1
+from neumeta_hf.targets import (
+    config_at_width,
+    image_classifier_class,
+    is_stock,
+    network_width,
+    stock_image_processor,
+    width_field,
+)
 from recipe import BaseConfig, TrainConfig, load_config, schedule_factor
 
 # What a run writes into its output directory (train.py; train_base.py writes only base/).
@@ -59,8 +67,9 @@ def claim_output_dir(config: TrainConfig, accelerator: Accelerator, resuming: bo
 def check_against_data(config: TrainConfig, train, validation, test, info: DataInfo, accelerator: Accelerator):
     """The recipe against the data, before anything trains: labels, image shape and classes of a given base
     network, batch sizes, and the hypernetwork's own config. Each failure names the key and the fix."""
+    model_class = image_classifier_class(config.base.family)
     if config.base.pretrained:
-        base_config = family_model_class(config.base.family).config_class.from_pretrained(config.base.pretrained)
+        base_config = model_class.config_class.from_pretrained(config.base.pretrained)
         expected = (base_config.num_channels, base_config.image_size)
         if expected != (info.num_channels, info.image_size):
             raise ValueError(
@@ -68,9 +77,7 @@ def check_against_data(config: TrainConfig, train, validation, test, info: DataI
                 f"but data {config.data.name!r} has {info.num_channels}x{info.image_size}x{info.image_size}"
             )
     else:
-        base_config = family_model_class(config.base.family).config_class(
-            **{**info.family_kwargs(), **config.base.family_config}
-        )
+        base_config = model_class.config_class(**{**info.family_kwargs(), **config.base.family_config})
     for split, dataset in (("training", train), ("validation", validation), ("test", test)):
         if dataset is not None:
             check_labels(dataset, base_config.num_labels, f"data {config.data.name!r} ({split} split)")
@@ -87,7 +94,7 @@ def check_against_data(config: TrainConfig, train, validation, test, info: DataI
     hypernetwork = config.hypernetwork
     NeuMetaConfig(  # the hypernetwork's config errors now, not after the base network has trained
         family=config.base.family,
-        family_config=base_config.to_dict(),
+        family_config={**base_config.to_dict(), "architectures": [model_class.__name__]},
         width_range=hypernetwork.width_range,
         train_widths=hypernetwork.train_widths,
         morph=hypernetwork.morph,
@@ -99,9 +106,9 @@ def check_against_data(config: TrainConfig, train, validation, test, info: DataI
 
 def build_base_network(
     config: TrainConfig, train, test, info: DataInfo, accelerator: Accelerator
-) -> tuple[NeuMetaFamilyModel, float]:
+) -> tuple[PreTrainedModel, float]:
     """(network, test accuracy): loaded from `base.pretrained`, or trained on `train` with `base.*` settings."""
-    model_class = family_model_class(config.base.family)
+    model_class = image_classifier_class(config.base.family)
     if config.base.pretrained:
         model = model_class.from_pretrained(config.base.pretrained)
         if model.config.model_type != config.base.family:
@@ -117,7 +124,7 @@ def build_base_network(
             )
     elif config.base.prune_from:
         source = model_class.from_pretrained(config.base.prune_from)
-        width = config.base.family_config.get("width", source.config.width)
+        width = config.base.family_config.get(width_field(config.base.family), network_width(source.config))
         model = train_network(prune_l1(source, width).train(), train, config.base, accelerator, config.seed)
     else:
         family_config = model_class.config_class(**{**info.family_kwargs(), **config.base.family_config})
@@ -125,7 +132,8 @@ def build_base_network(
         model = model_class(family_config)
         nested = None
         if config.base.slimmable:
-            nested = tuple(config.hypernetwork.width_range or (max(1, model.config.width // 4), model.config.width))
+            full_width = network_width(model.config)
+            nested = tuple(config.hypernetwork.width_range or (max(1, full_width // 4), full_width))
         model = train_network(model, train, config.base, accelerator, config.seed, nested)
     model.eval()
     return model, evaluate_accuracy(model, test)
@@ -175,7 +183,8 @@ def train_network(model, train, settings: BaseConfig, accelerator: Accelerator, 
 
 
 class SlimmableObjective:
-    """The sandwich rule with in-place distillation (US-Nets): cross-entropy of the full width to the labels,
+    """The sandwich rule with in-place distillation (US-Nets; for a stock transformers model, MatFormer-style nested
+    feed-forward widths): cross-entropy of the full width to the labels,
     plus that of the smallest and two random widths of `widths` (the first channels of the same weights) to the
     full width's predictions. Widths are drawn from `seed`."""
 
@@ -191,11 +200,20 @@ class SlimmableObjective:
         for width in (self.low, self.rng.randint(self.low, self.high), self.rng.randint(self.low, self.high)):
             if width not in self.skeletons:
                 with torch.device("meta"):
-                    self.skeletons[width] = type(model)(model.config.at_width(width))
+                    self.skeletons[width] = type(model)(config_at_width(model.config, width))
             skeleton = self.skeletons[width]
             logits = functional_call(skeleton, nested_weights(model, skeleton), (pixel_values,)).logits
             loss = loss + F.cross_entropy(logits, teacher)
         return loss
+
+
+def save_network(model: PreTrainedModel, directory: Path):
+    """`save_pretrained`, plus the stock image processor of a stock vision model (families write their own), so
+    that the directory works with `pipeline("image-classification")`."""
+    model.save_pretrained(directory)
+    processor = stock_image_processor(model.config) if is_stock(model.config.model_type) else None
+    if processor is not None:
+        processor.save_pretrained(directory)
 
 
 def main(argv=None):
@@ -214,8 +232,8 @@ def main(argv=None):
     model, accuracy = build_base_network(config, train, test, info, accelerator)
     output = Path(config.output_dir) / "base"
     if accelerator.is_main_process:
-        model.save_pretrained(output)
-        accelerator.print(f"Base network ({config.base.family}, width {model.config.width}): test accuracy "
+        save_network(model, output)
+        accelerator.print(f"Base network ({config.base.family}, width {network_width(model.config)}): test accuracy "
                           f"{accuracy:.4f}; saved to {output}")
 
 
