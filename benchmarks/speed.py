@@ -276,6 +276,187 @@ def measure_memory(num_samples: int, threads: int | None, env: dict | None = Non
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+# ------------------------------------------------------------------------------------------------------ scale
+
+# A SMALL INR, so that the section runs in minutes on 2 CPU cores: the default (256 x 4) does about 10x the
+# arithmetic per row. Timings scale with that arithmetic; see `floor_s`.
+SCALE_INR = {"hidden_size": 64, "num_layers": 2}
+SCALE_NOTE = (
+    "untrained (random-initialised) hypernetworks with a SMALL INR: hidden size 64, 2 layers (the default, "
+    "256 x 4, does about 10x the arithmetic per row), smooth=False, float32, CPU"
+)
+SCALE_TARGETS = {
+    "vit-b": "ViTForImageClassification(ViTConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, "
+    "intermediate_size=3072)): feed-forward width 768-3072",
+    "llama": "LlamaForCausalLM(LlamaConfig(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, "
+    "num_attention_heads=12, vocab_size=1000)): feed-forward width 512-2048",
+}
+# (target, fold_fixed_axes). Stock models fold a weight's fixed axis into its INR rows by default (one row per
+# feed-forward unit holding 768 values); unfolded, ViT-B has one row per weight, 57 M rows: the case that needs
+# chunked generation (modeling_neumeta._CHUNK_ROWS rows per INR call).
+SCALE_CASES = (("vit-b", True), ("llama", True), ("vit-b", False))
+# Training memory is measured on a moderate generation: a middle width folded, width 64 (1.2 M rows) unfolded.
+SCALE_TRAIN_WIDTH = {True: "middle", False: 64}
+SCALE_METHOD = (
+    "Each measurement runs in a fresh subprocess (default glibc malloc): build the hypernetwork, gc + "
+    "malloc_trim(0), read VmRSS, reset the peak mark (clear_refs), run the case, read VmHWM; peak_increase = "
+    "VmHWM - VmRSS before. 'generate': generate_weights(width) (no gradients, chunked INR), timed cold (first "
+    "call, building the width's coordinates: this is the measured peak) and warm (second call). 'train': the "
+    "differentiable generate(width) (one INR batch) + backward of the sum of squares of the generated tensors; "
+    "train_bytes_per_weight = peak_increase / generated weights. floor_s = INR multiply-adds (rows x "
+    "hidden x (position features + layers x hidden + outputs)) x 2 / the GFLOP/s of those same matrix products "
+    "measured on one chunk's rows on this machine (Fourier features, unpacking and the base anchor excluded)."
+)
+
+
+def scale_base_model(target: str):
+    from transformers import LlamaConfig, LlamaForCausalLM, ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    if target == "vit-b":
+        config = ViTConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
+        return ViTForImageClassification(config)
+    config = LlamaConfig(
+        hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12, vocab_size=1000
+    )
+    return LlamaForCausalLM(config)
+
+
+def scale_model(target: str, fold: bool) -> NeuMetaModel:
+    hyper = NeuMetaModel.from_base_model(scale_base_model(target), smooth=False, **SCALE_INR)
+    if not fold:
+        # from_base_model calibrates the output scale with ONE INR batch at full width: 57 M rows unfolded,
+        # about 70 GB. The same config unfolded, random-initialised and uncalibrated, times the same.
+        hyper.config.fold_fixed_axes = False
+        hyper = NeuMetaModel(hyper.config)
+    return hyper.eval()
+
+
+def scale_width(hyper: NeuMetaModel, width) -> int:
+    low, high = hyper.config.width_range
+    return {"full": high, "middle": (low + high) // 2}.get(width, width)
+
+
+def inr_matmul_gflops(hyper: NeuMetaModel, rows: int, repeats: int = 5) -> float:
+    """GFLOP/s of the INR's matrix products (one head's weights) on one chunk's rows, best of `repeats`."""
+    inr = hyper.inr
+    rows = min(rows, modeling_neumeta._CHUNK_ROWS)
+    hidden, features = inr.hidden_weight.shape[-1], inr.position_weight.shape[1]
+    x_in, x_hidden = torch.randn(rows, features), torch.randn(rows, hidden)
+    y_hidden, y_out = torch.empty(rows, hidden), torch.empty(rows, inr.output_weight.shape[-1])
+    weights = [inr.hidden_weight[layer, 0].detach() for layer in range(inr.hidden_weight.shape[0])]
+
+    def run():
+        torch.mm(x_in, inr.position_weight[0].detach(), out=y_hidden)
+        for weight in weights:
+            torch.mm(x_hidden, weight, out=y_hidden)
+        torch.mm(x_hidden, inr.output_weight[0].detach(), out=y_out)
+
+    flops = 2 * rows * hidden * (features + len(weights) * hidden + y_out.shape[1])
+    return flops / 1e9 / min(_once(run) for _ in range(repeats)) * 1e3
+
+
+def scale_child(case: dict):
+    """Runs in a subprocess; prints its JSON measurement of one case."""
+    hyper = scale_model(case["target"], case["fold"])
+    width = scale_width(hyper, case["width"])
+    rows = hyper.spec.row_count(width)
+    inr = hyper.inr
+    hidden, layers = hyper.config.hidden_size, hyper.config.num_layers
+    multiply_adds = rows * hidden * (inr.position_weight.shape[1] + layers * hidden + inr.output_weight.shape[-1])
+    estimate, _ = hyper._generation_cost(width, chunked=case["mode"] == "generate")
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    baseline_kb = _status_kb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+    start = time.perf_counter()
+    if case["mode"] == "generate":
+        weights = hyper.generate_weights(width)
+    else:
+        weights = hyper.generate(width)
+        sum(tensor.square().sum() for tensor in weights.values()).backward()
+    seconds = time.perf_counter() - start
+    peak_kb = _status_kb("VmHWM")
+    generated = count(weights.values())
+    result = {
+        **case,
+        "width": width,
+        "rows": rows,
+        "generated_weights": generated,
+        "inr_parameters": count(inr.parameters()),
+        "seconds": round(seconds, 3),
+        "peak_increase_mb": round((peak_kb - baseline_kb) / 1024, 1),
+        "estimate_mb": round(estimate / 2**20, 1),
+    }
+    if case["mode"] == "generate":
+        del weights
+        result["warm_seconds"] = round(_once(lambda: hyper.generate_weights(width)) / 1e3, 3)
+        gflops = inr_matmul_gflops(hyper, rows)
+        result.update(
+            multiply_adds=multiply_adds,
+            matmul_gflop_per_s=round(gflops, 1),
+            floor_s=round(2 * multiply_adds / 1e9 / gflops, 3),
+        )
+    else:
+        result["train_bytes_per_weight"] = round((peak_kb - baseline_kb) * 1024 / generated, 1)
+    print(json.dumps(result))
+
+
+def run_scale(args) -> dict:
+    """The scale section: generation of ViT-B- and Llama-sized feed-forward layers, each case in a subprocess."""
+    result = {
+        "benchmark": "neumeta_hf generation at scale (CPU)",
+        "note": SCALE_NOTE,
+        "method": SCALE_METHOD,
+        "targets": SCALE_TARGETS,
+        "chunk_rows": modeling_neumeta._CHUNK_ROWS,
+        "torch_version": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "cases": [],
+    }
+    cases = [
+        {"target": target, "fold": fold, "mode": "generate", "width": width}
+        for target, fold in SCALE_CASES
+        for width in ("full", "middle")
+    ]
+    cases += [
+        {"target": target, "fold": fold, "mode": "train", "width": SCALE_TRAIN_WIDTH[fold]}
+        for target, fold in SCALE_CASES
+    ]
+    for case in cases:
+        command = [sys.executable, os.path.abspath(__file__), "--scale-child", json.dumps(case)]
+        if args.threads:
+            command += ["--threads", str(args.threads)]
+        measured = subprocess.run(command, capture_output=True, text=True, check=True)
+        result["cases"].append(json.loads(measured.stdout.strip().splitlines()[-1]))
+        print(f"  {case}: done", file=sys.stderr)
+    return result
+
+
+def summarise_scale(r: dict):
+    lines = [f"{r['note']}; {r['torch_threads']} threads; INR chunks of {r['chunk_rows']} rows"]
+    for c in r["cases"]:
+        name = f"{c['target']} {'folded' if c['fold'] else 'unfolded'} width {c['width']}"
+        size = f"{c['rows']:,} rows -> {c['generated_weights']:,} weights"
+        if c["mode"] == "generate":
+            lines.append(
+                f"generate_weights {name:30} {size:36} {c['seconds']:7.2f} s cold, {c['warm_seconds']:7.2f} s warm, "
+                f"floor {c['floor_s']:6.2f} s ({c['matmul_gflop_per_s']:.0f} GFLOP/s), "
+                f"peak +{c['peak_increase_mb']:.0f} MB (estimate {c['estimate_mb']:.0f} MB)"
+            )
+        else:
+            lines.append(
+                f"generate+backward {name:29} {size:36} {c['seconds']:7.2f} s, peak +{c['peak_increase_mb']:.0f} MB "
+                f"= {c['train_bytes_per_weight']:.0f} bytes/generated weight"
+            )
+    print("\n".join(lines), file=sys.stderr)
+
+
 # ------------------------------------------------------------------------------------------------------ main
 
 

@@ -166,10 +166,16 @@ def run_sample(args, parser):
 def run_sweep(args, parser):
     from .data import DataConfig, load_splits
     from .evaluation import sweep, write_sweep
+    from .targets import task_of
 
     hyper = load_hypernetwork(parser, args.source)
     family = hyper.base_network.config
-    data = DataConfig(name=args.dataset, image_mean=family.image_mean, image_std=family.image_std)
+    if task_of(family) != "image-classification":
+        parser.error(f"sweep measures image classifiers; {type(hyper.base_network).__name__} is not one")
+    # A stock vision model trained elsewhere may not record its normalisation: the data's own is used then.
+    data = DataConfig(
+        name=args.dataset, image_mean=getattr(family, "image_mean", None), image_std=getattr(family, "image_std", None)
+    )
     try:
         _, _, test, info = load_splits(data)
     except (OSError, ValueError) as error:

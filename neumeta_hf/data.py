@@ -51,6 +51,9 @@ class DataConfig:
         validation_size: examples held out of the training split as a validation split (stratified by label,
             always the same ones): what every decision during training (evaluation, checkpoint choice,
             hyper-parameters) is measured on, so that the test split is read only for final figures. 0: none.
+        num_channels: repeat single-channel images to 3 channels (3), for a stock vision model served by
+            `pipeline("image-classification")`, which hands every image to the image processor as RGB. None:
+            the images' own channels.
     """
 
     name: str = "digits"
@@ -65,6 +68,7 @@ class DataConfig:
     max_train_samples: int | None = None
     max_test_samples: int | None = None
     validation_size: int = 0
+    num_channels: int | None = None
 
 
 @dataclass
@@ -103,6 +107,13 @@ def load_splits(config: DataConfig) -> tuple[datasets.Dataset, datasets.Dataset 
         train, validation = _hold_out(train, config.validation_size)
     pixels = np.asarray(train.with_format("numpy")["image"][: min(len(train), 10_000)], dtype=np.float32) / 255
     num_channels, image_size = pixels.shape[1], pixels.shape[-1]
+    if config.num_channels not in (None, num_channels):
+        if (num_channels, config.num_channels) != (1, 3):
+            raise ValueError(
+                f"data.num_channels={config.num_channels}: {config.name!r} has {num_channels}-channel images, and "
+                "only single-channel images can be repeated (to 3 channels); leave data.num_channels unset"
+            )
+        pixels, num_channels = pixels.repeat(3, axis=1), 3
     mean = config.image_mean or pixels.mean(axis=(0, 2, 3)).tolist()
     std = config.image_std or pixels.std(axis=(0, 2, 3)).tolist()
     augment = (num_channels == 3 and image_size == 32) if config.augment == "auto" else bool(config.augment)
@@ -128,7 +139,8 @@ def _hold_out(train: datasets.Dataset, size: int) -> tuple[datasets.Dataset, dat
 
 
 class _Transform:
-    """uint8 [C, H, W] images -> normalised float tensors (plus pure-torch augmentation for training)."""
+    """uint8 [C, H, W] images -> normalised float tensors with one channel per `mean` entry (a single channel is
+    repeated to fill them), plus pure-torch augmentation for training."""
 
     def __init__(self, mean, std, augment):
         self.mean = torch.tensor(mean).view(-1, 1, 1)
@@ -137,6 +149,7 @@ class _Transform:
 
     def __call__(self, batch):
         images = torch.as_tensor(np.asarray(batch["image"], dtype=np.uint8)).float() / 255
+        images = images.expand(-1, len(self.mean), -1, -1)
         if self.augment:
             images = random_crop_and_flip(images)
         return {"pixel_values": (images - self.mean) / self.std, "labels": torch.as_tensor(batch["label"])}

@@ -33,9 +33,10 @@ _MIN_TARGET_RMS = 0.01
 # Multiply-adds above which averaging shows a progress bar: a few seconds on a CPU.
 _PROGRESS_WORK = 1e11
 # Rows per INR call in gradient-free generation (NeuMetaModel._inr_rows). Big enough that every matrix product
-# is a large one (per-call overhead negligible, on a GPU too); small enough that one chunk's activations (about
-# 1 KB a row at hidden size 64, 4 KB at 256) take 0.3-1 GB whatever the width of the generated network.
-_CHUNK_ROWS = 2**18
+# is a large one (64k x hidden x hidden: per-call overhead negligible, on a GPU too); small enough that one
+# chunk's activations stay under 1 GB whatever the generated network's width: 4 KB a row at hidden size 256,
+# 10 KB with 768-value rows (fold_fixed_axes on ViT-B), so 0.25-0.7 GB.
+_CHUNK_ROWS = 2**16
 
 
 @dataclass
@@ -280,14 +281,21 @@ class NeuMetaModel(PreTrainedModel):
 
     def _generation_cost(self, width: int, chunked: bool = False) -> tuple[int, int]:
         """(bytes of memory, multiply-adds) of one generation at `width`, estimated from its INR row count
-        without building anything, so that an absurd width is refused at once rather than in the allocator."""
+        without building anything, so that an absurd width is refused at once rather than in the allocator.
+        `chunked`: the INR runs `_CHUNK_ROWS` rows at a time (generation without gradients, see `_inr_rows`)."""
         rows = self.spec.row_count(width)
         hidden, layers = self.config.hidden_size, self.config.num_layers
         features, outputs = self.inr.position_weight.shape[1], self.inr.output_weight.shape[-1]
-        # Measured peak on CPU (activations, coordinates, outputs), within 20% across families and INR sizes.
-        memory = rows * (4 * (3 * hidden + features + 3 * outputs) + 64)
         work = rows * hidden * (features + layers * hidden + outputs)
-        return memory, work
+        # Measured peak on CPU (activations, coordinates, outputs), within 20% across families and INR sizes.
+        per_row = 4 * (3 * hidden + features + 3 * outputs) + 64
+        if not chunked:
+            return rows * per_row, work
+        # Activations for one chunk; for every row its coordinates (96 bytes while built and jittered) and four
+        # float32 copies of its values: raw rows, generated tensors, one temporary, the running sum of
+        # num_samples > 1. Measured peaks on CPU: 40-115% of it (the most for small generations).
+        values = rows * max(self.spec.kernel_sizes)
+        return min(rows, _CHUNK_ROWS) * per_row + rows * 96 + values * 4 * 4, work
 
     def _unpack(self, raw: torch.Tensor, coordinates: Coordinates, jitter=None) -> dict[str, torch.Tensor]:
         """Raw INR rows -> tensors: scaled and multiplied by (full-width fan-in / fan-in) ** fan_in_power, plus,

@@ -94,7 +94,7 @@ def check_model_type(model_type: str) -> None:
     if model_type in FAMILIES or model_type in WIDTH_RULES:
         return
     raise ValueError(
-        f"Unknown family {model_type!r}. Known families: {', '.join(FAMILIES)}; stock transformers model types "
+        f"Unknown family {model_type!r}; known families: {', '.join(FAMILIES)}; stock transformers model types "
         f"with a width rule: {', '.join(WIDTH_RULES)}. To support another stock model type, add one entry to "
         "neumeta_hf.targets.WIDTH_RULES (its width config field, layer prefix pattern and the tensors that follow "
         "the width; see the module's docstring)."

@@ -162,6 +162,7 @@ _POSITIVE_INTEGERS = (
     "base.epochs", "base.batch_size", "training.max_steps", "training.batch_size",
     "training.gradient_accumulation_steps", "training.checkpoint_every", "training.eval_every",
     "sweep.batch_size", "sweep.num_samples", "sweep.save_width", "data.max_train_samples", "data.max_test_samples",
+    "data.num_channels",
 )  # fmt: skip
 _NON_NEGATIVE_INTEGERS = ("data.validation_size",)
 _POSITIVE_NUMBERS = ("base.learning_rate", "training.learning_rate", "training.epochs", "training.max_grad_norm")
