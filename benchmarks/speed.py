@@ -18,7 +18,15 @@ What it measures (ResNet-20 CIFAR, morph="last", width 64, default INR of 4 x 25
   by per-element Python loops, Fourier features by a loop over frequencies and inputs, the INR evaluated head
   by head on boolean-masked rows, results scattered by index), per sample, with the same INR weights.
 
+`--scale` runs another section instead (a few minutes): untrained hypernetworks with a small INR (64 x 2) around
+a ViT-B (57 M generated feed-forward weights) and a Llama of comparable size, their feed-forward layers folded
+(stock default) and, for ViT-B, unfolded (57 M INR rows, generated in chunks). Per case, in a fresh subprocess:
+seconds of `generate_weights` at the full and a middle width, the peak resident memory increase against
+`_generation_cost`'s estimate, the INR's arithmetic floor (multiply-adds / measured matmul GFLOP/s), and the
+training memory per generated weight (differentiable `generate` + backward) for sizing a GPU.
+
 Run from the repository root:  .venv/bin/python benchmarks/speed.py [--repeats 7] [--output result.json]
+                               .venv/bin/python benchmarks/speed.py --scale [--threads 1] [--output scale.json]
 """
 
 import argparse
@@ -45,6 +53,7 @@ from neumeta_hf import (  # noqa: E402
     NeuMetaModel,
     NeuMetaResNetCifarConfig,
     NeuMetaResNetCifarForImageClassification,
+    modeling_neumeta,
 )
 
 WIDTH = 64
@@ -394,7 +403,8 @@ def scale_child(case: dict):
     }
     if case["mode"] == "generate":
         del weights
-        result["warm_seconds"] = round(_once(lambda: hyper.generate_weights(width)) / 1e3, 3)
+        if seconds < 10:  # (the long unfolded cases: the coordinates, built once per width, take little of it)
+            result["warm_seconds"] = round(_once(lambda: hyper.generate_weights(width)) / 1e3, 3)
         gflops = inr_matmul_gflops(hyper, rows)
         result.update(
             multiply_adds=multiply_adds,
@@ -417,6 +427,7 @@ def run_scale(args) -> dict:
         "torch_version": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
+        "load_average_start": list(os.getloadavg()),
         "cases": [],
     }
     cases = [
@@ -435,18 +446,21 @@ def run_scale(args) -> dict:
         measured = subprocess.run(command, capture_output=True, text=True, check=True)
         result["cases"].append(json.loads(measured.stdout.strip().splitlines()[-1]))
         print(f"  {case}: done", file=sys.stderr)
+    result["load_average_end"] = list(os.getloadavg())
     return result
 
 
 def summarise_scale(r: dict):
-    lines = [f"{r['note']}; {r['torch_threads']} threads; INR chunks of {r['chunk_rows']} rows"]
+    load = f"{r['load_average_start'][0]:.2f} -> {r['load_average_end'][0]:.2f}"
+    lines = [f"{r['note']}; {r['torch_threads']} threads; INR chunks of {r['chunk_rows']} rows; load average {load}"]
     for c in r["cases"]:
         name = f"{c['target']} {'folded' if c['fold'] else 'unfolded'} width {c['width']}"
         size = f"{c['rows']:,} rows -> {c['generated_weights']:,} weights"
         if c["mode"] == "generate":
             lines.append(
-                f"generate_weights {name:30} {size:36} {c['seconds']:7.2f} s cold, {c['warm_seconds']:7.2f} s warm, "
-                f"floor {c['floor_s']:6.2f} s ({c['matmul_gflop_per_s']:.0f} GFLOP/s), "
+                f"generate_weights {name:30} {size:36} {c['seconds']:7.2f} s cold, "
+                + (f"{c['warm_seconds']:7.2f} s warm, " if "warm_seconds" in c else "")
+                + f"floor {c['floor_s']:6.2f} s ({c['matmul_gflop_per_s']:.0f} GFLOP/s), "
                 f"peak +{c['peak_increase_mb']:.0f} MB (estimate {c['estimate_mb']:.0f} MB)"
             )
         else:
@@ -481,7 +495,14 @@ def main():
     )
     parser.add_argument("--skip-memory", action="store_true", help="skip the subprocess memory measurement")
     parser.add_argument("--output", metavar="PATH", help="also write the JSON object to PATH")
+    parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="run only the scale section: untrained hypernetworks (small INR) around ViT-B- and Llama-sized "
+        "feed-forward layers; seconds, peak memory, the INR's arithmetic floor, training bytes per weight",
+    )
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--scale-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if min(args.repeats, args.repeats_many, args.num_samples) < 1:
         parser.error("--repeats, --repeats-many and --num-samples must be at least 1")
@@ -490,6 +511,20 @@ def main():
     if args.memory_child is not None:
         with torch.no_grad():
             memory_child(args.memory_child)
+        return
+    if args.scale_child is not None:
+        scale_child(json.loads(args.scale_child))
+        return
+    if args.scale:
+        started = time.perf_counter()
+        result = run_scale(args)
+        result["total_benchmark_s"] = round(time.perf_counter() - started, 1)
+        text = json.dumps(result, indent=2)
+        print(text)
+        if args.output:
+            with open(args.output, "w") as output:
+                output.write(text + "\n")
+        summarise_scale(result)
         return
 
     started = time.perf_counter()

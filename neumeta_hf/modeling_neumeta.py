@@ -164,7 +164,7 @@ class NeuMetaModel(PreTrainedModel):
         """
         self.output_scale.fill_(1.0)
         coordinates = self.spec.coordinates(self.config.full_width, self.output_scale.device)
-        raw = self.inr(coordinates.positions(), coordinates.context, coordinates.row_counts)
+        raw = self._inr_rows(coordinates, coordinates.positions())  # in chunks: calibration runs without gradients
         raw = raw.split(coordinates.row_counts)
         targets = self.reconstruction_targets()
         for index, (name, kernel) in enumerate(zip(self.spec.names, self.spec.kernel_sizes)):
@@ -293,7 +293,8 @@ class NeuMetaModel(PreTrainedModel):
             return rows * per_row, work
         # Activations for one chunk; for every row its coordinates (96 bytes while built and jittered) and four
         # float32 copies of its values: raw rows, generated tensors, one temporary, the running sum of
-        # num_samples > 1. Measured peaks on CPU: 40-115% of it (the most for small generations).
+        # num_samples > 1. Measured peaks on CPU: 30-115% of it (30-45% for ViT-B, folded or not; up to 115% for
+        # generations of a few MB, where the allocator's overhead counts).
         values = rows * max(self.spec.kernel_sizes)
         return min(rows, _CHUNK_ROWS) * per_row + rows * 96 + values * 4 * 4, work
 

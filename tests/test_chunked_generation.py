@@ -3,9 +3,9 @@ tensor boundaries and inside tensors: it must give what one batch gives."""
 
 import pytest
 import torch
+from conftest import SMALL_INR, random_base
 
 import neumeta_hf as nm
-from conftest import SMALL_INR, random_base
 from neumeta_hf import modeling_neumeta as modeling
 
 WIDTH = 20  # LeNet rows per tensor at width 20: 20, 20, 800, 40, 3200, 80, 800
