@@ -241,22 +241,28 @@ def _status_kb(field: str) -> int:
     raise KeyError(field)
 
 
-def memory_child(num_samples: int):
-    """Runs in a subprocess; prints its JSON measurement."""
-    model = build_model()
+def _reset_peak_memory() -> tuple[int, bool]:
+    """(resident kB now, whether the kernel's peak mark was reset to it): freed memory handed back first, so that
+    the next `VmHWM` reading is this process's peak from here on."""
     gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except OSError:
         pass
     baseline_kb = _status_kb("VmRSS")
-    ru_before_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     try:
         with open("/proc/self/clear_refs", "w") as clear_refs:
             clear_refs.write("5")
-        peak_reset = True
+        return baseline_kb, True
     except OSError:
-        peak_reset = False
+        return baseline_kb, False
+
+
+def memory_child(num_samples: int):
+    """Runs in a subprocess; prints its JSON measurement."""
+    model = build_model()
+    ru_before_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    baseline_kb, peak_reset = _reset_peak_memory()
     weights = model.generate_weights(WIDTH, num_samples=num_samples)
     peak_kb = _status_kb("VmHWM")
     ru_after_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -334,8 +340,8 @@ def scale_base_model(target: str):
 def scale_model(target: str, fold: bool) -> NeuMetaModel:
     hyper = NeuMetaModel.from_base_model(scale_base_model(target), smooth=False, **SCALE_INR)
     if not fold:
-        # from_base_model calibrates the output scale with ONE INR batch at full width: 57 M rows unfolded,
-        # about 70 GB. The same config unfolded, random-initialised and uncalibrated, times the same.
+        # from_base_model's calibration would generate the full width once more (57 M rows unfolded, about two
+        # minutes here); the same config unfolded, random-initialised and uncalibrated, times the same.
         hyper.config.fold_fixed_axes = False
         hyper = NeuMetaModel(hyper.config)
     return hyper.eval()
@@ -374,14 +380,9 @@ def scale_child(case: dict):
     hidden, layers = hyper.config.hidden_size, hyper.config.num_layers
     multiply_adds = rows * hidden * (inr.position_weight.shape[1] + layers * hidden + inr.output_weight.shape[-1])
     estimate, _ = hyper._generation_cost(width, chunked=case["mode"] == "generate")
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-    baseline_kb = _status_kb("VmRSS")
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")
+    baseline_kb, peak_reset = _reset_peak_memory()
+    if not peak_reset:
+        raise RuntimeError("the scale section measures peak memory through /proc/self/clear_refs (Linux)")
     start = time.perf_counter()
     if case["mode"] == "generate":
         weights = hyper.generate_weights(width)
@@ -519,12 +520,7 @@ def main():
         started = time.perf_counter()
         result = run_scale(args)
         result["total_benchmark_s"] = round(time.perf_counter() - started, 1)
-        text = json.dumps(result, indent=2)
-        print(text)
-        if args.output:
-            with open(args.output, "w") as output:
-                output.write(text + "\n")
-        summarise_scale(result)
+        report(result, args.output, summarise_scale)
         return
 
     started = time.perf_counter()
@@ -700,13 +696,17 @@ def main():
         met = None if value is None else (value < limit if strict else value <= limit)
         result["targets"][name] = {"target": f"{'<' if strict else '<='} {limit}", "value": value, "met": met}
     result["total_benchmark_s"] = time.perf_counter() - started
+    report(result, args.output, summarise)
 
+
+def report(result: dict, output: str | None, summary):
+    """Print `result` as JSON, write it to `output` when given, then print its `summary`."""
     text = json.dumps(result, indent=2)
     print(text)
-    if args.output:
-        with open(args.output, "w") as output:
-            output.write(text + "\n")
-    summarise(result)
+    if output:
+        with open(output, "w") as stream:
+            stream.write(text + "\n")
+    summary(result)
 
 
 def mlp_coordinates_counts(spec: MorphSpec) -> list[int]:
