@@ -14,6 +14,7 @@ import neumeta_hf as nm
 import train as train_script
 from conftest import REPO, reset_accelerate_state, write_idx_dataset
 from neumeta_hf.data import DataConfig, load_splits, random_crop_and_flip
+from neumeta_hf.targets import image_classifier_class
 from recipe import load_config
 
 DIGITS = str(REPO / "training" / "configs" / "digits_mlp.yaml")
@@ -53,10 +54,11 @@ def test_config_overrides_and_unknown_keys():
 @pytest.mark.parametrize("name", sorted(path.stem for path in (REPO / "training" / "configs").glob("*.yaml")))
 def test_shipped_configs_parse_and_build_their_hypernetwork_config(name):
     config = load_config(REPO / "training" / "configs" / f"{name}.yaml")
-    family_config = nm.FAMILIES[config.base.family].config_class(**config.base.family_config)
+    model_class = image_classifier_class(config.base.family)
+    family_config = model_class.config_class(**config.base.family_config)
     hyper_config = nm.NeuMetaConfig(
         family=config.base.family,
-        family_config=family_config.to_dict(),
+        family_config={**family_config.to_dict(), "architectures": [model_class.__name__]},
         width_range=config.hypernetwork.width_range,
         train_widths=config.hypernetwork.train_widths,
         morph=config.hypernetwork.morph,
@@ -85,6 +87,25 @@ def test_short_training_run_learns_and_writes_every_output(tmp_path, fresh_accel
     assert min(accuracy.values()) > 0.3 and accuracy[64] > 0.8  # chance is 0.1
     hyper = nm.NeuMetaModel.from_pretrained(tmp_path / "hypernetwork")
     assert hyper.sample_model(40).config.width == 40
+
+
+@pytest.mark.slow
+def test_stock_vit_trains_end_to_end_and_samples_stock_networks(tmp_path, fresh_accelerate_state):
+    from transformers import AutoModelForImageClassification, ViTForImageClassification
+
+    vit = ["base.family=vit", "base.family_config={patch_size: 4, hidden_size: 32, num_hidden_layers: 2, "
+           "num_attention_heads: 2, intermediate_size: 64}", "base.epochs=15", "hypernetwork.width_range=[16,64]",
+           "hypernetwork.train_widths=[16,32,48,64]", "sweep.widths=[16,40,64]", "sweep.save_width=40",
+           "data.num_channels=3"]  # fmt: skip
+    result = train_script.train(quick_config(tmp_path, *vit))
+    accuracy = {r["width"]: r["accuracy"] for r in result["results"]}
+    assert min(accuracy.values()) > 0.5  # chance is 0.1; 40 is unseen
+    sampled = tmp_path / "sampled-width-40"
+    assert not list(sampled.glob("*.py")) and (sampled / "preprocessor_config.json").exists()
+    assert (tmp_path / "base" / "preprocessor_config.json").exists()
+    network = AutoModelForImageClassification.from_pretrained(sampled)  # no trust_remote_code
+    assert type(network) is ViTForImageClassification and network.config.intermediate_size == 40
+    assert network.config.num_channels == 3 and len(set(network.config.image_mean)) == 1  # grey repeated
 
 
 @pytest.mark.slow
@@ -168,6 +189,16 @@ def test_idx_directory_is_read_and_cached(tmp_path):
     assert (info.num_channels, info.image_size, len(train), len(test)) == (1, 28, 6, 6)
     torch.testing.assert_close(train[:1]["pixel_values"][0, 0], torch.from_numpy(images[0]).float() / 255)
     assert (tmp_path / "cache").exists()
+
+
+def test_single_channel_images_repeat_to_three_channels_on_request():
+    train, _, test, info = load_splits(DataConfig(name="digits", num_channels=3, max_train_samples=50))
+    pixels = train[:4]["pixel_values"]
+    assert info.num_channels == 3 and pixels.shape[1:] == (3, 8, 8) and len(info.image_mean) == 3
+    torch.testing.assert_close(pixels[:, 0], pixels[:, 2])  # the grey image, repeated
+    assert test[:2]["pixel_values"].shape[1] == 3
+    with pytest.raises(ValueError, match="only single-channel images can be repeated"):
+        load_splits(DataConfig(name="digits", num_channels=2))
 
 
 def test_random_crop_and_flip_keeps_shapes_and_content():
