@@ -384,14 +384,18 @@ class NeuMetaModel(PreTrainedModel):
             widths = self._check_layer_widths(widths)
             width = max(widths)
             weights = self._mixed_weights(widths, num_samples, seed)
-        state = {name: tensor.detach().clone() for name, tensor in self.base_network.state_dict().items()}
+        generated = set(self.spec.names)
+        state = {
+            name: tensor.detach().clone()
+            for name, tensor in self.base_network.state_dict().items()
+            if name not in generated
+        }
         network = self.spec.skeleton(width)
         network.load_state_dict(state | weights, strict=True, assign=True)
         # A network built on the meta device has no non-persistent buffers (Llama's rotary frequencies) and,
         # loaded by assignment, no longer shares tied tensors (GPT-2's embeddings and output layer).
-        persistent = set(state)
         for name, buffer in self.base_network.named_buffers():
-            if name not in persistent:
+            if name not in state and name not in generated:
                 module, _, leaf = name.rpartition(".")
                 network.get_submodule(module).register_buffer(leaf, buffer.clone(), persistent=False)
         network.tie_weights()
