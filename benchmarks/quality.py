@@ -189,7 +189,7 @@ def main(argv=None):
     report = {
         "dataset": info.name,
         "family": config.base.family,
-        "slimmable_kind": "nested feed-forward widths, MatFormer-style" if is_stock(config.base.family) else "US-Nets",
+        "slimmable_kind": "MatFormer-style nested FFN" if is_stock(config.base.family) else "US-Nets",
         "full_width": full_width,
         "seen_widths": hyper.config.train_widths,
         "num_samples": hyper.config.num_samples,
@@ -400,10 +400,17 @@ def check_targets(report: dict, neumeta: dict[int, float], passes: int) -> list[
     return targets
 
 
+def label(report: dict, method: str) -> str:
+    """A method's name in tables and plots: the slimmable network says which kind it is on stock models."""
+    if method == "slimmable" and report.get("slimmable_kind", "US-Nets") != "US-Nets":
+        return f"slimmable ({report['slimmable_kind']})"
+    return method
+
+
 def markdown(report: dict) -> str:
     methods, ablations = report["methods"], report["ablations"]
-    columns = {name: methods[name] for name in ("individual", "pruned_l1", "pruned_l1_finetuned", "slimmable",
-                                                  "neumeta")}  # fmt: skip
+    columns = {label(report, name): methods[name] for name in ("individual", "pruned_l1", "pruned_l1_finetuned",
+                                                                "slimmable", "neumeta")}  # fmt: skip
     columns |= {f"ablation: {name}": values for name, values in ablations.items()}
     columns |= {f"lever: {name}": values for name, values in report["levers"].items()}
     seen = set(report["seen_widths"])
@@ -457,7 +464,8 @@ def plot(report: dict, path: Path):
         values = methods[name]
         widths = sorted(values)
         marker = "^" if len(widths) < 10 else None
-        axis.plot(widths, [100 * values[w] for w in widths], color=colour, ls=style, marker=marker, lw=1.0, label=name)
+        axis.plot(widths, [100 * values[w] for w in widths], color=colour, ls=style, marker=marker, lw=1.0,
+                  label=label(report, name))  # fmt: skip
     # Dash-dot for the num_samples ablations, which resample the main run rather than train another.
     colours = ["tab:red", "tab:purple", "tab:cyan", "tab:olive", "tab:pink"]
     variants = [(f"ablation: {name}", values) for name, values in report["ablations"].items()]
