@@ -59,14 +59,6 @@ class Recipe:
     levers: tuple[str, ...] = ()  # names in LEVERS
 
 
-RECIPES = {
-    "fashion_mnist_lenet": Recipe(
-        "training/configs/fashion_mnist_lenet.yaml", (8, 12, 16, 20, 24, 28, 32), ("nested_anchor", "nested_anchor_every_width")
-    ),
-    "digits_mlp": Recipe("training/configs/digits_mlp.yaml", (32, 40, 48, 56, 64)),
-    "fashion_mnist_vit": Recipe("training/configs/fashion_mnist_vit.yaml", (64, 128, 192, 256), ("nested_anchor",)),
-}
-
 # Each ablation is a full NeuMeta run with these overrides on top of the recipe (with --ablations).
 ABLATIONS = {
     "no_permutation": ["hypernetwork.smooth=false"],
@@ -87,6 +79,14 @@ LEVERS = {
     "nested_anchor_every_width": (
         "slimmable", NESTED_ANCHOR + ["hypernetwork.train_widths=null", "hypernetwork.config.coordinate_noise=0"]
     ),
+}
+RECIPES = {  # each with its reference widths (the individual networks) and the levers it runs
+    "fashion_mnist_lenet": Recipe(
+        "training/configs/fashion_mnist_lenet.yaml", (8, 12, 16, 20, 24, 28, 32), tuple(LEVERS)
+    ),
+    "digits_mlp": Recipe("training/configs/digits_mlp.yaml", (32, 40, 48, 56, 64), tuple(LEVERS)),
+    # The nested levers start from the slimmable (here MatFormer-style) network; only the first is run.
+    "fashion_mnist_vit": Recipe("training/configs/fashion_mnist_vit.yaml", (64, 128, 192, 256), ("nested_anchor",)),
 }
 # The pruned networks' fine-tuning: a fixed, stated budget (not tuned on the test split).
 FINETUNE_EPOCHS = 2
