@@ -5,7 +5,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .evaluation import sweep_markdown
-from .targets import WIDTH_RULES, is_stock, network_width, task_of
+from .targets import image_normalisation, is_stock, network_width, task_of, width_field
 
 TEMPLATES = Path(__file__).parent / "model_cards"  # a link to the top-level model_cards/, packaged as data
 LICENSE = "mit"
@@ -53,7 +53,7 @@ def hypernetwork_card(
         width_range=config.width_range,
         train_widths=", ".join(map(str, config.train_widths)),
         morph=config.morph,
-        width_field=WIDTH_RULES[config.family].width_field if stock else None,
+        width_field=width_field(config.family) if stock else None,
         architecture=type(full).__name__ if stock else None,
         inr_description=f"{config.num_layers} x {config.hidden_size}, {config.num_frequencies} Fourier frequencies, {layout}",
         inr_parameters=sum(p.numel() for p in hyper.inr.parameters()),
@@ -84,7 +84,7 @@ def sampled_network_card(
     task = task_of(config)
     stock = is_stock(config.model_type)
     width = network_width(config)
-    channels = getattr(config, "num_channels", 1)
+    image_mean, image_std = image_normalisation(config)
     results = [
         EvalResult(
             task_type=task,
@@ -115,7 +115,7 @@ def sampled_network_card(
         family=config.model_type,
         width=width,
         architecture=type(network).__name__ if stock else None,
-        width_field=WIDTH_RULES[config.model_type].width_field if stock else None,
+        width_field=width_field(config.model_type) if stock else None,
         layer_widths=getattr(config, "neumeta_layer_widths", None),
         auto_class=_AUTO_CLASSES.get(task, "AutoModel"),
         pipeline_tag=task,
@@ -124,8 +124,7 @@ def sampled_network_card(
         hypernetwork_link=f"https://huggingface.co/{hypernetwork}" if _looks_like_hub_id(hypernetwork) else hypernetwork,
         num_channels=getattr(config, "num_channels", None),
         image_size=getattr(config, "image_size", None),
-        # A stock vision model's image processor defaults to 0.5 where training recorded no normalisation.
-        image_mean=[round(v, 4) for v in getattr(config, "image_mean", None) or [0.5] * channels],
-        image_std=[round(v, 4) for v in getattr(config, "image_std", None) or [0.5] * channels],
+        image_mean=[round(v, 4) for v in image_mean],
+        image_std=[round(v, 4) for v in image_std],
         results=results,
     )

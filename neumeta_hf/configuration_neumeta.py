@@ -10,7 +10,7 @@ from transformers import PreTrainedConfig
 
 from .families import FAMILIES
 from .families.configuration_common import MORPH_MODES
-from .targets import WIDTH_RULES, check_model_type, is_stock, network_class, network_width, target_config
+from .targets import check_model_type, is_stock, network_class, network_width, target_config, width_field
 
 ANCHOR_CHANNELS = ("resampled", "first")
 
@@ -116,7 +116,7 @@ class NeuMetaConfig(PreTrainedConfig):
             target = target_config(self.family, family_config)
             network_class(target)  # its architectures name the model class
             # Stored explicitly (GPT-2 leaves n_inner None for 4 x n_embd), so that full_width reads it.
-            setattr(target, WIDTH_RULES[self.family].width_field, network_width(target))
+            setattr(target, width_field(self.family), network_width(target))
         else:
             family_config["morph"] = self.morph
             target = target_config(self.family, family_config)
@@ -186,5 +186,4 @@ class NeuMetaConfig(PreTrainedConfig):
 
     @property
     def full_width(self) -> int:
-        field = WIDTH_RULES[self.family].width_field if is_stock(self.family) else "width"
-        return self.family_config[field]
+        return self.family_config[width_field(self.family)]

@@ -19,13 +19,13 @@ from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput, logging
 
 from .cards import hypernetwork_card, sampled_network_card
 from .configuration_neumeta import NeuMetaConfig, as_integer
-from .families.modeling_common import upload_in_one_commit
+from .families.modeling_common import upload_in_one_commit, upload_saved, write_model_card
 from .folding import fold_batch_norm
 from .inr import FourierFeatures, NeuMetaINR
 from .morph import Coordinates, MorphSpec, resample_channels
 from .progress import progress_bar
 from .smoothing import smooth_channels
-from .targets import is_stock, stock_image_processor
+from .targets import is_stock, save_stock_image_processor
 
 logger = logging.get_logger(__name__)
 
@@ -506,18 +506,13 @@ def _save_stock_network(network: PreTrainedModel, save_directory, *args, **kwarg
     model, its stock image processor (so the directory works with `pipeline(...)` and no remote code)."""
     type(network).save_pretrained(network, save_directory, *args, **kwargs)
     if kwargs.get("is_main_process", True):
-        processor = stock_image_processor(network.config)
-        if processor is not None:
-            processor.save_pretrained(save_directory)
-        card = network.model_card
-        (card() if callable(card) else card).save(os.path.join(save_directory, "README.md"))
+        save_stock_image_processor(network.config, save_directory)
+        write_model_card(network, save_directory)
 
 
 def _push_stock_network(network: PreTrainedModel, repo_id: str, commit_message: str | None = None,
                         private: bool | None = None, token=None):
     """`push_to_hub` of a sampled stock network: what `save_pretrained` writes, card included, in one commit
     (the class's own would replace the card with a generic one)."""
-    with tempfile.TemporaryDirectory() as directory:
-        network.save_pretrained(directory)
-        message = commit_message or f"Upload {network.config.model_type} sampled by NeuMeta"
-        return upload_in_one_commit(directory, repo_id, message, private=private, token=token)
+    message = commit_message or f"Upload {network.config.model_type} sampled by NeuMeta"
+    return upload_saved(network, repo_id, message, private=private, token=token)

@@ -10,7 +10,7 @@
 import torch
 from transformers import PreTrainedModel
 
-from .targets import WIDTH_RULES, channel_groups, config_at_width, is_stock, network_width
+from .targets import channel_groups, config_at_width, is_stock, network_width, width_rule
 
 
 @torch.no_grad()
@@ -48,7 +48,7 @@ def _filters(model: PreTrainedModel, group, state: dict[str, torch.Tensor]) -> l
     """The weights that produce a group's channels, channels first: a family's multi-dimensional weights along
     their output axis; a stock model's first width-rule tensor (GPT-2's Conv1D stores it transposed)."""
     if is_stock(model.config.model_type):
-        producer = next(iter(WIDTH_RULES[model.config.model_type].members))
+        producer = next(iter(width_rule(model.config.model_type).members))
         return [state[name].movedim(axis, 0) for name, axis in group.members if name.endswith(producer)]
     return [state[name] for name, axis in group.members if axis == 0 and state[name].dim() > 1]
 

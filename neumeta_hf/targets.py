@@ -216,14 +216,20 @@ def example_inputs(config: PreTrainedConfig, batch_size: int = 8, generator: tor
     return {"input_ids": torch.randint(0, config.vocab_size, (batch_size, 12), generator=generator)}
 
 
-def stock_image_processor(config: PreTrainedConfig):
-    """The stock image processor of a stock vision model, set to the input size and the normalisation recorded in
-    its config (`image_mean`/`image_std`, which neumeta-hf's training writes there); None for text models."""
+def image_normalisation(config: PreTrainedConfig) -> tuple[list[float], list[float]]:
+    """(mean, std) per input channel that an image model expects: a family's, or what neumeta-hf's training wrote
+    into a stock model's config; 0.5 (the stock image processor's default) where nothing was recorded."""
+    default = [0.5] * getattr(config, "num_channels", 1)
+    return list(getattr(config, "image_mean", None) or default), list(getattr(config, "image_std", None) or default)
+
+
+def save_stock_image_processor(config: PreTrainedConfig, directory) -> None:
+    """Save beside a stock vision model its stock image processor, set to its input size and normalisation, so
+    that the directory works with `pipeline("image-classification")`; nothing for other models."""
     if config.model_type != "vit":
-        return None
+        return
     from transformers import ViTImageProcessor  # needs Pillow, which loading a model must not
 
-    mean = getattr(config, "image_mean", None) or [0.5] * config.num_channels
-    std = getattr(config, "image_std", None) or [0.5] * config.num_channels
+    mean, std = image_normalisation(config)
     size = {"height": config.image_size, "width": config.image_size}
-    return ViTImageProcessor(size=size, image_mean=list(mean), image_std=list(std))
+    ViTImageProcessor(size=size, image_mean=mean, image_std=std).save_pretrained(directory)

@@ -26,9 +26,8 @@ from neumeta_hf.pruning import nested_weights, prune_l1
 from neumeta_hf.targets import (
     config_at_width,
     image_classifier_class,
-    is_stock,
     network_width,
-    stock_image_processor,
+    save_stock_image_processor,
     width_field,
 )
 from recipe import BaseConfig, TrainConfig, load_config, schedule_factor
@@ -211,9 +210,7 @@ def save_network(model: PreTrainedModel, directory: Path):
     """`save_pretrained`, plus the stock image processor of a stock vision model (families write their own), so
     that the directory works with `pipeline("image-classification")`."""
     model.save_pretrained(directory)
-    processor = stock_image_processor(model.config) if is_stock(model.config.model_type) else None
-    if processor is not None:
-        processor.save_pretrained(directory)
+    save_stock_image_processor(model.config, directory)
 
 
 def main(argv=None):

@@ -76,17 +76,13 @@ class NeuMetaFamilyModel(PreTrainedModel):
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
             self.image_processor().save_pretrained(save_directory)
-            card = getattr(self, "model_card", None)
-            if card is not None:
-                (card() if callable(card) else card).save(os.path.join(save_directory, "README.md"))
+            write_model_card(self, save_directory)
 
     def push_to_hub(self, repo_id: str, commit_message: str | None = None, private: bool | None = None, token=None):
         """Upload what `save_pretrained` writes -- config, weights, model code, image processor and the attached
         model card -- in one commit. A failed upload raises and changes nothing locally."""
-        with tempfile.TemporaryDirectory() as directory:
-            self.save_pretrained(directory)
-            message = commit_message or f"Upload {self.config.model_type} of width {self.config.width}"
-            return upload_in_one_commit(directory, repo_id, message, private=private, token=token)
+        message = commit_message or f"Upload {self.config.model_type} of width {self.config.width}"
+        return upload_saved(self, repo_id, message, private=private, token=token)
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -117,6 +113,20 @@ class NeuMetaFamilyModel(PreTrainedModel):
 # What a failed upload raises: the Hub's refusals, offline mode (an OSError), an invalid repo id (a ValueError)
 # and connection failures, which raise the HTTP client's own error, the base class of HfHubHTTPError.
 UPLOAD_ERRORS = (OSError, ValueError, *HfHubHTTPError.__bases__)
+
+
+def write_model_card(network: PreTrainedModel, directory):
+    """Write the card attached to `network` as `model_card` (a card, or a callable rendering one) as README.md."""
+    card = getattr(network, "model_card", None)
+    if card is not None:
+        (card() if callable(card) else card).save(os.path.join(directory, "README.md"))
+
+
+def upload_saved(network: PreTrainedModel, repo_id: str, commit_message: str, private: bool | None = None, token=None):
+    """Upload what `network.save_pretrained` writes in one commit (`upload_in_one_commit`)."""
+    with tempfile.TemporaryDirectory() as directory:
+        network.save_pretrained(directory)
+        return upload_in_one_commit(directory, repo_id, commit_message, private=private, token=token)
 
 
 def upload_in_one_commit(directory, repo_id: str, commit_message: str, private: bool | None = None, token=None):
