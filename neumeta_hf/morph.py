@@ -107,17 +107,12 @@ class MorphSpec:
         self.scaling_groups: tuple[ChannelGroup, ...] = tuple(group for group in groups if group.scales)
         scaling = {member: index for index, group in enumerate(self.scaling_groups) for member in group.members}
         parameters = dict(full.named_parameters())
-        full_state = full.state_dict()
         self.tensors = tuple(
-            MorphTensor(name, scaling.get((name, 0)), scaling.get((name, 1)))
-            for name in full_state
-            if (name, 0) in scaling or (name, 1) in scaling
+            MorphTensor(name, out_group, in_group, _rows_along(out_group, in_group, tensor.dim(), fold_fixed_axes))
+            for name, tensor in full.state_dict().items()
+            for out_group, in_group in [(scaling.get((name, 0)), scaling.get((name, 1)))]
+            if out_group is not None or in_group is not None
         )
-        if fold_fixed_axes:
-            self.tensors = tuple(
-                MorphTensor(t.name, t.out_group, t.in_group, _scaling_axis(t, full_state[t.name].shape))
-                for t in self.tensors
-            )
         buffers = [t.name for t in self.tensors if t.name not in parameters]
         if buffers:
             raise ValueError(
@@ -216,12 +211,13 @@ def _channel_sizes(shape: tuple[int, ...]) -> tuple[int, int]:
     return (shape[0], shape[1]) if len(shape) > 1 else (shape[0], 1)
 
 
-def _scaling_axis(tensor: MorphTensor, shape) -> int | None:
-    """The axis to run rows along when the other of the first two axes is fixed: folding that one
-    into the values cuts the rows by its size, e.g. 768x for a ViT-B feed-forward weight."""
-    if len(shape) < 2 or (tensor.out_group is None) == (tensor.in_group is None):
+def _rows_along(out_group: int | None, in_group: int | None, dims: int, fold_fixed_axes: bool) -> int | None:
+    """`MorphTensor.rows_along`: with `fold_fixed_axes`, the scaling axis of a weight whose other axis is fixed
+    (folding the fixed one into the values cuts the rows by its size, e.g. 768x for a ViT-B feed-forward weight);
+    None otherwise."""
+    if not fold_fixed_axes or dims < 2 or (out_group is None) == (in_group is None):
         return None
-    return 0 if tensor.out_group is not None else 1
+    return 0 if out_group is not None else 1
 
 
 def resample_channels(

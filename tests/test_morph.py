@@ -75,3 +75,26 @@ def test_resample_channels_interpolates_between_channel_centres():
     torch.testing.assert_close(shifted.flatten(), torch.tensor([0.5, 1.0, 1.5, 3.0]))
     torch.testing.assert_close(resample_channels(tensor, (2, 1)), torch.tensor([[0.5], [2.5]]))
     torch.testing.assert_close(resample_channels(tensor, (8, 1)).flatten()[[0, 3, 7]], torch.tensor([0.0, 1.25, 3.0]))
+
+
+def test_folded_fixed_axes_give_one_row_per_scaling_channel_in_place():
+    # MLP: fc1 [w, 64] (inputs fixed), fc1 bias [w], fc2 [w, w] (both scale), classifier [10, w] (outputs fixed).
+    config = nm.NeuMetaMLPConfig(width=64)
+    folded, plain = nm.MorphSpec(config, fold_fixed_axes=True), nm.MorphSpec(config)
+    shapes = folded.shapes(40)
+    rows = dict(zip(folded.names, folded.coordinates(40).row_counts))
+    along = {t.name: t.rows_along for t in folded.tensors}
+    classifier = next(name for name, shape in shapes.items() if name in along and shape[0] == 10)
+    assert along[classifier] == 1 and rows[classifier] == 40
+    assert folded.kernel_sizes[folded.names.index(classifier)] == 10
+    assert sum(folded.coordinates(40).row_counts) < sum(plain.coordinates(40).row_counts)
+    assert all(t.rows_along is None for t in plain.tensors)
+    # Row i of a tensor folded along its inputs is input channel i: its coordinate and its column.
+    tensor = folded.tensors[folded.names.index(classifier)]
+    values = torch.arange(40.0).view(40, 1).expand(40, 10)  # row i holds the value i everywhere
+    weight = tensor.from_rows(values, shapes[classifier])
+    assert weight.shape == (10, 40) and torch.equal(weight[3], torch.arange(40.0))
+    start = sum(list(rows.values())[: folded.names.index(classifier)])
+    centres = folded.coordinates(40).centres[start : start + 40]
+    torch.testing.assert_close(centres[:, 1], (torch.arange(40) + 0.5) / 40)
+    torch.testing.assert_close(centres[:, 0], torch.full((40,), 0.5))
