@@ -46,10 +46,17 @@ from recipe import load_config  # noqa: E402
 
 from neumeta_hf import NeuMetaModel  # noqa: E402
 from neumeta_hf.data import FASHION_MNIST_DIR, load_splits  # noqa: E402
-from neumeta_hf.evaluation import evaluate_accuracy, sweep  # noqa: E402
+from neumeta_hf.evaluation import PREDICTIONS_PICTURE, evaluate_score, metric_name, sweep  # noqa: E402
 from neumeta_hf.progress import progress_bar  # noqa: E402
 from neumeta_hf.pruning import first_channels, prune_l1  # noqa: E402
-from neumeta_hf.targets import config_at_width, image_classifier_class, is_stock, network_width, width_field  # noqa: E402
+from neumeta_hf.targets import (  # noqa: E402
+    config_at_width,
+    is_stock,
+    network_width,
+    task_for,
+    trainable_network_class,
+    width_field,
+)
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,8 @@ class Recipe:
     config: str  # the training recipe both the baselines and NeuMeta use
     individual_widths: tuple[int, ...]
     levers: tuple[str, ...] = ()  # names in LEVERS
+    # The slimmable baseline needs a network without BatchNorm (per-width statistics are not implemented).
+    slimmable: bool = True
 
 
 # Each ablation is a full NeuMeta run with these overrides on top of the recipe (with --ablations).
@@ -87,16 +96,24 @@ RECIPES = {  # each with its reference widths (the individual networks) and the 
     "digits_mlp": Recipe("training/configs/digits_mlp.yaml", (32, 40, 48, 56, 64), tuple(LEVERS)),
     # The nested levers start from the slimmable (here MatFormer-style) network; only the first is run.
     "fashion_mnist_vit": Recipe("training/configs/fashion_mnist_vit.yaml", (64, 128, 192, 256), ("nested_anchor",)),
+    # Reference widths at 75%, 50% and 25% compression; the U-Net has BatchNorm, so no slimmable baseline.
+    "fashion_mnist_scenes_unet": Recipe(
+        "training/configs/fashion_mnist_scenes_unet.yaml", (8, 16, 24, 32), slimmable=False
+    ),
 }
 # The pruned networks' fine-tuning: a fixed, stated budget (not tuned on the test split).
 FINETUNE_EPOCHS = 2
 FINETUNE_LEARNING_RATE = 5e-4
 
-# The targets (accuracy points are fractions here).
+# The targets (points are fractions here) of whole-network classification (issue 11).
 FULL_WIDTH_TOLERANCE = 0.003  # NeuMeta at full width vs the base network
 INDIVIDUAL_TOLERANCE = 0.005  # NeuMeta vs the individual network (or the line between the two nearest)
 SMOOTHNESS_TOLERANCE = 0.010  # a width vs the mean of its two neighbours
 COST_BUDGET = 4  # hypernetwork training cost, in individually trained full-width networks
+# ... and of segmentation (mean IoU, issue 13).
+SEGMENTATION_INDIVIDUAL_TOLERANCE = 0.010  # NeuMeta vs the individual network at every width it is measured at
+SEGMENTATION_PRUNING_MARGIN = 0.10  # NeuMeta above L1 pruning at 75% compression
+SEGMENTATION_SMOOTHNESS_TOLERANCE = 0.010  # an unseen width vs the mean of its two neighbours
 
 
 def main(argv=None):
@@ -125,7 +142,7 @@ def main(argv=None):
     output = Path(args.output_dir)
     work = Path(args.work_dir or REPO / "outputs" / "quality" / args.recipe)
     work.mkdir(parents=True, exist_ok=True)
-    model_class = image_classifier_class(config.base.family)
+    model_class = trainable_network_class(config.base.family)
     full_width = network_width(model_class.config_class(**config.base.family_config))
     low, high = config.hypernetwork.width_range
     # The widths every method is measured at: the recipe's sweep (every width of the range unless it says less).
@@ -140,7 +157,8 @@ def main(argv=None):
     slimmable = [
         "base.slimmable=true", f"base.epochs={round(neumeta_epochs)}", f"base.batch_size={config.training.batch_size}"
     ]  # fmt: skip
-    runs.submit("slimmable", "train_base.py", [f"output_dir={work / 'slimmable'}", *slimmable])
+    if recipe.slimmable:
+        runs.submit("slimmable", "train_base.py", [f"output_dir={work / 'slimmable'}", *slimmable])
     widths = [w for w in recipe.individual_widths if w != full_width]
     at_width = lambda width: [f"base.family_config.{width_field(config.base.family)}={width}"] + (  # noqa: E731
         [] if is_stock(config.base.family) else ["base.family_config.morph=all"]
@@ -165,15 +183,18 @@ def main(argv=None):
     runs.wait()
 
     base = model_class.from_pretrained(base_dir)
-    individual = {full_width: evaluate_accuracy(base, test)}
+    metric = task_for(base.config, type(base)).main_metric
+    individual = {full_width: evaluate_score(base, test)}
     for width in widths:
-        individual[width] = evaluate_accuracy(model_class.from_pretrained(work / f"individual_{width}" / "base"), test)
-    pruned = {w: evaluate_accuracy(prune_l1(base, w), test) for w in progress_bar(everywhere, desc="pruned_l1")}
+        individual[width] = evaluate_score(model_class.from_pretrained(work / f"individual_{width}" / "base"), test)
+    pruned = {w: evaluate_score(prune_l1(base, w), test) for w in progress_bar(everywhere, desc="pruned_l1")}
     finetuned = {
-        w: evaluate_accuracy(model_class.from_pretrained(work / f"finetuned_{w}" / "base"), test) for w in widths
+        w: evaluate_score(model_class.from_pretrained(work / f"finetuned_{w}" / "base"), test) for w in widths
     } | {full_width: individual[full_width]}
-    slim = model_class.from_pretrained(work / "slimmable" / "base")
-    slimmed = {w: evaluate_accuracy(first_channels(slim, w), test) for w in progress_bar(everywhere, desc="slimmable")}
+    slimmed = {}
+    if recipe.slimmable:
+        slim = model_class.from_pretrained(work / "slimmable" / "base")
+        slimmed = {w: evaluate_score(first_channels(slim, w), test) for w in progress_bar(everywhere, desc="slimmable")}
     ablations = {name: swept(work / name) for name in ablation_runs}
     levers = {name: swept(work / f"lever_{name}") for name in recipe.levers}
     validation_sweeps = {name: validation_sweep(work / name, validation, everywhere) for name in neumeta_runs}
@@ -181,12 +202,13 @@ def main(argv=None):
     if args.ablations:
         for count in SAMPLE_COUNTS:
             result = sweep(hyper, test, everywhere, num_samples=count)
-            ablations[f"num_samples_{count}"] = {r["width"]: r["accuracy"] for r in result["results"]}
+            ablations[f"num_samples_{count}"] = {r["width"]: r[metric] for r in result["results"]}
 
     train_widths = config.hypernetwork.train_widths or range(low, high + 1)
     macs = {w: multiply_accumulates(model_class, base.config, w) for w in {*everywhere, *train_widths, low, full_width}}
     passes = training_passes(config, len(train), macs, full_width, everywhere, neumeta_epochs, widths, recipe.levers)
     report = {
+        "metric": metric,
         "dataset": info.name,
         "family": config.base.family,
         "slimmable_kind": "MatFormer-style nested FFN" if is_stock(config.base.family) else "US-Nets",
@@ -197,7 +219,7 @@ def main(argv=None):
             "train": len(train),
             "validation": len(validation) if validation is not None else 0,
             "test": len(test),
-            "every accuracy in this report": "test",
+            "every score in this report": "test",
             "decisions during training (evaluation)": "validation" if validation is not None else "test",
         },
         "methods": {
@@ -205,12 +227,12 @@ def main(argv=None):
             "individual": dict(sorted(individual.items())),
             "pruned_l1": pruned,
             "pruned_l1_finetuned": dict(sorted(finetuned.items())),
-            "slimmable": slimmed,
+            **({"slimmable": slimmed} if recipe.slimmable else {}),
             "neumeta": swept(work / "neumeta"),
         },
         "ablations": ablations,
         "levers": levers,
-        "validation_accuracy": validation_sweeps,
+        f"validation_{metric}": validation_sweeps,
         "inr_parameters": sum(p.numel() for p in hyper.inr.parameters()),
         "base_parameters": base.num_parameters(),
         "recipe": recipe.config,
@@ -221,11 +243,13 @@ def main(argv=None):
         "wall_seconds": {**runs.seconds, "total": round(time.time() - started, 1)},
         "training_passes": passes,
     }
-    report["targets"] = check_targets(report, report["methods"]["neumeta"], passes["neumeta"])
-    report["lever_targets"] = {
-        name: check_targets(report, values, passes[f"lever_{name}"]) for name, values in levers.items()
-    }
+    check = check_segmentation_targets if metric == "mean_iou" else check_targets
+    report["targets"] = check(report, report["methods"]["neumeta"], passes["neumeta"])
+    report["lever_targets"] = {name: check(report, values, passes[f"lever_{name}"]) for name, values in levers.items()}
     paths = write_report(report, output / args.recipe)
+    picture = work / "neumeta" / "hypernetwork" / PREDICTIONS_PICTURE  # segmentation: what the networks predict
+    if picture.is_file():
+        paths.append(Path(shutil.copy(picture, output / f"{args.recipe}_{PREDICTIONS_PICTURE}")))
     print(markdown(report))
     print("Wrote " + ", ".join(str(p) for p in paths))
 
@@ -261,7 +285,7 @@ def training_passes(
     base = config.base.epochs * examples
     individual = {w: round(config.base.epochs * examples * share[w]) for w in widths} | {full_width: base}
     finetuned = {w: round(base + FINETUNE_EPOCHS * examples * share[w]) for w in widths}
-    slimmable = round(round(neumeta_epochs) * examples * (1 + share[low] + 2 * mean_share))
+    slimmable = round(round(neumeta_epochs) * examples * (1 + share[low] + 2 * mean_share))  # if it is run
     train_widths = config.hypernetwork.train_widths or list(range(low, high + 1))
     per_example = sum(share[w] for w in train_widths) / len(train_widths)
     if config.training.sandwich:
@@ -330,16 +354,17 @@ class Runs:
 
 
 def swept(run: Path) -> dict[int, float]:
-    """{width: accuracy} from a NeuMeta run's sweep.json."""
-    return {r["width"]: r["accuracy"] for r in json.loads((run / "sweep.json").read_text())["results"]}
+    """{width: main metric} from a NeuMeta run's sweep.json."""
+    result = json.loads((run / "sweep.json").read_text())
+    return {r["width"]: r[result["metric"]] for r in result["results"]}
 
 
 def validation_sweep(run: Path, validation, widths) -> dict[int, float] | None:
-    """{width: validation accuracy} of a NeuMeta run's hypernetwork, the figure to choose between recipes by."""
+    """{width: validation score} of a NeuMeta run's hypernetwork, the figure to choose between recipes by."""
     if validation is None:
         return None
-    hyper = NeuMetaModel.from_pretrained(run / "hypernetwork")
-    return {r["width"]: r["accuracy"] for r in sweep(hyper, validation, widths)["results"]}
+    result = sweep(NeuMetaModel.from_pretrained(run / "hypernetwork"), validation, widths)
+    return {r["width"]: r[result["metric"]] for r in result["results"]}
 
 
 def ensure_fashion_mnist():
@@ -400,6 +425,39 @@ def check_targets(report: dict, neumeta: dict[int, float], passes: int) -> list[
     return targets
 
 
+def check_segmentation_targets(report: dict, neumeta: dict[int, float], passes: int) -> list[dict]:
+    """The segmentation targets for NeuMeta's mean IoUs `neumeta` (in points): near the individual networks, well
+    above L1 pruning at 75% compression, unseen widths no worse than their neighbours."""
+    methods, full, seen = report["methods"], report["full_width"], set(report["seen_widths"])
+    points = lambda value: round(100 * value, 2)  # noqa: E731
+    targets = []
+
+    def target(text, measured, met):
+        targets.append({"target": text, "measured": measured, "met": bool(met)})
+
+    for width, reference in sorted(methods["individual"].items()):
+        target(f"width {width}: at most {points(SEGMENTATION_INDIVIDUAL_TOLERANCE)} mIoU below the individual network",
+               f"{points(neumeta[width])} vs {points(reference)}",
+               neumeta[width] >= reference - SEGMENTATION_INDIVIDUAL_TOLERANCE)  # fmt: skip
+    quarter = round(full / 4)
+    if quarter in neumeta:
+        pruned = methods["pruned_l1"][quarter]
+        target(f"width {quarter} (75% compression): at least {points(SEGMENTATION_PRUNING_MARGIN)} mIoU above L1 "
+               "pruning", f"{points(neumeta[quarter])} vs {points(pruned)}",
+               neumeta[quarter] >= pruned + SEGMENTATION_PRUNING_MARGIN)  # fmt: skip
+    rough, measured = [], sorted(neumeta)
+    for before, width, after in zip(measured, measured[1:], measured[2:]):
+        mean = (neumeta[before] + neumeta[after]) / 2
+        if width not in seen and neumeta[width] < mean - SEGMENTATION_SMOOTHNESS_TOLERANCE:
+            rough.append(f"{width} ({points(neumeta[width])} vs {points(mean)})")
+    unseen = [w for w in measured[1:-1] if w not in seen]
+    target(f"unseen widths ({len(unseen)}) at most {points(SEGMENTATION_SMOOTHNESS_TOLERANCE)} mIoU below the mean "
+           "of their neighbours", f"{len(rough)} below: " + ", ".join(rough), not rough)  # fmt: skip
+    ratio = round(passes / report["training_passes"]["individual"][full], 2)
+    target("training cost (stated, no target)", f"{ratio} individually trained full-width networks", True)
+    return targets
+
+
 def label(report: dict, method: str) -> str:
     """A method's name in tables and plots: the slimmable network says which kind it is on stock models."""
     if method == "slimmable" and report.get("slimmable_kind", "US-Nets") != "US-Nets":
@@ -410,13 +468,13 @@ def label(report: dict, method: str) -> str:
 def markdown(report: dict) -> str:
     methods, ablations = report["methods"], report["ablations"]
     columns = {label(report, name): methods[name] for name in ("individual", "pruned_l1", "pruned_l1_finetuned",
-                                                                "slimmable", "neumeta")}  # fmt: skip
+                                                                "slimmable", "neumeta") if name in methods}  # fmt: skip
     columns |= {f"ablation: {name}": values for name, values in ablations.items()}
     columns |= {f"lever: {name}": values for name, values in report["levers"].items()}
     seen = set(report["seen_widths"])
     splits = report["splits"]
     lines = [
-        f"# NeuMeta quality: {report['family']} on {report['dataset']} (test accuracy, %)",
+        f"# NeuMeta quality: {report['family']} on {report['dataset']} (test {metric_name(report.get('metric', 'accuracy'))}, %)",
         "",
         f"Base network (width {report['full_width']}, {report['base_parameters']:,} parameters): "
         f"{100 * methods['base']:.2f}. INR: {report['inr_parameters']:,} parameters. "
@@ -461,6 +519,8 @@ def plot(report: dict, path: Path):
     styles = {"pruned_l1": ("tab:orange", "-"), "pruned_l1_finetuned": ("tab:brown", "-"),
               "slimmable": ("tab:green", "-")}  # fmt: skip
     for name, (colour, style) in styles.items():
+        if name not in methods:
+            continue
         values = methods[name]
         widths = sorted(values)
         marker = "^" if len(widths) < 10 else None
@@ -484,7 +544,7 @@ def plot(report: dict, path: Path):
     top = 100 * max(methods["base"], *neumeta.values())
     axis.set_ylim(max(0, top - 15), top + 1)  # pruning collapses far below; keep the interesting band readable
     axis.set_xlabel("width")
-    axis.set_ylabel("test accuracy (%)")
+    axis.set_ylabel(f"test {metric_name(report.get('metric', 'accuracy'))} (%)")
     axis.set_title(f"{report['family']} on {report['dataset']}")
     axis.grid(alpha=0.3)
     axis.legend(fontsize="x-small", ncol=2, loc="lower right")

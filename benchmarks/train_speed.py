@@ -1,7 +1,8 @@
 """Training throughput of a NeuMeta hypernetwork against plain training of the full-width network.
 
 Prints one JSON object: for each setting, seconds per step of (a) a hypernetwork training step (generate the
-width-w tensors, run the batch through the generated network, task + L2 loss, one backward, AdamW step) and
+width-w tensors, run the batch through the generated network, the library's `Objective` (task loss + L2, plus
+reconstruction at full width), one backward, AdamW step) and
 (b) a plain training step of the full-width family network on the same batch, their ratio (measured in the
 same run, interleaved), the share of the hypernetwork step spent generating weights (forward only), and peak
 RSS (and peak GPU memory per setting on CUDA). Random inputs of the dataset's shape: the data pipeline is not
@@ -24,6 +25,7 @@ import time
 import torch
 
 import neumeta_hf as nm
+from neumeta_hf.objective import Objective
 
 SETTINGS = {
     "fashion_mnist_lenet": {
@@ -63,10 +65,11 @@ def measure(name: str, steps: int, device: torch.device, mixed_precision: str) -
         torch.autocast, device.type, dtype=torch.bfloat16, enabled=mixed_precision == "bf16"
     )
 
+    objective = Objective()  # task loss + L2 of the generated tensors (+ reconstruction at full width)
+
     def hyper_step():
         with autocast():
-            output = hyper(batch, width=rng.choice(widths), labels=labels)
-            loss = output.loss + 1e-4 * sum(t.norm() for t in output.weights.values())
+            loss, _ = objective.width_loss(hyper, hyper, batch, labels, None, rng.choice(widths), None)
         hyper_optimizer.zero_grad()
         loss.backward()
         hyper_optimizer.step()

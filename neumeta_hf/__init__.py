@@ -18,6 +18,8 @@ from .families import (
     NeuMetaMLPForImageClassification,
     NeuMetaResNetCifarConfig,
     NeuMetaResNetCifarForImageClassification,
+    NeuMetaUNetConfig,
+    NeuMetaUNetForSemanticSegmentation,
 )
 from .folding import fold_batch_norm
 from .modeling_neumeta import NeuMetaModel, NeuMetaOutput
@@ -42,6 +44,8 @@ __all__ = [
     "NeuMetaOutput",
     "NeuMetaResNetCifarConfig",
     "NeuMetaResNetCifarForImageClassification",
+    "NeuMetaUNetConfig",
+    "NeuMetaUNetForSemanticSegmentation",
     "fold_batch_norm",
     "smooth_channels",
 ]

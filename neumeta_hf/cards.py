@@ -4,20 +4,12 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .evaluation import sweep_markdown
-from .targets import image_normalisation, is_stock, network_width, task_of, width_field
+from .evaluation import metric_name, sweep_markdown
+from .targets import image_normalisation, is_stock, network_width, task_for, task_of, width_field
 
 TEMPLATES = Path(__file__).parent / "model_cards"  # a link to the top-level model_cards/, packaged as data
 LICENSE = "mit"
 
-
-# The Auto class that loads a network of each pipeline task.
-_AUTO_CLASSES = {
-    "image-classification": "AutoModelForImageClassification",
-    "text-classification": "AutoModelForSequenceClassification",
-    "text-generation": "AutoModelForCausalLM",
-    "fill-mask": "AutoModelForMaskedLM",
-}
 
 
 def _looks_like_hub_id(name: str | None) -> bool:
@@ -26,9 +18,10 @@ def _looks_like_hub_id(name: str | None) -> bool:
 
 def hypernetwork_card(
     hyper, repo_id: str | None = None, sweep: dict | None = None, training: dict | None = None,
-    sweep_plot: str | None = None,
+    sweep_plot: str | None = None, predictions_picture: str | None = None,
 ) -> ModelCard:
-    """The card of a trained hypernetwork: what it is, its widths and sizes, the sweep, how to sample."""
+    """The card of a trained hypernetwork: what it is, its widths and sizes, the sweep (table and `sweep_plot`),
+    `predictions_picture` (a file beside the card showing sampled networks' outputs), how to sample."""
     config = hyper.config
     full = hyper.spec.skeleton(config.full_width)
     stock = is_stock(config.family)
@@ -72,6 +65,8 @@ def hypernetwork_card(
         example_width=(config.width_range[0] + config.width_range[1]) // 2,
         sweep_table=sweep_markdown(sweep) if sweep else None,
         sweep_plot=sweep_plot,
+        metric_name=metric_name(sweep["metric"]) if sweep else None,
+        predictions_picture=predictions_picture,
     )
 
 
@@ -81,7 +76,7 @@ def sampled_network_card(
 ) -> ModelCard:
     """The card of a sampled network: width, size, its hypernetwork, measured metrics as `model-index`."""
     config = network.config
-    task = task_of(config)
+    task = task_of(config, type(network))
     stock = is_stock(config.model_type)
     width = network_width(config)
     image_mean, image_std = image_normalisation(config)
@@ -117,7 +112,7 @@ def sampled_network_card(
         architecture=type(network).__name__ if stock else None,
         width_field=width_field(config.model_type) if stock else None,
         layer_widths=getattr(config, "neumeta_layer_widths", None),
-        auto_class=_AUTO_CLASSES.get(task, "AutoModel"),
+        auto_class=task_for(config, type(network)).auto_class_name,
         pipeline_tag=task,
         num_parameters=network.num_parameters(),
         hypernetwork=hypernetwork,

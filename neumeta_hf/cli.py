@@ -20,6 +20,7 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from . import NeuMetaModel
+from .evaluation import PREDICTIONS_PICTURE
 from .progress import progress_bar
 
 
@@ -165,13 +166,14 @@ def run_sample(args, parser):
 
 def run_sweep(args, parser):
     from .data import DataConfig, load_splits
-    from .evaluation import sweep, write_sweep
-    from .targets import task_of
+    from .evaluation import plot_predictions, sweep, write_sweep
+    from .targets import task_for
 
     hyper = load_hypernetwork(parser, args.source)
     family = hyper.base_network.config
-    if task_of(family) != "image-classification":
-        parser.error(f"sweep measures image classifiers; {type(hyper.base_network).__name__} is not one")
+    task = task_for(family, type(hyper.base_network))
+    if not task.metrics:
+        parser.error(f"sweep measures image models on image data; {type(hyper.base_network).__name__} is not one")
     # A stock vision model trained elsewhere may not record its normalisation: the data's own is used then.
     data = DataConfig(
         name=args.dataset, image_mean=getattr(family, "image_mean", None), image_std=getattr(family, "image_std", None)
@@ -190,8 +192,10 @@ def run_sweep(args, parser):
     except (ValueError, MemoryError) as error:  # labels of another task, or a width too large
         parser.error(f"cannot sweep {args.dataset!r}: {error}")
     paths = write_sweep(result, args.output)
+    picture = plot_predictions(hyper, test, Path(args.output) / PREDICTIONS_PICTURE)
+    paths += [picture] if picture else []
     for row in result["results"]:
-        print(f"width {row['width']:>4}: accuracy {row['accuracy']:.4f}")
+        print(f"width {row['width']:>4}: {task.main_metric} {row[task.main_metric]:.4f}")
     print("wrote " + ", ".join(str(p) for p in paths))
 
 
@@ -209,9 +213,13 @@ def run_push(args, parser):
     hyper = load_hypernetwork(parser, args.source)
     sweep_path = find_sweep(args.source)
     sweep = json.loads(sweep_path.read_text()) if sweep_path else None
-    plot = sweep_path.with_name("sweep.png") if sweep_path else None
+    plot, picture = (sweep_path.with_name(name) if sweep_path else None for name in ("sweep.png", PREDICTIONS_PICTURE))
     commit = hyper.push_to_hub(
-        args.repo, sweep=sweep, sweep_plot=str(plot) if plot and plot.is_file() else None, private=args.private
+        args.repo,
+        sweep=sweep,
+        sweep_plot=str(plot) if plot and plot.is_file() else None,
+        predictions_picture=str(picture) if picture and picture.is_file() else None,
+        private=args.private,
     )
     print(f"pushed {args.source} to {args.repo}: {commit}")
 

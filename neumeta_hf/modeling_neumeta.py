@@ -19,10 +19,11 @@ from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput, logging
 
 from .cards import hypernetwork_card, sampled_network_card
 from .configuration_neumeta import NeuMetaConfig, as_integer
+from .evaluation import PREDICTIONS_PICTURE
 from .families.modeling_common import upload_in_one_commit, upload_saved, write_model_card
 from .folding import fold_batch_norm
 from .inr import FourierFeatures, NeuMetaINR
-from .morph import Coordinates, MorphSpec, resample_channels
+from .morph import Coordinates, MorphSpec, leading_channels, resample_channels
 from .progress import progress_bar
 from .smoothing import smooth_channels
 from .targets import is_stock, save_stock_image_processor
@@ -311,13 +312,15 @@ class NeuMetaModel(PreTrainedModel):
         ):
             tensor = tensor_spec.from_rows(piece[:, :kernel], shape) * self.output_scale[index]
             target = targets.get(tensor_spec.name)
-            if target is not None and self.config.anchor_channels == "first":
-                tensor = tensor * fan_in_scales[index] + target[tuple(slice(0, size) for size in shape)]
-            elif target is not None:
-                offsets = tuple(coordinates.group_jitter(jitter, g) for g in (tensor_spec.out_group, tensor_spec.in_group))
-                tensor = (tensor + resample_channels(target, shape, offsets)) * fan_in_scales[index]
-            else:
+            if target is None:
                 tensor = tensor * fan_in_scales[index]
+            else:
+                segments = tuple(zip(self.spec.full_segments[index], coordinates.segments[index]))
+                if self.config.anchor_channels == "first":
+                    tensor = tensor * fan_in_scales[index] + leading_channels(target, shape, segments)
+                else:
+                    offsets = coordinates.axis_jitter(jitter, index)
+                    tensor = (tensor + resample_channels(target, shape, offsets, segments)) * fan_in_scales[index]
             weights[tensor_spec.name] = tensor
         return weights
 
@@ -431,7 +434,7 @@ class NeuMetaModel(PreTrainedModel):
         weights = {}
         for tensor in self.spec.tensors:
             # In a stock model every generated tensor follows exactly one group: its layer's hidden units.
-            layer = tensor.out_group if tensor.out_group is not None else tensor.in_group
+            (layer,) = tensor.out_groups or tensor.in_groups
             source = generated[widths[layer]][tensor.name]
             padded = source.new_zeros(shapes[tensor.name])
             padded[tuple(slice(0, size) for size in source.shape)] = source
@@ -447,18 +450,24 @@ class NeuMetaModel(PreTrainedModel):
         commit_message: str | None = None,
         private: bool | None = None,
         token=None,
+        predictions_picture: str | None = None,
     ):
-        """Upload config, weights, model card (with the sweep table when given) and the sweep plot in one
-        commit. A failed upload raises and changes nothing locally."""
+        """Upload config, weights, model card (with the sweep table when given), the sweep plot and the
+        predictions picture (segmentation: `evaluation.plot_predictions`) in one commit. A failed upload raises
+        and changes nothing locally."""
         with tempfile.TemporaryDirectory() as directory:
             self.save_pretrained(directory)
             if sweep is not None:
                 Path(directory, "sweep.json").write_text(json.dumps(sweep, indent=2) + "\n")
-            if sweep_plot is not None:
-                shutil.copy(sweep_plot, Path(directory, "sweep.png"))
+            pictures = {"sweep.png": sweep_plot, PREDICTIONS_PICTURE: predictions_picture}
+            for name, source in pictures.items():
+                if source is not None:
+                    shutil.copy(source, Path(directory, name))
             card = hypernetwork_card(
-                self, repo_id=repo_id, sweep=sweep, training=training, sweep_plot="sweep.png" if sweep_plot else None
-            )
+                self, repo_id=repo_id, sweep=sweep, training=training,
+                sweep_plot="sweep.png" if sweep_plot else None,
+                predictions_picture=PREDICTIONS_PICTURE if predictions_picture else None,
+            )  # fmt: skip
             card.save(Path(directory, "README.md"))
             message = commit_message or f"Upload NeuMeta hypernetwork for {self.config.family}"
             return upload_in_one_commit(directory, repo_id, message, private=private, token=token)

@@ -10,6 +10,7 @@
 import torch
 from transformers import PreTrainedModel
 
+from .morph import axis_layout, leading_channels
 from .targets import channel_groups, config_at_width, is_stock, network_width, width_rule
 
 
@@ -25,20 +26,20 @@ def prune_l1(model: PreTrainedModel, width: int) -> PreTrainedModel:
     pruned = type(model)(config_at_width(model.config, width)).to(model.device, model.dtype)
     target_shapes = {name: tensor.shape for name, tensor in pruned.state_dict().items()}
     state = model.state_dict()
-    kept = {}  # (tensor name, axis) -> channel indices to keep
+    pruned_sizes = {g.name: g.members[0].length(target_shapes[g.members[0].tensor]) for g in channel_groups(pruned)}
+    kept = {}  # (tensor name, axis) -> [(start of the group's slice, indices kept in it)]
     for group in channel_groups(model):
-        if not group.scales:
-            continue
-        name, axis = group.members[0]
-        count = target_shapes[name][axis]
+        count = pruned_sizes[group.name]
         importance = sum(weight.abs().flatten(1).sum(1) for weight in _filters(model, group, state))
         indices = importance.topk(count).indices.sort().values
-        kept.update({member: indices for member in group.members})
+        for member in group.members:
+            kept.setdefault((member.tensor, member.axis), []).append((member.start, indices))
     pruned_state = {}
     for name, tensor in state.items():
         for axis in range(min(2, tensor.dim())):
             if (name, axis) in kept:
-                tensor = tensor.index_select(axis, kept[(name, axis)])
+                indices = torch.cat([start + chosen for start, chosen in sorted(kept[(name, axis)], key=lambda k: k[0])])
+                tensor = tensor.index_select(axis, indices)
         pruned_state[name] = tensor
     pruned.load_state_dict(pruned_state)
     return pruned.eval()
@@ -49,8 +50,8 @@ def _filters(model: PreTrainedModel, group, state: dict[str, torch.Tensor]) -> l
     their output axis; a stock model's first width-rule tensor (GPT-2's Conv1D stores it transposed)."""
     if is_stock(model.config.model_type):
         producer = next(iter(width_rule(model.config.model_type).members))
-        return [state[name].movedim(axis, 0) for name, axis in group.members if name.endswith(producer)]
-    return [state[name] for name, axis in group.members if axis == 0 and state[name].dim() > 1]
+        return [m.of(state[m.tensor]).movedim(m.axis, 0) for m in group.members if m.tensor.endswith(producer)]
+    return [m.of(state[m.tensor]) for m in group.members if m.axis == 0 and state[m.tensor].dim() > 1]
 
 
 def nested_weights(model: PreTrainedModel, narrower: PreTrainedModel) -> dict[str, torch.Tensor]:
@@ -67,9 +68,19 @@ def nested_weights(model: PreTrainedModel, narrower: PreTrainedModel) -> dict[st
         )
     # Tied tensors (GPT-2's output layer is its embedding) under every name: `narrower.state_dict()` lists them all.
     state = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
+    wide_layout = axis_layout(channel_groups(model), state)
+    narrow_state = narrower.state_dict()
+    narrow_layout = axis_layout(channel_groups(narrower), narrow_state)
+
+    def segments(name, axis):  # (sizes in model, sizes in narrower) of an axis that concatenates groups
+        spans = wide_layout.get((name, axis))
+        if spans is None or len(spans) == 1:
+            return None
+        return tuple(b - a for _, a, b in spans), tuple(b - a for _, a, b in narrow_layout[(name, axis)])
+
     return {
-        name: state[name][tuple(slice(0, size) for size in tensor.shape)]
-        for name, tensor in narrower.state_dict().items()
+        name: leading_channels(state[name], tensor.shape, (segments(name, 0), segments(name, 1)))
+        for name, tensor in narrow_state.items()
     }
 
 

@@ -13,7 +13,7 @@ import torch
 from transformers import PreTrainedModel
 
 from .families import ChannelGroup
-from .targets import example_inputs
+from .targets import example_inputs, task_for
 
 # fast-tsp takes integer distances up to 65,535; the longest edge becomes that many units.
 _DISTANCE_RESOLUTION = 65_535
@@ -53,7 +53,7 @@ def shortest_path(cities: torch.Tensor, seconds: float = 1.0) -> torch.Tensor:
 
 def group_cities(state: dict[str, torch.Tensor], group: ChannelGroup) -> torch.Tensor:
     """[channels, features]: every member's slice for each channel of the group, concatenated."""
-    slices = [state[name].movedim(axis, 0) for name, axis in group.members]
+    slices = [member.of(state[member.tensor]).movedim(member.axis, 0) for member in group.members]
     return torch.cat([s.reshape(s.shape[0], -1) for s in slices], dim=1)
 
 
@@ -70,8 +70,9 @@ def smooth_channels(model: PreTrainedModel, groups: tuple[ChannelGroup, ...], se
         cities = group_cities(state, group)
         order = shortest_path(cities, seconds)
         report["groups"][group.name] = [total_variation(cities), total_variation(cities, order)]
-        for name, axis in group.members:
-            state[name].copy_(state[name].index_select(axis, order))
+        for member in group.members:
+            channels = member.of(state[member.tensor])
+            channels.copy_(channels.index_select(member.axis, order))
     check_same_function(reference, model)
     report["total_variation_before"] = sum(before for before, _ in report["groups"].values())
     report["total_variation_after"] = sum(after for _, after in report["groups"].values())
@@ -80,12 +81,13 @@ def smooth_channels(model: PreTrainedModel, groups: tuple[ChannelGroup, ...], se
 
 @torch.no_grad()
 def check_same_function(reference: PreTrainedModel, model: PreTrainedModel, atol: float = 1e-5):
-    """Raise if the two networks' logits differ by more than `atol` on random inputs (images or token ids,
-    `targets.example_inputs`; compared in float64)."""
+    """Raise if the two networks' outputs (the task's `function_output`, e.g. logits) differ by more than `atol`
+    on random inputs (images or token ids, `targets.example_inputs`; compared in float64)."""
     inputs = example_inputs(model.config, generator=torch.Generator().manual_seed(0))
     inputs = {name: value.double() if value.is_floating_point() else value for name, value in inputs.items()}
-    expected = copy.deepcopy(reference).double().eval()(**inputs).logits
-    actual = copy.deepcopy(model).double().eval()(**inputs).logits
+    task = task_for(model.config, type(model))
+    expected = task.function_output(copy.deepcopy(reference).double().eval()(**inputs))
+    actual = task.function_output(copy.deepcopy(model).double().eval()(**inputs))
     difference = float((expected - actual).abs().max())
     if difference > atol:
         raise RuntimeError(

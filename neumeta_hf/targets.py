@@ -25,6 +25,7 @@ import transformers
 from transformers import CONFIG_MAPPING, PreTrainedConfig, PreTrainedModel
 
 from .families import FAMILIES, ChannelGroup
+from .tasks import Task, get_task
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ def width_field(model_type: str) -> str:
     return width_rule(model_type).width_field if is_stock(model_type) else "width"
 
 
-def image_classifier_class(model_type: str) -> type[PreTrainedModel]:
+def trainable_network_class(model_type: str) -> type[PreTrainedModel]:
     """The image classification class of a target type, for training one from data: the family's, or the stock
     type's `AutoModelForImageClassification` class (ViT); a text-only type is a ValueError."""
     check_model_type(model_type)
@@ -197,15 +198,22 @@ def channel_groups(model: PreTrainedModel) -> list[ChannelGroup]:
             f"No tensor of {type(model).__name__} matches the {model_type} width rule "
             f"({rule.layer_pattern} + {', '.join(rule.members)}); the model's layout differs from the rule's"
         )
-    return [ChannelGroup(f"layer{index}.ffn", tuple(members), True) for index, members in sorted(layers.items())]
+    return [ChannelGroup.of(f"layer{index}.ffn", tuple(members), True) for index, members in sorted(layers.items())]
 
 
-def task_of(config: PreTrainedConfig) -> str | None:
-    """The pipeline task of a target network (`image-classification` for every family)."""
+def task_of(config: PreTrainedConfig, model_class: type | None = None) -> str | None:
+    """The pipeline task of a target network: what a family's model class names, or what a stock model's class
+    says (`model_class`, else the first of `config.architectures`; None for a head neumeta-hf does not know)."""
     if not is_stock(config.model_type):
-        return "image-classification"
-    name = (config.architectures or [""])[0]
+        return network_class(config).task
+    name = model_class.__name__ if model_class is not None else (config.architectures or [""])[0]
     return next((task for suffix, task in _TASK_SUFFIXES.items() if name.endswith(suffix)), None)
+
+
+def task_for(config: PreTrainedConfig, model_class: type | None = None) -> Task:
+    """The `Task` of a target network (`task_of`); a stock model with an unknown head compares logits only."""
+    name = task_of(config, model_class)
+    return get_task(name) if name is not None else Task("unknown", "AutoModel")
 
 
 def example_inputs(config: PreTrainedConfig, batch_size: int = 8, generator: torch.Generator | None = None) -> dict:

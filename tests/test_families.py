@@ -1,9 +1,10 @@
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForImageClassification
+from conftest import inputs_for, random_base
+from transformers import AutoConfig
 
 import neumeta_hf as nm
-from conftest import inputs_for, random_base
+from neumeta_hf.tasks import auto_class
 
 ALL_CONFIGS = [
     nm.NeuMetaMLPConfig(),
@@ -13,17 +14,23 @@ ALL_CONFIGS = [
     nm.NeuMetaResNetCifarConfig(morph="last", width=40),
     nm.NeuMetaResNetCifarConfig(morph="all", width=24),
     nm.NeuMetaResNetCifarConfig(morph="all", norm="none", depth=32),
+    nm.NeuMetaUNetConfig(image_size=16, width=12),
 ]
 
 
 @pytest.mark.parametrize("family", list(nm.FAMILIES))
 def test_auto_classes_build_a_working_full_width_network(family):
+    """Every family loads through its task's Auto class and returns class logits on axis 1: one per image for
+    classification, one per pixel for segmentation."""
     config = AutoConfig.for_model(family, num_classes=7)
-    model = AutoModelForImageClassification.from_config(config)
+    model = auto_class(nm.FAMILIES[family].task).from_config(config)
     assert isinstance(model, nm.FAMILIES[family])
     assert config.width == type(config).full_width
-    output = model(inputs_for(config), labels=torch.tensor([0, 1, 2, 6]))
-    assert output.logits.shape == (4, 7)
+    labels = torch.tensor([0, 1, 2, 6])
+    if model.task == "image-segmentation":
+        labels = labels.view(4, 1, 1).expand(4, config.image_size, config.image_size)
+    output = model(inputs_for(config), labels=labels)
+    assert output.logits.shape == (4, 7, *labels.shape[1:])
     assert torch.isfinite(output.loss)
     output.loss.backward()
 
@@ -77,13 +84,15 @@ def test_random_permutation_of_every_channel_group_preserves_function(config):
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for group in model.channel_groups():
-            size = state[group.members[0][0]].shape[group.members[0][1]]
+            size = group.members[0].length(state[group.members[0].tensor].shape)
             order = torch.randperm(size, generator=generator)
-            for name, axis in group.members:
-                assert state[name].shape[axis] == size, (group.name, name)
-                state[name].copy_(state[name].index_select(axis, order))
+            for member in group.members:
+                channels = member.of(state[member.tensor])
+                assert channels.shape[member.axis] == size, (group.name, member)
+                channels.copy_(channels.index_select(member.axis, order))
     torch.testing.assert_close(model(x).logits, expected, rtol=1e-9, atol=1e-9)
-    assert not torch.equal(state[group.members[0][0]], random_base(config).double().state_dict()[group.members[0][0]])
+    first = group.members[0].tensor
+    assert not torch.equal(state[first], random_base(config).double().state_dict()[first])
 
 
 def test_fold_batch_norm_keeps_the_function_and_removes_norms():

@@ -47,7 +47,7 @@ def trained_directory(mlp_hyper, tmp_path):
     mlp_hyper.save_pretrained(tmp_path / "run" / "hypernetwork")
     inputs = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     data = datasets.Dataset.from_dict({"pixel_values": inputs.numpy(), "labels": [0, 1] * 4}).with_format("torch")
-    write_sweep(sweep(mlp_hyper, data, widths=[16, 17], base_accuracy=0.5, dataset_name="noise"), tmp_path / "run")
+    write_sweep(sweep(mlp_hyper, data, widths=[16, 17], base_score=0.5, dataset_name="noise"), tmp_path / "run")
     return tmp_path / "run" / "hypernetwork"
 
 

@@ -98,3 +98,52 @@ def test_folded_fixed_axes_give_one_row_per_scaling_channel_in_place():
     centres = folded.coordinates(40).centres[start : start + 40]
     torch.testing.assert_close(centres[:, 1], (torch.arange(40) + 0.5) / 40)
     torch.testing.assert_close(centres[:, 0], torch.full((40,), 0.5))
+
+
+def test_an_axis_that_concatenates_groups_gives_each_group_its_own_stretch_and_jitter():
+    """A U-Net decoder convolution reads [upsampled; skip]: its input axis holds two channel groups, each placed
+    in its own half of the coordinate range and moved by its own group's offsets."""
+    spec = spec_for(nm.NeuMetaUNetConfig(image_size=16))
+    name = "dec1.conv1.conv.weight"
+    index = spec.names.index(name)
+    tensor = spec.tensors[index]
+    groups = [spec.scaling_groups[g].name for g in tensor.in_groups]
+    assert groups == ["up1", "enc1"] and len(tensor.out_groups) == 1
+    width = 12
+    coordinates = spec.coordinates(width)
+    assert coordinates.segments[index] == ((width,), (width, width))
+    start = sum(coordinates.row_counts[:index])
+    rows = slice(start, start + coordinates.row_counts[index])
+    inputs = coordinates.centres[rows].view(width, 2 * width, 2)[0, :, 1]
+    expected = torch.cat([(torch.arange(width) + 0.5) / width / 2, 0.5 + (torch.arange(width) + 0.5) / width / 2])
+    torch.testing.assert_close(inputs, expected)
+    jitter = coordinates.draw_jitter(1.0, torch.Generator().manual_seed(0))
+    moved = (coordinates.positions(jitter) - coordinates.positions())[rows].view(width, 2 * width, 2)[0, :, 1]
+    up1, enc1 = (coordinates.group_jitter(jitter, g) for g in tensor.in_groups)
+    torch.testing.assert_close(moved, torch.cat([up1, enc1]) / (2 * width))
+    torch.testing.assert_close(coordinates.axis_jitter(jitter, index)[1], torch.cat([up1, enc1]))
+
+
+def test_resample_channels_resamples_each_concatenated_group_on_its_own():
+    tensor = torch.cat([torch.arange(4.0), 10 + torch.arange(4.0)]).view(8, 1)
+    halves = resample_channels(tensor, (4, 1), segments=(((4, 4), (2, 2)), None))
+    torch.testing.assert_close(halves.flatten(), torch.tensor([0.5, 2.5, 10.5, 12.5]))  # no group blends into another
+    uneven = resample_channels(tensor, (5, 1), segments=(((4, 4), (4, 1)), None))
+    torch.testing.assert_close(uneven.flatten(), torch.tensor([0.0, 1.0, 2.0, 3.0, 11.5]))
+
+
+def test_an_untrained_hypernetwork_starts_from_each_groups_first_channels_with_anchor_first():
+    """anchor_channels="first" starts every width at the base's first channels -- on a concatenated axis, the
+    first channels of each group -- which is the slimmable sub-network (`pruning.first_channels`)."""
+    from conftest import SMALL_INR, inputs_for, random_base
+    from neumeta_hf.pruning import first_channels
+
+    base = nm.fold_batch_norm(random_base(nm.NeuMetaUNetConfig(image_size=16)))
+    hyper = nm.NeuMetaModel.from_base_model(base, width_range=(8, 32), smooth=False, anchor_channels="first",
+                                            **SMALL_INR)  # fmt: skip
+    with torch.no_grad():
+        for parameter in hyper.inr.parameters():  # an INR that outputs zero: only the anchor remains
+            parameter.zero_()
+    x = inputs_for(base.config)
+    sampled, nested = hyper.sample_model(12, num_samples=1), first_channels(base, 12)
+    torch.testing.assert_close(sampled(x).logits, nested(x).logits, rtol=1e-5, atol=1e-5)

@@ -9,6 +9,8 @@ PRUNABLE = [
     (nm.NeuMetaMLPConfig(), 40),
     (nm.NeuMetaLeNetConfig(), 12),
     (nm.NeuMetaResNetCifarConfig(morph="all", norm="none", width=32), 16),
+    (nm.NeuMetaUNetConfig(image_size=16), 12),  # decoder convolutions read concatenated channel groups
+    (nm.NeuMetaUNetConfig(image_size=16, morph="last"), 20),
 ]
 
 
@@ -23,11 +25,11 @@ def test_pruning_removes_dead_channels_and_keeps_the_function(config, width):
     generator = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for group in model.channel_groups():
-            name, axis = group.members[0]
-            size, live = state[name].shape[axis], target_shapes[name][axis]
+            first = group.members[0]
+            size, live = first.length(state[first.tensor].shape), first.length(target_shapes[first.tensor])
             dead = torch.randperm(size, generator=generator)[live:]
-            for member, member_axis in group.members:
-                state[member].index_fill_(member_axis, dead, 0.0)
+            for member in group.members:
+                member.of(state[member.tensor]).index_fill_(member.axis, dead, 0.0)
     x = inputs_for(config).double()
     pruned = prune_l1(model, width)
     assert {name: t.shape for name, t in pruned.state_dict().items()} == target_shapes

@@ -39,7 +39,7 @@ def test_quality_benchmark_runs_every_method_and_writes_the_report(tmp_path):
     assert all(list(values) == widths for values in report["levers"].values())
     levers = {f"lever_{name}" for name in quality.LEVERS}
     assert set(report["validation_accuracy"]) == {"neumeta", *levers}
-    assert report["splits"]["validation"] == 200 and report["splits"]["every accuracy in this report"] == "test"
+    assert report["splits"]["validation"] == 200 and report["splits"]["every score in this report"] == "test"
     # Three epochs on digits already learn; the full-width individual network is the base itself, and
     # pruning to full width removes nothing.
     assert methods["base"] > 0.8

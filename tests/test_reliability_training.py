@@ -13,6 +13,7 @@ import neumeta_hf as nm
 import train as train_script
 from conftest import random_base, reset_accelerate_state, write_idx_dataset
 from neumeta_hf.data import load_splits
+from neumeta_hf.objective import Objective
 from recipe import identity_hash, load_config, run_identity
 from test_training import DIGITS, quick_config
 import train_base
@@ -178,15 +179,15 @@ class _Payload:
 def test_non_finite_loss_names_a_good_checkpoint_and_a_lower_rate_resumes(tmp_path, monkeypatch,
                                                                           fresh_accelerate_state):
     steps = ["training.max_steps=80", "training.checkpoint_every=30", "training.eval_every=80"]
-    real_width_loss = train_script.width_loss
+    real_step_loss = Objective.step_loss
     calls = []
 
-    def diverging_at_step_60(*args, **kwargs):  # one call per step: the recipe has no sandwich
-        loss, terms = real_width_loss(*args, **kwargs)
+    def diverging_at_step_60(*args, **kwargs):  # one call per step
+        loss, terms = real_step_loss(*args, **kwargs)
         calls.append(None)
         return (loss * float("nan") if len(calls) == 61 else loss), terms
 
-    monkeypatch.setattr(train_script, "width_loss", diverging_at_step_60)
+    monkeypatch.setattr(Objective, "step_loss", diverging_at_step_60)
     with pytest.raises(FloatingPointError, match="Loss became nan at step 60 .*stopping: the newest checkpoint with "
                        "a finite loss is .*step_30\\. Lower training.learning_rate \\(a resumed run applies"):
         train_script.train(quick_config(tmp_path, *steps))
@@ -196,7 +197,7 @@ def test_non_finite_loss_names_a_good_checkpoint_and_a_lower_rate_resumes(tmp_pa
     assert "ema.safetensors" in saved and "run.json" in saved and not any("custom" in name for name in saved)
 
     # Plant code where the old EMA checkpointing and accelerate's RNG state look for pickles: neither may run it.
-    monkeypatch.setattr(train_script, "width_loss", real_width_loss)
+    monkeypatch.setattr(Objective, "step_loss", real_step_loss)
     marker = tmp_path / "payload-ran"
     resumed = quick_config(tmp_path, *steps, "training.learning_rate=1e-3", "training.resume_from_checkpoint=latest")
     planted = checkpoints / "step_30" / "custom_checkpoint_0.pkl"

@@ -9,7 +9,7 @@ import neumeta_hf as nm
 import train_base
 from conftest import SMALL_INR, inputs_for, random_base
 from neumeta_hf.data import load_splits
-from neumeta_hf.evaluation import evaluate_accuracy
+from neumeta_hf.evaluation import evaluate_score
 from neumeta_hf.pruning import first_channels, nested_weights, prune_l1
 from test_training import quick_config
 
@@ -60,12 +60,12 @@ def test_slimmable_training_makes_every_width_work_and_pruned_fine_tuning_recove
     plain = quick_config(tmp_path, "base.epochs=8", "data.validation_size=300")
     full_only, _ = train_base.build_base_network(plain, train, test, info, Accelerator())
     # Trained at the narrow widths too, the slimmable network's first 32 channels work; the plain network's do not.
-    nested = evaluate_accuracy(first_channels(slimmable, 32), validation)
-    assert nested > 0.85 and nested > evaluate_accuracy(first_channels(full_only, 32), validation) + 0.05
+    nested = evaluate_score(first_channels(slimmable, 32), validation)
+    assert nested > 0.85 and nested > evaluate_score(first_channels(full_only, 32), validation) + 0.05
 
     full_only.save_pretrained(tmp_path / "plain")
     finetune = quick_config(tmp_path, f"base.prune_from={tmp_path / 'plain'}", "base.family_config.width=16",
                             "base.epochs=2", "base.learning_rate=1e-3", "data.validation_size=300")  # fmt: skip
     tuned, _ = train_base.build_base_network(finetune, train, test, info, Accelerator())
     assert tuned.config.width == 16
-    assert evaluate_accuracy(tuned, validation) > evaluate_accuracy(prune_l1(full_only, 16), validation)
+    assert evaluate_score(tuned, validation) > evaluate_score(prune_l1(full_only, 16), validation)

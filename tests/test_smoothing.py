@@ -47,7 +47,7 @@ def test_smoothing_keeps_the_function_and_lowers_total_variation(config):
 
 def test_a_group_missing_a_coupled_tensor_is_caught():
     model = random_base(nm.NeuMetaMLPConfig())
-    broken = ChannelGroup("fc1", (("fc1.weight", 0), ("fc1.bias", 0)), True)  # forgot fc2's input columns
+    broken = ChannelGroup.of("fc1", (("fc1.weight", 0), ("fc1.bias", 0)), True)  # forgot fc2's input columns
     with pytest.raises(RuntimeError, match="changed the network's outputs"):
         nm.smooth_channels(model, (broken,))
 

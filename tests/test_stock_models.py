@@ -116,7 +116,7 @@ def tensors(model) -> dict[str, torch.Tensor]:
 
 
 def group_members(model) -> set:
-    return {member for group in targets.channel_groups(model) for member in group.members}
+    return {member[:2] for group in targets.channel_groups(model) for member in group.members}
 
 
 # ------------------------------------------------------------------------------------------------ width rules
@@ -133,8 +133,8 @@ def test_channel_groups_are_each_layers_feed_forward_units(model_type, overrides
     assert all(group.scales for group in groups)
     state = model.state_dict()
     for layer, group in enumerate(groups):
-        assert set(group.members) == {(prefix.format(layer) + name, axis) for name, axis in members.items()}
-        assert all(state[name].shape[axis] == FULL_WIDTH for name, axis in group.members)
+        assert {m[:2] for m in group.members} == {(prefix.format(layer) + name, axis) for name, axis in members.items()}
+        assert all(m.stop is None and state[m.tensor].shape[m.axis] == FULL_WIDTH for m in group.members)
     assert targets.network_width(model.config) == FULL_WIDTH
     assert targets.is_stock(model_type)
 
@@ -149,9 +149,9 @@ def permute(model, order_seed=1, skip=None):
         for group in targets.channel_groups(permuted):
             order = torch.randperm(FULL_WIDTH, generator=generator)
             assert not torch.equal(order, torch.arange(FULL_WIDTH))
-            for name, axis in group.members:
-                if (name, axis) != skip:
-                    state[name].copy_(state[name].index_select(axis, order))
+            for member in group.members:
+                if member != skip:
+                    state[member.tensor].copy_(state[member.tensor].index_select(member.axis, order))
     return permuted
 
 
@@ -210,7 +210,7 @@ def plant(model, chosen: dict[int, torch.Tensor]):
     with torch.no_grad():
         for layer, group in enumerate(targets.channel_groups(model)):
             dead = torch.tensor([u for u in range(FULL_WIDTH) if u not in set(chosen[layer].tolist())])
-            for name, axis in group.members:
+            for name, axis, *_ in group.members:
                 if not name.endswith(down):
                     state[name].index_fill_(axis, dead, 0.0)
                     state[name].index_copy_(axis, chosen[layer], 5 * state[name].index_select(axis, chosen[layer]))
@@ -226,8 +226,8 @@ def test_prune_l1_keeps_the_largest_units_of_a_stock_model(model_type):
     pruned = prune_l1(model, width)
     assert type(pruned) is type(model) and targets.network_width(pruned.config) == width
     state, pruned_state = tensors(model), tensors(pruned)
-    members = {name: axis for group in targets.channel_groups(model) for name, axis in group.members}
-    layer_of = {name: layer for layer, g in enumerate(targets.channel_groups(model)) for name, _ in g.members}
+    members = {name: axis for group in targets.channel_groups(model) for name, axis, *_ in group.members}
+    layer_of = {name: layer for layer, g in enumerate(targets.channel_groups(model)) for name, *_ in g.members}
     for name, tensor in pruned_state.items():
         if name in members:
             expected = state[name].index_select(members[name], chosen[layer_of[name]])
@@ -245,7 +245,7 @@ def test_first_channels_cuts_a_stock_model_to_its_first_units(model_type):
     nested = first_channels(model, width)
     assert type(nested) is type(model) and targets.network_width(nested.config) == width
     state = tensors(model)
-    members = dict(member for group in targets.channel_groups(model) for member in group.members)
+    members = dict(member[:2] for group in targets.channel_groups(model) for member in group.members)
     for name, tensor in tensors(nested).items():
         expected = state[name].narrow(members[name], 0, width) if name in members else state[name]
         assert torch.equal(tensor, expected), name
@@ -270,7 +270,7 @@ def test_mix_and_match_combines_each_layers_own_width(model_type):
     generated = set()
     for layer, (group, width) in enumerate(zip(groups, [narrow, wide])):
         source = tensors(single[width])
-        for name, axis in group.members:
+        for name, axis, *_ in group.members:
             generated.add(name)
             assert torch.equal(mixed_state[name].narrow(axis, 0, width), source[name]), name
             padding = mixed_state[name].narrow(axis, width, wide - width)
@@ -280,7 +280,7 @@ def test_mix_and_match_combines_each_layers_own_width(model_type):
             assert torch.equal(mixed_state[name], tensor), name
     # The function: the narrow network with layer 1's feed-forward modules taken from the wide one.
     composite = copy.deepcopy(single[narrow])
-    for name, _ in groups[1].members:
+    for name, *_ in groups[1].members:
         module = name.rsplit(".", 1)[0]
         composite.set_submodule(module, copy.deepcopy(single[wide].get_submodule(module)))
     inputs = inputs_of(mixed.config)

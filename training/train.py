@@ -40,9 +40,17 @@ from safetensors.torch import save_file
 from neumeta_hf import NeuMetaModel
 from neumeta_hf.cards import hypernetwork_card, sampled_network_card
 from neumeta_hf.data import load_splits
-from neumeta_hf.evaluation import evaluate_width, sweep, write_sweep
+from neumeta_hf.evaluation import (
+    PREDICTIONS_PICTURE,
+    evaluate_width,
+    plot_predictions,
+    sweep,
+    worst_result,
+    write_sweep,
+)
+from neumeta_hf.objective import Objective
 from neumeta_hf.progress import progress_bar
-from neumeta_hf.targets import network_width
+from neumeta_hf.targets import network_width, task_for
 from recipe import (
     RESUMABLE_CHANGES,
     TrainConfig,
@@ -154,47 +162,6 @@ class StepBatches(torch.utils.data.Sampler):
         return len(self.batches)
 
 
-def reconstruction_loss(weights: dict, targets: dict) -> torch.Tensor:
-    """Magnitude-weighted MSE to the permuted base tensors, each normalised by its own scale."""
-    total = 0.0
-    for name, target in targets.items():
-        magnitude = target.abs()
-        error = (magnitude * (weights[name] - target) ** 2).mean()
-        total = total + error / (magnitude.mean() * target.pow(2).mean()).clamp_min(1e-12)
-    return total
-
-
-def width_loss(model, hyper: NeuMetaModel, settings, pixel_values, targets, teacher_logits, width, generator):
-    """(loss, detached terms) of the width-`width` network generated for this batch: task loss (cross-entropy
-    to `targets`, class indices or probabilities) + L2 of the generated tensors + reconstruction at full width,
-    or + distillation towards `teacher_logits` (the base network's) at other widths."""
-    full_width = hyper.config.full_width
-    # The full width is fitted exactly (reconstruction loss), so it is generated without noise.
-    noise = 0.0 if width == full_width else None
-    output = model(pixel_values=pixel_values, width=width, noise=noise, generator=generator)
-    task_loss = F.cross_entropy(output.logits, targets)
-    terms = {"task_loss": task_loss.detach()}
-    loss = task_loss + settings.l2_weight * sum(tensor.norm() for tensor in output.weights.values())
-    if width == full_width and settings.reconstruction_weight:
-        reconstruction = reconstruction_loss(output.weights, hyper.reconstruction_targets())
-        loss = loss + settings.reconstruction_weight * reconstruction
-        terms["reconstruction_loss"] = reconstruction.detach()
-    if width != full_width and settings.distillation_weight:
-        temperature = settings.distillation_temperature
-        distillation = (
-            F.kl_div(
-                F.log_softmax(output.logits / temperature, -1),
-                F.log_softmax(teacher_logits / temperature, -1),
-                log_target=True,
-                reduction="batchmean",
-            )
-            * temperature**2
-        )
-        loss = loss + settings.distillation_weight * distillation
-        terms["distillation_loss"] = distillation.detach()
-    return loss, terms
-
-
 def mixup(pixel_values, labels, num_labels: int, alpha: float, seed: int):
     """Mixup (Zhang et al., 2018): each image blended with another of the batch by a Beta(alpha, alpha) weight,
     and its one-hot label likewise. Drawn from `seed`, so a resumed run mixes the same pairs."""
@@ -304,9 +271,11 @@ def set_learning_rate(scheduler, learning_rate: float):
 
 
 def evaluate_widths(hyper: NeuMetaModel, dataset, widths, split: str) -> dict:
+    """The task's main metric (accuracy, mean IoU) of the sampled networks at `widths`."""
     hyper.eval()
     prefix = "" if split == "test" else f"{split}_"
-    return {f"{prefix}accuracy/width_{w}": evaluate_width(hyper, dataset, w, num_samples=1)["accuracy"] for w in widths}
+    metric = task_for(hyper.spec.family_config).main_metric
+    return {f"{prefix}{metric}/width_{w}": evaluate_width(hyper, dataset, w, num_samples=1)[metric] for w in widths}
 
 
 def train(config: TrainConfig) -> dict:
@@ -339,8 +308,9 @@ def train(config: TrainConfig) -> dict:
     watched, watched_split = (test_set, "test") if validation_set is None else (validation_set, "validation")
 
     # 1. The base network.
-    base, base_accuracy = build_base_network(config, train_set, test_set, info, accelerator)
-    accelerator.print(f"Base network: width {network_width(base.config)}, test accuracy {base_accuracy:.4f}")
+    base, base_score = build_base_network(config, train_set, test_set, info, accelerator)
+    task = task_for(base.config, type(base))
+    accelerator.print(f"Base network: width {network_width(base.config)}, test {task.main_metric} {base_score:.4f}")
     if accelerator.is_main_process:
         save_network(base, output / "base")
 
@@ -373,6 +343,7 @@ def train(config: TrainConfig) -> dict:
     model, optimizer, scheduler = accelerator.prepare(hyper, optimizer, scheduler)
     hyper = accelerator.unwrap_model(model)
     teacher = base.to(accelerator.device).eval()
+    objective = Objective.from_settings(settings)
     ema = EMA(hyper.inr, hyper.config.ema_decay)
     run_facts = {"num_processes": accelerator.num_processes, "device": str(accelerator.device)}
     flat = flatten(config_to_dict(config))
@@ -429,23 +400,11 @@ def train(config: TrainConfig) -> dict:
             pixel_values, targets = mixup(pixel_values, labels, base.config.num_labels, settings.mixup_alpha, seed)
         with accelerator.accumulate(model):
             teacher_logits = None
-            if settings.distillation_weight and (width != full_width or settings.sandwich):
+            if objective.needs_teacher(width, full_width):
                 with torch.no_grad():
                     teacher_logits = teacher(pixel_values).logits
             inputs = (pixel_values, targets, teacher_logits)
-            loss, terms = width_loss(model, hyper, settings, *inputs, width, noise_generator)
-            if settings.sandwich:
-                # The sandwich rule of slimmable networks: the smallest and largest widths at every step, beside
-                # the drawn one. The largest is the base itself, so it needs only the reconstruction loss: no
-                # network runs for it.
-                if width != widths[0]:
-                    smallest_loss, _ = width_loss(model, hyper, settings, *inputs, widths[0], noise_generator)
-                    loss = loss + smallest_loss
-                    terms["smallest_width_loss"] = smallest_loss.detach()
-                if width != full_width and settings.reconstruction_weight:
-                    reconstruction = reconstruction_loss(hyper.generate(full_width), hyper.reconstruction_targets())
-                    loss = loss + settings.reconstruction_weight * reconstruction
-                    terms["reconstruction_loss"] = reconstruction.detach()
+            loss, terms = objective.step_loss(model, hyper, *inputs, width, widths[0], noise_generator)
             finite = accelerator.gather(torch.isfinite(loss.detach()).reshape(1).float()).min() > 0
             if not finite:
                 stop_on_non_finite_loss(accelerator, checkpoints, identity, loss.item(), step, width)
@@ -490,32 +449,34 @@ def train(config: TrainConfig) -> dict:
             test_set,
             config.sweep.widths,
             num_samples=config.sweep.num_samples,
-            base_accuracy=base_accuracy,
+            base_score=base_score,
             dataset_name=info.name,
             batch_size=config.sweep.batch_size,
         )
         write_sweep(result, output)
         shutil.copy(output / "sweep.png", output / "hypernetwork" / "sweep.png")
+        picture = plot_predictions(hyper, test_set, output / "hypernetwork" / PREDICTIONS_PICTURE)
         recipe = (
             f"{settings.max_steps} steps, batch {settings.batch_size}, AdamW lr {settings.learning_rate} "
             f"({settings.scheduler}), distillation weight {settings.distillation_weight} "
             f"(temperature {settings.distillation_temperature}), mixup alpha {settings.mixup_alpha}"
         )
         hypernetwork_card(
-            hyper, sweep=result, training={"dataset": info.name, "recipe": recipe}, sweep_plot="sweep.png"
-        ).save(output / "hypernetwork" / "README.md")
+            hyper, sweep=result, training={"dataset": info.name, "recipe": recipe}, sweep_plot="sweep.png",
+            predictions_picture=PREDICTIONS_PICTURE if picture else None,
+        ).save(output / "hypernetwork" / "README.md")  # fmt: skip
         save_width = config.sweep.save_width or (low + high) // 2
         network = hyper.sample_model(save_width, num_samples=config.sweep.num_samples)
         measured = next((r for r in result["results"] if r["width"] == save_width), None)
-        metrics = {name: measured[name] for name in ("accuracy", "top5_accuracy")} if measured else None
+        metrics = {name: measured[name] for name in task.metrics} if measured else None
         network.model_card = sampled_network_card(
             network, hypernetwork=str(output / "hypernetwork"), metrics=metrics, dataset=info.name
         )
         network.save_pretrained(output / f"sampled-width-{save_width}")
-        worst = min(result["results"], key=lambda r: r["accuracy"])
+        worst = worst_result(result)
         accelerator.print(
-            f"Sweep over {len(result['results'])} widths: worst {worst['accuracy']:.4f} at width {worst['width']} "
-            f"(base {base_accuracy:.4f}).\nResults in {output}: hypernetwork/, base/, sampled-width-{save_width}/, "
+            f"Sweep over {len(result['results'])} widths: worst {task.main_metric} {worst[task.main_metric]:.4f} at "
+            f"width {worst['width']} (base {base_score:.4f}).\nResults in {output}: hypernetwork/, base/, sampled-width-{save_width}/, "
             "sweep.json, sweep.md, sweep.png, log.jsonl"
         )
     accelerator.end_training()

@@ -1,4 +1,4 @@
-"""Train (or load) the full-width base network of a family, report its test accuracy and save it.
+"""Train (or load) the full-width base network of a family, report its test score and save it.
 
     accelerate launch training/train_base.py --config training/configs/digits_mlp.yaml [key=value ...]
 
@@ -15,22 +15,23 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from recipe import BaseConfig, TrainConfig, load_config, schedule_factor
 from torch.func import functional_call
 from transformers import PreTrainedModel
 
 from neumeta_hf import NeuMetaConfig
 from neumeta_hf.data import DataInfo, load_splits
-from neumeta_hf.evaluation import check_labels, evaluate_accuracy
+from neumeta_hf.evaluation import check_labels, evaluate_score
 from neumeta_hf.progress import progress_bar
 from neumeta_hf.pruning import nested_weights, prune_l1
 from neumeta_hf.targets import (
     config_at_width,
-    image_classifier_class,
     network_width,
     save_stock_image_processor,
+    task_for,
+    trainable_network_class,
     width_field,
 )
-from recipe import BaseConfig, TrainConfig, load_config, schedule_factor
 
 # What a run writes into its output directory (train.py; train_base.py writes only base/).
 RUN_OUTPUTS = ("log.jsonl", "checkpoints", "hypernetwork", "base", "sweep.json", "sweep.md", "sweep.png")
@@ -66,7 +67,7 @@ def claim_output_dir(config: TrainConfig, accelerator: Accelerator, resuming: bo
 def check_against_data(config: TrainConfig, train, validation, test, info: DataInfo, accelerator: Accelerator):
     """The recipe against the data, before anything trains: labels, image shape and classes of a given base
     network, batch sizes, and the hypernetwork's own config. Each failure names the key and the fix."""
-    model_class = image_classifier_class(config.base.family)
+    model_class = trainable_network_class(config.base.family)
     if config.base.pretrained:
         base_config = model_class.config_class.from_pretrained(config.base.pretrained)
         expected = (base_config.num_channels, base_config.image_size)
@@ -77,9 +78,17 @@ def check_against_data(config: TrainConfig, train, validation, test, info: DataI
             )
     else:
         base_config = model_class.config_class(**{**info.family_kwargs(), **config.base.family_config})
+    base_config.architectures = [model_class.__name__]
+    task = task_for(base_config)
+    if info.task != task.name:
+        raise ValueError(
+            f"data {config.data.name!r} is {info.task} data, but base.family {config.base.family!r} is a "
+            f"{task.name} network; use a family of that task or data of this one"
+        )
     for split, dataset in (("training", train), ("validation", validation), ("test", test)):
         if dataset is not None:
-            check_labels(dataset, base_config.num_labels, f"data {config.data.name!r} ({split} split)")
+            where = f"data {config.data.name!r} ({split} split)"
+            check_labels(dataset, base_config.num_labels, where, ignore_index=task.ignore_index)
     per_step = config.training.batch_size * accelerator.num_processes * config.training.gradient_accumulation_steps
     batches = [("training.batch_size", per_step)]
     if not config.base.pretrained:
@@ -93,7 +102,7 @@ def check_against_data(config: TrainConfig, train, validation, test, info: DataI
     hypernetwork = config.hypernetwork
     NeuMetaConfig(  # the hypernetwork's config errors now, not after the base network has trained
         family=config.base.family,
-        family_config={**base_config.to_dict(), "architectures": [model_class.__name__]},
+        family_config=base_config.to_dict(),
         width_range=hypernetwork.width_range,
         train_widths=hypernetwork.train_widths,
         morph=hypernetwork.morph,
@@ -106,8 +115,8 @@ def check_against_data(config: TrainConfig, train, validation, test, info: DataI
 def build_base_network(
     config: TrainConfig, train, test, info: DataInfo, accelerator: Accelerator
 ) -> tuple[PreTrainedModel, float]:
-    """(network, test accuracy): loaded from `base.pretrained`, or trained on `train` with `base.*` settings."""
-    model_class = image_classifier_class(config.base.family)
+    """(network, its test score -- the task's main metric): loaded from `base.pretrained`, or trained on `train` with `base.*` settings."""
+    model_class = trainable_network_class(config.base.family)
     if config.base.pretrained:
         model = model_class.from_pretrained(config.base.pretrained)
         if model.config.model_type != config.base.family:
@@ -135,7 +144,7 @@ def build_base_network(
             nested = tuple(config.hypernetwork.width_range or (max(1, full_width // 4), full_width))
         model = train_network(model, train, config.base, accelerator, config.seed, nested)
     model.eval()
-    return model, evaluate_accuracy(model, test)
+    return model, evaluate_score(model, test)
 
 
 def train_network(model, train, settings: BaseConfig, accelerator: Accelerator, seed: int, nested_widths=None):
@@ -194,7 +203,7 @@ class SlimmableObjective:
 
     def __call__(self, model, pixel_values, labels) -> torch.Tensor:
         full = model(pixel_values, labels=labels)
-        teacher = full.logits.detach().softmax(-1)
+        teacher = full.logits.detach().softmax(1)  # class probabilities, per image or per pixel
         loss = full.loss
         for width in (self.low, self.rng.randint(self.low, self.high), self.rng.randint(self.low, self.high)):
             if width not in self.skeletons:
@@ -226,12 +235,13 @@ def main(argv=None):
     claim_output_dir(config, accelerator, resuming=False, outputs=("base",))
     train, validation, test, info = load_splits(config.data)
     check_against_data(config, train, validation, test, info, accelerator)
-    model, accuracy = build_base_network(config, train, test, info, accelerator)
+    model, score = build_base_network(config, train, test, info, accelerator)
     output = Path(config.output_dir) / "base"
     if accelerator.is_main_process:
         save_network(model, output)
-        accelerator.print(f"Base network ({config.base.family}, width {network_width(model.config)}): test accuracy "
-                          f"{accuracy:.4f}; saved to {output}")
+        metric = task_for(model.config, type(model)).main_metric
+        accelerator.print(f"Base network ({config.base.family}, width {network_width(model.config)}): test {metric} "
+                          f"{score:.4f}; saved to {output}")
 
 
 if __name__ == "__main__":

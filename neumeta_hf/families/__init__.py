@@ -1,29 +1,49 @@
 """Target families: small transformers models whose width NeuMeta varies.
 
-Each family is a config + model pair registered with `AutoConfig` and `AutoModelForImageClassification` when
-`neumeta_hf` is imported, and marked for `trust_remote_code` saving so that a saved network carries its code.
+What a family provides (the contract every part of neumeta-hf relies on):
+
+* a config class, subclass of `NeuMetaFamilyConfig`, with a unique `model_type`, a `full_width` class variable
+  and `at_width(width)`; layer sizes follow `width` (`scaled`), and the `morph` mode says which layers do
+  ("all", or "last": only the last hidden layer or block);
+* a model class, subclass of `NeuMetaFamilyModel`, whose `task` names its pipeline task (`neumeta_hf.tasks`:
+  the output it returns, its loss, metrics and Auto class); it builds on the meta device (no data-dependent
+  work in `__init__`), and its `channel_groups()` lists every group of coupled hidden channels as
+  `ChannelSlice`s -- whole axes, or `[start, stop)` where an axis concatenates groups -- so that permuting a
+  group's channels in every member keeps the function (the test every family passes). BatchNorm layers are
+  `<name>.conv` + `<name>.norm` pairs (`ConvNorm`), which `folding.py` folds before NeuMeta morphs them;
+* files that import only torch and transformers (and each other, relatively): they travel with every saved
+  network as remote code.
+
+Adding a family is adding its two files and one `register_family(ModelClass)` call below.
 """
 
-from transformers import AutoConfig, AutoModelForImageClassification
+from transformers import AutoConfig
 
+from ..tasks import auto_class
 from .configuration_common import NeuMetaFamilyConfig
 from .configuration_lenet import NeuMetaLeNetConfig
 from .configuration_mlp import NeuMetaMLPConfig
 from .configuration_resnet_cifar import NeuMetaResNetCifarConfig
+from .configuration_unet import NeuMetaUNetConfig
 from .image_processing_neumeta import NeuMetaImageProcessor
-from .modeling_common import ChannelGroup, NeuMetaFamilyModel
+from .modeling_common import ChannelGroup, ChannelSlice, NeuMetaFamilyModel
 from .modeling_lenet import NeuMetaLeNetForImageClassification
 from .modeling_mlp import NeuMetaMLPForImageClassification
 from .modeling_resnet_cifar import NeuMetaResNetCifarForImageClassification
+from .modeling_unet import NeuMetaUNetForSemanticSegmentation
 
-FAMILIES: dict[str, type[NeuMetaFamilyModel]] = {
-    model.config_class.model_type: model
-    for model in (
-        NeuMetaMLPForImageClassification,
-        NeuMetaLeNetForImageClassification,
-        NeuMetaResNetCifarForImageClassification,
-    )
-}
+FAMILIES: dict[str, type[NeuMetaFamilyModel]] = {}
+
+
+def register_family(model_class: type[NeuMetaFamilyModel]) -> None:
+    """Make a family known to neumeta-hf (`FAMILIES`) and to transformers: its config to `AutoConfig`, its model to
+    its task's Auto class, both marked so that `save_pretrained` writes their code beside the weights."""
+    config_class, auto = model_class.config_class, auto_class(model_class.task)
+    FAMILIES[config_class.model_type] = model_class
+    AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+    auto.register(config_class, model_class, exist_ok=True)
+    config_class.register_for_auto_class()
+    model_class.register_for_auto_class(auto.__name__)
 
 
 def family_model_class(family: str) -> type[NeuMetaFamilyModel]:
@@ -32,16 +52,16 @@ def family_model_class(family: str) -> type[NeuMetaFamilyModel]:
     return FAMILIES[family]
 
 
-for _model in FAMILIES.values():
-    AutoConfig.register(_model.config_class.model_type, _model.config_class, exist_ok=True)
-    AutoModelForImageClassification.register(_model.config_class, _model, exist_ok=True)
-    _model.config_class.register_for_auto_class()
-    _model.register_for_auto_class("AutoModelForImageClassification")
+register_family(NeuMetaMLPForImageClassification)
+register_family(NeuMetaLeNetForImageClassification)
+register_family(NeuMetaResNetCifarForImageClassification)
+register_family(NeuMetaUNetForSemanticSegmentation)
 NeuMetaImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 __all__ = [
     "FAMILIES",
     "ChannelGroup",
+    "ChannelSlice",
     "NeuMetaFamilyConfig",
     "NeuMetaFamilyModel",
     "NeuMetaImageProcessor",
@@ -51,5 +71,8 @@ __all__ = [
     "NeuMetaMLPForImageClassification",
     "NeuMetaResNetCifarConfig",
     "NeuMetaResNetCifarForImageClassification",
+    "NeuMetaUNetConfig",
+    "NeuMetaUNetForSemanticSegmentation",
     "family_model_class",
+    "register_family",
 ]

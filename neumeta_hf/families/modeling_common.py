@@ -19,15 +19,40 @@ from transformers import initialization as init
 from transformers.modeling_outputs import ImageClassifierOutput
 
 
+class ChannelSlice(NamedTuple):
+    """Where a channel group's channels lie in one tensor: along `axis`, the whole axis (`stop` None), or
+    `[start, stop)` when the axis concatenates several groups (a U-Net decoder convolution reads
+    `[upsampled; skip]` channels on its input axis)."""
+
+    tensor: str
+    axis: int
+    start: int = 0
+    stop: int | None = None
+
+    def length(self, shape) -> int:
+        """Channels in this slice of a tensor of `shape`."""
+        return (shape[self.axis] if self.stop is None else self.stop) - self.start
+
+    def of(self, tensor: torch.Tensor) -> torch.Tensor:
+        """This slice of `tensor` (a view)."""
+        return tensor.narrow(self.axis, self.start, self.length(tensor.shape))
+
+
 class ChannelGroup(NamedTuple):
-    """Channels that must move together: the same index along `axis` of every `(tensor_name, axis)` member.
+    """Channels that must move together: the same index of every member slice (`ChannelSlice`; a plain
+    `(tensor name, axis)` pair means the whole axis).
 
     `scales` says whether the number of channels follows the config's `width`.
     """
 
     name: str
-    members: tuple[tuple[str, int], ...]
+    members: tuple[ChannelSlice, ...]
     scales: bool
+
+    @classmethod
+    def of(cls, name: str, members, scales: bool) -> "ChannelGroup":
+        """A group from members given as `ChannelSlice`s or `(tensor name, axis[, start, stop])` tuples."""
+        return cls(name, tuple(ChannelSlice(*member) for member in members), scales)
 
 
 class ConvNorm(nn.Module):
@@ -50,6 +75,7 @@ class NeuMetaFamilyModel(PreTrainedModel):
 
     main_input_name = "pixel_values"
     base_model_prefix = "network"
+    task = "image-classification"  # the pipeline task (`neumeta_hf.tasks`): output, loss, metrics, Auto class
 
     def forward(self, pixel_values, labels=None, **kwargs):
         logits = self.classify(pixel_values)

@@ -35,7 +35,7 @@ class NeuMetaLeNetForImageClassification(NeuMetaFamilyModel):
     def channel_groups(self) -> list[ChannelGroup]:
         scales = self.config.morph == "all"
         return [
-            ChannelGroup("conv1", self._out_members("conv1") + (("conv2.weight", 1),), scales),
-            ChannelGroup("conv2", self._out_members("conv2") + (("conv3.weight", 1),), scales),
-            ChannelGroup("conv3", self._out_members("conv3") + (("classifier.weight", 1),), True),
+            ChannelGroup.of("conv1", self._out_members("conv1") + (("conv2.weight", 1),), scales),
+            ChannelGroup.of("conv2", self._out_members("conv2") + (("conv3.weight", 1),), scales),
+            ChannelGroup.of("conv3", self._out_members("conv3") + (("classifier.weight", 1),), True),
         ]

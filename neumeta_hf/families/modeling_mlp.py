@@ -25,6 +25,6 @@ class NeuMetaMLPForImageClassification(NeuMetaFamilyModel):
 
     def channel_groups(self) -> list[ChannelGroup]:
         return [
-            ChannelGroup("fc1", self._out_members("fc1") + (("fc2.weight", 1),), self.config.morph == "all"),
-            ChannelGroup("fc2", self._out_members("fc2") + (("classifier.weight", 1),), True),
+            ChannelGroup.of("fc1", self._out_members("fc1") + (("fc2.weight", 1),), self.config.morph == "all"),
+            ChannelGroup.of("fc2", self._out_members("fc2") + (("classifier.weight", 1),), True),
         ]

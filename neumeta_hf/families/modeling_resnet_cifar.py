@@ -63,7 +63,7 @@ class NeuMetaResNetCifarForImageClassification(NeuMetaFamilyModel):
                 if block.shortcut is not None:
                     readers.append((f"{prefix}.shortcut.conv.weight", 1))
                     stream = self._out_members(*stream_writers) + tuple(stream_readers + readers)
-                    groups.append(ChannelGroup(f"stream{streams}", stream, all_scale))
+                    groups.append(ChannelGroup.of(f"stream{streams}", stream, all_scale))
                     streams += 1
                     stream_writers, stream_readers = [f"{prefix}.shortcut.conv", f"{prefix}.shortcut.norm"], []
                 else:
@@ -72,7 +72,7 @@ class NeuMetaResNetCifarForImageClassification(NeuMetaFamilyModel):
                 hidden = self._out_members(f"{prefix}.conv1.conv", f"{prefix}.conv1.norm")
                 hidden += ((f"{prefix}.conv2.conv.weight", 1),)
                 is_last = stage == len(self.stages) - 1 and index == len(blocks) - 1
-                groups.append(ChannelGroup(f"{prefix}.hidden", hidden, all_scale or is_last))
+                groups.append(ChannelGroup.of(f"{prefix}.hidden", hidden, all_scale or is_last))
         stream = self._out_members(*stream_writers) + tuple(stream_readers + [("classifier.weight", 1)])
-        groups.append(ChannelGroup(f"stream{streams}", stream, all_scale))
+        groups.append(ChannelGroup.of(f"stream{streams}", stream, all_scale))
         return groups

@@ -1,0 +1,88 @@
+"""The hypernetwork's training objective, in one place: `training/train.py`, the quality benchmark and the
+training-speed benchmark all step with it.
+
+For a batch and a width w, the width-w network is generated and run, and its loss is
+
+    task loss (the target's task: cross-entropy per image or per pixel, `neumeta_hf.tasks`)
+    + l2_weight x sum of the generated tensors' L2 norms
+    + reconstruction_weight x magnitude-weighted MSE to the permuted base tensors     (w = full width)
+    + distillation_weight x KL(base || generated) of the softened class distributions  (w < full width)
+
+With `sandwich`, every step also trains the smallest width and reconstructs the full width (the sandwich rule of
+slimmable networks; the full width is the base itself, so it needs no forward pass).
+"""
+
+from dataclasses import dataclass, fields
+
+import torch
+
+from .targets import task_for
+
+
+@dataclass(frozen=True)
+class Objective:
+    l2_weight: float = 1e-4
+    reconstruction_weight: float = 1.0
+    distillation_weight: float = 0.0
+    distillation_temperature: float = 1.0
+    sandwich: bool = False
+
+    @classmethod
+    def from_settings(cls, settings) -> "Objective":
+        """The objective from any settings object with these fields (a recipe's `training` section)."""
+        return cls(**{field.name: getattr(settings, field.name) for field in fields(cls)})
+
+    def needs_teacher(self, width: int, full_width: int) -> bool:
+        """Whether a step at `width` distils from the base network (whose logits the caller then computes once)."""
+        return bool(self.distillation_weight) and (width != full_width or self.sandwich)
+
+    def step_loss(self, model, hyper, pixel_values, targets, teacher_logits, width: int, smallest_width: int, generator):
+        """(loss, detached terms) of one training step at `width`, plus the sandwich rule's smallest width and
+        full-width reconstruction when `sandwich` is set. `model` runs the batch (the hypernetwork, or its
+        distributed wrapper); `hyper` is the hypernetwork itself."""
+        inputs = (pixel_values, targets, teacher_logits)
+        loss, terms = self.width_loss(model, hyper, *inputs, width, generator)
+        if not self.sandwich:
+            return loss, terms
+        if width != smallest_width:
+            smallest_loss, _ = self.width_loss(model, hyper, *inputs, smallest_width, generator)
+            loss = loss + smallest_loss
+            terms["smallest_width_loss"] = smallest_loss.detach()
+        full_width = hyper.config.full_width
+        if width != full_width and self.reconstruction_weight:
+            reconstruction = reconstruction_loss(hyper.generate(full_width), hyper.reconstruction_targets())
+            loss = loss + self.reconstruction_weight * reconstruction
+            terms["reconstruction_loss"] = reconstruction.detach()
+        return loss, terms
+
+    def width_loss(self, model, hyper, pixel_values, targets, teacher_logits, width: int, generator):
+        """(loss, detached terms) of the width-`width` network generated for this batch: task loss (against
+        `targets`: the labels, or class probabilities) + L2 of the generated tensors + reconstruction at full
+        width, or + distillation towards `teacher_logits` (the base network's) at other widths."""
+        task = task_for(hyper.spec.family_config)
+        full_width = hyper.config.full_width
+        # The full width is fitted exactly (reconstruction loss), so it is generated without noise.
+        noise = 0.0 if width == full_width else None
+        output = model(pixel_values=pixel_values, width=width, noise=noise, generator=generator)
+        task_loss = task.loss(output.logits, targets)
+        terms = {"task_loss": task_loss.detach()}
+        loss = task_loss + self.l2_weight * sum(tensor.norm() for tensor in output.weights.values())
+        if width == full_width and self.reconstruction_weight:
+            reconstruction = reconstruction_loss(output.weights, hyper.reconstruction_targets())
+            loss = loss + self.reconstruction_weight * reconstruction
+            terms["reconstruction_loss"] = reconstruction.detach()
+        if width != full_width and self.distillation_weight:
+            distillation = task.distillation(output.logits, teacher_logits, self.distillation_temperature)
+            loss = loss + self.distillation_weight * distillation
+            terms["distillation_loss"] = distillation.detach()
+        return loss, terms
+
+
+def reconstruction_loss(weights: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Magnitude-weighted MSE to the permuted base tensors, each normalised by its own scale."""
+    total = 0.0
+    for name, target in targets.items():
+        magnitude = target.abs()
+        error = (magnitude * (weights[name] - target) ** 2).mean()
+        total = total + error / (magnitude.mean() * target.pow(2).mean()).clamp_min(1e-12)
+    return total
