@@ -46,7 +46,7 @@ from recipe import load_config  # noqa: E402
 
 from neumeta_hf import NeuMetaModel  # noqa: E402
 from neumeta_hf.data import FASHION_MNIST_DIR, load_splits  # noqa: E402
-from neumeta_hf.evaluation import PREDICTIONS_PICTURE, evaluate_score, metric_name, sweep  # noqa: E402
+from neumeta_hf.evaluation import PICTURES, evaluate_score, metric_name, sweep  # noqa: E402
 from neumeta_hf.progress import progress_bar  # noqa: E402
 from neumeta_hf.pruning import first_channels, prune_l1  # noqa: E402
 from neumeta_hf.targets import (  # noqa: E402
@@ -100,6 +100,8 @@ RECIPES = {  # each with its reference widths (the individual networks) and the 
     "fashion_mnist_scenes_unet": Recipe(
         "training/configs/fashion_mnist_scenes_unet.yaml", (8, 16, 24, 32), slimmable=False
     ),
+    # The VAE: widths at 75%, 50% and 25% compression; the slimmable baseline trains classifiers only.
+    "fashion_mnist_vae": Recipe("training/configs/fashion_mnist_vae.yaml", (8, 16, 24, 32), slimmable=False),
 }
 # The pruned networks' fine-tuning: a fixed, stated budget (not tuned on the test split).
 FINETUNE_EPOCHS = 2
@@ -114,6 +116,9 @@ COST_BUDGET = 4  # hypernetwork training cost, in individually trained full-widt
 SEGMENTATION_INDIVIDUAL_TOLERANCE = 0.010  # NeuMeta vs the individual network at every width it is measured at
 SEGMENTATION_PRUNING_MARGIN = 0.10  # NeuMeta above L1 pruning at 75% compression
 SEGMENTATION_SMOOTHNESS_TOLERANCE = 0.010  # an unseen width vs the mean of its two neighbours
+# ... and of generation (negative log-likelihood in nats, lower is better; issue 15).
+GENERATION_INDIVIDUAL_TOLERANCE = 1.0  # NeuMeta vs the individual network at every width it is measured at
+GENERATION_SMOOTHNESS_TOLERANCE = 1.0  # an unseen width vs the mean of its two neighbours
 
 
 def main(argv=None):
@@ -243,13 +248,14 @@ def main(argv=None):
         "wall_seconds": {**runs.seconds, "total": round(time.time() - started, 1)},
         "training_passes": passes,
     }
-    check = check_segmentation_targets if metric == "mean_iou" else check_targets
+    check = {"mean_iou": check_segmentation_targets, "nll": check_generation_targets}.get(metric, check_targets)
     report["targets"] = check(report, report["methods"]["neumeta"], passes["neumeta"])
     report["lever_targets"] = {name: check(report, values, passes[f"lever_{name}"]) for name, values in levers.items()}
     paths = write_report(report, output / args.recipe)
-    picture = work / "neumeta" / "hypernetwork" / PREDICTIONS_PICTURE  # segmentation: what the networks predict
-    if picture.is_file():
-        paths.append(Path(shutil.copy(picture, output / f"{args.recipe}_{PREDICTIONS_PICTURE}")))
+    for name in PICTURES:  # what the sampled networks make (segmentation, generation)
+        picture = work / "neumeta" / "hypernetwork" / name
+        if picture.is_file():
+            paths.append(Path(shutil.copy(picture, output / f"{args.recipe}_{name}")))
     print(markdown(report))
     print("Wrote " + ", ".join(str(p) for p in paths))
 
@@ -458,6 +464,40 @@ def check_segmentation_targets(report: dict, neumeta: dict[int, float], passes: 
     return targets
 
 
+def check_generation_targets(report: dict, neumeta: dict[int, float], passes: int) -> list[dict]:
+    """The generation targets for NeuMeta's negative log-likelihoods `neumeta` (nats, lower is better): near the
+    individual networks, below L1 pruning below full width, unseen widths no worse than their neighbours."""
+    methods, full, seen = report["methods"], report["full_width"], set(report["seen_widths"])
+    targets = []
+
+    def target(text, measured, met):
+        targets.append({"target": text, "measured": measured, "met": bool(met)})
+
+    for width, reference in sorted(methods["individual"].items()):
+        target(f"width {width}: at most {GENERATION_INDIVIDUAL_TOLERANCE} nat above the individual network",
+               f"{neumeta[width]:.2f} vs {reference:.2f}", neumeta[width] <= reference + GENERATION_INDIVIDUAL_TOLERANCE)  # fmt: skip
+    worse = [f"{w} ({neumeta[w]:.2f} vs {methods['pruned_l1'][w]:.2f})" for w in sorted(neumeta)
+             if w != full and neumeta[w] >= methods["pruned_l1"][w]]  # fmt: skip
+    target("below pruned_l1 at every width below the full one", f"at or above at {len(worse)}: " + ", ".join(worse),
+           not worse)  # fmt: skip
+    rough, measured = [], sorted(neumeta)
+    for before, width, after in zip(measured, measured[1:], measured[2:]):
+        mean = (neumeta[before] + neumeta[after]) / 2
+        if width not in seen and neumeta[width] > mean + GENERATION_SMOOTHNESS_TOLERANCE:
+            rough.append(f"{width} ({neumeta[width]:.2f} vs {mean:.2f})")
+    unseen = [w for w in measured[1:-1] if w not in seen]
+    target(f"unseen widths ({len(unseen)}) at most {GENERATION_SMOOTHNESS_TOLERANCE} nat above the mean of their "
+           "neighbours", f"{len(rough)} above: " + ", ".join(rough), not rough)  # fmt: skip
+    ratio = round(passes / report["training_passes"]["individual"][full], 2)
+    target("training cost (stated, no target)", f"{ratio} individually trained full-width networks", True)
+    return targets
+
+
+def units(report: dict) -> tuple[float, str]:
+    """(factor, unit) of a report's metric in tables and plots: fractions shown in %, likelihoods in nats."""
+    return (1.0, "nats") if report.get("metric") == "nll" else (100.0, "%")
+
+
 def label(report: dict, method: str) -> str:
     """A method's name in tables and plots: the slimmable network says which kind it is on stock models."""
     if method == "slimmable" and report.get("slimmable_kind", "US-Nets") != "US-Nets":
@@ -466,6 +506,7 @@ def label(report: dict, method: str) -> str:
 
 
 def markdown(report: dict) -> str:
+    scale, unit = units(report)
     methods, ablations = report["methods"], report["ablations"]
     columns = {label(report, name): methods[name] for name in ("individual", "pruned_l1", "pruned_l1_finetuned",
                                                                 "slimmable", "neumeta") if name in methods}  # fmt: skip
@@ -474,10 +515,10 @@ def markdown(report: dict) -> str:
     seen = set(report["seen_widths"])
     splits = report["splits"]
     lines = [
-        f"# NeuMeta quality: {report['family']} on {report['dataset']} (test {metric_name(report.get('metric', 'accuracy'))}, %)",
+        f"# NeuMeta quality: {report['family']} on {report['dataset']} (test {metric_name(report.get('metric', 'accuracy'))}, {unit})",
         "",
         f"Base network (width {report['full_width']}, {report['base_parameters']:,} parameters): "
-        f"{100 * methods['base']:.2f}. INR: {report['inr_parameters']:,} parameters. "
+        f"{scale * methods['base']:.2f}. INR: {report['inr_parameters']:,} parameters. "
         f"Unseen widths are marked *. Recipe `{report['recipe']}`"
         + (f" with `{' '.join(report['overrides'])}`" if report["overrides"] else "")
         + f"; {report['wall_seconds']['total'] / 60:.1f} minutes in all. Splits: {splits['train']:,} training, "
@@ -488,7 +529,7 @@ def markdown(report: dict) -> str:
         "|---:|" + "---:|" * len(columns),
     ]
     for width in sorted(methods["neumeta"]):
-        cells = [f"{100 * values[width]:.2f}" if width in values else "" for values in columns.values()]
+        cells = [f"{scale * values[width]:.2f}" if width in values else "" for values in columns.values()]
         lines.append(f"| {width}{'' if width in seen else '*'} | " + " | ".join(cells) + " |")
     lines += ["", "| target | measured | met |", "|---|---|:---:|"]
     lines += [f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else '**no**'} |" for t in report["targets"]]
@@ -512,9 +553,10 @@ def plot(report: dict, path: Path):
     import matplotlib.pyplot as plt
 
     methods, seen = report["methods"], set(report["seen_widths"])
+    scale, unit = units(report)
     figure, axis = plt.subplots(figsize=(8, 4.5))
     individual = methods["individual"]
-    axis.scatter(list(individual), [100 * v for v in individual.values()], marker="s", color="tab:blue", zorder=4,
+    axis.scatter(list(individual), [scale * v for v in individual.values()], marker="s", color="tab:blue", zorder=4,
                  label="individual")  # fmt: skip
     styles = {"pruned_l1": ("tab:orange", "-"), "pruned_l1_finetuned": ("tab:brown", "-"),
               "slimmable": ("tab:green", "-")}  # fmt: skip
@@ -524,7 +566,7 @@ def plot(report: dict, path: Path):
         values = methods[name]
         widths = sorted(values)
         marker = "^" if len(widths) < 10 else None
-        axis.plot(widths, [100 * values[w] for w in widths], color=colour, ls=style, marker=marker, lw=1.0,
+        axis.plot(widths, [scale * values[w] for w in widths], color=colour, ls=style, marker=marker, lw=1.0,
                   label=label(report, name))  # fmt: skip
     # Dash-dot for the num_samples ablations, which resample the main run rather than train another.
     colours = ["tab:red", "tab:purple", "tab:cyan", "tab:olive", "tab:pink"]
@@ -533,18 +575,23 @@ def plot(report: dict, path: Path):
     for (name, values), colour in zip(variants, colours):
         widths = sorted(values)
         style = "-." if "num_samples" in name else ("--" if name.startswith("lever") else ":")
-        axis.plot(widths, [100 * values[w] for w in widths], lw=1.2, ls=style, color=colour, label=name)
+        axis.plot(widths, [scale * values[w] for w in widths], lw=1.2, ls=style, color=colour, label=name)
     neumeta = methods["neumeta"]
     widths = sorted(neumeta)
-    axis.plot(widths, [100 * neumeta[w] for w in widths], color="black", lw=1.5, label="neumeta")
+    axis.plot(widths, [scale * neumeta[w] for w in widths], color="black", lw=1.5, label="neumeta")
     unseen = [w for w in widths if w not in seen]
-    axis.scatter(unseen, [100 * neumeta[w] for w in unseen], facecolors="white", edgecolors="black", zorder=3,
+    axis.scatter(unseen, [scale * neumeta[w] for w in unseen], facecolors="white", edgecolors="black", zorder=3,
                  label="neumeta, unseen width")
-    axis.axhline(100 * methods["base"], color="gray", ls="--", lw=0.8, label="base network")
-    top = 100 * max(methods["base"], *neumeta.values())
-    axis.set_ylim(max(0, top - 15), top + 1)  # pruning collapses far below; keep the interesting band readable
+    axis.axhline(scale * methods["base"], color="gray", ls="--", lw=0.8, label="base network")
+    # Pruning collapses far away; keep the interesting band readable.
+    if unit == "nats":  # lower is better
+        bottom = min(methods["base"], *neumeta.values())
+        axis.set_ylim(bottom - 2, bottom + 40)
+    else:
+        top = scale * max(methods["base"], *neumeta.values())
+        axis.set_ylim(max(0, top - 15), top + 1)
     axis.set_xlabel("width")
-    axis.set_ylabel(f"test {metric_name(report.get('metric', 'accuracy'))} (%)")
+    axis.set_ylabel(f"test {metric_name(report.get('metric', 'accuracy'))} ({unit})")
     axis.set_title(f"{report['family']} on {report['dataset']}")
     axis.grid(alpha=0.3)
     axis.legend(fontsize="x-small", ncol=2, loc="lower right")

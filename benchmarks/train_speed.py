@@ -69,7 +69,7 @@ def measure(name: str, steps: int, device: torch.device, mixed_precision: str) -
 
     def hyper_step():
         with autocast():
-            loss, _ = objective.width_loss(hyper, hyper, batch, labels, None, rng.choice(widths), None)
+            loss, _ = objective.width_loss(hyper, hyper, batch, labels, None, {}, rng.choice(widths), None)
         hyper_optimizer.zero_grad()
         loss.backward()
         hyper_optimizer.step()

@@ -20,6 +20,9 @@ from .families import (
     NeuMetaResNetCifarForImageClassification,
     NeuMetaUNetConfig,
     NeuMetaUNetForSemanticSegmentation,
+    NeuMetaVAEConfig,
+    NeuMetaVAEModel,
+    NeuMetaVAEOutput,
 )
 from .folding import fold_batch_norm
 from .modeling_neumeta import NeuMetaModel, NeuMetaOutput
@@ -46,6 +49,9 @@ __all__ = [
     "NeuMetaResNetCifarForImageClassification",
     "NeuMetaUNetConfig",
     "NeuMetaUNetForSemanticSegmentation",
+    "NeuMetaVAEConfig",
+    "NeuMetaVAEModel",
+    "NeuMetaVAEOutput",
     "fold_batch_norm",
     "smooth_channels",
 ]

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .evaluation import metric_name, sweep_markdown
+from .evaluation import PICTURES, metric_name, sweep_markdown
 from .targets import image_normalisation, is_stock, network_width, task_for, task_of, width_field
 
 TEMPLATES = Path(__file__).parent / "model_cards"  # a link to the top-level model_cards/, packaged as data
@@ -18,10 +18,11 @@ def _looks_like_hub_id(name: str | None) -> bool:
 
 def hypernetwork_card(
     hyper, repo_id: str | None = None, sweep: dict | None = None, training: dict | None = None,
-    sweep_plot: str | None = None, predictions_picture: str | None = None,
+    sweep_plot: str | None = None, pictures: list[str] | None = None,
 ) -> ModelCard:
     """The card of a trained hypernetwork: what it is, its widths and sizes, the sweep (table and `sweep_plot`),
-    `predictions_picture` (a file beside the card showing sampled networks' outputs), how to sample."""
+    `pictures` (names in `evaluation.PICTURES` of files beside the card: what sampled networks make), how to
+    sample."""
     config = hyper.config
     full = hyper.spec.skeleton(config.full_width)
     stock = is_stock(config.family)
@@ -66,7 +67,7 @@ def hypernetwork_card(
         sweep_table=sweep_markdown(sweep) if sweep else None,
         sweep_plot=sweep_plot,
         metric_name=metric_name(sweep["metric"]) if sweep else None,
-        predictions_picture=predictions_picture,
+        pictures={name: PICTURES[name] for name in pictures or ()},
     )
 
 

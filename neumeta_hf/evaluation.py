@@ -10,7 +10,14 @@ from .progress import progress_bar
 from .targets import task_for
 
 SWEEP_FILES = ("sweep.json", "sweep.md", "sweep.png")
-PREDICTIONS_PICTURE = "predictions.png"  # segmentation: inputs, ground truth and predictions at several widths
+# The pictures a task's sweep draws (`write_pictures`), by file name, with the caption cards give them.
+PICTURES = {
+    "predictions.png": "Test inputs, their ground truth and the predictions of networks sampled at 75%, 50% and "
+    "25% compression and at full width",
+    "samples.png": "Images decoded from the same latents by networks sampled at 75%, 50% and 25% compression and "
+    "at full width (one row each)",
+    "reconstructions.png": "Test images (top row) and their reconstructions by networks sampled at several widths",
+}
 
 
 def evaluate_model(model, dataset, batch_size: int = 512, device=None) -> dict:
@@ -99,7 +106,8 @@ def sweep(
 
 def metric_name(metric: str) -> str:
     """How a metric reads in tables and plots: `mean_iou` -> "mean IoU"."""
-    return {"mean_iou": "mean IoU", "top5_accuracy": "top-5 accuracy"}.get(metric, metric.replace("_", " "))
+    names = {"mean_iou": "mean IoU", "top5_accuracy": "top-5 accuracy", "nll": "negative log-likelihood"}
+    return names.get(metric, metric.replace("_", " "))
 
 
 def worst_result(result: dict) -> dict:
@@ -164,24 +172,34 @@ def compression_widths(hyper) -> dict[int, str]:
 
 
 @torch.no_grad()
-def plot_predictions(hyper, dataset, path: str | Path, num_examples: int = 4) -> Path | None:
-    """For a segmentation hypernetwork, a picture of the first `num_examples` inputs of `dataset`, their ground
-    truth and the predictions of networks sampled at `compression_widths`; None (nothing written) for other
-    tasks."""
-    from .plots import plot_segmentations
+def write_pictures(hyper, dataset, directory: str | Path, num_examples: int = 8) -> list[str]:
+    """Draw into `directory` what networks sampled at `compression_widths` make of the first `num_examples` of
+    `dataset`: for segmentation the inputs, ground truth and predictions (`predictions.png`); for generation
+    images decoded from the same latents (`samples.png`) and test reconstructions (`reconstructions.png`).
+    Returns the names written (`PICTURES`); none for classification."""
+    from .plots import plot_image_grid, plot_segmentations
 
-    if task_for(hyper.spec.family_config).name != "image-segmentation":
-        return None
+    directory = Path(directory)
+    task = task_for(hyper.spec.family_config).name
+    networks = {caption: hyper.sample_model(width) for width, caption in compression_widths(hyper).items()}
     batch = dataset[:num_examples]
-    predictions = {
-        caption: hyper.sample_model(width)(batch["pixel_values"]).logits.argmax(1)
-        for width, caption in compression_widths(hyper).items()
-    }
     config = hyper.base_network.config
-    return plot_segmentations(
-        batch["pixel_values"], batch["labels"], predictions, config.id2label, path,
-        image_mean=config.image_mean, image_std=config.image_std,
-    )  # fmt: skip
+    if task == "image-segmentation":
+        predictions = {caption: net(batch["pixel_values"]).logits.argmax(1) for caption, net in networks.items()}
+        plot_segmentations(
+            batch["pixel_values"][:4], batch["labels"][:4], predictions, config.id2label,
+            directory / "predictions.png", image_mean=config.image_mean, image_std=config.image_std,
+        )  # fmt: skip
+        return ["predictions.png"]
+    if task == "unconditional-image-generation":
+        latents = torch.randn(num_examples, config.latent_size, generator=torch.Generator().manual_seed(0))
+        samples = {caption: net.decode(latents).sigmoid() for caption, net in networks.items()}
+        reconstructions = {"test images": batch["pixel_values"]}
+        reconstructions |= {caption: net(batch["pixel_values"]).logits.sigmoid() for caption, net in networks.items()}
+        plot_image_grid(samples, directory / "samples.png")
+        plot_image_grid(reconstructions, directory / "reconstructions.png")
+        return ["samples.png", "reconstructions.png"]
+    return []
 
 
 def write_sweep(result: dict, directory: str | Path) -> list[Path]:

@@ -19,7 +19,6 @@ from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput, logging
 
 from .cards import hypernetwork_card, sampled_network_card
 from .configuration_neumeta import NeuMetaConfig, as_integer
-from .evaluation import PREDICTIONS_PICTURE
 from .families.modeling_common import upload_in_one_commit, upload_saved, write_model_card
 from .folding import fold_batch_norm
 from .inr import FourierFeatures, NeuMetaINR
@@ -42,10 +41,12 @@ _CHUNK_ROWS = 2**16
 
 @dataclass
 class NeuMetaOutput(ModelOutput):
-    """Output of `NeuMetaModel.forward`: the generated network's loss and logits, and its generated tensors."""
+    """Output of `NeuMetaModel.forward`: the generated network's loss and logits, its whole output (whatever its
+    task returns, e.g. a VAE's posterior) and its generated tensors."""
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
+    network_output: ModelOutput | None = None
     weights: dict[str, torch.Tensor] | None = None
 
 
@@ -344,20 +345,25 @@ class NeuMetaModel(PreTrainedModel):
         labels: torch.Tensor | None = None,
         noise: float | None = None,
         generator: torch.Generator | None = None,
+        **network_inputs,
     ) -> NeuMetaOutput:
         """Run a batch through the width-`width` network built from freshly generated tensors.
 
         Differentiable end to end: one backward pass reaches the INR; the frozen tensors take no gradient.
         Coordinate noise (default `config.coordinate_noise` in training mode, none in eval mode) is applied.
+        `network_inputs` go to the network's forward as they are (e.g. a VAE's posterior noise).
         """
         width = self.check_width(width)
         if noise is None:
             noise = self.config.coordinate_noise if self.training else 0.0
         weights = self.generate(width, noise, generator)
         outputs = functional_call(
-            self.spec.meta_network(width), {**self.frozen_tensors(), **weights}, (pixel_values,), {"labels": labels}
+            self.spec.meta_network(width),
+            {**self.frozen_tensors(), **weights},
+            (pixel_values,),
+            {"labels": labels, **network_inputs},
         )
-        return NeuMetaOutput(loss=outputs.loss, logits=outputs.logits, weights=weights)
+        return NeuMetaOutput(loss=outputs.loss, logits=outputs.logits, network_output=outputs, weights=weights)
 
     @torch.no_grad()
     def sample_model(
@@ -450,23 +456,22 @@ class NeuMetaModel(PreTrainedModel):
         commit_message: str | None = None,
         private: bool | None = None,
         token=None,
-        predictions_picture: str | None = None,
+        pictures: list[str] | None = None,
     ):
-        """Upload config, weights, model card (with the sweep table when given), the sweep plot and the
-        predictions picture (segmentation: `evaluation.plot_predictions`) in one commit. A failed upload raises
-        and changes nothing locally."""
+        """Upload config, weights, model card (with the sweep table when given), the sweep plot and `pictures`
+        (files named as in `evaluation.PICTURES`, from `evaluation.write_pictures`) in one commit. A failed
+        upload raises and changes nothing locally."""
         with tempfile.TemporaryDirectory() as directory:
             self.save_pretrained(directory)
             if sweep is not None:
                 Path(directory, "sweep.json").write_text(json.dumps(sweep, indent=2) + "\n")
-            pictures = {"sweep.png": sweep_plot, PREDICTIONS_PICTURE: predictions_picture}
-            for name, source in pictures.items():
-                if source is not None:
-                    shutil.copy(source, Path(directory, name))
+            if sweep_plot is not None:
+                shutil.copy(sweep_plot, Path(directory, "sweep.png"))
+            for picture in pictures or ():
+                shutil.copy(picture, Path(directory, Path(picture).name))
             card = hypernetwork_card(
                 self, repo_id=repo_id, sweep=sweep, training=training,
-                sweep_plot="sweep.png" if sweep_plot else None,
-                predictions_picture=PREDICTIONS_PICTURE if predictions_picture else None,
+                sweep_plot="sweep.png" if sweep_plot else None, pictures=[Path(p).name for p in pictures or ()],
             )  # fmt: skip
             card.save(Path(directory, "README.md"))
             message = commit_message or f"Upload NeuMeta hypernetwork for {self.config.family}"

@@ -159,6 +159,8 @@ class MorphSpec:
             math.prod(full_shapes[t.name]) // math.prod(t.row_grid(full_shapes[t.name])) for t in self.tensors
         )
         self._full_sizes = [_channel_sizes(full_shapes[t.name]) for t in self.tensors]
+        # The axis of each tensor that runs over its layer's inputs (1; 0 for a transposed convolution's weight).
+        self._input_axes = [1 - output_axis(full, t.name) for t in self.tensors]
         # Segment sizes of each tensor's (out, in) axes at full width: where resampling starts from.
         self.full_segments = tuple(
             tuple(self.segments(self.full_width, t, axis) for axis in (0, 1)) for t in self.tensors
@@ -246,7 +248,8 @@ class MorphSpec:
             true_out, true_in = _channel_sizes(shapes[tensor.name])
             context.append([index / count, true_out / full[0], true_in / full[1]])
             row_counts.append(c_out * c_in)
-            fan_in_ratio.append(full[1] / true_in)
+            sizes_now = (true_out, true_in)
+            fan_in_ratio.append(full[self._input_axes[index]] / sizes_now[self._input_axes[index]])
         return Coordinates(
             width=width,
             centres=torch.cat(centres),
@@ -295,6 +298,14 @@ def _axis_channels(sizes: tuple[int, ...], groups: tuple[int | None, ...], group
         indices.append(channel + group_starts[group] if group is not None else torch.full((size,), -1))
         scales.append(torch.full((size,), 1.0 / (count * size)))
     return torch.cat(positions), torch.cat(indices), torch.cat(scales)
+
+
+def output_axis(model: torch.nn.Module, name: str) -> int:
+    """The axis of tensor `name` that runs over its layer's outputs: 0, but 1 for a transposed convolution's
+    weight, which is laid out [in, out, *kernel]."""
+    module_name, _, leaf = name.rpartition(".")
+    module = model.get_submodule(module_name)
+    return 1 if leaf == "weight" and isinstance(module, torch.nn.modules.conv._ConvTransposeNd) else 0
 
 
 def _channel_sizes(shape: tuple[int, ...]) -> tuple[int, int]:

@@ -32,15 +32,18 @@ class Objective:
         """The objective from any settings object with these fields (a recipe's `training` section)."""
         return cls(**{field.name: getattr(settings, field.name) for field in fields(cls)})
 
-    def needs_teacher(self, width: int, full_width: int) -> bool:
-        """Whether a step at `width` distils from the base network (whose logits the caller then computes once)."""
-        return bool(self.distillation_weight) and (width != full_width or self.sandwich)
-
-    def step_loss(self, model, hyper, pixel_values, targets, teacher_logits, width: int, smallest_width: int, generator):
+    def step_loss(self, model, hyper, teacher, pixel_values, targets, width: int, smallest_width: int, generator):
         """(loss, detached terms) of one training step at `width`, plus the sandwich rule's smallest width and
         full-width reconstruction when `sandwich` is set. `model` runs the batch (the hypernetwork, or its
-        distributed wrapper); `hyper` is the hypernetwork itself."""
-        inputs = (pixel_values, targets, teacher_logits)
+        distributed wrapper); `hyper` is the hypernetwork itself; `teacher` the base network distilled from."""
+        task = task_for(hyper.spec.family_config)
+        full_width = hyper.config.full_width
+        shared = task.shared_inputs(hyper.spec.family_config, pixel_values, generator)
+        teacher_output = None
+        if self.distillation_weight and (width != full_width or self.sandwich):
+            with torch.no_grad():
+                teacher_output = teacher(pixel_values, **shared)
+        inputs = (pixel_values, targets, teacher_output, shared)
         loss, terms = self.width_loss(model, hyper, *inputs, width, generator)
         if not self.sandwich:
             return loss, terms
@@ -48,23 +51,23 @@ class Objective:
             smallest_loss, _ = self.width_loss(model, hyper, *inputs, smallest_width, generator)
             loss = loss + smallest_loss
             terms["smallest_width_loss"] = smallest_loss.detach()
-        full_width = hyper.config.full_width
         if width != full_width and self.reconstruction_weight:
             reconstruction = reconstruction_loss(hyper.generate(full_width), hyper.reconstruction_targets())
             loss = loss + self.reconstruction_weight * reconstruction
             terms["reconstruction_loss"] = reconstruction.detach()
         return loss, terms
 
-    def width_loss(self, model, hyper, pixel_values, targets, teacher_logits, width: int, generator):
+    def width_loss(self, model, hyper, pixel_values, targets, teacher_output, shared: dict, width: int, generator):
         """(loss, detached terms) of the width-`width` network generated for this batch: task loss (against
         `targets`: the labels, or class probabilities) + L2 of the generated tensors + reconstruction at full
-        width, or + distillation towards `teacher_logits` (the base network's) at other widths."""
+        width, or + distillation towards `teacher_output` (the base network's, run with the same `shared`
+        inputs) at other widths."""
         task = task_for(hyper.spec.family_config)
         full_width = hyper.config.full_width
         # The full width is fitted exactly (reconstruction loss), so it is generated without noise.
         noise = 0.0 if width == full_width else None
-        output = model(pixel_values=pixel_values, width=width, noise=noise, generator=generator)
-        task_loss = task.loss(output.logits, targets)
+        output = model(pixel_values=pixel_values, width=width, noise=noise, generator=generator, **shared)
+        task_loss = task.loss(output.network_output, targets)
         terms = {"task_loss": task_loss.detach()}
         loss = task_loss + self.l2_weight * sum(tensor.norm() for tensor in output.weights.values())
         if width == full_width and self.reconstruction_weight:
@@ -72,7 +75,7 @@ class Objective:
             loss = loss + self.reconstruction_weight * reconstruction
             terms["reconstruction_loss"] = reconstruction.detach()
         if width != full_width and self.distillation_weight:
-            distillation = task.distillation(output.logits, teacher_logits, self.distillation_temperature)
+            distillation = task.distillation(output.network_output, teacher_output, self.distillation_temperature)
             loss = loss + self.distillation_weight * distillation
             terms["distillation_loss"] = distillation.detach()
         return loss, terms

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 CELL_INCHES = 1.7  # side of one image panel; the figure grows by one per column and per row
+GRID_CELL_INCHES = 0.9  # side of one panel of an image grid: rows of many small samples
 IGNORED_COLOUR = (1.0, 1.0, 1.0)  # ids outside id2label, such as the ignore index 255
 
 
@@ -101,3 +102,46 @@ def plot_segmentations(
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return Path(path)
+
+
+def plot_image_grid(rows: dict, path, title: str | None = None) -> Path:
+    """Images side by side, one figure row per entry, its label on the left: samples decoded from the same latents
+    by networks of several widths (a row per width), or test images and their reconstructions (a row for the
+    images, then one per width), so that columns line up example by example.
+
+    Args:
+        rows: row label -> images [N, C, H, W] (C = 1, drawn grey, or 3) in [0, 1], tensors or arrays, in row order.
+        path: where the PNG goes.
+        title: figure title.
+    Returns the path of the PNG.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grids = {label: np.asarray(_numpy(images), dtype=float) for label, images in rows.items()}
+    columns = max(len(images) for images in grids.values())
+    width = GRID_CELL_INCHES * columns + 1.2  # the labels' margin
+    height = GRID_CELL_INCHES * len(grids) + (0.4 if title else 0.0)
+    figure, axes = plt.subplots(len(grids), columns, figsize=(width, height), squeeze=False, layout="constrained")
+    for axes_row, (label, images) in zip(axes, grids.items()):
+        for axis, image in zip(axes_row, images):
+            picture = displayable_image(image, 0.0, 1.0)  # only clipped: the images are in [0, 1] already
+            axis.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+        for axis in axes_row[len(images) :]:  # a row with fewer images than the longest
+            axis.set_axis_off()
+        axes_row[0].set_ylabel(textwrap.fill(label, 14), rotation=0, ha="right", va="center", fontsize="small")
+    for axis in axes.flat:
+        axis.set_xticks([])
+        axis.set_yticks([])
+    if title:
+        figure.suptitle(title)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return Path(path)
+
+
+def _numpy(images):
+    """A tensor (on any device, in any graph, of any float type) or array-like as something numpy reads."""
+    return images.detach().float().cpu().numpy() if hasattr(images, "detach") else images

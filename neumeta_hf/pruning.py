@@ -10,7 +10,7 @@
 import torch
 from transformers import PreTrainedModel
 
-from .morph import axis_layout, leading_channels
+from .morph import axis_layout, leading_channels, output_axis
 from .targets import channel_groups, config_at_width, is_stock, network_width, width_rule
 
 
@@ -47,11 +47,16 @@ def prune_l1(model: PreTrainedModel, width: int) -> PreTrainedModel:
 
 def _filters(model: PreTrainedModel, group, state: dict[str, torch.Tensor]) -> list[torch.Tensor]:
     """The weights that produce a group's channels, channels first: a family's multi-dimensional weights along
-    their output axis; a stock model's first width-rule tensor (GPT-2's Conv1D stores it transposed)."""
+    their output axis (axis 1 of a transposed convolution); a stock model's first width-rule tensor (GPT-2's
+    Conv1D stores it transposed)."""
     if is_stock(model.config.model_type):
         producer = next(iter(width_rule(model.config.model_type).members))
         return [m.of(state[m.tensor]).movedim(m.axis, 0) for m in group.members if m.tensor.endswith(producer)]
-    return [m.of(state[m.tensor]) for m in group.members if m.axis == 0 and state[m.tensor].dim() > 1]
+    return [
+        m.of(state[m.tensor]).movedim(m.axis, 0)
+        for m in group.members
+        if state[m.tensor].dim() > 1 and m.axis == output_axis(model, m.tensor)
+    ]
 
 
 def nested_weights(model: PreTrainedModel, narrower: PreTrainedModel) -> dict[str, torch.Tensor]:

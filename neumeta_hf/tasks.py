@@ -51,21 +51,29 @@ class Task:
     def auto_class(self):
         return getattr(transformers, self.auto_class_name)
 
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy over axis 1 against class indices (or class probabilities, e.g. mixed-up labels)."""
-        return F.cross_entropy(logits, targets, ignore_index=self.ignore_index)
+    def loss(self, output, targets: torch.Tensor) -> torch.Tensor:
+        """The task loss of a network's output: cross-entropy of its logits over axis 1 against class indices (or
+        class probabilities, e.g. mixed-up labels)."""
+        return F.cross_entropy(output.logits, targets, ignore_index=self.ignore_index)
 
-    def distillation(self, logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-        """KL(teacher || student) of the temperature-softened class distributions, averaged over examples and
-        output positions, times temperature^2 (Hinton et al., 2015)."""
+    def distillation(self, output, teacher_output, temperature: float) -> torch.Tensor:
+        """How far a generated network's output is from the base network's: KL(teacher || student) of the
+        temperature-softened class distributions, averaged over examples and output positions, times
+        temperature^2 (Hinton et al., 2015)."""
+        logits = output.logits
         positions = logits.numel() // logits.shape[1]
         divergence = F.kl_div(
             F.log_softmax(logits / temperature, 1),
-            F.log_softmax(teacher_logits / temperature, 1),
+            F.log_softmax(teacher_output.logits / temperature, 1),
             log_target=True,
             reduction="sum",
         )
         return divergence / positions * temperature**2
+
+    def shared_inputs(self, config, pixel_values: torch.Tensor, generator: torch.Generator | None = None) -> dict:
+        """Extra inputs of a network with `config` that the generated network and the base network it distils
+        from must share in a step (a VAE's posterior noise); none for discriminative tasks."""
+        return {}
 
     def function_output(self, outputs) -> torch.Tensor:
         """What must not change when hidden channels are permuted."""
@@ -123,11 +131,78 @@ class SemanticSegmentation(Task):
         return scores
 
 
+class ImageGeneration(Task):
+    """Unconditional image generation by a VAE whose forward returns the negative ELBO as `loss`, the posterior
+    (`posterior_mean`, `posterior_logvar`) and the reconstruction's Bernoulli `logits`, with `posterior(x)` and
+    `decode(z)` methods (the `neumeta-vae` family). Likelihoods are in nats per image; lower is better."""
+
+    metrics = ("nll", "negative_elbo")
+    higher_is_better = False
+    num_importance_samples = 100  # per image for sweeps and evaluation during training; final tables use 1000
+
+    def loss(self, output, targets: torch.Tensor) -> torch.Tensor:
+        """The network's own negative ELBO of its inputs (the data's labels are not used)."""
+        return output.loss
+
+    def distillation(self, output, teacher_output, temperature: float) -> torch.Tensor:
+        """KL(base posterior || generated posterior) plus the KL between the two decoders' Bernoulli pixels, both
+        summed per image and averaged over the batch; the two networks decode the same posterior noise
+        (`shared_inputs`). `temperature` does not apply."""
+        mean, logvar = output.posterior_mean, output.posterior_logvar
+        teacher_mean, teacher_logvar = teacher_output.posterior_mean, teacher_output.posterior_logvar
+        posterior = 0.5 * (
+            logvar - teacher_logvar + (teacher_logvar.exp() + (teacher_mean - mean) ** 2) / logvar.exp() - 1
+        ).sum(1)
+        teacher_pixels = torch.sigmoid(teacher_output.logits)
+        pixels = F.binary_cross_entropy_with_logits(output.logits, teacher_pixels, reduction="none")
+        pixels = pixels - F.binary_cross_entropy_with_logits(teacher_output.logits, teacher_pixels, reduction="none")
+        return (posterior + pixels.flatten(1).sum(1)).mean()
+
+    def shared_inputs(self, config, pixel_values: torch.Tensor, generator: torch.Generator | None = None) -> dict:
+        """The posterior noise both networks decode with in a distillation step."""
+        shape = (pixel_values.shape[0], config.latent_size)
+        noise = torch.randn(shape, generator=generator, device=pixel_values.device, dtype=pixel_values.dtype)
+        return {"latent_noise": noise}
+
+    def function_output(self, outputs) -> torch.Tensor:
+        """The deterministic outputs (eval mode decodes the posterior mean): posterior and reconstruction."""
+        return torch.cat([outputs.posterior_mean, outputs.posterior_logvar, outputs.logits.flatten(1)], 1)
+
+    @torch.no_grad()
+    def evaluate(self, model, dataset, batch_size: int = 512, device=None, num_importance_samples=None) -> dict:
+        """Test negative log-likelihood in nats per image, estimated by importance sampling with the posterior as
+        proposal (Burda et al., 2016: K samples per image, `num_importance_samples`), and the negative ELBO, on a
+        dataset of binarised `pixel_values` in {0, 1}."""
+        device = device or next(model.parameters()).device
+        samples = num_importance_samples or self.num_importance_samples
+        metric = self.load_metric("nll")
+        normal = torch.distributions.Normal(0.0, 1.0)
+        for batch in torch.utils.data.DataLoader(dataset, batch_size=max(1, batch_size // 8)):
+            pixels = batch["pixel_values"].to(device)
+            mean, logvar = model.posterior(pixels)
+            noise = torch.randn(samples, *mean.shape, device=device, generator=self._generator(device))
+            latents = mean + (0.5 * logvar).exp() * noise  # [K, N, L]
+            logits = model.decode(latents.flatten(0, 1)).view(samples, *pixels.shape)
+            likelihood = -F.binary_cross_entropy_with_logits(
+                logits, pixels.expand_as(logits), reduction="none"
+            ).flatten(2).sum(2)
+            prior = normal.log_prob(latents).sum(2)
+            proposal = (normal.log_prob(noise) - 0.5 * logvar).sum(2)
+            metric.add_batch(log_weights=(likelihood + prior - proposal).T.double().cpu().numpy())
+        return metric.compute()
+
+    @staticmethod
+    def _generator(device) -> torch.Generator:
+        # The same importance samples for every network evaluated: differences between widths are not noise.
+        return torch.Generator(device).manual_seed(0)
+
+
 TASKS: dict[str, Task] = {
     task.name: task
     for task in (
         ImageClassification("image-classification", "AutoModelForImageClassification"),
         SemanticSegmentation("image-segmentation", "AutoModelForSemanticSegmentation"),
+        ImageGeneration("unconditional-image-generation", "AutoModel"),
         Task("text-classification", "AutoModelForSequenceClassification"),
         Task("text-generation", "AutoModelForCausalLM"),
         Task("fill-mask", "AutoModelForMaskedLM"),

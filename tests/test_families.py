@@ -29,8 +29,11 @@ def test_auto_classes_build_a_working_full_width_network(family):
     labels = torch.tensor([0, 1, 2, 6])
     if model.task == "image-segmentation":
         labels = labels.view(4, 1, 1).expand(4, config.image_size, config.image_size)
-    output = model(inputs_for(config), labels=labels)
-    assert output.logits.shape == (4, 7, *labels.shape[1:])
+    output = model(inputs_for(config).sigmoid(), labels=labels)  # in [0, 1], as a VAE's Bernoulli pixels need
+    if model.task == "unconditional-image-generation":  # a reconstruction, not class scores
+        assert output.logits.shape == (4, config.num_channels, config.image_size, config.image_size)
+    else:
+        assert output.logits.shape == (4, 7, *labels.shape[1:])
     assert torch.isfinite(output.loss)
     output.loss.backward()
 

@@ -56,3 +56,16 @@ def test_pruning_to_full_width_is_the_identity_and_growing_is_refused():
         torch.testing.assert_close(same.state_dict()[name], tensor)
     with pytest.raises(ValueError, match="only shrink"):
         prune_l1(model, 40)
+
+
+def test_transposed_convolutions_are_pruned_by_their_output_filters():
+    """A transposed convolution's weight is [in, out, k, k]: its filters (what L1 pruning ranks) are along axis 1,
+    and the morph spec scales its fan-in along axis 0."""
+    model = random_base(nm.NeuMetaVAEConfig()).double()
+    with torch.no_grad():  # decoder.conv2 output channel i (axis 1) gets L1 norm growing with i
+        model.decoder.conv2.weight.mul_(0).add_(torch.arange(32.0).view(1, 32, 1, 1) + 1)
+    pruned = prune_l1(model, 8)
+    torch.testing.assert_close(pruned.decoder.conv2.weight[0, :, 0, 0], torch.arange(24.0, 32.0) + 1, check_dtype=False)
+    spec = nm.MorphSpec(model.config)
+    ratios = dict(zip(spec.names, spec.coordinates(8).fan_in_ratio.tolist()))
+    assert ratios["decoder.conv3.weight"] == 4.0 and ratios["decoder.conv1.weight"] == 1.0  # latent inputs: fixed

@@ -40,14 +40,7 @@ from safetensors.torch import save_file
 from neumeta_hf import NeuMetaModel
 from neumeta_hf.cards import hypernetwork_card, sampled_network_card
 from neumeta_hf.data import load_splits
-from neumeta_hf.evaluation import (
-    PREDICTIONS_PICTURE,
-    evaluate_width,
-    plot_predictions,
-    sweep,
-    worst_result,
-    write_sweep,
-)
+from neumeta_hf.evaluation import evaluate_width, sweep, worst_result, write_pictures, write_sweep
 from neumeta_hf.objective import Objective
 from neumeta_hf.progress import progress_bar
 from neumeta_hf.targets import network_width, task_for
@@ -325,7 +318,6 @@ def train(config: TrainConfig) -> dict:
         **hyper_settings.config,
     )
     widths = sorted(hyper.config.train_widths)
-    full_width = hyper.config.full_width
     low, high = hyper.config.width_range
     eval_widths = settings.eval_widths or sorted({low, (low + high) // 2, high})
     if settings.epochs:
@@ -399,12 +391,8 @@ def train(config: TrainConfig) -> dict:
             seed = step_seed * accelerator.num_processes + accelerator.process_index
             pixel_values, targets = mixup(pixel_values, labels, base.config.num_labels, settings.mixup_alpha, seed)
         with accelerator.accumulate(model):
-            teacher_logits = None
-            if objective.needs_teacher(width, full_width):
-                with torch.no_grad():
-                    teacher_logits = teacher(pixel_values).logits
-            inputs = (pixel_values, targets, teacher_logits)
-            loss, terms = objective.step_loss(model, hyper, *inputs, width, widths[0], noise_generator)
+            inputs = (pixel_values, targets)
+            loss, terms = objective.step_loss(model, hyper, teacher, *inputs, width, widths[0], noise_generator)
             finite = accelerator.gather(torch.isfinite(loss.detach()).reshape(1).float()).min() > 0
             if not finite:
                 stop_on_non_finite_loss(accelerator, checkpoints, identity, loss.item(), step, width)
@@ -455,7 +443,7 @@ def train(config: TrainConfig) -> dict:
         )
         write_sweep(result, output)
         shutil.copy(output / "sweep.png", output / "hypernetwork" / "sweep.png")
-        picture = plot_predictions(hyper, test_set, output / "hypernetwork" / PREDICTIONS_PICTURE)
+        pictures = write_pictures(hyper, test_set, output / "hypernetwork")
         recipe = (
             f"{settings.max_steps} steps, batch {settings.batch_size}, AdamW lr {settings.learning_rate} "
             f"({settings.scheduler}), distillation weight {settings.distillation_weight} "
@@ -463,7 +451,7 @@ def train(config: TrainConfig) -> dict:
         )
         hypernetwork_card(
             hyper, sweep=result, training={"dataset": info.name, "recipe": recipe}, sweep_plot="sweep.png",
-            predictions_picture=PREDICTIONS_PICTURE if picture else None,
+            pictures=pictures,
         ).save(output / "hypernetwork" / "README.md")  # fmt: skip
         save_width = config.sweep.save_width or (low + high) // 2
         network = hyper.sample_model(save_width, num_samples=config.sweep.num_samples)

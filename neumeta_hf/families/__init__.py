@@ -25,12 +25,14 @@ from .configuration_lenet import NeuMetaLeNetConfig
 from .configuration_mlp import NeuMetaMLPConfig
 from .configuration_resnet_cifar import NeuMetaResNetCifarConfig
 from .configuration_unet import NeuMetaUNetConfig
+from .configuration_vae import NeuMetaVAEConfig
 from .image_processing_neumeta import NeuMetaImageProcessor
 from .modeling_common import ChannelGroup, ChannelSlice, NeuMetaFamilyModel
 from .modeling_lenet import NeuMetaLeNetForImageClassification
 from .modeling_mlp import NeuMetaMLPForImageClassification
 from .modeling_resnet_cifar import NeuMetaResNetCifarForImageClassification
 from .modeling_unet import NeuMetaUNetForSemanticSegmentation
+from .modeling_vae import NeuMetaVAEModel, NeuMetaVAEOutput
 
 FAMILIES: dict[str, type[NeuMetaFamilyModel]] = {}
 
@@ -56,6 +58,7 @@ register_family(NeuMetaMLPForImageClassification)
 register_family(NeuMetaLeNetForImageClassification)
 register_family(NeuMetaResNetCifarForImageClassification)
 register_family(NeuMetaUNetForSemanticSegmentation)
+register_family(NeuMetaVAEModel)
 NeuMetaImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 __all__ = [
@@ -73,6 +76,9 @@ __all__ = [
     "NeuMetaResNetCifarForImageClassification",
     "NeuMetaUNetConfig",
     "NeuMetaUNetForSemanticSegmentation",
+    "NeuMetaVAEConfig",
+    "NeuMetaVAEModel",
+    "NeuMetaVAEOutput",
     "family_model_class",
     "register_family",
 ]
