@@ -4,9 +4,11 @@ differently for it.
 A `Task` says
 * the Auto class that loads such a network and the pipeline tag its card carries;
 * the output the network returns: a `ModelOutput` with `logits` whose axis 1 runs over the classes
-  (`[N, classes]` for image classification, `[N, classes, H, W]` per pixel for semantic segmentation);
+  (`[N, classes]` for image classification, `[N, classes, H, W]` per pixel for semantic segmentation), or a
+  VAE's negative ELBO, reconstruction and posterior for image generation;
 * the task loss against the data's `labels` and the distillation loss between a generated network and the base
-  (KL divergence of the class distributions at every output position);
+  (KL divergence of the class distributions at every output position; for a VAE, of posteriors and decoders),
+  with any inputs the two must share (`shared_inputs`: a VAE's latent noise);
 * the scores it reports (`metrics`), computed through the `evaluate` modules shipped in `neumeta_hf/metrics`;
   the first is the main one, which sweeps, plots and benchmark tables show;
 * what the permutation's function check compares (`function_output`).
