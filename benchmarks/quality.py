@@ -211,7 +211,9 @@ def main(argv=None):
 
     train_widths = config.hypernetwork.train_widths or range(low, high + 1)
     macs = {w: multiply_accumulates(model_class, base.config, w) for w in {*everywhere, *train_widths, low, full_width}}
-    passes = training_passes(config, len(train), macs, full_width, everywhere, neumeta_epochs, widths, recipe.levers)
+    passes = training_passes(
+        config, len(train), macs, full_width, everywhere, neumeta_epochs, widths, recipe.levers, recipe.slimmable
+    )
     report = {
         "metric": metric,
         "dataset": info.name,
@@ -280,7 +282,8 @@ def multiply_accumulates(model_class, config, width: int) -> int:
 
 
 def training_passes(
-    config, examples: int, macs: dict, full_width: int, everywhere, neumeta_epochs: float, widths, levers
+    config, examples: int, macs: dict, full_width: int, everywhere, neumeta_epochs: float, widths, levers,
+    with_slimmable: bool = True,
 ) -> dict:
     """Each method's training cost in forward-backward passes of the full-width network (a width-w pass counts
     its share of the full width's multiply-accumulates; a teacher's forward-only pass counts a third). The INR's
@@ -291,7 +294,7 @@ def training_passes(
     base = config.base.epochs * examples
     individual = {w: round(config.base.epochs * examples * share[w]) for w in widths} | {full_width: base}
     finetuned = {w: round(base + FINETUNE_EPOCHS * examples * share[w]) for w in widths}
-    slimmable = round(round(neumeta_epochs) * examples * (1 + share[low] + 2 * mean_share))  # if it is run
+    slimmable = round(round(neumeta_epochs) * examples * (1 + share[low] + 2 * mean_share))
     train_widths = config.hypernetwork.train_widths or list(range(low, high + 1))
     per_example = sum(share[w] for w in train_widths) / len(train_widths)
     if config.training.sandwich:
@@ -302,7 +305,7 @@ def training_passes(
     return {
         "individual": individual,
         "pruned_l1_finetuned": finetuned,
-        "slimmable": slimmable,
+        **({"slimmable": slimmable} if with_slimmable else {}),
         "neumeta": base + hypernetwork,  # the base network, then the hypernetwork
         **{
             f"lever_{name}": {"base": base, "slimmable": slimmable}[start] + hypernetwork
@@ -589,7 +592,7 @@ def plot(report: dict, path: Path):
         axis.set_ylim(bottom - 2, bottom + 40)
     else:
         top = scale * max(methods["base"], *neumeta.values())
-        axis.set_ylim(max(0, top - 15), top + 1)
+        axis.set_ylim(max(0, min(top - 15, scale * min(neumeta.values()) - 2)), top + 1)  # NeuMeta always in view
     axis.set_xlabel("width")
     axis.set_ylabel(f"test {metric_name(report.get('metric', 'accuracy'))} ({unit})")
     axis.set_title(f"{report['family']} on {report['dataset']}")
