@@ -73,9 +73,10 @@ def hypernetwork_card(
 
 def sampled_network_card(
     network, repo_id: str | None = None, hypernetwork: str | None = None, metrics: dict | None = None,
-    dataset: str | None = None, split: str = "test",
+    dataset: str | None = None, split: str = "test", pictures: list[str] | None = None,
 ) -> ModelCard:
-    """The card of a sampled network: width, size, its hypernetwork, measured metrics as `model-index`."""
+    """The card of a sampled network: width, size, its hypernetwork, measured metrics as `model-index`, and
+    `pictures` (names in `evaluation.PICTURES` of the hypernetwork's pictures, copied beside the card)."""
     config = network.config
     task = task_of(config, type(network))
     stock = is_stock(config.model_type)
@@ -123,4 +124,5 @@ def sampled_network_card(
         image_mean=[round(v, 4) for v in image_mean],
         image_std=[round(v, 4) for v in image_std],
         results=results,
+        pictures={name: PICTURES[name] for name in pictures or ()},
     )

@@ -18,6 +18,7 @@ from transformers import initialization as init
 from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput, logging
 
 from .cards import hypernetwork_card, sampled_network_card
+from .evaluation import PICTURES
 from .configuration_neumeta import NeuMetaConfig, as_integer
 from .families.modeling_common import upload_in_one_commit, upload_saved, write_model_card
 from .folding import fold_batch_norm
@@ -410,8 +411,15 @@ class NeuMetaModel(PreTrainedModel):
         network.tie_weights()
         if widths is not None:
             network.config.neumeta_layer_widths = widths
-        # Rendered by save_pretrained / push_to_hub; replace it with a card that has measured metrics.
-        network.model_card = functools.partial(sampled_network_card, network, hypernetwork=self.name_or_path or None)
+        # Rendered by save_pretrained / push_to_hub; replace it with a card that has measured metrics. It shows
+        # the pictures a local hypernetwork directory holds (`evaluation.write_pictures`), copied beside it.
+        source = Path(self.name_or_path) if self.name_or_path else None
+        network.card_pictures = {
+            name: source / name for name in PICTURES if source is not None and (source / name).is_file()
+        }
+        network.model_card = functools.partial(
+            sampled_network_card, network, hypernetwork=self.name_or_path or None, pictures=list(network.card_pictures)
+        )
         if is_stock(self.config.family):
             # The class stays the stock one (saved, it needs no remote code); only this instance also writes
             # its card and image processor.

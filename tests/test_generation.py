@@ -55,6 +55,9 @@ def test_sampled_vae_generates_images_through_the_hub_without_neumeta_hf(hub, tm
     files = hub.repo_files("me/vae-w21")
     assert {"modeling_vae.py", "configuration_vae.py", "README.md", "model.safetensors"} <= set(files)
     assert "model.generate_images(8, return_pil=True)" in files["README.md"].decode()
+    # The sampled network's card shows its hypernetwork's pictures, which travel with it.
+    assert "(samples.png)" in files["README.md"].decode() and files["samples.png"][:4] == b"\x89PNG"
+    assert (tmp_path / "run" / "sampled-width-21" / "reconstructions.png").is_file()
 
     generated = run(["me/vae-w21"], hub, tmp_path, code=GENERATE_WITHOUT_NEUMETA)
     assert generated.returncode == 0, generated.stderr[-3000:]

@@ -457,8 +457,9 @@ def train(config: TrainConfig) -> dict:
         network = hyper.sample_model(save_width, num_samples=config.sweep.num_samples)
         measured = next((r for r in result["results"] if r["width"] == save_width), None)
         metrics = {name: measured[name] for name in task.metrics} if measured else None
+        network.card_pictures = {name: output / "hypernetwork" / name for name in pictures}
         network.model_card = sampled_network_card(
-            network, hypernetwork=str(output / "hypernetwork"), metrics=metrics, dataset=info.name
+            network, hypernetwork=str(output / "hypernetwork"), metrics=metrics, dataset=info.name, pictures=pictures
         )
         network.save_pretrained(output / f"sampled-width-{save_width}")
         worst = worst_result(result)

@@ -6,6 +6,7 @@ and the image processor only where it is used: it needs Pillow, which loading an
 """
 
 import os
+import shutil
 import tempfile
 from typing import NamedTuple
 
@@ -142,10 +143,13 @@ UPLOAD_ERRORS = (OSError, ValueError, *HfHubHTTPError.__bases__)
 
 
 def write_model_card(network: PreTrainedModel, directory):
-    """Write the card attached to `network` as `model_card` (a card, or a callable rendering one) as README.md."""
+    """Write the card attached to `network` as `model_card` (a card, or a callable rendering one) as README.md,
+    and beside it the pictures the card shows (`card_pictures`: file name -> where the file is)."""
     card = getattr(network, "model_card", None)
     if card is not None:
         (card() if callable(card) else card).save(os.path.join(directory, "README.md"))
+    for name, source in getattr(network, "card_pictures", {}).items():
+        shutil.copy(source, os.path.join(directory, name))
 
 
 def upload_saved(network: PreTrainedModel, repo_id: str, commit_message: str, private: bool | None = None, token=None):
