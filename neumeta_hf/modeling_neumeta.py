@@ -18,8 +18,8 @@ from transformers import initialization as init
 from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput, logging
 
 from .cards import hypernetwork_card, sampled_network_card
-from .evaluation import PICTURES
 from .configuration_neumeta import NeuMetaConfig, as_integer
+from .evaluation import PICTURES
 from .families.modeling_common import upload_in_one_commit, upload_saved, write_model_card
 from .folding import fold_batch_norm
 from .inr import FourierFeatures, NeuMetaINR
