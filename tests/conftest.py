@@ -25,6 +25,25 @@ def random_base(config, seed=0):
     return model.eval()
 
 
+def tensors(model):
+    """Every parameter and buffer of `model` by name."""
+    return dict(model.named_parameters()) | dict(model.named_buffers())
+
+
+def permute(model, groups, order_for, skip=None):
+    """Permute each channel group's channels in every member slice (but `skip`), in place, by `order_for(size)`."""
+    state = tensors(model)
+    with torch.no_grad():
+        for group in groups:
+            size = group.members[0].length(state[group.members[0].tensor].shape)
+            order = order_for(size)
+            for member in group.members:
+                if member != skip:
+                    channels = member.of(state[member.tensor])
+                    assert channels.shape[member.axis] == size, (group.name, member)
+                    channels.copy_(channels.index_select(member.axis, order))
+
+
 def inputs_for(config, n=4, seed=0):
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(n, config.num_channels, config.image_size, config.image_size, generator=generator)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import inputs_for, random_base
+from conftest import inputs_for, permute, random_base, tensors
 from PIL import Image
 from transformers import AutoModelForSemanticSegmentation, pipeline
 from transformers.modeling_outputs import SemanticSegmenterOutput
@@ -48,23 +48,6 @@ def out_channels(model):
             model.dec1.conv2.conv,
         )
     ]
-
-
-def tensors(model):
-    return dict(model.named_parameters()) | dict(model.named_buffers())
-
-
-def permute(model, groups, order_for, skip=None):
-    """Permute each group's channels in every member slice (but `skip`) by `order_for(size)`."""
-    state = tensors(model)
-    with torch.no_grad():
-        for group in groups:
-            first = group.members[0]
-            order = order_for(state[first.tensor].shape[first.axis])
-            for member in group.members:
-                if member != skip:
-                    channels = member.of(state[member.tensor])
-                    channels.copy_(channels.index_select(member.axis, order))
 
 
 def calibrated_base(config, x):

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import random_base
+from conftest import permute, random_base, tensors
 from transformers import AutoModel
 
 import neumeta_hf as nm
@@ -51,23 +51,6 @@ def hidden_sizes(model):
         decoder.conv1.out_channels,
         decoder.conv2.out_channels,
     ]
-
-
-def tensors(model):
-    return dict(model.named_parameters()) | dict(model.named_buffers())
-
-
-def permute(model, groups, order_for, skip=None):
-    """Permute each group's channels in every member slice (but `skip`) by `order_for(size)`."""
-    state = tensors(model)
-    with torch.no_grad():
-        for group in groups:
-            first = group.members[0]
-            order = order_for(state[first.tensor].shape[first.axis])
-            for member in group.members:
-                if member != skip:
-                    channels = member.of(state[member.tensor])
-                    channels.copy_(channels.index_select(member.axis, order))
 
 
 @torch.no_grad()

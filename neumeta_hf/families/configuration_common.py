@@ -62,3 +62,8 @@ class NeuMetaFamilyConfig(PreTrainedConfig):
     def scaled(self, base: int) -> int:
         """`base` channels scaled by width / full width, at least one (the rule every family uses)."""
         return max(1, round(base * self.width / self.full_width))
+
+    def morphed(self, base: int) -> int:
+        """`base` channels of a layer that follows the width only under morph "all": `scaled` then, else as they
+        are (with morph "last" only the family's last hidden layer or block follows the width)."""
+        return self.scaled(base) if self.morph == "all" else base

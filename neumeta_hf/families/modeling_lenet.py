@@ -12,8 +12,7 @@ class NeuMetaLeNetForImageClassification(NeuMetaFamilyModel):
     def __init__(self, config: NeuMetaLeNetConfig):
         super().__init__(config)
         # With morph "last" only the last hidden layer (conv3) follows `width`.
-        scale = config.scaled if config.morph == "all" else (lambda base: base)
-        c1, c2 = scale(config.full_width), scale(2 * config.full_width)
+        c1, c2 = config.morphed(config.full_width), config.morphed(2 * config.full_width)
         c3 = config.scaled(4 * config.full_width)
         spatial = (config.image_size // 2 - 4) // 2  # after conv1 (padded), pool, conv2 (valid), pool
         if spatial < 1:

@@ -26,8 +26,7 @@ class NeuMetaResNetCifarForImageClassification(NeuMetaFamilyModel):
     def __init__(self, config: NeuMetaResNetCifarConfig):
         super().__init__(config)
         blocks_per_stage = (config.depth - 2) // 6
-        scale = config.scaled if config.morph == "all" else (lambda base: base)
-        streams = [scale(channels) for channels in STAGE_CHANNELS]
+        streams = [config.morphed(channels) for channels in STAGE_CHANNELS]
         self.stem = ConvNorm(config.num_channels, streams[0], 3, 1, config.norm)
         self.stages = nn.ModuleList()
         in_channels = streams[0]

@@ -30,8 +30,7 @@ class NeuMetaUNetForSemanticSegmentation(NeuMetaFamilyModel):
     def __init__(self, config: NeuMetaUNetConfig):
         super().__init__(config)
         # With morph "last" only the bottleneck follows `width`; the other levels keep their full-width sizes.
-        scale = config.scaled if config.morph == "all" else (lambda base: base)
-        c1, c2 = scale(config.full_width), scale(2 * config.full_width)
+        c1, c2 = config.morphed(config.full_width), config.morphed(2 * config.full_width)
         c3 = config.scaled(4 * config.full_width)
         self.enc1 = DoubleConv(config.num_channels, c1, config.norm)
         self.enc2 = DoubleConv(c1, c2, config.norm)

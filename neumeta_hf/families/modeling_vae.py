@@ -58,8 +58,8 @@ class NeuMetaVAEModel(NeuMetaFamilyModel):
     def __init__(self, config: NeuMetaVAEConfig):
         super().__init__(config)
         # With morph "last" only the decoder's last hidden layer follows `width`; the others keep full-width sizes.
-        scale = config.scaled if config.morph == "all" else (lambda base: base)
-        enc1, enc2, dec1 = scale(config.full_width), scale(2 * config.full_width), scale(2 * config.full_width)
+        enc1, enc2 = config.morphed(config.full_width), config.morphed(2 * config.full_width)
+        dec1 = config.morphed(2 * config.full_width)
         self.encoder = VAEEncoder(config, enc1, enc2)
         self.decoder = VAEDecoder(config, config.scaled(config.full_width), dec1)
         self.post_init()
