@@ -112,13 +112,25 @@ FULL_WIDTH_TOLERANCE = 0.003  # NeuMeta at full width vs the base network
 INDIVIDUAL_TOLERANCE = 0.005  # NeuMeta vs the individual network (or the line between the two nearest)
 SMOOTHNESS_TOLERANCE = 0.010  # a width vs the mean of its two neighbours
 COST_BUDGET = 4  # hypernetwork training cost, in individually trained full-width networks
-# ... and of segmentation (mean IoU, issue 13).
-SEGMENTATION_INDIVIDUAL_TOLERANCE = 0.010  # NeuMeta vs the individual network at every width it is measured at
-SEGMENTATION_PRUNING_MARGIN = 0.10  # NeuMeta above L1 pruning at 75% compression
-SEGMENTATION_SMOOTHNESS_TOLERANCE = 0.010  # an unseen width vs the mean of its two neighbours
-# ... and of generation (negative log-likelihood in nats, lower is better; issue 15).
-GENERATION_INDIVIDUAL_TOLERANCE = 1.0  # NeuMeta vs the individual network at every width it is measured at
-GENERATION_SMOOTHNESS_TOLERANCE = 1.0  # an unseen width vs the mean of its two neighbours
+
+
+@dataclass(frozen=True)
+class TaskTargets:
+    """The targets of segmentation (mean IoU, issue 13) and generation (negative log-likelihood, issue 15)."""
+
+    unit: str
+    scale: float  # the metric's value -> the unit
+    sign: int  # +1 where higher is better, -1 where lower is
+    individual: float  # NeuMeta at most this much worse than the individual network at every width it has
+    smoothness: float  # an unseen width at most this much worse than the mean of its two neighbours
+    pruning_margin_at_quarter: float | None  # at least this much better than L1 pruning at 75% compression;
+    # None: better than L1 pruning at every width below the full one
+
+
+TASK_TARGETS = {
+    "mean_iou": TaskTargets("mIoU", 100.0, +1, individual=0.010, smoothness=0.010, pruning_margin_at_quarter=0.10),
+    "nll": TaskTargets("nat", 1.0, -1, individual=1.0, smoothness=1.0, pruning_margin_at_quarter=None),
+}
 
 
 def main(argv=None):
@@ -250,7 +262,7 @@ def main(argv=None):
         "wall_seconds": {**runs.seconds, "total": round(time.time() - started, 1)},
         "training_passes": passes,
     }
-    check = {"mean_iou": check_segmentation_targets, "nll": check_generation_targets}.get(metric, check_targets)
+    check = check_task_targets if metric in TASK_TARGETS else check_targets
     report["targets"] = check(report, report["methods"]["neumeta"], passes["neumeta"])
     report["lever_targets"] = {name: check(report, values, passes[f"lever_{name}"]) for name, values in levers.items()}
     paths = write_report(report, output / args.recipe)
@@ -434,63 +446,43 @@ def check_targets(report: dict, neumeta: dict[int, float], passes: int) -> list[
     return targets
 
 
-def check_segmentation_targets(report: dict, neumeta: dict[int, float], passes: int) -> list[dict]:
-    """The segmentation targets for NeuMeta's mean IoUs `neumeta` (in points): near the individual networks, well
-    above L1 pruning at 75% compression, unseen widths no worse than their neighbours."""
+def check_task_targets(report: dict, neumeta: dict[int, float], passes: int) -> list[dict]:
+    """The segmentation (issue 13) and generation (issue 15) targets for NeuMeta's scores `neumeta`, in the metric's
+    own terms (`TASK_TARGETS`): near the individual networks, better than L1 pruning (segmentation: by a margin at
+    75% compression; generation: at every width below full), unseen widths no worse than their neighbours."""
     methods, full, seen = report["methods"], report["full_width"], set(report["seen_widths"])
-    points = lambda value: round(100 * value, 2)  # noqa: E731
+    spec = TASK_TARGETS[report["metric"]]
+    show = lambda value: round(spec.scale * value, 2)  # noqa: E731
+    gain = lambda value, reference: spec.sign * (value - reference)  # noqa: E731  (how much better)
+    worse = "below" if spec.sign > 0 else "above"
     targets = []
 
     def target(text, measured, met):
         targets.append({"target": text, "measured": measured, "met": bool(met)})
 
     for width, reference in sorted(methods["individual"].items()):
-        target(f"width {width}: at most {points(SEGMENTATION_INDIVIDUAL_TOLERANCE)} mIoU below the individual network",
-               f"{points(neumeta[width])} vs {points(reference)}",
-               neumeta[width] >= reference - SEGMENTATION_INDIVIDUAL_TOLERANCE)  # fmt: skip
-    quarter = round(full / 4)
-    if quarter in neumeta:
-        pruned = methods["pruned_l1"][quarter]
-        target(f"width {quarter} (75% compression): at least {points(SEGMENTATION_PRUNING_MARGIN)} mIoU above L1 "
-               "pruning", f"{points(neumeta[quarter])} vs {points(pruned)}",
-               neumeta[quarter] >= pruned + SEGMENTATION_PRUNING_MARGIN)  # fmt: skip
+        target(f"width {width}: at most {show(spec.individual)} {spec.unit} {worse} the individual network",
+               f"{show(neumeta[width])} vs {show(reference)}", gain(neumeta[width], reference) >= -spec.individual)  # fmt: skip
+    pruned = methods["pruned_l1"]
+    if spec.pruning_margin_at_quarter is not None:
+        quarter = round(full / 4)
+        if quarter in neumeta:
+            margin = spec.pruning_margin_at_quarter
+            target(f"width {quarter} (75% compression): at least {show(margin)} {spec.unit} better than L1 pruning",
+                   f"{show(neumeta[quarter])} vs {show(pruned[quarter])}", gain(neumeta[quarter], pruned[quarter]) >= margin)  # fmt: skip
+    else:
+        short = [f"{w} ({show(neumeta[w])} vs {show(pruned[w])})" for w in sorted(neumeta)
+                 if w != full and gain(neumeta[w], pruned[w]) <= 0]  # fmt: skip
+        target("better than pruned_l1 at every width below the full one",
+               f"not better at {len(short)}: " + ", ".join(short), not short)  # fmt: skip
     rough, measured = [], sorted(neumeta)
     for before, width, after in zip(measured, measured[1:], measured[2:]):
         mean = (neumeta[before] + neumeta[after]) / 2
-        if width not in seen and neumeta[width] < mean - SEGMENTATION_SMOOTHNESS_TOLERANCE:
-            rough.append(f"{width} ({points(neumeta[width])} vs {points(mean)})")
+        if width not in seen and gain(neumeta[width], mean) < -spec.smoothness:
+            rough.append(f"{width} ({show(neumeta[width])} vs {show(mean)})")
     unseen = [w for w in measured[1:-1] if w not in seen]
-    target(f"unseen widths ({len(unseen)}) at most {points(SEGMENTATION_SMOOTHNESS_TOLERANCE)} mIoU below the mean "
-           "of their neighbours", f"{len(rough)} below: " + ", ".join(rough), not rough)  # fmt: skip
-    ratio = round(passes / report["training_passes"]["individual"][full], 2)
-    target("training cost (stated, no target)", f"{ratio} individually trained full-width networks", True)
-    return targets
-
-
-def check_generation_targets(report: dict, neumeta: dict[int, float], passes: int) -> list[dict]:
-    """The generation targets for NeuMeta's negative log-likelihoods `neumeta` (nats, lower is better): near the
-    individual networks, below L1 pruning below full width, unseen widths no worse than their neighbours."""
-    methods, full, seen = report["methods"], report["full_width"], set(report["seen_widths"])
-    targets = []
-
-    def target(text, measured, met):
-        targets.append({"target": text, "measured": measured, "met": bool(met)})
-
-    for width, reference in sorted(methods["individual"].items()):
-        target(f"width {width}: at most {GENERATION_INDIVIDUAL_TOLERANCE} nat above the individual network",
-               f"{neumeta[width]:.2f} vs {reference:.2f}", neumeta[width] <= reference + GENERATION_INDIVIDUAL_TOLERANCE)  # fmt: skip
-    worse = [f"{w} ({neumeta[w]:.2f} vs {methods['pruned_l1'][w]:.2f})" for w in sorted(neumeta)
-             if w != full and neumeta[w] >= methods["pruned_l1"][w]]  # fmt: skip
-    target("below pruned_l1 at every width below the full one", f"at or above at {len(worse)}: " + ", ".join(worse),
-           not worse)  # fmt: skip
-    rough, measured = [], sorted(neumeta)
-    for before, width, after in zip(measured, measured[1:], measured[2:]):
-        mean = (neumeta[before] + neumeta[after]) / 2
-        if width not in seen and neumeta[width] > mean + GENERATION_SMOOTHNESS_TOLERANCE:
-            rough.append(f"{width} ({neumeta[width]:.2f} vs {mean:.2f})")
-    unseen = [w for w in measured[1:-1] if w not in seen]
-    target(f"unseen widths ({len(unseen)}) at most {GENERATION_SMOOTHNESS_TOLERANCE} nat above the mean of their "
-           "neighbours", f"{len(rough)} above: " + ", ".join(rough), not rough)  # fmt: skip
+    target(f"unseen widths ({len(unseen)}) at most {show(spec.smoothness)} {spec.unit} {worse} the mean of their "
+           "neighbours", f"{len(rough)} {worse}: " + ", ".join(rough), not rough)  # fmt: skip
     ratio = round(passes / report["training_passes"]["individual"][full], 2)
     target("training cost (stated, no target)", f"{ratio} individually trained full-width networks", True)
     return targets

@@ -65,3 +65,34 @@ def test_quality_benchmark_runs_every_method_and_writes_the_report(tmp_path):
     again = json.loads((tmp_path / "digits_mlp.json").read_text())
     assert "neumeta" not in again["reused_runs"] and {"base", "slimmable", "individual_40"} <= set(again["reused_runs"])
     assert again["methods"]["individual"] == methods["individual"]
+
+
+
+def task_targets_met(quality, metric: str, neumeta: dict, individual: dict, pruned: dict) -> list[bool]:
+    """Whether each segmentation / generation target is met (widths 8-32, width 16 unseen)."""
+    report = {
+        "metric": metric, "full_width": 32, "seen_widths": [8, 24, 32],
+        "methods": {"individual": individual, "pruned_l1": pruned},
+        "training_passes": {"individual": {32: 100}},
+    }  # fmt: skip
+    return [target["met"] for target in quality.check_task_targets(report, neumeta, 150)]
+
+
+def test_segmentation_targets_compare_mean_iou_in_points():
+    quality = load_quality_benchmark()
+    individual, pruned = {8: 0.60, 32: 0.80}, {8: 0.40, 16: 0.60, 24: 0.70}
+    # individual 8, individual 32, 10 points above pruning at width 8, unseen 16 vs its neighbours, cost
+    good = {8: 0.595, 16: 0.65, 24: 0.70, 32: 0.80}
+    assert task_targets_met(quality, "mean_iou", good, individual, pruned) == [True] * 5
+    bad = {8: 0.45, 16: 0.55, 24: 0.70, 32: 0.80}  # 15 points below individual, 5 above pruning, a dip at 16
+    assert task_targets_met(quality, "mean_iou", bad, individual, pruned) == [False, True, False, False, True]
+
+
+def test_generation_targets_compare_likelihoods_where_lower_is_better():
+    quality = load_quality_benchmark()
+    individual, pruned = {8: 250.0, 32: 240.0}, {8: 300.0, 16: 280.0, 24: 260.0}
+    # individual 8, individual 32, better than pruning below full width, unseen 16 vs its neighbours, cost
+    good = {8: 250.5, 16: 246.0, 24: 243.0, 32: 240.0}
+    assert task_targets_met(quality, "nll", good, individual, pruned) == [True] * 5
+    bad = {8: 255.0, 16: 290.0, 24: 243.0, 32: 241.5}  # 5 and 1.5 nats above individual, worse than pruning at 16
+    assert task_targets_met(quality, "nll", bad, individual, pruned) == [False, False, False, False, True]
