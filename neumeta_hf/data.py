@@ -537,8 +537,8 @@ def _idx_dataset(directory: Path, cache_dir: str | None):
     labels = FASHION_MNIST_LABELS if "fashion" in directory.name.lower() else DIGIT_LABELS
     if not cache.exists():
         splits = {
-            split: datasets.Dataset.from_dict({"image": images[:, None], "label": labels})
-            for split, (images, labels) in _read_idx_splits(directory).items()
+            split: datasets.Dataset.from_dict({"image": images[:, None], "label": classes})
+            for split, (images, classes) in _read_idx_splits(directory).items()
         }
         _save_cache(splits, cache)
     cached = datasets.load_from_disk(str(cache))

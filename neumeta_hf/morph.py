@@ -238,13 +238,9 @@ class MorphSpec:
                 axes[folded] = (torch.tensor([0.5]), torch.tensor([-1]), torch.tensor([1.0]))
             (out_position, out_index, out_scale), (in_position, in_index, in_scale) = axes
             c_out, c_in = len(out_position), len(in_position)
-
-            def grid(out_values, in_values):
-                return torch.stack(torch.broadcast_tensors(out_values[:, None], in_values[None, :]), -1).reshape(-1, 2)
-
-            centres.append(grid(out_position, in_position))
-            jitter_index.append(grid(out_index, in_index))
-            jitter_scale.append(grid(out_scale, in_scale))
+            centres.append(_pairs(out_position, in_position))
+            jitter_index.append(_pairs(out_index, in_index))
+            jitter_scale.append(_pairs(out_scale, in_scale))
             true_out, true_in = _channel_sizes(shapes[tensor.name])
             context.append([index / count, true_out / full[0], true_in / full[1]])
             row_counts.append(c_out * c_in)
@@ -285,6 +281,11 @@ def axis_layout(groups, state: dict[str, torch.Tensor]) -> dict[tuple[str, int],
             )
         layout[(name, axis)] = tuple((group, start, stop) for start, stop, group in found)
     return layout
+
+
+def _pairs(out_values: torch.Tensor, in_values: torch.Tensor) -> torch.Tensor:
+    """[out * in, 2]: every (out, in) pair of per-channel values, in row-major order (the rows of a tensor)."""
+    return torch.stack(torch.broadcast_tensors(out_values[:, None], in_values[None, :]), -1).reshape(-1, 2)
 
 
 def _axis_channels(sizes: tuple[int, ...], groups: tuple[int | None, ...], group_starts: list[int]):
