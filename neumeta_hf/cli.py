@@ -106,18 +106,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = commands.add_parser(
         "sweep",
-        help="accuracy of sampled networks across widths",
-        description="Evaluate sampled networks over widths on a dataset's test split; writes sweep.json, "
-        "sweep.md and sweep.png.",
+        help="the task's metric (accuracy, mean IoU, NLL) of sampled networks across widths",
+        description="Evaluate sampled networks over widths on a dataset's test split with their task's metrics; "
+        "writes sweep.json, sweep.md and sweep.png, and the task's pictures (segmentation: predictions.png; "
+        "generation: samples.png, reconstructions.png).",
     )
     sweep.add_argument("source", metavar="SOURCE", help="hypernetwork directory or Hub id")
-    sweep.add_argument("--dataset", required=True, help="digits, fashion_mnist, an IDX or saved-dataset dir, or a Hub id")
+    sweep.add_argument("--dataset", required=True, help="digits, fashion_mnist, digits_scenes, an IDX or saved-dataset dir, or a Hub id")
     sweep.add_argument("--widths", type=parse_widths, default=None, help="default: every width in the trained range")
     sweep.add_argument(
         "--num-samples", type=positive_integer, default=None, help="generations averaged, at least 1 (default: config)"
     )
     sweep.add_argument(
-        "--output", type=output_directory, default=Path("."), help="directory for sweep.json/.md/.png (default: .)"
+        "--output", type=output_directory, default=Path("."), help="directory for sweep.json/.md/.png and pictures (default: .)"
     )
 
     info = commands.add_parser("info", help="describe a hypernetwork", description="Family, widths, morph mode, "
@@ -128,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
         "push",
         help="upload a trained hypernetwork with its card",
         description="Upload a hypernetwork directory to the Hub in one commit: config, weights, a model card and, "
-        "when SOURCE or its parent holds them (as training/train.py writes), sweep.json and sweep.png.",
+        "when SOURCE or its parent holds them (as training/train.py writes), sweep.json, sweep.png and the task's "
+        "pictures.",
     )
     push.add_argument("source", metavar="SOURCE", help="hypernetwork directory")
     push.add_argument("repo", metavar="REPO", type=hub_repo_id, help="Hub repository id, e.g. me/neumeta-digits")
