@@ -75,25 +75,42 @@ ABLATIONS = {
     "shared_trunk": ["hypernetwork.config.shared_trunk=true"],
 }
 SAMPLE_COUNTS = (1, 100)  # the num_samples ablation: the main run sampled both ways
-# Levers: NeuMeta runs that change the method, each built on the network of the named run (measured by default).
+
+
+@dataclass(frozen=True)
+class Lever:
+    """A NeuMeta run that changes the method (measured by default for the recipes that name it)."""
+
+    start: str  # the run whose network the hypernetwork is built around: "base" or "slimmable"
+    overrides: tuple[str, ...]
+    teacher: str | None = None  # the run whose network it distils from instead (training.teacher)
+
+
 # nested_anchor: the INR learns a correction, from zero, to the slimmable network's first w channels, so that it
 # starts where the slimmable network is at every width (no channel permutation: it would break the nesting).
-# nested_anchor_every_width: the same, trained on every width of the range without coordinate noise (noise buys
-# unseen widths; here none is unseen).
-NESTED_ANCHOR = [
+# *_every_width: trained on every width of the range without coordinate noise (noise buys unseen widths; here
+# none is unseen). *_teacher: distilled from the plain base network, 0.9 points above the slimmable network's full
+# width on Fashion-MNIST, at every width; the full width too, since it is no longer held to the slimmable
+# network's tensors (no reconstruction).
+NESTED_ANCHOR = (
     "hypernetwork.smooth=false", "hypernetwork.config.anchor_channels=first", "training.learning_rate=1.0e-3"
-]  # fmt: skip
+)  # fmt: skip
+EVERY_WIDTH = ("hypernetwork.train_widths=null", "hypernetwork.config.coordinate_noise=0")
+FROM_BASE = ("training.reconstruction_weight=0",)
 LEVERS = {
-    "nested_anchor": ("slimmable", NESTED_ANCHOR),
-    "nested_anchor_every_width": (
-        "slimmable", NESTED_ANCHOR + ["hypernetwork.train_widths=null", "hypernetwork.config.coordinate_noise=0"]
-    ),
+    "nested_anchor": Lever("slimmable", NESTED_ANCHOR),
+    "nested_anchor_every_width": Lever("slimmable", NESTED_ANCHOR + EVERY_WIDTH),
+    "nested_anchor_teacher": Lever("slimmable", NESTED_ANCHOR + FROM_BASE, teacher="base"),
+    "nested_anchor_teacher_every_width": Lever("slimmable", NESTED_ANCHOR + FROM_BASE + EVERY_WIDTH, teacher="base"),
 }
 RECIPES = {  # each with its reference widths (the individual networks) and the levers it runs
     "fashion_mnist_lenet": Recipe(
-        "training/configs/fashion_mnist_lenet.yaml", (8, 12, 16, 20, 24, 28, 32), tuple(LEVERS)
+        "training/configs/fashion_mnist_lenet.yaml", (8, 12, 16, 20, 24, 28, 32),
+        ("nested_anchor_teacher", "nested_anchor_teacher_every_width"),
     ),
-    "digits_mlp": Recipe("training/configs/digits_mlp.yaml", (32, 40, 48, 56, 64), tuple(LEVERS)),
+    "digits_mlp": Recipe(
+        "training/configs/digits_mlp.yaml", (32, 40, 48, 56, 64), ("nested_anchor", "nested_anchor_teacher")
+    ),
     # The nested levers start from the slimmable (here MatFormer-style) network; only the first is run.
     "fashion_mnist_vit": Recipe("training/configs/fashion_mnist_vit.yaml", (64, 128, 192, 256), ("nested_anchor",)),
     # Reference widths at 75%, 50% and 25% compression; the U-Net has BatchNorm, so no slimmable baseline.
@@ -142,6 +159,10 @@ def main(argv=None):
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each gets cores / jobs threads)")
     parser.add_argument("--ablations", action="store_true", help="also run the ablations (three more NeuMeta runs)")
     parser.add_argument(
+        "--levers", nargs="*", choices=sorted(LEVERS), metavar="LEVER",
+        help=f"the levers to run (default: the recipe's; any of {', '.join(LEVERS)}; none: --levers with no name)",
+    )
+    parser.add_argument(
         "--reuse", action="store_true", help="keep the baselines' networks from an earlier run in the work directory "
         "(the JSON records which were reused); only valid when their recipe has not changed",
     )
@@ -152,6 +173,7 @@ def main(argv=None):
 
     started = time.time()
     recipe = RECIPES[args.recipe]
+    levers = {name: LEVERS[name] for name in (recipe.levers if args.levers is None else args.levers)}
     overrides = list(args.set) + ([f"data.name={args.data_dir}"] if args.data_dir else [])
     config = load_config(REPO / recipe.config, overrides)
     if config.data.name == "fashion_mnist":
@@ -187,16 +209,16 @@ def main(argv=None):
         finetune = [f"base.prune_from={base_dir}", *at_width(width), f"base.epochs={FINETUNE_EPOCHS}",
                     f"base.learning_rate={FINETUNE_LEARNING_RATE}"]  # fmt: skip
         runs.submit(f"pruned_l1_finetuned_{width}", "train_base.py", [f"output_dir={work / f'finetuned_{width}'}",
-                    *finetune], after="base")  # fmt: skip
+                    *finetune], after=["base"])  # fmt: skip
     ablation_runs = ABLATIONS if args.ablations else {}
-    neumeta_runs = {name: ("base", extra) for name, extra in ({"neumeta": []} | ablation_runs).items()}
-    neumeta_runs |= {f"lever_{name}": LEVERS[name] for name in recipe.levers}
-    for name, (start, extra) in neumeta_runs.items():
-        pretrained = work / start / "base"
-        runs.submit(
-            name, "train.py", [f"output_dir={work / name}", f"base.pretrained={pretrained}", *extra], after=start,
-            fresh=True,
-        )
+    neumeta_runs = {name: Lever("base", tuple(extra)) for name, extra in ({"neumeta": []} | ablation_runs).items()}
+    neumeta_runs |= {f"lever_{name}": lever for name, lever in levers.items()}
+    for name, lever in neumeta_runs.items():
+        command = [f"output_dir={work / name}", f"base.pretrained={work / lever.start / 'base'}", *lever.overrides]
+        if lever.teacher:
+            command.append(f"training.teacher={work / lever.teacher / 'base'}")
+        after = [lever.start] + ([lever.teacher] if lever.teacher else [])
+        runs.submit(name, "train.py", command, after=after, fresh=True)
     runs.wait()
 
     base = model_class.from_pretrained(base_dir)
@@ -213,7 +235,7 @@ def main(argv=None):
         slim = model_class.from_pretrained(work / "slimmable" / "base")
         slimmed = {w: evaluate_score(first_channels(slim, w), test) for w in progress_bar(everywhere, desc="slimmable")}
     ablations = {name: swept(work / name) for name in ablation_runs}
-    levers = {name: swept(work / f"lever_{name}") for name in recipe.levers}
+    lever_scores = {name: swept(work / f"lever_{name}") for name in levers}
     validation_sweeps = {name: validation_sweep(work / name, validation, everywhere) for name in neumeta_runs}
     hyper = NeuMetaModel.from_pretrained(work / "neumeta" / "hypernetwork")
     if args.ablations:
@@ -221,10 +243,13 @@ def main(argv=None):
             result = sweep(hyper, test, everywhere, num_samples=count)
             ablations[f"num_samples_{count}"] = {r["width"]: r[metric] for r in result["results"]}
 
-    train_widths = config.hypernetwork.train_widths or range(low, high + 1)
-    macs = {w: multiply_accumulates(model_class, base.config, w) for w in {*everywhere, *train_widths, low, full_width}}
+    macs = {w: multiply_accumulates(model_class, base.config, w) for w in {*everywhere, *range(low, high + 1)}}
+    lever_configs = {
+        name: load_config(REPO / recipe.config, overrides + list(lever.overrides)) for name, lever in levers.items()
+    }
     passes = training_passes(
-        config, len(train), macs, full_width, everywhere, neumeta_epochs, widths, recipe.levers, recipe.slimmable
+        config, len(train), macs, full_width, everywhere, neumeta_epochs, widths, levers, lever_configs,
+        recipe.slimmable,
     )
     report = {
         "metric": metric,
@@ -250,7 +275,7 @@ def main(argv=None):
             "neumeta": swept(work / "neumeta"),
         },
         "ablations": ablations,
-        "levers": levers,
+        "levers": lever_scores,
         f"validation_{metric}": validation_sweeps,
         "inr_parameters": sum(p.numel() for p in hyper.inr.parameters()),
         "base_parameters": base.num_parameters(),
@@ -264,7 +289,9 @@ def main(argv=None):
     }
     check = check_task_targets if metric in TASK_TARGETS else check_targets
     report["targets"] = check(report, report["methods"]["neumeta"], passes["neumeta"])
-    report["lever_targets"] = {name: check(report, values, passes[f"lever_{name}"]) for name, values in levers.items()}
+    report["lever_targets"] = {
+        name: check(report, values, passes[f"lever_{name}"]) for name, values in lever_scores.items()
+    }
     paths = write_report(report, output / args.recipe)
     for name in PICTURES:  # what the sampled networks make (segmentation, generation)
         picture = work / "neumeta" / "hypernetwork" / name
@@ -294,34 +321,42 @@ def multiply_accumulates(model_class, config, width: int) -> int:
 
 
 def training_passes(
-    config, examples: int, macs: dict, full_width: int, everywhere, neumeta_epochs: float, widths, levers,
-    with_slimmable: bool = True,
+    config, examples: int, macs: dict, full_width: int, everywhere, neumeta_epochs: float, widths,
+    levers: dict[str, Lever], lever_configs: dict, with_slimmable: bool = True,
 ) -> dict:
     """Each method's training cost in forward-backward passes of the full-width network (a width-w pass counts
     its share of the full width's multiply-accumulates; a teacher's forward-only pass counts a third). The INR's
-    own work is not in these figures: its wall seconds are. `macs` covers the measured and the trained widths."""
-    low, high = config.hypernetwork.width_range
+    own work is not in these figures: its wall seconds are. A lever's cost includes the networks it starts from
+    and distils from, and its hypernetwork's follows its own recipe (`lever_configs`). `macs` covers every width
+    of the range."""
+    low = config.hypernetwork.width_range[0]
     share = {w: macs[w] / macs[full_width] for w in macs}
     mean_share = sum(share[w] for w in everywhere) / len(everywhere)
     base = config.base.epochs * examples
     individual = {w: round(config.base.epochs * examples * share[w]) for w in widths} | {full_width: base}
     finetuned = {w: round(base + FINETUNE_EPOCHS * examples * share[w]) for w in widths}
     slimmable = round(round(neumeta_epochs) * examples * (1 + share[low] + 2 * mean_share))
-    train_widths = config.hypernetwork.train_widths or list(range(low, high + 1))
-    per_example = sum(share[w] for w in train_widths) / len(train_widths)
-    if config.training.sandwich:
-        per_example += share[low]
-    if config.training.distillation_weight:
-        per_example += 1 / 3
-    hypernetwork = round(neumeta_epochs * examples * per_example)
+    networks = {"base": base, "slimmable": slimmable}
+
+    def hypernetwork(recipe) -> int:
+        low, high = recipe.hypernetwork.width_range
+        train_widths = recipe.hypernetwork.train_widths or list(range(low, high + 1))
+        per_example = sum(share[w] for w in train_widths) / len(train_widths)
+        if recipe.training.sandwich:  # the smallest width, and the full width unless it is only reconstructed
+            per_example += share[low] + (0 if recipe.training.reconstruction_weight else 1)
+        if recipe.training.distillation_weight:
+            per_example += 1 / 3
+        return round(neumeta_epochs * examples * per_example)
+
     return {
         "individual": individual,
         "pruned_l1_finetuned": finetuned,
         **({"slimmable": slimmable} if with_slimmable else {}),
-        "neumeta": base + hypernetwork,  # the base network, then the hypernetwork
+        "neumeta": base + hypernetwork(config),  # the base network, then the hypernetwork
         **{
-            f"lever_{name}": {"base": base, "slimmable": slimmable}[start] + hypernetwork
-            for name, (start, _) in LEVERS.items() if name in levers
+            f"lever_{name}": networks[lever.start] + (networks[lever.teacher] if lever.teacher else 0)
+            + hypernetwork(lever_configs[name])
+            for name, lever in levers.items()
         },
     }
 
@@ -338,12 +373,13 @@ class Runs:
         self.futures, self.seconds, self.reused = {}, {}, set()
         (work / "logs").mkdir(exist_ok=True)
 
-    def submit(self, name: str, script: str, overrides: list[str], after: str | None = None, fresh: bool = False):
-        dependency = self.futures.get(after)
-        self.futures[name] = self.pool.submit(self._run, name, script, overrides, dependency, fresh)
+    def submit(self, name: str, script: str, overrides: list[str], after: list[str] = (), fresh: bool = False):
+        """Queue a run; it starts once the runs named in `after` have finished (those that were submitted)."""
+        dependencies = [self.futures[run] for run in after if run in self.futures]
+        self.futures[name] = self.pool.submit(self._run, name, script, overrides, dependencies, fresh)
 
-    def _run(self, name, script, overrides, dependency, fresh):
-        if dependency is not None:
+    def _run(self, name, script, overrides, dependencies, fresh):
+        for dependency in dependencies:
             dependency.result()  # raises if what this run needs failed
         command = [sys.executable, str(REPO / "training" / script), "--config", str(self.config)]
         # The work directory is the benchmark's own: each run replaces the previous benchmark's.

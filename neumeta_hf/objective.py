@@ -6,10 +6,15 @@ For a batch and a width w, the width-w network is generated and run, and its los
     task loss (the target's task: cross-entropy per image or per pixel, `neumeta_hf.tasks`)
     + l2_weight x sum of the generated tensors' L2 norms
     + reconstruction_weight x magnitude-weighted MSE to the permuted base tensors     (w = full width)
-    + distillation_weight x KL(base || generated) of the softened class distributions  (w < full width)
+    + distillation_weight x KL(teacher || generated) of the softened class distributions  (w < full width)
 
-With `sandwich`, every step also trains the smallest width and reconstructs the full width (the sandwich rule of
-slimmable networks; the full width is the base itself, so it needs no forward pass).
+The teacher is the base network unless the recipe names another (`training.teacher`). With reconstruction off
+(`reconstruction_weight` 0) the full width is free to move away from the base: it is then distilled like every
+other width, which is how a hypernetwork anchored on a weaker base (a slimmable network) learns from a stronger one.
+
+With `sandwich`, every step also trains the smallest width and the full width (the sandwich rule of slimmable
+networks): the full width by reconstruction, which needs no forward pass, or with reconstruction off by a forward
+pass and distillation.
 """
 
 from dataclasses import dataclass, fields
@@ -33,14 +38,15 @@ class Objective:
         return cls(**{field.name: getattr(settings, field.name) for field in fields(cls)})
 
     def step_loss(self, model, hyper, teacher, pixel_values, targets, width: int, smallest_width: int, generator):
-        """(loss, detached terms) of one training step at `width`, plus the sandwich rule's smallest width and
-        full-width reconstruction when `sandwich` is set. `model` runs the batch (the hypernetwork, or its
-        distributed wrapper); `hyper` is the hypernetwork itself; `teacher` the base network distilled from."""
+        """(loss, detached terms) of one training step at `width`, plus the sandwich rule's smallest and full
+        widths when `sandwich` is set. `model` runs the batch (the hypernetwork, or its distributed wrapper);
+        `hyper` is the hypernetwork itself; `teacher` the network distilled from (the base, or the recipe's
+        `training.teacher`)."""
         task = task_for(hyper.spec.family_config)
         full_width = hyper.config.full_width
         shared = task.shared_inputs(hyper.spec.family_config, pixel_values, generator)
         teacher_output = None
-        if self.distillation_weight and (width != full_width or self.sandwich):
+        if self.distillation_weight and (self.distills(width, full_width) or self.sandwich):
             with torch.no_grad():
                 teacher_output = teacher(pixel_values, **shared)
         inputs = (pixel_values, targets, teacher_output, shared)
@@ -55,13 +61,21 @@ class Objective:
             reconstruction = reconstruction_loss(hyper.generate(full_width), hyper.reconstruction_targets())
             loss = loss + self.reconstruction_weight * reconstruction
             terms["reconstruction_loss"] = reconstruction.detach()
+        elif width != full_width:
+            full_loss, _ = self.width_loss(model, hyper, *inputs, full_width, generator)
+            loss = loss + full_loss
+            terms["full_width_loss"] = full_loss.detach()
         return loss, terms
+
+    def distills(self, width: int, full_width: int) -> bool:
+        """Whether the width-`width` network is distilled: every width but a reconstructed full width."""
+        return bool(self.distillation_weight) and (width != full_width or not self.reconstruction_weight)
 
     def width_loss(self, model, hyper, pixel_values, targets, teacher_output, shared: dict, width: int, generator):
         """(loss, detached terms) of the width-`width` network generated for this batch: task loss (against
         `targets`: the labels, or class probabilities) + L2 of the generated tensors + reconstruction at full
-        width, or + distillation towards `teacher_output` (the base network's, run with the same `shared`
-        inputs) at other widths."""
+        width, and + distillation towards `teacher_output` (the teacher's, run with the same `shared` inputs)
+        where `distills`."""
         task = task_for(hyper.spec.family_config)
         full_width = hyper.config.full_width
         # The full width is fitted exactly (reconstruction loss), so it is generated without noise.
@@ -74,7 +88,7 @@ class Objective:
             reconstruction = reconstruction_loss(output.weights, hyper.reconstruction_targets())
             loss = loss + self.reconstruction_weight * reconstruction
             terms["reconstruction_loss"] = reconstruction.detach()
-        if width != full_width and self.distillation_weight:
+        if self.distills(width, full_width):
             distillation = task.distillation(output.network_output, teacher_output, self.distillation_temperature)
             loss = loss + self.distillation_weight * distillation
             terms["distillation_loss"] = distillation.detach()

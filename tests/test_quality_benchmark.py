@@ -35,9 +35,9 @@ def test_quality_benchmark_runs_every_method_and_writes_the_report(tmp_path):
     assert report["ablations"] == {}  # they run with --ablations: each a NeuMeta run with valid overrides
     for overrides in quality.ABLATIONS.values():
         load_config(REPO / quality.RECIPES["digits_mlp"].config, overrides)
-    assert list(report["levers"]) == list(quality.LEVERS)
+    assert list(report["levers"]) == ["nested_anchor", "nested_anchor_teacher"]  # the recipe's
     assert all(list(values) == widths for values in report["levers"].values())
-    levers = {f"lever_{name}" for name in quality.LEVERS}
+    levers = {f"lever_{name}" for name in report["levers"]}
     assert set(report["validation_accuracy"]) == {"neumeta", *levers}
     assert report["splits"]["validation"] == 200 and report["splits"]["every score in this report"] == "test"
     # Three epochs on digits already learn; the full-width individual network is the base itself, and
@@ -52,6 +52,8 @@ def test_quality_benchmark_runs_every_method_and_writes_the_report(tmp_path):
     passes = report["training_passes"]
     assert passes["individual"]["64"] > passes["individual"]["32"] > 0
     assert passes["lever_nested_anchor"] > passes["neumeta"] > passes["individual"]["64"]
+    # The teacher lever also pays for the base it distils from, and for a full-width pass per step.
+    assert passes["lever_nested_anchor_teacher"] > passes["lever_nested_anchor"] + passes["individual"]["64"]
     assert {"base", "slimmable", "individual_40", "pruned_l1_finetuned_40", "neumeta", "total"} <= set(
         report["wall_seconds"]
     )

@@ -72,6 +72,9 @@ class OptimConfig:
     reconstruction_weight: float = 1.0
     distillation_weight: float = 0.0
     distillation_temperature: float = 1.0
+    # A trained network to distil from instead of the base (local dir or Hub id; the base's family and labels, any
+    # width), e.g. a plain full-width network when the base is a slimmable one.
+    teacher: str | None = None
     mixup_alpha: float = 0.0  # > 0: train on mixup-blended images, Beta(alpha, alpha) weights; 0: off
     sandwich: bool = False  # each step also trains the smallest width, reconstructs the full one (digits: 2.5x a step)
     checkpoint_every: int = 500

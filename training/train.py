@@ -6,7 +6,7 @@ Overrides use dotted keys: `output_dir=/tmp/run training.max_steps=200 hypernetw
 Steps: (1) the base network -- loaded from base.pretrained or OUTPUT_DIR/base, else trained; (2) the
 hypernetwork around it (BatchNorm folded, channels permuted); (3) training: one width per step drawn from the
 training widths, loss = task loss + l2_weight x sum of generated tensors' L2 norms + reconstruction loss at full
-width (+ optional distillation from the base at other widths; with `training.mixup_alpha` > 0 the batch is
+width (+ optional distillation from the base, or from `training.teacher`, at other widths; with `training.mixup_alpha` > 0 the batch is
 mixup-blended first; with `training.sandwich` every step also trains the smallest width and reconstructs the
 full width), AdamW, warm-up then cosine or multistep decay,
 gradient clipping, EMA of the INR; checkpoints every `training.checkpoint_every` steps
@@ -55,6 +55,28 @@ from recipe import (
     schedule_factor,
 )
 from train_base import build_base_network, check_against_data, claim_output_dir, save_network
+
+
+def load_teacher(path: str | None, base):
+    """The network distilled from: `training.teacher` (a trained network of the base's family and labels, any
+    width), else the base network itself."""
+    if path is None:
+        return base
+    model_class = type(base)
+    try:
+        teacher = model_class.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"training.teacher {path!r} is not a saved {model_class.__name__} (a directory with config.json and "
+            f"model.safetensors, or a Hub id): {error}"
+        ) from error
+    if teacher.config.model_type != base.config.model_type or teacher.config.num_labels != base.config.num_labels:
+        raise ValueError(
+            f"training.teacher {path!r} is a {teacher.config.model_type!r} network with {teacher.config.num_labels} "
+            f"labels; the base is a {base.config.model_type!r} network with {base.config.num_labels}: the teacher "
+            "must be of the base's family and predict the same labels"
+        )
+    return teacher
 
 
 class JSONLTracker(GeneralTracker):
@@ -334,7 +356,7 @@ def train(config: TrainConfig) -> dict:
     )
     model, optimizer, scheduler = accelerator.prepare(hyper, optimizer, scheduler)
     hyper = accelerator.unwrap_model(model)
-    teacher = base.to(accelerator.device).eval()
+    teacher = load_teacher(settings.teacher, base).to(accelerator.device).eval()
     objective = Objective.from_settings(settings)
     ema = EMA(hyper.inr, hyper.config.ema_decay)
     run_facts = {"num_processes": accelerator.num_processes, "device": str(accelerator.device)}
