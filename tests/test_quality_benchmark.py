@@ -52,8 +52,9 @@ def test_quality_benchmark_runs_every_method_and_writes_the_report(tmp_path):
     passes = report["training_passes"]
     assert passes["individual"]["64"] > passes["individual"]["32"] > 0
     assert passes["lever_nested_anchor"] > passes["neumeta"] > passes["individual"]["64"]
-    # The teacher lever also pays for the base it distils from, and for a full-width pass per step.
-    assert passes["lever_nested_anchor_teacher"] > passes["lever_nested_anchor"] + passes["individual"]["64"]
+    # The teacher lever also pays for the base it distils from (the digits recipe has no sandwich rule, so no
+    # full-width pass per step is added).
+    assert passes["lever_nested_anchor_teacher"] == passes["lever_nested_anchor"] + passes["individual"]["64"]
     assert {"base", "slimmable", "individual_40", "pruned_l1_finetuned_40", "neumeta", "total"} <= set(
         report["wall_seconds"]
     )
@@ -98,3 +99,29 @@ def test_generation_targets_compare_likelihoods_where_lower_is_better():
     assert task_targets_met(quality, "nll", good, individual, pruned) == [True] * 5
     bad = {8: 255.0, 16: 290.0, 24: 243.0, 32: 241.5}  # 5 and 1.5 nats above individual, worse than pruning at 16
     assert task_targets_met(quality, "nll", bad, individual, pruned) == [False, False, False, False, True]
+
+
+def test_lever_cost_counts_its_start_its_teacher_and_its_own_widths():
+    """Training passes of the levers on Fashion-MNIST's recipe, with each width costing its share of the full
+    width: what the network it starts from and the one it distils from cost, plus its hypernetwork's own steps."""
+    quality = load_quality_benchmark()
+    recipe = REPO / quality.RECIPES["fashion_mnist_lenet"].config
+    config = load_config(recipe)
+    macs = {w: w for w in range(8, 33)}  # share = w / 32
+    levers = {name: quality.LEVERS[name] for name in quality.LEVERS}
+    configs = {name: load_config(recipe, list(lever.overrides)) for name, lever in levers.items()}
+    epochs, examples = 15, 1000
+    passes = quality.training_passes(
+        config, examples, macs, 32, list(range(8, 33)), epochs, [8, 16], levers, configs
+    )
+    base = config.base.epochs * examples
+    assert passes["individual"] == {8: base / 4, 16: base / 2, 32: base}
+    even, every = sum(range(8, 33, 2)) / 13 / 32, sum(range(8, 33)) / 25 / 32  # mean share of the trained widths
+    # Each step: its width, the smallest (sandwich), the teacher's forward pass (a third); without
+    # reconstruction also the full width.
+    step = lambda widths, full: round(epochs * examples * (widths + 8 / 32 + full + 1 / 3))  # noqa: E731
+    assert passes["neumeta"] == base + step(even, 0)
+    assert passes["lever_nested_anchor"] == passes["slimmable"] + step(even, 0)
+    assert passes["lever_nested_anchor_every_width"] == passes["slimmable"] + step(every, 0)
+    assert passes["lever_nested_anchor_teacher"] == passes["slimmable"] + base + step(even, 1)
+    assert passes["lever_nested_anchor_teacher_every_width"] == passes["slimmable"] + base + step(every, 1)
