@@ -78,7 +78,9 @@ def test_short_training_run_learns_and_writes_every_output(tmp_path, fresh_accel
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     losses = [r["task_loss"] for r in records if "task_loss" in r]
     assert len(losses) == 120 and np.mean(losses[-20:]) < np.mean(losses[:20])
-    assert any("accuracy/width_64" in r for r in records)
+    # Evaluation during training reads the recipe's validation split, never the test split.
+    assert any("validation_accuracy/width_64" in r for r in records)
+    assert not any("accuracy/width_64" in r for r in records)  # the test split's key
     saved = json.loads((tmp_path / "sweep.json").read_text())
     assert saved == json.loads(json.dumps(result))
     assert [r["width"] for r in saved["results"]] == [32, 33, 64]
