@@ -88,6 +88,9 @@ def _idx_data(directory, labels):
         ("base_batch", "base.batch_size: one step takes 128 examples"),
         ("image_shape", "takes 1x8x8 images, but data"),
         ("train_widths", "train_widths [70] lie outside width_range [32, 64]"),
+        ("teacher_labels", ("with 5 labels; the base is a 'neumeta-mlp' network with 10: the teacher must be of "
+                            "the base's family and predict the same labels")),
+        ("teacher_missing", "is not a saved NeuMetaMLPForImageClassification"),
     ],
 )  # fmt: skip
 def test_recipe_is_checked_against_the_data_before_anything_trains(case, message, tmp_path, fresh_accelerate_state):
@@ -97,7 +100,10 @@ def test_recipe_is_checked_against_the_data_before_anything_trains(case, message
         "base_batch": lambda: ["base.batch_size=128", "data.max_train_samples=100"],
         "image_shape": lambda: _idx_data(tmp_path, list(range(10)) * 8) + [f"base.pretrained={tmp_path / 'mlp'}"],
         "train_widths": lambda: ["hypernetwork.train_widths=[32,70]"],
+        "teacher_labels": lambda: [f"training.teacher={tmp_path / 'five'}"],
+        "teacher_missing": lambda: [f"training.teacher={tmp_path / 'missing'}"],
     }[case]()
+    random_base(nm.NeuMetaMLPConfig(num_labels=5)).save_pretrained(tmp_path / "five")
     random_base(nm.NeuMetaMLPConfig()).save_pretrained(tmp_path / "mlp")
     # Datasets this small hold no validation split: the recipe's would be refused before the checks under test.
     config = quick_config(tmp_path / "run", "data.validation_size=0", *overrides)

@@ -6,11 +6,11 @@ Overrides use dotted keys: `output_dir=/tmp/run training.max_steps=200 hypernetw
 Steps: (1) the base network -- loaded from base.pretrained or OUTPUT_DIR/base, else trained; (2) the
 hypernetwork around it (BatchNorm folded, channels permuted); (3) training: one width per step drawn from the
 training widths, loss = task loss + l2_weight x sum of generated tensors' L2 norms + reconstruction loss at full
-width (+ optional distillation from the base, or from `training.teacher`, at other widths; with `training.mixup_alpha` > 0 the batch is
-mixup-blended first; with `training.sandwich` every step also trains the smallest width and reconstructs the
-full width), AdamW, warm-up then cosine or multistep decay,
-gradient clipping, EMA of the INR; checkpoints every `training.checkpoint_every` steps
-(`training.resume_from_checkpoint=latest` continues exactly); (4) OUTPUT_DIR/hypernetwork (EMA weights),
+width (+ optional distillation from the base, or from `training.teacher`, at other widths; with
+`training.mixup_alpha` > 0 the batch is mixup-blended first; with `training.sandwich` every step also trains the
+smallest width and reconstructs the full width), AdamW, warm-up then cosine or multistep decay, gradient clipping,
+EMA of the INR; checkpoints every `training.checkpoint_every` steps (`training.resume_from_checkpoint=latest`
+continues exactly); (4) OUTPUT_DIR/hypernetwork (EMA weights),
 OUTPUT_DIR/base, a width sweep (sweep.json, sweep.md, sweep.png) and one sampled network.
 
 The whole recipe is checked, against the data too, before anything trains. An OUTPUT_DIR that holds an earlier
@@ -54,29 +54,7 @@ from recipe import (
     run_identity,
     schedule_factor,
 )
-from train_base import build_base_network, check_against_data, claim_output_dir, save_network
-
-
-def load_teacher(path: str | None, base):
-    """The network distilled from: `training.teacher` (a trained network of the base's family and labels, any
-    width), else the base network itself."""
-    if path is None:
-        return base
-    model_class = type(base)
-    try:
-        teacher = model_class.from_pretrained(path)
-    except (OSError, ValueError) as error:
-        raise ValueError(
-            f"training.teacher {path!r} is not a saved {model_class.__name__} (a directory with config.json and "
-            f"model.safetensors, or a Hub id): {error}"
-        ) from error
-    if teacher.config.model_type != base.config.model_type or teacher.config.num_labels != base.config.num_labels:
-        raise ValueError(
-            f"training.teacher {path!r} is a {teacher.config.model_type!r} network with {teacher.config.num_labels} "
-            f"labels; the base is a {base.config.model_type!r} network with {base.config.num_labels}: the teacher "
-            "must be of the base's family and predict the same labels"
-        )
-    return teacher
+from train_base import build_base_network, check_against_data, claim_output_dir, load_trained_network, save_network
 
 
 class JSONLTracker(GeneralTracker):
@@ -356,7 +334,10 @@ def train(config: TrainConfig) -> dict:
     )
     model, optimizer, scheduler = accelerator.prepare(hyper, optimizer, scheduler)
     hyper = accelerator.unwrap_model(model)
-    teacher = load_teacher(settings.teacher, base).to(accelerator.device).eval()
+    teacher = base  # distilled from, unless the recipe names another network
+    if settings.teacher:
+        teacher = load_trained_network("training.teacher", settings.teacher, config.base.family)
+    teacher = teacher.to(accelerator.device).eval()
     objective = Objective.from_settings(settings)
     ema = EMA(hyper.inr, hyper.config.ema_decay)
     run_facts = {"num_processes": accelerator.num_processes, "device": str(accelerator.device)}

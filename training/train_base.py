@@ -85,6 +85,8 @@ def check_against_data(config: TrainConfig, train, validation, test, info: DataI
             f"data {config.data.name!r} is {info.task} data, but base.family {config.base.family!r} is a "
             f"{task.name} network; use a family of that task or data of this one"
         )
+    if config.training.teacher:  # checked now, not after the base network has trained
+        check_teacher(config.training.teacher, model_class, base_config)
     for split, dataset in (("training", train), ("validation", validation), ("test", test)):
         if dataset is not None:
             where = f"data {config.data.name!r} ({split} split)"
@@ -112,24 +114,45 @@ def check_against_data(config: TrainConfig, train, validation, test, info: DataI
         warnings.warn("training.mixed_precision=fp16 on a CPU: use bf16 there (fp16 is for GPUs)", stacklevel=2)
 
 
+def check_teacher(path: str, model_class, base_config):
+    """`training.teacher` names a saved network of the base's family that predicts the same labels (any width)."""
+    try:
+        teacher = model_class.config_class.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"training.teacher {path!r} is not a saved {model_class.__name__} (a directory with config.json and "
+            f"model.safetensors, or a Hub id): {error}"
+        ) from error
+    if (teacher.model_type, teacher.num_labels) != (base_config.model_type, base_config.num_labels):
+        raise ValueError(
+            f"training.teacher {path!r} is a {teacher.model_type!r} network with {teacher.num_labels} labels; the "
+            f"base is a {base_config.model_type!r} network with {base_config.num_labels}: the teacher must be of the "
+            "base's family and predict the same labels"
+        )
+
+
+def load_trained_network(key: str, path: str, family: str) -> PreTrainedModel:
+    """The trained network that the recipe's `key` names (a directory or Hub id), refused with a ValueError naming
+    the key unless it is of `family` and its weights are finite."""
+    model = trainable_network_class(family).from_pretrained(path)
+    if model.config.model_type != family:
+        raise ValueError(f"{key} {path!r} is a {model.config.model_type!r} network, but base.family is {family!r}")
+    broken = [name for name, tensor in model.state_dict().items() if not torch.isfinite(tensor).all()]
+    if broken:
+        raise ValueError(
+            f"{key} {path!r} holds non-finite values in {', '.join(broken)}: it diverged or is damaged; retrain it "
+            f"(or leave {key} unset)"
+        )
+    return model
+
+
 def build_base_network(
     config: TrainConfig, train, test, info: DataInfo, accelerator: Accelerator
 ) -> tuple[PreTrainedModel, float]:
     """(network, its test score -- the task's main metric): loaded from `base.pretrained`, or trained on `train` with `base.*` settings."""
     model_class = trainable_network_class(config.base.family)
     if config.base.pretrained:
-        model = model_class.from_pretrained(config.base.pretrained)
-        if model.config.model_type != config.base.family:
-            raise ValueError(
-                f"base.pretrained {config.base.pretrained!r} is a {model.config.model_type!r} network, "
-                f"but base.family is {config.base.family!r}"
-            )
-        broken = [name for name, tensor in model.state_dict().items() if not torch.isfinite(tensor).all()]
-        if broken:
-            raise ValueError(
-                f"base.pretrained {config.base.pretrained!r} holds non-finite values in {', '.join(broken)}: "
-                "it diverged or is damaged; retrain it (leave base.pretrained unset)"
-            )
+        model = load_trained_network("base.pretrained", config.base.pretrained, config.base.family)
     elif config.base.prune_from:
         source = model_class.from_pretrained(config.base.prune_from)
         width = config.base.family_config.get(width_field(config.base.family), network_width(source.config))
