@@ -44,6 +44,25 @@ def permute(model, groups, order_for, skip=None):
                     channels.copy_(channels.index_select(member.axis, order))
 
 
+def assert_groups_cover(model, hidden: set):
+    """Every member of `model`'s channel groups is a well-formed slice as long as its group, and together they
+    cover each (tensor, axis) of `hidden`, and nothing else, channel by channel exactly once."""
+    state = tensors(model)
+    covered = {}
+    for group in model.channel_groups():
+        first = group.members[0]
+        size = state[first.tensor].shape[first.axis]
+        for member in group.members:
+            length = state[member.tensor].shape[member.axis]
+            stop = length if member.stop is None else member.stop
+            assert 0 <= member.start < stop <= length and stop - member.start == size, (group.name, member)
+            counts = covered.setdefault((member.tensor, member.axis), torch.zeros(length, dtype=torch.long))
+            counts[member.start : stop] += 1
+    assert set(covered) == hidden
+    for key, counts in covered.items():
+        assert torch.all(counts == 1), key
+
+
 def inputs_for(config, n=4, seed=0):
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(n, config.num_channels, config.image_size, config.image_size, generator=generator)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import inputs_for, permute, random_base, tensors
+from conftest import assert_groups_cover, inputs_for, permute, random_base, tensors
 from PIL import Image
 from transformers import AutoModelForSemanticSegmentation, pipeline
 from transformers.modeling_outputs import SemanticSegmenterOutput
@@ -118,24 +118,13 @@ def test_morph_modes_size_exactly_the_right_layers():
 @pytest.mark.parametrize("config", CONFIGS, ids=config_id)
 def test_every_hidden_channel_is_in_exactly_one_group(config):
     model = nm.NeuMetaUNetForSemanticSegmentation(config)
-    state = tensors(model)
-    covered = {}
     for group in model.channel_groups():
-        first = group.members[0]
-        size = state[first.tensor].shape[first.axis]
-        for member in group.members:
-            length = state[member.tensor].shape[member.axis]
-            stop = length if member.stop is None else member.stop
-            assert 0 <= member.start < stop <= length and stop - member.start == size, (group.name, member)
-            counts = covered.setdefault((member.tensor, member.axis), torch.zeros(length, dtype=torch.long))
-            counts[member.start : stop] += 1
-        assert group.scales == (config.morph == "all" or group.name.startswith("bottleneck"))
+        assert group.scales == (config.morph == "all" or group.name.startswith("bottleneck")), group.name
     # Hidden axes: every output axis but the classes', every conv input axis but the image's.
+    state = tensors(model)
     hidden = {(name, 0) for name, tensor in state.items() if tensor.dim() and not name.startswith("classifier.")}
     hidden |= {(name, 1) for name, tensor in state.items() if tensor.dim() == 4 and name != "enc1.conv1.conv.weight"}
-    assert set(covered) == hidden
-    for key, counts in covered.items():
-        assert torch.all(counts == 1), key
+    assert_groups_cover(model, hidden)
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=config_id)
