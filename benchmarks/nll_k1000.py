@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "training"))
+sys.path.insert(0, str(REPO))  # the `training` package
 
-from recipe import load_config  # noqa: E402
+from training.recipe import load_config  # noqa: E402
 
 import neumeta_hf as nm  # noqa: E402
 from neumeta_hf.data import load_splits  # noqa: E402

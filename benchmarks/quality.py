@@ -40,23 +40,17 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "training"))
+sys.path.insert(0, str(REPO))  # the `training` package
 
-from recipe import load_config  # noqa: E402
+from training.recipe import load_config  # noqa: E402
 
 from neumeta_hf import NeuMetaModel  # noqa: E402
 from neumeta_hf.data import FASHION_MNIST_DIR, load_splits  # noqa: E402
-from neumeta_hf.evaluation import PICTURES, evaluate_score, metric_name, sweep  # noqa: E402
+from neumeta_hf.evaluation import evaluate_score, sweep  # noqa: E402
+from neumeta_hf.tasks import PICTURES, metric_name  # noqa: E402
 from neumeta_hf.progress import progress_bar  # noqa: E402
 from neumeta_hf.pruning import first_channels, prune_l1  # noqa: E402
-from neumeta_hf.targets import (  # noqa: E402
-    config_at_width,
-    is_stock,
-    network_width,
-    task_for,
-    trainable_network_class,
-    width_field,
-)
+from neumeta_hf.targets import config_at_width, network_width, target, task_for  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -181,7 +175,8 @@ def main(argv=None):
     output = Path(args.output_dir)
     work = Path(args.work_dir or REPO / "outputs" / "quality" / args.recipe)
     work.mkdir(parents=True, exist_ok=True)
-    model_class = trainable_network_class(config.base.family)
+    kind = target(config.base.family)
+    model_class = kind.trainable_network_class()
     full_width = network_width(model_class.config_class(**config.base.family_config))
     low, high = config.hypernetwork.width_range
     # The widths every method is measured at: the recipe's sweep (every width of the range unless it says less).
@@ -199,9 +194,9 @@ def main(argv=None):
     if recipe.slimmable:
         runs.submit("slimmable", "train_base.py", [f"output_dir={work / 'slimmable'}", *slimmable])
     widths = [w for w in recipe.individual_widths if w != full_width]
-    at_width = lambda width: [f"base.family_config.{width_field(config.base.family)}={width}"] + (  # noqa: E731
-        [] if is_stock(config.base.family) else ["base.family_config.morph=all"]
-    )
+    at_width = lambda width: [  # noqa: E731
+        f"base.family_config.{key}={value}" for key, value in kind.standalone_fields(width).items()
+    ]
     for width in sorted(widths, reverse=True):  # longest first, so that two workers finish together
         runs.submit(f"individual_{width}", "train_base.py", [f"output_dir={work / f'individual_{width}'}",
                     *at_width(width)])  # fmt: skip
@@ -255,7 +250,7 @@ def main(argv=None):
         "metric": metric,
         "dataset": info.name,
         "family": config.base.family,
-        "slimmable_kind": "MatFormer-style nested FFN" if is_stock(config.base.family) else "US-Nets",
+        "slimmable_kind": kind.slimmable_kind,
         "full_width": full_width,
         "seen_widths": hyper.config.train_widths,
         "num_samples": hyper.config.num_samples,

@@ -10,7 +10,6 @@ from transformers import AutoConfig, AutoModel
 
 from .configuration_neumeta import NeuMetaConfig
 from .families import (
-    FAMILIES,
     NeuMetaImageProcessor,
     NeuMetaLeNetConfig,
     NeuMetaLeNetForImageClassification,
@@ -28,6 +27,7 @@ from .folding import fold_batch_norm
 from .modeling_neumeta import NeuMetaModel, NeuMetaOutput
 from .morph import MorphSpec
 from .smoothing import smooth_channels
+from .targets import FAMILIES, target
 
 AutoConfig.register(NeuMetaConfig.model_type, NeuMetaConfig, exist_ok=True)
 AutoModel.register(NeuMetaConfig, NeuMetaModel, exist_ok=True)
@@ -54,4 +54,5 @@ __all__ = [
     "NeuMetaVAEOutput",
     "fold_batch_norm",
     "smooth_channels",
+    "target",
 ]

@@ -20,7 +20,7 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from . import NeuMetaModel
-from .evaluation import PICTURES
+from .tasks import PICTURES
 from .progress import progress_bar
 
 

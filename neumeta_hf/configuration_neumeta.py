@@ -8,9 +8,8 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from transformers import PreTrainedConfig
 
-from .families import FAMILIES
 from .families.configuration_common import MORPH_MODES
-from .targets import check_model_type, is_stock, network_class, network_width, target_config, width_field
+from .targets import FAMILIES, target, target_config
 
 ANCHOR_CHANNELS = ("resampled", "first")
 
@@ -102,7 +101,7 @@ class NeuMetaConfig(PreTrainedConfig):
     smoothing: dict | None = None
 
     def __post_init__(self, **kwargs):
-        check_model_type(self.family)
+        kind = target(self.family)
         if self.morph not in MORPH_MODES:
             raise ValueError(f"morph must be one of {MORPH_MODES}, got {self.morph!r}")
         family_config = dict(self.family_config or {})
@@ -110,19 +109,9 @@ class NeuMetaConfig(PreTrainedConfig):
             raise ValueError(
                 f"family_config is for {family_config['model_type']!r} but family is {self.family!r}"
             )
-        if is_stock(self.family):
-            if self.morph != "all":
-                raise ValueError(f"a stock {self.family} model morphs its feed-forward width in every layer: use morph='all'")
-            target = target_config(self.family, family_config)
-            network_class(target)  # its architectures name the model class
-            # Stored explicitly (GPT-2 leaves n_inner None for 4 x n_embd), so that full_width reads it.
-            setattr(target, width_field(self.family), network_width(target))
-        else:
-            family_config["morph"] = self.morph
-            target = target_config(self.family, family_config)
-        self.family_config = target.to_dict()
+        self.family_config = kind.hypernetwork_config(family_config, self.morph).to_dict()
         if self.fold_fixed_axes is None:
-            self.fold_fixed_axes = is_stock(self.family)
+            self.fold_fixed_axes = kind.folds_fixed_axes
         full_width = self.full_width
         self.width_range = _integer_list(self.width_range or [max(1, full_width // 4), full_width], "width_range")
         if len(self.width_range) != 2 or not 1 <= self.width_range[0] <= self.width_range[1]:
@@ -186,4 +175,4 @@ class NeuMetaConfig(PreTrainedConfig):
 
     @property
     def full_width(self) -> int:
-        return self.family_config[width_field(self.family)]
+        return self.family_config[target(self.family).width_field]

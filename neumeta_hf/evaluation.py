@@ -8,16 +8,9 @@ import torch
 
 from .progress import progress_bar
 from .targets import task_for
+from .tasks import metric_name
 
 SWEEP_FILES = ("sweep.json", "sweep.md", "sweep.png")
-# The pictures a task's sweep draws (`write_pictures`), by file name, with the caption cards give them.
-PICTURES = {
-    "predictions.png": "Test inputs, their ground truth and the predictions of networks sampled at 75%, 50% and "
-    "25% compression and at full width",
-    "samples.png": "Images decoded from the same latents by networks sampled at 75%, 50% and 25% compression and "
-    "at full width (one row each)",
-    "reconstructions.png": "Test images (top row) and their reconstructions by networks sampled at several widths",
-}
 
 
 def evaluate_model(model, dataset, batch_size: int = 512, device=None) -> dict:
@@ -104,12 +97,6 @@ def sweep(
     }
 
 
-def metric_name(metric: str) -> str:
-    """How a metric reads in tables and plots: `mean_iou` -> "mean IoU"."""
-    names = {"mean_iou": "mean IoU", "top5_accuracy": "top-5 accuracy", "nll": "negative log-likelihood"}
-    return names.get(metric, metric.replace("_", " "))
-
-
 def worst_result(result: dict) -> dict:
     """The sweep row with the worst main metric (lowest, or highest where lower is better)."""
     pick = min if result.get("higher_is_better", True) else max
@@ -174,32 +161,13 @@ def compression_widths(hyper) -> dict[int, str]:
 @torch.no_grad()
 def write_pictures(hyper, dataset, directory: str | Path, num_examples: int = 8) -> list[str]:
     """Draw into `directory` what networks sampled at `compression_widths` make of the first `num_examples` of
-    `dataset`: for segmentation the inputs, ground truth and predictions (`predictions.png`); for generation
-    images decoded from the same latents (`samples.png`) and test reconstructions (`reconstructions.png`).
-    Returns the names written (`PICTURES`); none for classification."""
-    from .plots import plot_image_grid, plot_segmentations
-
-    directory = Path(directory)
-    task = task_for(hyper.spec.family_config).name
+    `dataset` (the task's `draw_pictures`: segmentation predictions, generated samples and reconstructions).
+    Returns the names written (`tasks.PICTURES`); none for classification."""
+    task = task_for(hyper.spec.family_config)
+    if not task.pictures:
+        return []
     networks = {caption: hyper.sample_model(width) for width, caption in compression_widths(hyper).items()}
-    batch = dataset[:num_examples]
-    config = hyper.base_network.config
-    if task == "image-segmentation":
-        predictions = {caption: net(batch["pixel_values"]).logits.argmax(1) for caption, net in networks.items()}
-        plot_segmentations(
-            batch["pixel_values"][:4], batch["labels"][:4], predictions, config.id2label,
-            directory / "predictions.png", image_mean=config.image_mean, image_std=config.image_std,
-        )  # fmt: skip
-        return ["predictions.png"]
-    if task == "unconditional-image-generation":
-        latents = torch.randn(num_examples, config.latent_size, generator=torch.Generator().manual_seed(0))
-        samples = {caption: net.decode(latents).sigmoid() for caption, net in networks.items()}
-        reconstructions = {"test images": batch["pixel_values"]}
-        reconstructions |= {caption: net(batch["pixel_values"]).logits.sigmoid() for caption, net in networks.items()}
-        plot_image_grid(samples, directory / "samples.png")
-        plot_image_grid(reconstructions, directory / "reconstructions.png")
-        return ["samples.png", "reconstructions.png"]
-    return []
+    return task.draw_pictures(networks, dataset[:num_examples], hyper.base_network.config, Path(directory))
 
 
 def write_sweep(result: dict, directory: str | Path) -> list[Path]:

@@ -1,11 +1,7 @@
 """NeuMetaModel: a hypernetwork that generates a working family network of any width in its range."""
 
 import functools
-import json
 import os
-import shutil
-import tempfile
-import types
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,16 +13,15 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput, logging
 
-from .cards import hypernetwork_card, sampled_network_card
 from .configuration_neumeta import NeuMetaConfig, as_integer
-from .evaluation import PICTURES
-from .families.modeling_common import upload_in_one_commit, upload_saved, write_model_card
 from .folding import fold_batch_norm
 from .inr import FourierFeatures, NeuMetaINR
 from .morph import Coordinates, MorphSpec, leading_channels, resample_channels
 from .progress import progress_bar
+from .publishing import attach_card, push_hypernetwork, sampled_network_card
 from .smoothing import smooth_channels
-from .targets import is_stock, save_stock_image_processor
+from .targets import target
+from .tasks import PICTURES
 
 logger = logging.get_logger(__name__)
 
@@ -130,12 +125,9 @@ class NeuMetaModel(PreTrainedModel):
         `config_overrides` are any other `NeuMetaConfig` fields (`hidden_size`, `train_widths`, ...).
         """
         base = fold_batch_norm(base_model)
-        family_config = base.config.to_dict()
-        if is_stock(base.config.model_type):
-            family_config["architectures"] = [type(base).__name__]  # the class every sampled network will be
         config = NeuMetaConfig(
             family=base.config.model_type,
-            family_config=family_config,
+            family_config=target(base.config.model_type).base_config_values(base),
             width_range=list(width_range) if width_range is not None else None,
             morph=morph,
             **config_overrides,
@@ -411,20 +403,14 @@ class NeuMetaModel(PreTrainedModel):
         network.tie_weights()
         if widths is not None:
             network.config.neumeta_layer_widths = widths
-        # Rendered by save_pretrained / push_to_hub; replace it with a card that has measured metrics. It shows
-        # the pictures a local hypernetwork directory holds (`evaluation.write_pictures`), copied beside it.
+        # Rendered by save_pretrained / push_to_hub (`publishing.attach_card` again replaces it with a card that has
+        # measured metrics). It shows the pictures a local hypernetwork directory holds, copied beside it.
         source = Path(self.name_or_path) if self.name_or_path else None
-        network.card_pictures = {
-            name: source / name for name in PICTURES if source is not None and (source / name).is_file()
-        }
-        network.model_card = functools.partial(
-            sampled_network_card, network, hypernetwork=self.name_or_path or None, pictures=list(network.card_pictures)
+        pictures = {name: source / name for name in PICTURES if source is not None and (source / name).is_file()}
+        card = functools.partial(
+            sampled_network_card, network, hypernetwork=self.name_or_path or None, pictures=list(pictures)
         )
-        if is_stock(self.config.family):
-            # The class stays the stock one (saved, it needs no remote code); only this instance also writes
-            # its card and image processor.
-            network.save_pretrained = types.MethodType(_save_stock_network, network)
-            network.push_to_hub = types.MethodType(_push_stock_network, network)
+        attach_card(network, card, pictures)
         return network.eval()
 
     def _generator(self, seed: int) -> torch.Generator:
@@ -432,7 +418,7 @@ class NeuMetaModel(PreTrainedModel):
 
     def _check_layer_widths(self, widths) -> list[int]:
         groups = self.spec.scaling_groups
-        if not is_stock(self.config.family):
+        if not target(self.config.family).independent_layers:
             raise ValueError(
                 "widths (one per layer) is for stock transformers models, whose layers' feed-forward widths are "
                 f"independent; {self.config.family}'s channel groups are coupled: pass one width"
@@ -467,23 +453,12 @@ class NeuMetaModel(PreTrainedModel):
         pictures: list[str] | None = None,
     ):
         """Upload config, weights, model card (with the sweep table when given), the sweep plot and `pictures`
-        (files named as in `evaluation.PICTURES`, from `evaluation.write_pictures`) in one commit. A failed
-        upload raises and changes nothing locally."""
-        with tempfile.TemporaryDirectory() as directory:
-            self.save_pretrained(directory)
-            if sweep is not None:
-                Path(directory, "sweep.json").write_text(json.dumps(sweep, indent=2) + "\n")
-            if sweep_plot is not None:
-                shutil.copy(sweep_plot, Path(directory, "sweep.png"))
-            for picture in pictures or ():
-                shutil.copy(picture, Path(directory, Path(picture).name))
-            card = hypernetwork_card(
-                self, repo_id=repo_id, sweep=sweep, training=training,
-                sweep_plot="sweep.png" if sweep_plot else None, pictures=[Path(p).name for p in pictures or ()],
-            )  # fmt: skip
-            card.save(Path(directory, "README.md"))
-            message = commit_message or f"Upload NeuMeta hypernetwork for {self.config.family}"
-            return upload_in_one_commit(directory, repo_id, message, private=private, token=token)
+        (files named as in `tasks.PICTURES`, from `evaluation.write_pictures`) in one commit
+        (`publishing.push_hypernetwork`). A failed upload raises and changes nothing locally."""
+        return push_hypernetwork(
+            self, repo_id, sweep=sweep, sweep_plot=sweep_plot, training=training, commit_message=commit_message,
+            private=private, token=token, pictures=pictures,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------------------------------------ loading
 
@@ -522,19 +497,3 @@ class NeuMetaModel(PreTrainedModel):
         model.base_network.requires_grad_(False)
         return (model, info) if wants_info else model
 
-
-def _save_stock_network(network: PreTrainedModel, save_directory, *args, **kwargs):
-    """`save_pretrained` of a sampled stock network: the class's own, then its model card and, for a vision
-    model, its stock image processor (so the directory works with `pipeline(...)` and no remote code)."""
-    type(network).save_pretrained(network, save_directory, *args, **kwargs)
-    if kwargs.get("is_main_process", True):
-        save_stock_image_processor(network.config, save_directory)
-        write_model_card(network, save_directory)
-
-
-def _push_stock_network(network: PreTrainedModel, repo_id: str, commit_message: str | None = None,
-                        private: bool | None = None, token=None):
-    """`push_to_hub` of a sampled stock network: what `save_pretrained` writes, card included, in one commit
-    (the class's own would replace the card with a generic one)."""
-    message = commit_message or f"Upload {network.config.model_type} sampled by NeuMeta"
-    return upload_saved(network, repo_id, message, private=private, token=token)

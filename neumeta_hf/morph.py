@@ -11,7 +11,7 @@ import torch
 from transformers import PreTrainedConfig, PreTrainedModel
 
 from .families import ChannelGroup
-from .targets import channel_groups, config_at_width, network_class, network_width
+from .targets import channel_groups, config_at_width, network_class, network_width, output_axis
 
 
 @dataclass(frozen=True)
@@ -299,14 +299,6 @@ def _axis_channels(sizes: tuple[int, ...], groups: tuple[int | None, ...], group
         indices.append(channel + group_starts[group] if group is not None else torch.full((size,), -1))
         scales.append(torch.full((size,), 1.0 / (count * size)))
     return torch.cat(positions), torch.cat(indices), torch.cat(scales)
-
-
-def output_axis(model: torch.nn.Module, name: str) -> int:
-    """The axis of tensor `name` that runs over its layer's outputs: 0, but 1 for a transposed convolution's
-    weight, which is laid out [in, out, *kernel]."""
-    module_name, _, leaf = name.rpartition(".")
-    module = model.get_submodule(module_name)
-    return 1 if leaf == "weight" and isinstance(module, torch.nn.modules.conv._ConvTransposeNd) else 0
 
 
 def _channel_sizes(shape: tuple[int, ...]) -> tuple[int, int]:

@@ -10,8 +10,8 @@
 import torch
 from transformers import PreTrainedModel
 
-from .morph import axis_layout, leading_channels, output_axis
-from .targets import channel_groups, config_at_width, is_stock, network_width, width_rule
+from .morph import axis_layout, leading_channels
+from .targets import channel_groups, config_at_width, network_width, target
 
 
 @torch.no_grad()
@@ -30,7 +30,7 @@ def prune_l1(model: PreTrainedModel, width: int) -> PreTrainedModel:
     kept = {}  # (tensor name, axis) -> [(start of the group's slice, indices kept in it)]
     for group in channel_groups(model):
         count = pruned_sizes[group.name]
-        importance = sum(weight.abs().flatten(1).sum(1) for weight in _filters(model, group, state))
+        importance = sum(weight.abs().flatten(1).sum(1) for weight in target(model.config.model_type).filters(model, group, state))
         indices = importance.topk(count).indices.sort().values
         for member in group.members:
             kept.setdefault((member.tensor, member.axis), []).append((member.start, indices))
@@ -43,20 +43,6 @@ def prune_l1(model: PreTrainedModel, width: int) -> PreTrainedModel:
         pruned_state[name] = tensor
     pruned.load_state_dict(pruned_state)
     return pruned.eval()
-
-
-def _filters(model: PreTrainedModel, group, state: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-    """The weights that produce a group's channels, channels first: a family's multi-dimensional weights along
-    their output axis (axis 1 of a transposed convolution); a stock model's first width-rule tensor (GPT-2's
-    Conv1D stores it transposed)."""
-    if is_stock(model.config.model_type):
-        producer = next(iter(width_rule(model.config.model_type).members))
-        return [m.of(state[m.tensor]).movedim(m.axis, 0) for m in group.members if m.tensor.endswith(producer)]
-    return [
-        m.of(state[m.tensor]).movedim(m.axis, 0)
-        for m in group.members
-        if state[m.tensor].dim() > 1 and m.axis == output_axis(model, m.tensor)
-    ]
 
 
 def nested_weights(model: PreTrainedModel, narrower: PreTrainedModel) -> dict[str, torch.Tensor]:

@@ -1,18 +1,21 @@
-"""What NeuMeta needs to know about a target network, in one place: its class, its width, the same config at
-another width, and the channels that morph together.
+"""What NeuMeta needs to know about a target network, in one place: one adapter per kind of target.
 
-Two kinds of targets answer these questions:
+`target(model_type)` is the `Target` that answers every question neumeta-hf asks about a network of that type
+(the contract is `Target`'s docstring). Two kinds exist:
 
-* our own families (`neumeta_hf/families`): the config has a `width` and the model lists its `channel_groups()`;
-* stock transformers models, through `WIDTH_RULES`: a table keyed by `model_type` (as PEFT maps model types to
-  target modules) that says which config field is the feed-forward width and which tensors, along which axis,
-  follow it in every layer. NeuMeta then varies that width; the sampled network is an instance of the stock
-  class and needs no remote code.
+* `FamilyTarget`: one of our own families (`neumeta_hf/families`), registered with `register_family`; the config
+  has a `width` and the model lists its `channel_groups()`; saved networks carry their code (remote code);
+* `StockTarget`: a stock transformers model, through a `WidthRule` in `WIDTH_RULES`: a table keyed by
+  `model_type` (as PEFT maps model types to target modules) that says which config field is the feed-forward
+  width and which tensors, along which axis, follow it in every layer. NeuMeta then varies that width; the
+  sampled network is an instance of the stock class and needs no remote code.
 
-Adding a stock model type is one `WIDTH_RULES` entry: the config field, a regular expression matching a layer's
-prefix in parameter names (the layer index as its group), and `{name inside the layer: axis}` for every
-tensor whose rows or columns are the feed-forward hidden units. `tests/test_stock_models.py` checks a rule by
-permuting those units, which must leave the model's function unchanged.
+Adding a family is its two files and one `register_family(ModelClass)` call at the end of this module. Adding a
+stock model type is one `WIDTH_RULES` entry: the config field, a regular expression matching a layer's prefix in
+parameter names (the layer index as its group), `{name inside the layer: axis}` for every tensor whose rows or
+columns are the feed-forward hidden units, and for a vision type its stock image processor.
+`tests/test_stock_models.py` checks a rule by permuting those units, which must leave the model's function
+unchanged.
 """
 
 import copy
@@ -22,10 +25,132 @@ from dataclasses import dataclass, field
 
 import torch
 import transformers
-from transformers import CONFIG_MAPPING, PreTrainedConfig, PreTrainedModel
+from transformers import CONFIG_MAPPING, AutoConfig, PreTrainedConfig, PreTrainedModel
 
-from .families import FAMILIES, ChannelGroup
-from .tasks import Task, get_task
+from .families import (
+    ChannelGroup,
+    NeuMetaFamilyModel,
+    NeuMetaLeNetForImageClassification,
+    NeuMetaMLPForImageClassification,
+    NeuMetaResNetCifarForImageClassification,
+    NeuMetaUNetForSemanticSegmentation,
+    NeuMetaVAEModel,
+)
+from .tasks import Task, auto_class, get_task
+
+
+class Target:
+    """What neumeta-hf asks of one kind of target network (one subclass per kind, one instance per model type).
+
+    The contract -- every other module asks these questions here, never "is this a family?":
+
+    * `config_class`, `width_field` (the config field holding the width NeuMeta varies), `network_width(config)`
+      and `config_at_width(config, width)` (the same config at another width, everything else unchanged);
+    * `network_class(config)`: the class of a network with this config; `trainable_network_class()`: the class
+      the training scripts train from data (an image classifier for stock types); `standalone_fields(width)`:
+      the config fields of a network trained on its own at `width` (every layer following the width);
+    * `channel_groups(model)`: the groups of coupled hidden channels, in the order NeuMeta morphs them;
+      `filters(model, group, state)`: the weights that produce a group's channels, channels first (L1 pruning's
+      importance);
+    * `task_name(config, model_class)`: the pipeline task (`neumeta_hf.tasks`), None for a head neumeta-hf does
+      not know;
+    * `hypernetwork_config(values, morph)`: the target config a hypernetwork stores, for a morph mode;
+      `base_config_values(base)`: what a hypernetwork records of its base network's config;
+    * `save_processor(config, directory)`: write beside a saved network what `pipeline(...)` needs to feed it;
+    * facts: `needs_remote_code` (saved networks carry their model code), `independent_layers` (each layer's
+      width may differ: mix'n'match), `folds_fixed_axes` (the default of `NeuMetaConfig.fold_fixed_axes`),
+      `slimmable_kind` (what its nested-width baseline is called).
+    """
+
+    config_class: type[PreTrainedConfig]
+    width_field: str
+    needs_remote_code: bool
+    independent_layers: bool
+    folds_fixed_axes: bool
+    slimmable_kind: str
+
+    def __init__(self, model_type: str):
+        self.model_type = model_type
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.model_type!r})"
+
+    def network_width(self, config: PreTrainedConfig) -> int:
+        raise NotImplementedError
+
+    def config_at_width(self, config: PreTrainedConfig, width: int) -> PreTrainedConfig:
+        raise NotImplementedError
+
+    def network_class(self, config: PreTrainedConfig) -> type[PreTrainedModel]:
+        raise NotImplementedError
+
+    def trainable_network_class(self) -> type[PreTrainedModel]:
+        raise NotImplementedError
+
+    def standalone_fields(self, width: int) -> dict:
+        return {self.width_field: width}
+
+    def channel_groups(self, model: PreTrainedModel) -> list[ChannelGroup]:
+        raise NotImplementedError
+
+    def filters(self, model: PreTrainedModel, group: ChannelGroup, state: dict) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def task_name(self, config: PreTrainedConfig, model_class: type | None = None) -> str | None:
+        raise NotImplementedError
+
+    def hypernetwork_config(self, values: dict, morph: str) -> PreTrainedConfig:
+        raise NotImplementedError
+
+    def base_config_values(self, base: PreTrainedModel) -> dict:
+        return base.config.to_dict()
+
+    def save_processor(self, config: PreTrainedConfig, directory) -> None:
+        """Nothing by default."""
+
+
+class FamilyTarget(Target):
+    """One of neumeta-hf's families: the config's `width`, the model's own `channel_groups()` and task."""
+
+    needs_remote_code, independent_layers, folds_fixed_axes, slimmable_kind = True, False, False, "US-Nets"
+    width_field = "width"
+
+    def __init__(self, model_class: type[NeuMetaFamilyModel]):
+        super().__init__(model_class.config_class.model_type)
+        self.model_class = model_class
+        self.config_class = model_class.config_class
+
+    def network_width(self, config):
+        return config.width
+
+    def config_at_width(self, config, width):
+        return config.at_width(width)
+
+    def network_class(self, config):
+        return self.model_class
+
+    def trainable_network_class(self):
+        return self.model_class
+
+    def standalone_fields(self, width):
+        return {"width": width, "morph": "all"}  # with morph "last" only the last layer would follow the width
+
+    def channel_groups(self, model):
+        return model.channel_groups()
+
+    def filters(self, model, group, state):
+        """A family's multi-dimensional weights along their output axis (axis 1 of a transposed convolution)."""
+        return [
+            m.of(state[m.tensor]).movedim(m.axis, 0)
+            for m in group.members
+            if state[m.tensor].dim() > 1 and m.axis == output_axis(model, m.tensor)
+        ]
+
+    def task_name(self, config, model_class=None):
+        return self.model_class.task
+
+    def hypernetwork_config(self, values, morph):
+        return self.config_class.from_dict({**values, "morph": morph})
 
 
 @dataclass(frozen=True)
@@ -37,18 +162,25 @@ class WidthRule:
         layer_pattern: a regular expression matching one layer's prefix in parameter names; group 1 is the
             layer index.
         members: tensor name inside the layer -> the axis indexed by the feed-forward hidden units. Names a
-            model lacks (optional biases) are skipped.
+            model lacks (optional biases) are skipped. The first is the units' producer (their input weights).
         default_width: the width when `width_field` is None in a config (GPT-2: 4 x n_embd).
+        image_processor: for a vision type, the transformers image processor class that feeds it.
     """
 
     width_field: str
     layer_pattern: str
     members: dict[str, int]
     default_width: Callable[[PreTrainedConfig], int] | None = field(default=None, compare=False)
+    image_processor: str | None = None
 
 
 WIDTH_RULES: dict[str, WidthRule] = {
-    "vit": WidthRule("intermediate_size", r"layers\.(\d+)\.", {"mlp.fc1.weight": 0, "mlp.fc1.bias": 0, "mlp.fc2.weight": 1}),
+    "vit": WidthRule(
+        "intermediate_size",
+        r"layers\.(\d+)\.",
+        {"mlp.fc1.weight": 0, "mlp.fc1.bias": 0, "mlp.fc2.weight": 1},
+        image_processor="ViTImageProcessor",
+    ),
     "bert": WidthRule(
         "intermediate_size",
         r"encoder\.layer\.(\d+)\.",
@@ -84,136 +216,182 @@ _TASK_SUFFIXES = {
 }
 
 
-def is_stock(model_type: str) -> bool:
-    """Whether `model_type` is a stock transformers model (morphed through a width rule), not one of our families."""
-    return model_type in WIDTH_RULES and model_type not in FAMILIES
+class StockTarget(Target):
+    """A stock transformers model whose feed-forward width follows its `WidthRule`; every layer's width is its
+    own (one channel group per layer), and the sampled network is an instance of the stock class."""
+
+    needs_remote_code, independent_layers, folds_fixed_axes = False, True, True
+    slimmable_kind = "MatFormer-style nested FFN"
+
+    def __init__(self, model_type: str, rule: WidthRule):
+        super().__init__(model_type)
+        self.rule = rule
+        self.width_field = rule.width_field
+
+    @property
+    def config_class(self):
+        return CONFIG_MAPPING[self.model_type]
+
+    def network_width(self, config):
+        width = getattr(config, self.rule.width_field, None)
+        return self.rule.default_width(config) if width is None and self.rule.default_width else width
+
+    def config_at_width(self, config, width):
+        narrower = copy.deepcopy(config)
+        setattr(narrower, self.rule.width_field, width)
+        return narrower
+
+    def network_class(self, config):
+        """The transformers class named first in `config.architectures` (which `base_config_values` records)."""
+        names = config.architectures or []
+        model_class = getattr(transformers, names[0], None) if names else None
+        if model_class is None or getattr(model_class, "config_class", None) is not type(config):
+            raise ValueError(
+                f"the {config.model_type} config names no model class of that type in `architectures` (got "
+                f"{names}); set it, e.g. config.architectures = ['ViTForImageClassification']"
+            )
+        return model_class
+
+    def trainable_network_class(self):
+        """The type's `AutoModelForImageClassification` class (ViT); a text-only type is a ValueError."""
+        from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+
+        name = MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES.get(self.model_type)
+        if name is None:
+            vision = [t for t in WIDTH_RULES if t in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES]
+            raise ValueError(
+                f"{self.model_type} has no image classification model; the training scripts train image "
+                f"classifiers (families, or stock types {', '.join(vision)}). Build a hypernetwork around a trained "
+                f"{self.model_type} model with NeuMetaModel.from_base_model instead"
+            )
+        return getattr(transformers, name)
+
+    def channel_groups(self, model):
+        """One group per layer (its feed-forward hidden units), in layer order."""
+        pattern = re.compile(rf"^(.*?{self.rule.layer_pattern})(.+)$")
+        layers: dict[int, list[tuple[str, int]]] = {}
+        for name in model.state_dict():
+            match = pattern.match(name)
+            if match and match.group(3) in self.rule.members:
+                layers.setdefault(int(match.group(2)), []).append((name, self.rule.members[match.group(3)]))
+        if not layers:
+            raise ValueError(
+                f"No tensor of {type(model).__name__} matches the {self.model_type} width rule "
+                f"({self.rule.layer_pattern} + {', '.join(self.rule.members)}); the model's layout differs from "
+                "the rule's"
+            )
+        return [ChannelGroup.of(f"layer{index}.ffn", tuple(members), True) for index, members in sorted(layers.items())]
+
+    def filters(self, model, group, state):
+        """The rule's first tensor (the units' input weights; GPT-2's Conv1D stores it transposed)."""
+        producer = next(iter(self.rule.members))
+        return [m.of(state[m.tensor]).movedim(m.axis, 0) for m in group.members if m.tensor.endswith(producer)]
+
+    def task_name(self, config, model_class=None):
+        """What the model class's name says (`model_class`, else the first of `config.architectures`)."""
+        name = model_class.__name__ if model_class is not None else (config.architectures or [""])[0]
+        return next((task for suffix, task in _TASK_SUFFIXES.items() if name.endswith(suffix)), None)
+
+    def hypernetwork_config(self, values, morph):
+        if morph != "all":
+            raise ValueError(f"a stock {self.model_type} model morphs its feed-forward width in every layer: use morph='all'")
+        config = self.config_class.from_dict(dict(values))
+        self.network_class(config)  # its architectures name the model class
+        # Stored explicitly (GPT-2 leaves n_inner None for 4 x n_embd), so that the full width reads it.
+        setattr(config, self.width_field, self.network_width(config))
+        return config
+
+    def base_config_values(self, base):
+        return {**base.config.to_dict(), "architectures": [type(base).__name__]}  # the class every sample will be
+
+    def save_processor(self, config, directory):
+        """The type's stock image processor, set to the input size and normalisation, so that the directory
+        works with `pipeline("image-classification")`; nothing for a text type."""
+        if self.rule.image_processor is None:
+            return
+        processor_class = getattr(transformers, self.rule.image_processor)  # needs Pillow: imported when used
+        mean, std = image_normalisation(config)
+        size = {"height": config.image_size, "width": config.image_size}
+        processor_class(size=size, image_mean=mean, image_std=std).save_pretrained(directory)
+
+
+FAMILIES: dict[str, type[NeuMetaFamilyModel]] = {}
+_TARGETS: dict[str, Target] = {model_type: StockTarget(model_type, rule) for model_type, rule in WIDTH_RULES.items()}
+
+
+def register_family(model_class: type[NeuMetaFamilyModel]) -> None:
+    """Make a family known to neumeta-hf (`FAMILIES`, `target`) and to transformers: its config to `AutoConfig`,
+    its model to its task's Auto class, both marked so that `save_pretrained` writes their code beside the
+    weights."""
+    config_class, auto = model_class.config_class, auto_class(model_class.task)
+    FAMILIES[config_class.model_type] = model_class
+    _TARGETS[config_class.model_type] = FamilyTarget(model_class)
+    AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+    auto.register(config_class, model_class, exist_ok=True)
+    config_class.register_for_auto_class()
+    model_class.register_for_auto_class(auto.__name__)
+
+
+def target(model_type: str) -> Target:
+    """The adapter of `model_type`; a ValueError for a type that is neither a family nor a stock type with a
+    width rule, listing both and saying how to add one."""
+    if model_type not in _TARGETS:
+        raise ValueError(
+            f"Unknown family {model_type!r}; known families: {', '.join(FAMILIES)}; stock transformers model types "
+            f"with a width rule: {', '.join(WIDTH_RULES)}. To support another stock model type, add one entry to "
+            "neumeta_hf.targets.WIDTH_RULES (its width config field, layer prefix pattern and the tensors that "
+            "follow the width; see the module's docstring)."
+        )
+    return _TARGETS[model_type]
+
+
+def family_model_class(family: str) -> type[NeuMetaFamilyModel]:
+    if family not in FAMILIES:
+        raise ValueError(f"Unknown family {family!r}; known families: {', '.join(FAMILIES)}")
+    return FAMILIES[family]
+
+
+# The questions callers ask most, by config: each one line on the adapter.
 
 
 def check_model_type(model_type: str) -> None:
-    """ValueError for a model type that is neither a family nor a stock type with a width rule, listing both
-    and saying how to add one."""
-    if model_type in FAMILIES or model_type in WIDTH_RULES:
-        return
-    raise ValueError(
-        f"Unknown family {model_type!r}; known families: {', '.join(FAMILIES)}; stock transformers model types "
-        f"with a width rule: {', '.join(WIDTH_RULES)}. To support another stock model type, add one entry to "
-        "neumeta_hf.targets.WIDTH_RULES (its width config field, layer prefix pattern and the tensors that follow "
-        "the width; see the module's docstring)."
-    )
-
-
-def width_rule(model_type: str) -> WidthRule:
-    check_model_type(model_type)
-    if not is_stock(model_type):
-        raise ValueError(f"{model_type!r} is a neumeta-hf family, not a stock model type with a width rule")
-    return WIDTH_RULES[model_type]
-
-
-def config_class(model_type: str) -> type[PreTrainedConfig]:
-    check_model_type(model_type)
-    return FAMILIES[model_type].config_class if model_type in FAMILIES else CONFIG_MAPPING[model_type]
+    target(model_type)
 
 
 def target_config(model_type: str, values: dict) -> PreTrainedConfig:
     """The config object of a target network from its dict (as stored in a hypernetwork's config)."""
-    return config_class(model_type).from_dict(dict(values))
-
-
-def width_field(model_type: str) -> str:
-    """The config field that holds the width: `width` for a family, the width rule's field for a stock type."""
-    return width_rule(model_type).width_field if is_stock(model_type) else "width"
-
-
-def trainable_network_class(model_type: str) -> type[PreTrainedModel]:
-    """The image classification class of a target type, for training one from data: the family's, or the stock
-    type's `AutoModelForImageClassification` class (ViT); a text-only type is a ValueError."""
-    check_model_type(model_type)
-    if not is_stock(model_type):
-        return FAMILIES[model_type]
-    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
-
-    name = MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES.get(model_type)
-    if name is None:
-        vision = [t for t in WIDTH_RULES if t in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES]
-        raise ValueError(
-            f"{model_type} has no image classification model; the training scripts train image classifiers "
-            f"(families, or stock types {', '.join(vision)}). Build a hypernetwork around a trained {model_type} "
-            "model with NeuMetaModel.from_base_model instead"
-        )
-    return getattr(transformers, name)
+    return target(model_type).config_class.from_dict(dict(values))
 
 
 def network_class(config: PreTrainedConfig) -> type[PreTrainedModel]:
-    """The model class of a target network: the family's, or for a stock model the transformers class named first
-    in `config.architectures` (which `NeuMetaModel.from_base_model` records)."""
-    if not is_stock(config.model_type):
-        check_model_type(config.model_type)
-        return FAMILIES[config.model_type]
-    names = config.architectures or []
-    model_class = getattr(transformers, names[0], None) if names else None
-    if model_class is None or getattr(model_class, "config_class", None) is not type(config):
-        raise ValueError(
-            f"the {config.model_type} config names no model class of that type in `architectures` (got {names}); "
-            "set it, e.g. config.architectures = ['ViTForImageClassification']"
-        )
-    return model_class
+    return target(config.model_type).network_class(config)
 
 
 def network_width(config: PreTrainedConfig) -> int:
     """The width NeuMeta varies: a family's `width`, or a stock model's feed-forward width."""
-    if not is_stock(config.model_type):
-        check_model_type(config.model_type)  # a stock type without a width rule has no `width` either
-        return config.width
-    rule = WIDTH_RULES[config.model_type]
-    width = getattr(config, rule.width_field, None)
-    return rule.default_width(config) if width is None and rule.default_width else width
+    return target(config.model_type).network_width(config)
 
 
 def config_at_width(config: PreTrainedConfig, width: int) -> PreTrainedConfig:
-    """The same config at width `width`, everything else unchanged."""
-    if not is_stock(config.model_type):
-        check_model_type(config.model_type)
-        return config.at_width(width)
-    narrower = copy.deepcopy(config)
-    setattr(narrower, WIDTH_RULES[config.model_type].width_field, width)
-    return narrower
+    return target(config.model_type).config_at_width(config, width)
 
 
 def channel_groups(model: PreTrainedModel) -> list[ChannelGroup]:
-    """Groups of coupled hidden channels: the family's own, or one per layer of a stock model (its feed-forward
-    hidden units), in layer order."""
-    model_type = model.config.model_type
-    if not is_stock(model_type):
-        check_model_type(model_type)
-        return model.channel_groups()
-    rule = WIDTH_RULES[model_type]
-    pattern = re.compile(rf"^(.*?{rule.layer_pattern})(.+)$")
-    layers: dict[int, list[tuple[str, int]]] = {}
-    for name in model.state_dict():
-        match = pattern.match(name)
-        if match and match.group(3) in rule.members:
-            layers.setdefault(int(match.group(2)), []).append((name, rule.members[match.group(3)]))
-    if not layers:
-        raise ValueError(
-            f"No tensor of {type(model).__name__} matches the {model_type} width rule "
-            f"({rule.layer_pattern} + {', '.join(rule.members)}); the model's layout differs from the rule's"
-        )
-    return [ChannelGroup.of(f"layer{index}.ffn", tuple(members), True) for index, members in sorted(layers.items())]
-
-
-def task_of(config: PreTrainedConfig, model_class: type | None = None) -> str | None:
-    """The pipeline task of a target network: what a family's model class names, or what a stock model's class
-    says (`model_class`, else the first of `config.architectures`; None for a head neumeta-hf does not know)."""
-    if not is_stock(config.model_type):
-        return network_class(config).task
-    name = model_class.__name__ if model_class is not None else (config.architectures or [""])[0]
-    return next((task for suffix, task in _TASK_SUFFIXES.items() if name.endswith(suffix)), None)
+    return target(model.config.model_type).channel_groups(model)
 
 
 def task_for(config: PreTrainedConfig, model_class: type | None = None) -> Task:
-    """The `Task` of a target network (`task_of`); a stock model with an unknown head compares logits only."""
-    name = task_of(config, model_class)
+    """The `Task` of a target network; a stock model with an unknown head compares logits only."""
+    name = target(config.model_type).task_name(config, model_class)
     return get_task(name) if name is not None else Task("unknown", "AutoModel")
+
+
+def output_axis(model: torch.nn.Module, name: str) -> int:
+    """The axis of tensor `name` that runs over its layer's outputs: 0, but 1 for a transposed convolution's
+    weight, which is laid out [in, out, *kernel]."""
+    module_name, _, leaf = name.rpartition(".")
+    module = model.get_submodule(module_name)
+    return 1 if leaf == "weight" and isinstance(module, torch.nn.modules.conv._ConvTransposeNd) else 0
 
 
 def example_inputs(config: PreTrainedConfig, batch_size: int = 8, generator: torch.Generator | None = None) -> dict:
@@ -231,13 +409,8 @@ def image_normalisation(config: PreTrainedConfig) -> tuple[list[float], list[flo
     return list(getattr(config, "image_mean", None) or default), list(getattr(config, "image_std", None) or default)
 
 
-def save_stock_image_processor(config: PreTrainedConfig, directory) -> None:
-    """Save beside a stock vision model its stock image processor, set to its input size and normalisation, so
-    that the directory works with `pipeline("image-classification")`; nothing for other models."""
-    if config.model_type != "vit":
-        return
-    from transformers import ViTImageProcessor  # needs Pillow, which loading a model must not
-
-    mean, std = image_normalisation(config)
-    size = {"height": config.image_size, "width": config.image_size}
-    ViTImageProcessor(size=size, image_mean=mean, image_std=std).save_pretrained(directory)
+register_family(NeuMetaMLPForImageClassification)
+register_family(NeuMetaLeNetForImageClassification)
+register_family(NeuMetaResNetCifarForImageClassification)
+register_family(NeuMetaUNetForSemanticSegmentation)
+register_family(NeuMetaVAEModel)

@@ -10,22 +10,48 @@ A `Task` says
   (KL divergence of the class distributions at every output position; for a VAE, of posteriors and decoders),
   with any inputs the two must share (`shared_inputs`: a VAE's latent noise);
 * the scores it reports (`metrics`), computed through the `evaluate` modules shipped in `neumeta_hf/metrics`;
-  the first is the main one, which sweeps, plots and benchmark tables show;
+  the first is the main one, which sweeps, plots and benchmark tables show: its name in prose
+  (`metric_label`), its direction (`higher_is_better`) and how tables show it (`scale`, `unit`);
+* the pictures a sweep draws of what its networks make (`pictures`, `draw_pictures`);
+* the tolerances its benchmark targets allow (`targets`: `BenchmarkTargets`);
 * what the permutation's function check compares (`function_output`).
 
-`task_for(config)` gives a target network's task: a family's model class names it (`task`), a stock
-transformers model's follows from its architecture (`targets.task_of`).
+The loss of the tasks that predict classes is `families.modeling_common.class_cross_entropy`: it lives in a
+file that travels with every saved network, so that the networks' own `forward` computes the same loss.
+`targets.task_for(config)` gives a target network's task: a family's model class names it (`task`), a stock
+transformers model's follows from its architecture.
 """
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import transformers
 
+from .families.modeling_common import IGNORE_INDEX, class_cross_entropy
+
 METRICS_DIR = Path(__file__).parent / "metrics"  # `evaluate.load("accuracy")` would need the Hub
-IGNORE_INDEX = 255  # label of pixels that count for no class (unlabelled), as in scene_parse_150 layouts
+# How metrics read in tables and plots, where their key does not say it already.
+METRIC_NAMES = {"mean_iou": "mean IoU", "top5_accuracy": "top-5 accuracy", "nll": "negative log-likelihood"}
+
+
+def metric_name(metric: str) -> str:
+    """How a metric reads in tables and plots: `mean_iou` -> "mean IoU"."""
+    return METRIC_NAMES.get(metric, metric.replace("_", " "))
+
+
+@dataclass(frozen=True)
+class BenchmarkTargets:
+    """How far the quality benchmark (`benchmarks/quality.py`) lets NeuMeta be from each reference, in the main
+    metric's own values (fractions for accuracy and IoU, nats for likelihoods)."""
+
+    individual: float  # at most this much worse than the individual network at every width it has
+    smoothness: float  # a width at most this much worse than the mean of its two neighbours
+    full_width: float | None = None  # at full width at most this much worse than the base network
+    # At least this much better than L1 pruning at 75% compression; None: better at every width below full.
+    pruning_margin_at_quarter: float | None = None
 
 
 class Task:
@@ -37,7 +63,10 @@ class Task:
 
     metrics: tuple[str, ...] = ()
     higher_is_better = True  # of the main metric
+    scale, unit = 100.0, "%"  # the main metric in tables and plots: fractions shown in %
     ignore_index: int = -100  # a label that counts for no class
+    pictures: dict[str, str] = {}  # what `draw_pictures` writes: file name -> the caption cards give it
+    targets: BenchmarkTargets | None = None
 
     def __init__(self, name: str, auto_class_name: str):
         self.name, self.auto_class_name = name, auto_class_name
@@ -50,13 +79,21 @@ class Task:
         return self.metrics[0]
 
     @property
+    def metric_label(self) -> str:
+        return metric_name(self.main_metric)
+
+    def gain(self, value: float, reference: float) -> float:
+        """How much better `value` is than `reference` (negative: worse), whichever way the main metric runs."""
+        return value - reference if self.higher_is_better else reference - value
+
+    @property
     def auto_class(self):
         return getattr(transformers, self.auto_class_name)
 
     def loss(self, output, targets: torch.Tensor) -> torch.Tensor:
         """The task loss of a network's output: cross-entropy of its logits over axis 1 against class indices (or
         class probabilities, e.g. mixed-up labels)."""
-        return F.cross_entropy(output.logits, targets, ignore_index=self.ignore_index)
+        return class_cross_entropy(output.logits, targets, self.ignore_index)
 
     def distillation(self, output, teacher_output, temperature: float) -> torch.Tensor:
         """How far a generated network's output is from the base network's: KL(teacher || student) of the
@@ -84,6 +121,11 @@ class Task:
     def evaluate(self, model, dataset, batch_size: int = 512, device=None) -> dict[str, float]:
         raise NotImplementedError(f"neumeta-hf does not evaluate {self.name} networks")
 
+    def draw_pictures(self, networks: dict, batch: dict, config, directory: Path) -> list[str]:
+        """Draw into `directory` what `networks` (caption -> sampled network) make of `batch` (a few test
+        examples) and return the names written (`pictures`); none by default."""
+        return []
+
     @staticmethod
     def load_metric(name: str):
         """One of the metric modules bundled in `neumeta_hf/metrics`, loaded from its file."""
@@ -97,6 +139,7 @@ class Task:
 
 class ImageClassification(Task):
     metrics = ("accuracy", "top5_accuracy")
+    targets = BenchmarkTargets(individual=0.005, smoothness=0.010, full_width=0.003)
 
     @torch.no_grad()
     def evaluate(self, model, dataset, batch_size: int = 512, device=None) -> dict[str, float]:
@@ -113,7 +156,13 @@ class ImageClassification(Task):
 
 class SemanticSegmentation(Task):
     metrics = ("mean_iou", "pixel_accuracy")
+    unit = "mIoU"
     ignore_index = IGNORE_INDEX
+    pictures = {
+        "predictions.png": "Test inputs, their ground truth and the predictions of networks sampled at 75%, 50% "
+        "and 25% compression and at full width"
+    }
+    targets = BenchmarkTargets(individual=0.010, smoothness=0.010, pruning_margin_at_quarter=0.10)
 
     @torch.no_grad()
     def evaluate(self, model, dataset, batch_size: int = 512, device=None) -> dict:
@@ -132,6 +181,17 @@ class SemanticSegmentation(Task):
         scores["per_category_iou"] = [None if math.isnan(iou) else iou for iou in scores["per_category_iou"]]
         return scores
 
+    def draw_pictures(self, networks, batch, config, directory):
+        """Four inputs, their ground truth and each network's predictions (`predictions.png`)."""
+        from .plots import plot_segmentations
+
+        predictions = {caption: net(batch["pixel_values"]).logits.argmax(1) for caption, net in networks.items()}
+        plot_segmentations(
+            batch["pixel_values"][:4], batch["labels"][:4], predictions, config.id2label,
+            directory / "predictions.png", image_mean=config.image_mean, image_std=config.image_std,
+        )  # fmt: skip
+        return ["predictions.png"]
+
 
 class ImageGeneration(Task):
     """Unconditional image generation by a VAE whose forward returns the negative ELBO as `loss`, the posterior
@@ -140,7 +200,15 @@ class ImageGeneration(Task):
 
     metrics = ("nll", "negative_elbo")
     higher_is_better = False
+    scale, unit = 1.0, "nats"
     num_importance_samples = 100  # per image for sweeps and evaluation during training; final tables use 1000
+    pictures = {
+        "samples.png": "Images decoded from the same latents by networks sampled at 75%, 50% and 25% compression "
+        "and at full width (one row each)",
+        "reconstructions.png": "Test images (top row) and their reconstructions by networks sampled at several "
+        "widths",
+    }
+    targets = BenchmarkTargets(individual=1.0, smoothness=1.0)
 
     def loss(self, output, targets: torch.Tensor) -> torch.Tensor:
         """The network's own negative ELBO of its inputs (the data's labels are not used)."""
@@ -193,6 +261,19 @@ class ImageGeneration(Task):
             metric.add_batch(log_weights=(likelihood + prior - proposal).T.double().cpu().numpy())
         return metric.compute()
 
+    def draw_pictures(self, networks, batch, config, directory):
+        """Images decoded from the same latents (`samples.png`) and reconstructions of `batch`
+        (`reconstructions.png`)."""
+        from .plots import plot_image_grid
+
+        latents = torch.randn(len(batch["pixel_values"]), config.latent_size, generator=self._generator("cpu"))
+        samples = {caption: net.decode(latents).sigmoid() for caption, net in networks.items()}
+        reconstructions = {"test images": batch["pixel_values"]}
+        reconstructions |= {caption: net(batch["pixel_values"]).logits.sigmoid() for caption, net in networks.items()}
+        plot_image_grid(samples, directory / "samples.png")
+        plot_image_grid(reconstructions, directory / "reconstructions.png")
+        return ["samples.png", "reconstructions.png"]
+
     @staticmethod
     def _generator(device) -> torch.Generator:
         # The same importance samples for every network evaluated: differences between widths are not noise.
@@ -212,6 +293,10 @@ TASKS: dict[str, Task] = {
 }
 
 
+# Every picture any task draws, by file name, with its caption.
+PICTURES = {name: caption for task in TASKS.values() for name, caption in task.pictures.items()}
+
+
 def get_task(name: str) -> Task:
     if name not in TASKS:
         raise ValueError(f"Unknown task {name!r}; known tasks: {', '.join(TASKS)}")
@@ -221,3 +306,8 @@ def get_task(name: str) -> Task:
 def auto_class(task_name: str):
     """The transformers Auto class that loads a network of this task."""
     return get_task(task_name).auto_class
+
+
+def task_of_metric(metric: str) -> Task:
+    """The task whose main metric is `metric` (what a sweep or benchmark report records)."""
+    return next(task for task in TASKS.values() if task.metrics and task.main_metric == metric)

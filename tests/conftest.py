@@ -77,8 +77,8 @@ def mlp_hyper():
 
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
-# The training scripts import their siblings (recipe, train_base) as top-level modules, as when run by path.
-__import__("sys").path.insert(0, str(REPO / "training"))
+# The `training` package (recipe, train_base, train) sits at the repository root, beside the library.
+__import__("sys").path.insert(0, str(REPO))
 
 
 def reset_accelerate_state():

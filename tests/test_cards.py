@@ -1,6 +1,6 @@
 from huggingface_hub import ModelCard
 
-from neumeta_hf.cards import hypernetwork_card, sampled_network_card
+from neumeta_hf.publishing import hypernetwork_card, sampled_network_card
 
 
 def test_sampled_network_card_has_metadata_and_model_index(mlp_hyper, tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import neumeta_hf as nm
-import train as train_script
+from training import train as train_script
 from conftest import REPO
 from test_hub import hub, run  # noqa: F401  (hub: the fake Hub fixture)
 from test_remote_code import BLOCK_NEUMETA
@@ -35,7 +35,7 @@ print(json.dumps({"module": type(model).__module__, "width": model.config.width,
 
 @pytest.mark.slow
 def test_sampled_vae_generates_images_through_the_hub_without_neumeta_hf(hub, tmp_path, fresh_accelerate_state):  # noqa: F811
-    from recipe import load_config
+    from training.recipe import load_config
 
     config = load_config(VAE, [f"output_dir={tmp_path / 'run'}", *QUICK_VAE])
     result = train_script.train(config)

@@ -113,7 +113,7 @@ def test_failed_upload_raises_and_leaves_local_files_alone(hub, trained_director
 PUSH_WITH_METRICS = """
 import sys
 import neumeta_hf as nm
-from neumeta_hf.cards import sampled_network_card
+from neumeta_hf.publishing import sampled_network_card
 
 network = nm.NeuMetaModel.from_pretrained(sys.argv[1]).sample_model(30)
 network.model_card = sampled_network_card(

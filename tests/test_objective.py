@@ -4,7 +4,7 @@ import torch
 import neumeta_hf as nm
 from conftest import inputs_for, random_base
 from neumeta_hf.objective import Objective
-from train_base import load_trained_network
+from training.train_base import load_trained_network
 
 FULL, SMALLEST = 64, 16
 

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from conftest import REPO
-from recipe import load_config
+from training.recipe import load_config
 
 
 def load_quality_benchmark():

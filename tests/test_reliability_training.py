@@ -10,14 +10,14 @@ import torch
 from accelerate import Accelerator
 
 import neumeta_hf as nm
-import train as train_script
+from training import train as train_script
 from conftest import random_base, reset_accelerate_state, write_idx_dataset
 from neumeta_hf.data import load_splits
 from neumeta_hf.objective import Objective
-from recipe import identity_hash, load_config, run_identity
+from training.recipe import identity_hash, load_config, run_identity
 from test_training import DIGITS, quick_config
-import train_base
-from train_base import check_against_data, claim_output_dir
+from training import train_base
+from training.train_base import check_against_data, claim_output_dir
 
 
 @pytest.mark.parametrize(

@@ -135,8 +135,8 @@ def test_pipeline_classifies_digit_images_with_a_sampled_network(tmp_path):
     from transformers import pipeline
 
     from neumeta_hf.data import DataConfig, load_splits
-    from recipe import BaseConfig
-    from train_base import train_network
+    from training.recipe import BaseConfig
+    from training.train_base import train_network
 
     train, _, test, info = load_splits(DataConfig("digits"))
     base = train_network(

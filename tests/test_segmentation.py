@@ -11,7 +11,7 @@ import yaml
 from PIL import Image
 
 import neumeta_hf as nm
-import train as train_script
+from training import train as train_script
 from conftest import REPO
 from test_hub import hub, run  # noqa: F401  (hub: the fake Hub fixture)
 from test_remote_code import BLOCK_NEUMETA
@@ -57,7 +57,7 @@ def mean_iou(predicted: np.ndarray, truth: np.ndarray, num_labels: int) -> float
 @pytest.mark.slow
 def test_sampled_unet_segments_test_scenes_through_the_hub_without_neumeta_hf(hub, tmp_path, fresh_accelerate_state):  # noqa: F811
     from neumeta_hf.data import load_splits
-    from recipe import load_config
+    from training.recipe import load_config
 
     config = load_config(SCENES, [f"output_dir={tmp_path / 'run'}", *QUICK_SCENES])
     result = train_script.train(config)

@@ -6,7 +6,7 @@ from accelerate import Accelerator
 from torch.func import functional_call
 
 import neumeta_hf as nm
-import train_base
+from training import train_base
 from conftest import SMALL_INR, inputs_for, random_base
 from neumeta_hf.data import load_splits
 from neumeta_hf.evaluation import evaluate_score

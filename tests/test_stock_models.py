@@ -136,7 +136,7 @@ def test_channel_groups_are_each_layers_feed_forward_units(model_type, overrides
         assert {m[:2] for m in group.members} == {(prefix.format(layer) + name, axis) for name, axis in members.items()}
         assert all(m.stop is None and state[m.tensor].shape[m.axis] == FULL_WIDTH for m in group.members)
     assert targets.network_width(model.config) == FULL_WIDTH
-    assert targets.is_stock(model_type)
+    assert isinstance(targets.target(model_type), targets.StockTarget)
 
 
 def permute(model, order_seed=1, skip=None):

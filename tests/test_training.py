@@ -11,11 +11,11 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import neumeta_hf as nm
-import train as train_script
+from training import train as train_script
 from conftest import REPO, reset_accelerate_state, write_idx_dataset
 from neumeta_hf.data import DataConfig, load_splits, random_crop_and_flip
-from neumeta_hf.targets import trainable_network_class
-from recipe import load_config
+from neumeta_hf.targets import target
+from training.recipe import load_config
 
 DIGITS = str(REPO / "training" / "configs" / "digits_mlp.yaml")
 QUICK = [
@@ -54,7 +54,7 @@ def test_config_overrides_and_unknown_keys():
 @pytest.mark.parametrize("name", sorted(path.stem for path in (REPO / "training" / "configs").glob("*.yaml")))
 def test_shipped_configs_parse_and_build_their_hypernetwork_config(name):
     config = load_config(REPO / "training" / "configs" / f"{name}.yaml")
-    model_class = trainable_network_class(config.base.family)
+    model_class = target(config.base.family).trainable_network_class()
     family_config = model_class.config_class(**config.base.family_config)
     hyper_config = nm.NeuMetaConfig(
         family=config.base.family,

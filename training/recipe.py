@@ -19,7 +19,7 @@ from transformers import PreTrainedConfig
 
 from neumeta_hf import NeuMetaConfig
 from neumeta_hf.data import DataConfig
-from neumeta_hf.targets import trainable_network_class
+from neumeta_hf.targets import target
 
 
 @dataclass
@@ -230,7 +230,7 @@ def check_recipe(config: "TrainConfig"):
     if config.data.image_std is not None and min(config.data.image_std) <= 0:
         raise ValueError(f"data.image_std must be positive (images are divided by it), got {config.data.image_std}")
 
-    model_class = trainable_network_class(config.base.family)  # an unknown family names the known ones
+    model_class = target(config.base.family).trainable_network_class()  # an unknown family names the known ones
     family_fields = _own_fields(model_class.config_class) | {"id2label", "label2id", "num_labels"}
     _check_keys("base.family_config", config.base.family_config, family_fields)
     hypernetwork_config = config.hypernetwork.config

@@ -13,6 +13,9 @@ EMA of the INR; checkpoints every `training.checkpoint_every` steps (`training.r
 continues exactly); (4) OUTPUT_DIR/hypernetwork (EMA weights),
 OUTPUT_DIR/base, a width sweep (sweep.json, sweep.md, sweep.png) and one sampled network.
 
+`train()` runs these as named stages: `set_up` (accelerator, output directory, data, every check), `base_stage`,
+`hypernetwork_stage`, `prepare_training` (with `resume`), `training_loop` and `export`.
+
 The whole recipe is checked, against the data too, before anything trains. An OUTPUT_DIR that holds an earlier
 run is refused unless the run is resumed or `overwrite_output_dir=true` says to replace it.
 """
@@ -25,9 +28,12 @@ import math
 import random
 import re
 import shutil
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import datasets
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -37,14 +43,19 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from neumeta_hf import NeuMetaModel
-from neumeta_hf.cards import hypernetwork_card, sampled_network_card
-from neumeta_hf.data import load_splits
-from neumeta_hf.evaluation import evaluate_width, sweep, worst_result, write_pictures, write_sweep
-from neumeta_hf.objective import Objective
-from neumeta_hf.progress import progress_bar
-from neumeta_hf.targets import network_width, task_for
-from recipe import (
+from transformers import PreTrainedModel
+
+if __package__ in (None, ""):  # run by path (accelerate launch training/train.py): make `training` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from neumeta_hf import NeuMetaModel  # noqa: E402
+from neumeta_hf.data import DataInfo, load_splits  # noqa: E402
+from neumeta_hf.evaluation import evaluate_width, sweep, worst_result, write_pictures, write_sweep  # noqa: E402
+from neumeta_hf.objective import Objective  # noqa: E402
+from neumeta_hf.progress import progress_bar  # noqa: E402
+from neumeta_hf.publishing import attach_card, hypernetwork_card, sampled_network_card, save_network  # noqa: E402
+from neumeta_hf.targets import network_width, task_for  # noqa: E402
+from training.recipe import (  # noqa: E402
     RESUMABLE_CHANGES,
     TrainConfig,
     config_to_dict,
@@ -54,7 +65,12 @@ from recipe import (
     run_identity,
     schedule_factor,
 )
-from train_base import build_base_network, check_against_data, claim_output_dir, load_trained_network, save_network
+from training.train_base import (  # noqa: E402
+    build_base_network,
+    check_against_data,
+    claim_output_dir,
+    load_trained_network,
+)
 
 
 class JSONLTracker(GeneralTracker):
@@ -271,9 +287,57 @@ def evaluate_widths(hyper: NeuMetaModel, dataset, widths, split: str) -> dict:
     return {f"{prefix}{metric}/width_{w}": evaluate_width(hyper, dataset, w, num_samples=1)[metric] for w in widths}
 
 
-def train(config: TrainConfig) -> dict:
-    """Run the whole recipe; returns the sweep result (on the main process)."""
-    config = copy.deepcopy(config)  # derived settings are filled in below; the caller's recipe stays as given
+@dataclass
+class Run:
+    """What a run's stages share: the recipe (with its derived settings filled in), the accelerator, the run's
+    identity (what its checkpoints must match), the checkpoint to resume and the data splits."""
+
+    config: TrainConfig
+    accelerator: Accelerator
+    identity: dict
+    resume_from: tuple[Path, dict] | None
+    train_set: datasets.Dataset
+    validation_set: datasets.Dataset | None
+    test_set: datasets.Dataset
+    info: DataInfo
+
+    @property
+    def output(self) -> Path:
+        return Path(self.config.output_dir)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.output / "checkpoints"
+
+    @property
+    def watched(self) -> tuple[datasets.Dataset, str]:
+        """(dataset, split name) that evaluation during training reads: what one watches and decides by, the
+        validation split when there is one."""
+        if self.validation_set is None:
+            return self.test_set, "test"
+        return self.validation_set, "validation"
+
+
+@dataclass
+class Training:
+    """The hypernetwork's training objects: the prepared model, optimizer and schedule, the network it distils
+    from, the objective, the EMA of the INR, the widths and the step it starts at."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    teacher: torch.nn.Module
+    objective: Objective
+    ema: EMA
+    widths: list[int]
+    eval_widths: list[int]
+    start_step: int = 0
+
+
+def set_up(config: TrainConfig) -> Run:
+    """The accelerator and trackers, the output directory claimed, the checkpoint to resume found, the data
+    loaded and the whole recipe checked against it: everything that can fail before training, failed."""
+    config = copy.deepcopy(config)  # derived settings are filled in later; the caller's recipe stays as given
     settings = config.training
     output = Path(config.output_dir)
     trackers = [JSONLTracker("neumeta", str(output))]
@@ -297,34 +361,43 @@ def train(config: TrainConfig) -> dict:
     if resuming and config.base.pretrained is None and (output / "base" / "config.json").exists():
         config.base.pretrained = str(output / "base")  # a resumed run reuses the base it trained
     check_against_data(config, train_set, validation_set, test_set, info, accelerator)
-    # Evaluation during training is what one watches and decides by: the validation split when there is one.
-    watched, watched_split = (test_set, "test") if validation_set is None else (validation_set, "validation")
+    return Run(config, accelerator, identity, resume_from, train_set, validation_set, test_set, info)
 
-    # 1. The base network.
-    base, base_score = build_base_network(config, train_set, test_set, info, accelerator)
-    task = task_for(base.config, type(base))
-    accelerator.print(f"Base network: width {network_width(base.config)}, test {task.main_metric} {base_score:.4f}")
-    if accelerator.is_main_process:
-        save_network(base, output / "base")
 
-    # 2. The hypernetwork.
-    hyper_settings = config.hypernetwork
-    hyper = NeuMetaModel.from_base_model(
+def base_stage(run: Run) -> tuple[PreTrainedModel, float]:
+    """(1) The base network -- loaded from base.pretrained, else trained -- and its test score, saved to
+    OUTPUT_DIR/base."""
+    base, base_score = build_base_network(run.config, run.train_set, run.test_set, run.info, run.accelerator)
+    metric = task_for(base.config, type(base)).main_metric
+    run.accelerator.print(f"Base network: width {network_width(base.config)}, test {metric} {base_score:.4f}")
+    if run.accelerator.is_main_process:
+        save_network(base, run.output / "base")
+    return base, base_score
+
+
+def hypernetwork_stage(run: Run, base: PreTrainedModel) -> NeuMetaModel:
+    """(2) The hypernetwork around the base network (BatchNorm folded, channels permuted)."""
+    settings = run.config.hypernetwork
+    return NeuMetaModel.from_base_model(
         base,
-        width_range=hyper_settings.width_range,
-        morph=hyper_settings.morph,
-        smooth=hyper_settings.smooth,
-        train_widths=hyper_settings.train_widths,
-        **hyper_settings.config,
+        width_range=settings.width_range,
+        morph=settings.morph,
+        smooth=settings.smooth,
+        train_widths=settings.train_widths,
+        **settings.config,
     )
+
+
+def prepare_training(run: Run, hyper: NeuMetaModel, base: PreTrainedModel) -> Training:
+    """(3a) Optimizer, schedule, teacher, objective and EMA, prepared by the accelerator; the trackers started;
+    the training state restored when the run resumes."""
+    settings, accelerator = run.config.training, run.accelerator
     widths = sorted(hyper.config.train_widths)
     low, high = hyper.config.width_range
     eval_widths = settings.eval_widths or sorted({low, (low + high) // 2, high})
     if settings.epochs:
         per_step = settings.batch_size * accelerator.num_processes * settings.gradient_accumulation_steps
-        settings.max_steps = math.ceil(settings.epochs * len(train_set) / per_step)
-
-    # 3. Training.
+        settings.max_steps = math.ceil(settings.epochs * len(run.train_set) / per_step)
     optimizer = torch.optim.AdamW(hyper.inr.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
@@ -336,142 +409,171 @@ def train(config: TrainConfig) -> dict:
     hyper = accelerator.unwrap_model(model)
     teacher = base  # distilled from, unless the recipe names another network
     if settings.teacher:
-        teacher = load_trained_network("training.teacher", settings.teacher, config.base.family)
-    teacher = teacher.to(accelerator.device).eval()
-    objective = Objective.from_settings(settings)
-    ema = EMA(hyper.inr, hyper.config.ema_decay)
+        teacher = load_trained_network("training.teacher", settings.teacher, run.config.base.family)
+    training = Training(
+        model, optimizer, scheduler, teacher.to(accelerator.device).eval(), Objective.from_settings(settings),
+        EMA(hyper.inr, hyper.config.ema_decay), widths, eval_widths,
+    )  # fmt: skip
     run_facts = {"num_processes": accelerator.num_processes, "device": str(accelerator.device)}
-    flat = flatten(config_to_dict(config))
+    flat = flatten(config_to_dict(run.config))
     tracked = {key: value if isinstance(value, (int, float, str, bool)) else str(value) for key, value in flat.items()}
     accelerator.init_trackers("neumeta", config=tracked | run_facts)
     accelerator.print(f"Training on {accelerator.num_processes} process(es), device {accelerator.device}")
+    if run.resume_from:
+        resume(run, training)
+    return training
 
-    start_step = 0
-    if resume_from:
-        path, run = resume_from
-        accelerator.load_state(str(path))
-        ema.load(path / "ema.safetensors")
-        start_step = run["step"]
-        accelerator.print(f"Resumed from {path} at step {start_step}")
-        if run["learning_rate"] != settings.learning_rate:
-            set_learning_rate(scheduler, settings.learning_rate)
-            accelerator.print(
-                f"training.learning_rate is {settings.learning_rate} (the checkpoint's run had "
-                f"{run['learning_rate']}): the schedule continues from step {start_step} at the new rate"
-            )
 
-    micro_steps = settings.max_steps * settings.gradient_accumulation_steps
+def resume(run: Run, training: Training):
+    """(3b) The checkpoint's training state and EMA loaded; a changed learning rate applied from here on."""
+    settings, accelerator = run.config.training, run.accelerator
+    path, checkpoint_run = run.resume_from
+    accelerator.load_state(str(path))
+    training.ema.load(path / "ema.safetensors")
+    training.start_step = checkpoint_run["step"]
+    accelerator.print(f"Resumed from {path} at step {training.start_step}")
+    if checkpoint_run["learning_rate"] != settings.learning_rate:
+        set_learning_rate(training.scheduler, settings.learning_rate)
+        accelerator.print(
+            f"training.learning_rate is {settings.learning_rate} (the checkpoint's run had "
+            f"{checkpoint_run['learning_rate']}): the schedule continues from step {training.start_step} at the "
+            "new rate"
+        )
+
+
+def training_loop(run: Run, training: Training, hyper: NeuMetaModel, num_labels: int):
+    """(3c) One width per step, evaluation on the watched split every `eval_every` steps and checkpoints every
+    `checkpoint_every`; a non-finite loss stops the run."""
+    config, settings, accelerator = run.config, run.config.training, run.accelerator
+    model, widths, accumulation = training.model, training.widths, settings.gradient_accumulation_steps
     sampler = StepBatches(
-        len(train_set),
-        settings.batch_size,
-        config.seed,
-        start_step * settings.gradient_accumulation_steps,
-        micro_steps,
-        accelerator.process_index,
-        accelerator.num_processes,
-    )
+        len(run.train_set), settings.batch_size, config.seed, training.start_step * accumulation,
+        settings.max_steps * accumulation, accelerator.process_index, accelerator.num_processes,
+    )  # fmt: skip
     # Each sampled index list is fetched as one slice (`batch_size=None`): datasets formats the batch at once,
     # instead of splitting it into rows for the default collate to stack again.
-    loader = torch.utils.data.DataLoader(train_set, sampler=sampler, batch_size=None)
+    loader = torch.utils.data.DataLoader(run.train_set, sampler=sampler, batch_size=None)
     model.train()
-    step, started = start_step, time.time()
+    started = time.time()
     # What every checkpoint of this run says about it (run.json).
     checkpoint_run = {
-        "recipe_hash": identity_hash(identity), "learning_rate": settings.learning_rate, "recipe": identity
+        "recipe_hash": identity_hash(run.identity), "learning_rate": settings.learning_rate, "recipe": run.identity
     }  # fmt: skip
     progress = progress_bar(
-        total=settings.max_steps, initial=start_step, desc="hypernetwork", disable=not accelerator.is_main_process
-    )
-    for micro_step, batch in enumerate(loader, start=start_step * settings.gradient_accumulation_steps):
-        step = micro_step // settings.gradient_accumulation_steps
+        total=settings.max_steps, initial=training.start_step, desc="hypernetwork",
+        disable=not accelerator.is_main_process,
+    )  # fmt: skip
+    for micro_step, batch in enumerate(loader, start=training.start_step * accumulation):
+        step = micro_step // accumulation
         width = step_width(config, widths, step)
-        pixel_values = batch["pixel_values"].to(accelerator.device)
-        labels = batch["labels"].to(accelerator.device)
-        step_seed = config.seed * 7919 + micro_step
-        noise_generator = torch.Generator(accelerator.device).manual_seed(step_seed)
-        targets = labels
-        if settings.mixup_alpha:  # each process mixes its own shard of the batch: a draw of its own
-            seed = step_seed * accelerator.num_processes + accelerator.process_index
-            pixel_values, targets = mixup(pixel_values, labels, base.config.num_labels, settings.mixup_alpha, seed)
-        with accelerator.accumulate(model):
-            inputs = (pixel_values, targets)
-            loss, terms = objective.step_loss(model, hyper, teacher, *inputs, width, widths[0], noise_generator)
-            finite = accelerator.gather(torch.isfinite(loss.detach()).reshape(1).float()).min() > 0
-            if not finite:
-                stop_on_non_finite_loss(accelerator, checkpoints, identity, loss.item(), step, width)
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and settings.max_grad_norm:
-                accelerator.clip_grad_norm_(hyper.inr.parameters(), settings.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
+        loss, terms = training_step(run, training, hyper, batch, micro_step, width, num_labels)
         if not accelerator.sync_gradients:
             continue
-        ema.update(hyper.inr)
+        training.ema.update(hyper.inr)
         done = step + 1
         progress.update(1)
         progress.set_postfix(loss=f"{loss.item():.3f}", width=width, refresh=False)
         accelerator.log(
-            {"loss": loss.item(), "width": width, "lr": scheduler.get_last_lr()[0]}
+            {"loss": loss.item(), "width": width, "lr": training.scheduler.get_last_lr()[0]}
             | {k: v.item() for k, v in terms.items()},
             step=done,
         )
         if done % settings.eval_every == 0 or done == settings.max_steps:
-            with ema.applied(hyper.inr):
-                accuracies = evaluate_widths(hyper, watched, eval_widths, watched_split)
+            watched, split = run.watched
+            with training.ema.applied(hyper.inr):
+                accuracies = evaluate_widths(hyper, watched, training.eval_widths, split)
             model.train()
             accelerator.log(accuracies, step=done)
             scores = ", ".join(f"{name.split('_')[-1]}: {value:.4f}" for name, value in accuracies.items())
-            progress.write(f"step {done} ({watched_split}): {scores}")
+            progress.write(f"step {done} ({split}): {scores}")
         if done % settings.checkpoint_every == 0 or done == settings.max_steps:
-            save_checkpoint(accelerator, ema, checkpoints, done, checkpoint_run)
+            save_checkpoint(accelerator, training.ema, run.checkpoints, done, checkpoint_run)
     progress.close()
     accelerator.wait_for_everyone()
-    accelerator.print(f"Trained {settings.max_steps - start_step} steps in {time.time() - started:.1f}s")
+    accelerator.print(f"Trained {settings.max_steps - training.start_step} steps in {time.time() - started:.1f}s")
 
-    # 4. Results: EMA hypernetwork, base, sweep, one sampled network.
-    result = {}
-    if accelerator.is_main_process:
-        ema.copy_to(hyper.inr)
-        hyper.eval()
-        hyper.save_pretrained(output / "hypernetwork")
-        result = sweep(
-            hyper,
-            test_set,
-            config.sweep.widths,
-            num_samples=config.sweep.num_samples,
-            base_score=base_score,
-            dataset_name=info.name,
-            batch_size=config.sweep.batch_size,
+
+def training_step(run: Run, training: Training, hyper, batch, micro_step: int, width: int, num_labels: int):
+    """One forward-backward pass (an optimizer step when the gradients sync); returns (loss, its terms)."""
+    settings, accelerator = run.config.training, run.accelerator
+    pixel_values = batch["pixel_values"].to(accelerator.device)
+    targets = labels = batch["labels"].to(accelerator.device)
+    step_seed = run.config.seed * 7919 + micro_step
+    noise_generator = torch.Generator(accelerator.device).manual_seed(step_seed)
+    if settings.mixup_alpha:  # each process mixes its own shard of the batch: a draw of its own
+        seed = step_seed * accelerator.num_processes + accelerator.process_index
+        pixel_values, targets = mixup(pixel_values, labels, num_labels, settings.mixup_alpha, seed)
+    with accelerator.accumulate(training.model):
+        loss, terms = training.objective.step_loss(
+            training.model, hyper, training.teacher, pixel_values, targets, width, training.widths[0], noise_generator
         )
-        write_sweep(result, output)
-        shutil.copy(output / "sweep.png", output / "hypernetwork" / "sweep.png")
-        pictures = write_pictures(hyper, test_set, output / "hypernetwork")
-        recipe = (
-            f"{settings.max_steps} steps, batch {settings.batch_size}, AdamW lr {settings.learning_rate} "
-            f"({settings.scheduler}), distillation weight {settings.distillation_weight} "
-            f"(temperature {settings.distillation_temperature}), mixup alpha {settings.mixup_alpha}"
-        )
-        hypernetwork_card(
-            hyper, sweep=result, training={"dataset": info.name, "recipe": recipe}, sweep_plot="sweep.png",
-            pictures=pictures,
-        ).save(output / "hypernetwork" / "README.md")  # fmt: skip
-        save_width = config.sweep.save_width or (low + high) // 2
-        network = hyper.sample_model(save_width, num_samples=config.sweep.num_samples)
-        measured = next((r for r in result["results"] if r["width"] == save_width), None)
-        metrics = {name: measured[name] for name in task.metrics} if measured else None
-        network.card_pictures = {name: output / "hypernetwork" / name for name in pictures}
-        network.model_card = sampled_network_card(
-            network, hypernetwork=str(output / "hypernetwork"), metrics=metrics, dataset=info.name, pictures=pictures
-        )
-        network.save_pretrained(output / f"sampled-width-{save_width}")
-        worst = worst_result(result)
-        accelerator.print(
-            f"Sweep over {len(result['results'])} widths: worst {task.main_metric} {worst[task.main_metric]:.4f} at "
-            f"width {worst['width']} (base {base_score:.4f}).\nResults in {output}: hypernetwork/, base/, sampled-width-{save_width}/, "
-            "sweep.json, sweep.md, sweep.png, log.jsonl"
-        )
-    accelerator.end_training()
+        finite = accelerator.gather(torch.isfinite(loss.detach()).reshape(1).float()).min() > 0
+        if not finite:
+            step = micro_step // settings.gradient_accumulation_steps
+            stop_on_non_finite_loss(accelerator, run.checkpoints, run.identity, loss.item(), step, width)
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and settings.max_grad_norm:
+            accelerator.clip_grad_norm_(hyper.inr.parameters(), settings.max_grad_norm)
+        training.optimizer.step()
+        training.scheduler.step()
+        training.optimizer.zero_grad()
+    return loss, terms
+
+
+def export(run: Run, training: Training, hyper: NeuMetaModel, base_score: float) -> dict:
+    """(4) On the main process: the EMA hypernetwork to OUTPUT_DIR/hypernetwork with its card and pictures, the
+    width sweep on the test split (sweep.json, sweep.md, sweep.png) and one sampled network with its card.
+    Returns the sweep result."""
+    config, settings, output, info = run.config, run.config.training, run.output, run.info
+    training.ema.copy_to(hyper.inr)
+    hyper.eval()
+    hyper.save_pretrained(output / "hypernetwork")
+    result = sweep(
+        hyper, run.test_set, config.sweep.widths, num_samples=config.sweep.num_samples, base_score=base_score,
+        dataset_name=info.name, batch_size=config.sweep.batch_size,
+    )  # fmt: skip
+    write_sweep(result, output)
+    shutil.copy(output / "sweep.png", output / "hypernetwork" / "sweep.png")
+    pictures = write_pictures(hyper, run.test_set, output / "hypernetwork")
+    recipe = (
+        f"{settings.max_steps} steps, batch {settings.batch_size}, AdamW lr {settings.learning_rate} "
+        f"({settings.scheduler}), distillation weight {settings.distillation_weight} "
+        f"(temperature {settings.distillation_temperature}), mixup alpha {settings.mixup_alpha}"
+    )
+    hypernetwork_card(
+        hyper, sweep=result, training={"dataset": info.name, "recipe": recipe}, sweep_plot="sweep.png",
+        pictures=pictures,
+    ).save(output / "hypernetwork" / "README.md")  # fmt: skip
+    low, high = hyper.config.width_range
+    save_width = config.sweep.save_width or (low + high) // 2
+    network = hyper.sample_model(save_width, num_samples=config.sweep.num_samples)
+    task = task_for(hyper.spec.family_config)
+    measured = next((r for r in result["results"] if r["width"] == save_width), None)
+    metrics = {name: measured[name] for name in task.metrics} if measured else None
+    card = sampled_network_card(
+        network, hypernetwork=str(output / "hypernetwork"), metrics=metrics, dataset=info.name, pictures=pictures
+    )
+    attach_card(network, card, {name: output / "hypernetwork" / name for name in pictures})
+    network.save_pretrained(output / f"sampled-width-{save_width}")
+    worst = worst_result(result)
+    run.accelerator.print(
+        f"Sweep over {len(result['results'])} widths: worst {task.main_metric} {worst[task.main_metric]:.4f} at "
+        f"width {worst['width']} (base {base_score:.4f}).\nResults in {output}: hypernetwork/, base/, "
+        f"sampled-width-{save_width}/, sweep.json, sweep.md, sweep.png, log.jsonl"
+    )
+    return result
+
+
+def train(config: TrainConfig) -> dict:
+    """Run the whole recipe, stage by stage; returns the sweep result (on the main process)."""
+    run = set_up(config)
+    base, base_score = base_stage(run)
+    hyper = hypernetwork_stage(run, base)
+    training = prepare_training(run, hyper, base)
+    hyper = run.accelerator.unwrap_model(training.model)
+    training_loop(run, training, hyper, base.config.num_labels)
+    result = export(run, training, hyper, base_score) if run.accelerator.is_main_process else {}
+    run.accelerator.end_training()
     return result
 
 

@@ -9,29 +9,27 @@ code first when no trained base network is given.
 import argparse
 import random
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from recipe import BaseConfig, TrainConfig, load_config, schedule_factor
 from torch.func import functional_call
 from transformers import PreTrainedModel
 
-from neumeta_hf import NeuMetaConfig
-from neumeta_hf.data import DataInfo, load_splits
-from neumeta_hf.evaluation import check_labels, evaluate_score
-from neumeta_hf.progress import progress_bar
-from neumeta_hf.pruning import nested_weights, prune_l1
-from neumeta_hf.targets import (
-    config_at_width,
-    network_width,
-    save_stock_image_processor,
-    task_for,
-    trainable_network_class,
-    width_field,
-)
+if __package__ in (None, ""):  # run by path (accelerate launch training/train_base.py): make `training` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from neumeta_hf import NeuMetaConfig  # noqa: E402
+from neumeta_hf.data import DataInfo, load_splits  # noqa: E402
+from neumeta_hf.evaluation import check_labels, evaluate_score  # noqa: E402
+from neumeta_hf.progress import progress_bar  # noqa: E402
+from neumeta_hf.pruning import nested_weights, prune_l1  # noqa: E402
+from neumeta_hf.publishing import save_network  # noqa: E402
+from neumeta_hf.targets import config_at_width, network_width, target, task_for  # noqa: E402
+from training.recipe import BaseConfig, TrainConfig, load_config, schedule_factor  # noqa: E402
 
 # What a run writes into its output directory (train.py; train_base.py writes only base/).
 RUN_OUTPUTS = ("log.jsonl", "checkpoints", "hypernetwork", "base", "sweep.json", "sweep.md", "sweep.png")
@@ -67,7 +65,7 @@ def claim_output_dir(config: TrainConfig, accelerator: Accelerator, resuming: bo
 def check_against_data(config: TrainConfig, train, validation, test, info: DataInfo, accelerator: Accelerator):
     """The recipe against the data, before anything trains: labels, image shape and classes of a given base
     network, batch sizes, and the hypernetwork's own config. Each failure names the key and the fix."""
-    model_class = trainable_network_class(config.base.family)
+    model_class = target(config.base.family).trainable_network_class()
     if config.base.pretrained:
         base_config = model_class.config_class.from_pretrained(config.base.pretrained)
         expected = (base_config.num_channels, base_config.image_size)
@@ -134,7 +132,7 @@ def check_teacher(path: str, model_class, base_config):
 def load_trained_network(key: str, path: str, family: str) -> PreTrainedModel:
     """The trained network that the recipe's `key` names (a directory or Hub id), refused with a ValueError naming
     the key unless it is of `family` and its weights are finite."""
-    model = trainable_network_class(family).from_pretrained(path)
+    model = target(family).trainable_network_class().from_pretrained(path)
     if model.config.model_type != family:
         raise ValueError(f"{key} {path!r} is a {model.config.model_type!r} network, but base.family is {family!r}")
     broken = [name for name, tensor in model.state_dict().items() if not torch.isfinite(tensor).all()]
@@ -150,12 +148,12 @@ def build_base_network(
     config: TrainConfig, train, test, info: DataInfo, accelerator: Accelerator
 ) -> tuple[PreTrainedModel, float]:
     """(network, its test score -- the task's main metric): loaded from `base.pretrained`, or trained on `train` with `base.*` settings."""
-    model_class = trainable_network_class(config.base.family)
+    model_class = target(config.base.family).trainable_network_class()
     if config.base.pretrained:
         model = load_trained_network("base.pretrained", config.base.pretrained, config.base.family)
     elif config.base.prune_from:
         source = model_class.from_pretrained(config.base.prune_from)
-        width = config.base.family_config.get(width_field(config.base.family), network_width(source.config))
+        width = config.base.family_config.get(target(config.base.family).width_field, network_width(source.config))
         model = train_network(prune_l1(source, width).train(), train, config.base, accelerator, config.seed)
     else:
         family_config = model_class.config_class(**{**info.family_kwargs(), **config.base.family_config})
@@ -236,13 +234,6 @@ class SlimmableObjective:
             logits = functional_call(skeleton, nested_weights(model, skeleton), (pixel_values,)).logits
             loss = loss + F.cross_entropy(logits, teacher)
         return loss
-
-
-def save_network(model: PreTrainedModel, directory: Path):
-    """`save_pretrained`, plus the stock image processor of a stock vision model (families write their own), so
-    that the directory works with `pipeline("image-classification")`."""
-    model.save_pretrained(directory)
-    save_stock_image_processor(model.config, directory)
 
 
 def main(argv=None):

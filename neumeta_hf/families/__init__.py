@@ -14,12 +14,10 @@ What a family provides (the contract every part of neumeta-hf relies on):
 * files that import only torch and transformers (and each other, relatively): they travel with every saved
   network as remote code.
 
-Adding a family is adding its two files and one `register_family(ModelClass)` call below.
+Adding a family is adding its two files and one `register_family(ModelClass)` call at the end of
+`neumeta_hf/targets.py`, which makes it known to neumeta-hf and to transformers' Auto classes.
 """
 
-from transformers import AutoConfig
-
-from ..tasks import auto_class
 from .configuration_common import NeuMetaFamilyConfig
 from .configuration_lenet import NeuMetaLeNetConfig
 from .configuration_mlp import NeuMetaMLPConfig
@@ -34,35 +32,9 @@ from .modeling_resnet_cifar import NeuMetaResNetCifarForImageClassification
 from .modeling_unet import NeuMetaUNetForSemanticSegmentation
 from .modeling_vae import NeuMetaVAEModel, NeuMetaVAEOutput
 
-FAMILIES: dict[str, type[NeuMetaFamilyModel]] = {}
-
-
-def register_family(model_class: type[NeuMetaFamilyModel]) -> None:
-    """Make a family known to neumeta-hf (`FAMILIES`) and to transformers: its config to `AutoConfig`, its model to
-    its task's Auto class, both marked so that `save_pretrained` writes their code beside the weights."""
-    config_class, auto = model_class.config_class, auto_class(model_class.task)
-    FAMILIES[config_class.model_type] = model_class
-    AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
-    auto.register(config_class, model_class, exist_ok=True)
-    config_class.register_for_auto_class()
-    model_class.register_for_auto_class(auto.__name__)
-
-
-def family_model_class(family: str) -> type[NeuMetaFamilyModel]:
-    if family not in FAMILIES:
-        raise ValueError(f"Unknown family {family!r}; known families: {', '.join(FAMILIES)}")
-    return FAMILIES[family]
-
-
-register_family(NeuMetaMLPForImageClassification)
-register_family(NeuMetaLeNetForImageClassification)
-register_family(NeuMetaResNetCifarForImageClassification)
-register_family(NeuMetaUNetForSemanticSegmentation)
-register_family(NeuMetaVAEModel)
 NeuMetaImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 __all__ = [
-    "FAMILIES",
     "ChannelGroup",
     "ChannelSlice",
     "NeuMetaFamilyConfig",
@@ -79,6 +51,4 @@ __all__ = [
     "NeuMetaVAEConfig",
     "NeuMetaVAEModel",
     "NeuMetaVAEOutput",
-    "family_model_class",
-    "register_family",
 ]

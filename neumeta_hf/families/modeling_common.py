@@ -1,23 +1,29 @@
-"""Pieces shared by every target family: the classification head contract, initialisation, conv+norm blocks
-and the description of coupled channels that NeuMeta morphs and permutes.
+"""Pieces shared by every target family: the classification head contract and its loss, initialisation,
+conv+norm blocks and the description of coupled channels that NeuMeta morphs and permutes.
 
-Imports only torch, transformers and huggingface_hub (a transformers dependency; see configuration_common.py),
-and the image processor only where it is used: it needs Pillow, which loading and running a network must not.
+Model code only: imports torch and transformers, and the image processor only where it is used (it needs
+Pillow, which loading and running a network must not). Cards and uploads live in `neumeta_hf.publishing`.
 """
 
-import os
-import shutil
-import tempfile
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from huggingface_hub import HfApi
-from huggingface_hub.errors import HfHubHTTPError
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import ImageClassifierOutput
+
+# The label of pixels that count for no class (unlabelled), as in scene_parse_150 layouts. Here, in a file that
+# travels with every saved network, so that a segmenter's own loss knows it; `neumeta_hf.tasks` reads it here.
+IGNORE_INDEX = 255
+
+
+def class_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """The loss of the tasks that predict classes (`neumeta_hf.tasks`): cross-entropy of logits over axis 1 --
+    per image, or per pixel -- against class indices (`ignore_index` counts for none) or class probabilities
+    (mixed-up labels)."""
+    return F.cross_entropy(logits, targets, ignore_index=ignore_index)
 
 
 class ChannelSlice(NamedTuple):
@@ -72,16 +78,19 @@ class ConvNorm(nn.Module):
 
 
 class NeuMetaFamilyModel(PreTrainedModel):
-    """Base of the family networks: `forward(pixel_values, labels=None)` -> `ImageClassifierOutput`."""
+    """Base of the family networks: `forward(pixel_values, labels=None)` -> `output_class` with the class
+    scores as `logits` and, given labels, the task's loss (`class_cross_entropy`)."""
 
     main_input_name = "pixel_values"
     base_model_prefix = "network"
     task = "image-classification"  # the pipeline task (`neumeta_hf.tasks`): output, loss, metrics, Auto class
+    output_class = ImageClassifierOutput
+    ignore_index = -100  # the label that counts for no class
 
     def forward(self, pixel_values, labels=None, **kwargs):
         logits = self.classify(pixel_values)
-        loss = F.cross_entropy(logits, labels) if labels is not None else None
-        return ImageClassifierOutput(loss=loss, logits=logits)
+        loss = class_cross_entropy(logits, labels, self.ignore_index) if labels is not None else None
+        return self.output_class(loss=loss, logits=logits)
 
     def classify(self, pixel_values: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -97,19 +106,10 @@ class NeuMetaFamilyModel(PreTrainedModel):
         return NeuMetaImageProcessor.for_config(self.config)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """Also writes `preprocessor_config.json`, so the directory works with `pipeline("image-classification")`,
-        and the model card (`README.md`) when one is attached as `model_card`: a card, or a callable that
-        renders one (so that networks which are never saved never pay for rendering)."""
+        """Also writes `preprocessor_config.json`, so the directory works with `pipeline("image-classification")`."""
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
             self.image_processor().save_pretrained(save_directory)
-            write_model_card(self, save_directory)
-
-    def push_to_hub(self, repo_id: str, commit_message: str | None = None, private: bool | None = None, token=None):
-        """Upload what `save_pretrained` writes -- config, weights, model code, image processor and the attached
-        model card -- in one commit. A failed upload raises and changes nothing locally."""
-        message = commit_message or f"Upload {self.config.model_type} of width {self.config.width}"
-        return upload_saved(self, repo_id, message, private=private, token=token)
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -135,37 +135,3 @@ class NeuMetaFamilyModel(PreTrainedModel):
             for suffix in suffixes
             if f"{prefix}.{suffix}" in names
         )
-
-
-# What a failed upload raises: the Hub's refusals, offline mode (an OSError), an invalid repo id (a ValueError)
-# and connection failures, which raise the HTTP client's own error, the base class of HfHubHTTPError.
-UPLOAD_ERRORS = (OSError, ValueError, *HfHubHTTPError.__bases__)
-
-
-def write_model_card(network: PreTrainedModel, directory):
-    """Write the card attached to `network` as `model_card` (a card, or a callable rendering one) as README.md,
-    and beside it the pictures the card shows (`card_pictures`: file name -> where the file is)."""
-    card = getattr(network, "model_card", None)
-    if card is not None:
-        (card() if callable(card) else card).save(os.path.join(directory, "README.md"))
-    for name, source in getattr(network, "card_pictures", {}).items():
-        shutil.copy(source, os.path.join(directory, name))
-
-
-def upload_saved(network: PreTrainedModel, repo_id: str, commit_message: str, private: bool | None = None, token=None):
-    """Upload what `network.save_pretrained` writes in one commit (`upload_in_one_commit`)."""
-    with tempfile.TemporaryDirectory() as directory:
-        network.save_pretrained(directory)
-        return upload_in_one_commit(directory, repo_id, commit_message, private=private, token=token)
-
-
-def upload_in_one_commit(directory, repo_id: str, commit_message: str, private: bool | None = None, token=None):
-    """Create `repo_id` if needed and upload everything in `directory` as one commit. A failed upload raises
-    RuntimeError with a one-line reason; `directory` is only read."""
-    api = HfApi(token=token)
-    try:
-        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-        return api.upload_folder(repo_id=repo_id, folder_path=directory, commit_message=commit_message)
-    except UPLOAD_ERRORS as error:
-        reason = (str(error).strip() or type(error).__name__).splitlines()[0].rstrip(".")
-        raise RuntimeError(f"upload to {repo_id} failed: {reason}; nothing local was changed") from error

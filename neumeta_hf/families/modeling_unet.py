@@ -4,11 +4,7 @@ from torch import nn
 from transformers.modeling_outputs import SemanticSegmenterOutput
 
 from .configuration_unet import NeuMetaUNetConfig
-from .modeling_common import ChannelGroup, ConvNorm, NeuMetaFamilyModel
-
-# Label of pixels that count for no class (unlabelled), as in scene_parse_150 layouts; the same value as
-# `neumeta_hf.tasks.IGNORE_INDEX`, repeated here because this file travels alone as remote code.
-IGNORE_INDEX = 255
+from .modeling_common import IGNORE_INDEX, ChannelGroup, ConvNorm, NeuMetaFamilyModel
 
 
 class DoubleConv(nn.Module):
@@ -26,6 +22,8 @@ class DoubleConv(nn.Module):
 class NeuMetaUNetForSemanticSegmentation(NeuMetaFamilyModel):
     config_class = NeuMetaUNetConfig
     task = "image-segmentation"
+    output_class = SemanticSegmenterOutput
+    ignore_index = IGNORE_INDEX
 
     def __init__(self, config: NeuMetaUNetConfig):
         super().__init__(config)
@@ -42,11 +40,6 @@ class NeuMetaUNetForSemanticSegmentation(NeuMetaFamilyModel):
         self.dec1 = DoubleConv(2 * c1, c1, config.norm)
         self.classifier = nn.Conv2d(c1, config.num_classes, 1)
         self.post_init()
-
-    def forward(self, pixel_values, labels=None, **kwargs):
-        logits = self.classify(pixel_values)
-        loss = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX) if labels is not None else None
-        return SemanticSegmenterOutput(loss=loss, logits=logits)
 
     def classify(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Per-pixel class scores `[N, classes, H, W]` at the input resolution."""
