@@ -14,12 +14,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the `training` package
 
-from training.recipe import load_config  # noqa: E402
-
 import neumeta_hf as nm  # noqa: E402
 from neumeta_hf.data import load_splits  # noqa: E402
 from neumeta_hf.progress import progress_bar  # noqa: E402
 from neumeta_hf.tasks import get_task  # noqa: E402
+from training.recipe import load_config  # noqa: E402
 
 WIDTHS = (8, 16, 24, 32)
 SAMPLES = 1000

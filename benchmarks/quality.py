@@ -33,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,15 +43,14 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the `training` package
 
-from training.recipe import load_config  # noqa: E402
-
 from neumeta_hf import NeuMetaModel  # noqa: E402
 from neumeta_hf.data import FASHION_MNIST_DIR, load_splits  # noqa: E402
 from neumeta_hf.evaluation import evaluate_score, sweep  # noqa: E402
-from neumeta_hf.tasks import PICTURES, metric_name  # noqa: E402
 from neumeta_hf.progress import progress_bar  # noqa: E402
 from neumeta_hf.pruning import first_channels, prune_l1  # noqa: E402
 from neumeta_hf.targets import config_at_width, network_width, target, task_for  # noqa: E402
+from neumeta_hf.tasks import PICTURES, metric_name, task_of_metric  # noqa: E402
+from training.recipe import TrainConfig, load_config  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -118,30 +118,198 @@ RECIPES = {  # each with its reference widths (the individual networks) and the 
 FINETUNE_EPOCHS = 2
 FINETUNE_LEARNING_RATE = 5e-4
 
-# The targets (points are fractions here) of whole-network classification (issue 11).
-FULL_WIDTH_TOLERANCE = 0.003  # NeuMeta at full width vs the base network
-INDIVIDUAL_TOLERANCE = 0.005  # NeuMeta vs the individual network (or the line between the two nearest)
-SMOOTHNESS_TOLERANCE = 0.010  # a width vs the mean of its two neighbours
-COST_BUDGET = 4  # hypernetwork training cost, in individually trained full-width networks
+COST_BUDGET = 4  # classification: hypernetwork training cost, in individually trained full-width networks
+
+
+@dataclass
+class Bench:
+    """What the methods of one benchmark share: the recipe, the widths, the data, the work directory and its
+    runs, and each width's share of the full width's multiply-accumulates (for training costs)."""
+
+    config: TrainConfig  # the recipe every run starts from, with the benchmark's overrides
+    recipe: Recipe
+    overrides: list[str]
+    full_width: int
+    widths: list[int]  # the reference widths below the full one: individual and fine-tuned networks
+    everywhere: list[int]  # every width the sweeping methods are measured at
+    examples: int  # training examples
+    neumeta_epochs: float  # epochs of a NeuMeta run, which the slimmable network matches
+    share: dict[int, float]  # width -> its multiply-accumulates / the full width's
+    work: Path | None = None
+    runs: "Runs | None" = None
+    model_class: type | None = None
+    test: object = None
+    base: object = None  # the base network and its test score, once trained
+    base_score: float | None = None
+
+    def standalone(self, width: int) -> list[str]:
+        """The recipe overrides of a network trained on its own at `width`."""
+        fields = target(self.config.base.family).standalone_fields(width)
+        return [f"base.family_config.{key}={value}" for key, value in fields.items()]
+
+    def trained(self, run: str):
+        """The network that run `run` of train_base.py saved."""
+        return self.model_class.from_pretrained(self.work / run / "base")
+
+    @property
+    def base_passes(self) -> int:
+        return self.config.base.epochs * self.examples
 
 
 @dataclass(frozen=True)
-class TaskTargets:
-    """The targets of segmentation (mean IoU, issue 13) and generation (negative log-likelihood, issue 15)."""
+class Method:
+    """One method of the benchmark: a column of its table, a line of its plot, an entry of its report.
 
-    unit: str
-    scale: float  # the metric's value -> the unit
-    sign: int  # +1 where higher is better, -1 where lower is
-    individual: float  # NeuMeta at most this much worse than the individual network at every width it has
-    smoothness: float  # an unseen width at most this much worse than the mean of its two neighbours
-    pruning_margin_at_quarter: float | None  # at least this much better than L1 pruning at 75% compression;
-    # None: better than L1 pruning at every width below the full one
+    `scores(bench)` reads the test split once: {width: score}. `submit(bench)` queues the training runs it needs
+    (None: it trains nothing of its own). `passes(bench)` is its training cost in forward-backward passes of the
+    full-width network -- {width: passes} for one network per width; None where it trains nothing. `section` is
+    where the report keeps it ("methods", "ablations" or "levers"); `run` names a NeuMeta run's directory, whose
+    validation sweep the report also keeps. `colour`/`style` draw it (None: the next of `VARIANT_COLOURS`);
+    style "points" draws markers only.
+    """
+
+    label: str
+    scores: Callable[[Bench], dict[int, float]]
+    submit: Callable[[Bench], None] | None = None
+    passes: Callable[[Bench], int | dict[int, int]] | None = None
+    section: str = "methods"
+    colour: str | None = None
+    style: str = "-"
+    run: str | None = None
 
 
-TASK_TARGETS = {
-    "mean_iou": TaskTargets("mIoU", 100.0, +1, individual=0.010, smoothness=0.010, pruning_margin_at_quarter=0.10),
-    "nll": TaskTargets("nat", 1.0, -1, individual=1.0, smoothness=1.0, pruning_margin_at_quarter=None),
-}
+def submit_individual(bench: Bench):
+    for width in sorted(bench.widths, reverse=True):  # longest first, so that two workers finish together
+        run = f"individual_{width}"
+        bench.runs.submit(run, "train_base.py", [f"output_dir={bench.work / run}", *bench.standalone(width)])
+
+
+def submit_finetuned(bench: Bench):
+    for width in bench.widths:
+        finetune = [f"base.prune_from={bench.work / 'base' / 'base'}", *bench.standalone(width),
+                    f"base.epochs={FINETUNE_EPOCHS}", f"base.learning_rate={FINETUNE_LEARNING_RATE}"]  # fmt: skip
+        bench.runs.submit(f"pruned_l1_finetuned_{width}", "train_base.py",
+                          [f"output_dir={bench.work / f'finetuned_{width}'}", *finetune], after=["base"])  # fmt: skip
+
+
+def submit_slimmable(bench: Bench):
+    # The slimmable network sees as many examples in as many optimizer steps as the NeuMeta run.
+    slimmable = ["base.slimmable=true", f"base.epochs={round(bench.neumeta_epochs)}",
+                 f"base.batch_size={bench.config.training.batch_size}"]  # fmt: skip
+    bench.runs.submit("slimmable", "train_base.py", [f"output_dir={bench.work / 'slimmable'}", *slimmable])
+
+
+def slimmable_passes(bench: Bench) -> int:
+    """The sandwich rule: the full width, the smallest and two random widths per step."""
+    low = bench.config.hypernetwork.width_range[0]
+    mean_share = sum(bench.share[w] for w in bench.everywhere) / len(bench.everywhere)
+    return round(round(bench.neumeta_epochs) * bench.examples * (1 + bench.share[low] + 2 * mean_share))
+
+
+def hypernetwork_passes(bench: Bench, recipe: TrainConfig) -> int:
+    """A hypernetwork's own steps under `recipe`: each its width's share, the smallest width and the full one
+    with the sandwich rule (the full width unless it is only reconstructed), a third for the teacher's
+    forward-only pass. The INR's own work is not in these figures: its wall seconds are."""
+    low, high = recipe.hypernetwork.width_range
+    train_widths = recipe.hypernetwork.train_widths or list(range(low, high + 1))
+    per_example = sum(bench.share[w] for w in train_widths) / len(train_widths)
+    if recipe.training.sandwich:
+        per_example += bench.share[low] + (0 if recipe.training.reconstruction_weight else 1)
+    if recipe.training.distillation_weight:
+        per_example += 1 / 3
+    return round(bench.neumeta_epochs * bench.examples * per_example)
+
+
+def neumeta_method(label: str, run: str, lever: Lever, section: str, style: str = "-", colour=None) -> Method:
+    """A NeuMeta run (the main one, an ablation or a lever): train.py around the network `lever.start` names,
+    with `lever.overrides`, distilled from `lever.teacher` when set. Its cost includes the networks it starts
+    from and distils from, and its hypernetwork's follows its own recipe."""
+
+    def submit(bench: Bench):
+        command = [f"output_dir={bench.work / run}", f"base.pretrained={bench.work / lever.start / 'base'}",
+                   *lever.overrides]  # fmt: skip
+        if lever.teacher:
+            command.append(f"training.teacher={bench.work / lever.teacher / 'base'}")
+        after = [lever.start] + ([lever.teacher] if lever.teacher else [])
+        bench.runs.submit(run, "train.py", command, after=after, fresh=True)
+
+    def passes(bench: Bench) -> int:
+        networks = {"base": bench.base_passes, "slimmable": slimmable_passes(bench)}
+        recipe = load_config(REPO / bench.recipe.config, bench.overrides + list(lever.overrides))
+        teacher = networks[lever.teacher] if lever.teacher else 0
+        return networks[lever.start] + teacher + hypernetwork_passes(bench, recipe)
+
+    return Method(label, lambda bench: swept(bench.work / run), submit, passes, section, colour, style, run)
+
+
+def resampled_method(count: int) -> Method:
+    """The main NeuMeta run's hypernetwork sampled with `num_samples=count` (no training of its own)."""
+
+    def scores(bench: Bench) -> dict[int, float]:
+        hyper = NeuMetaModel.from_pretrained(bench.work / "neumeta" / "hypernetwork")
+        result = sweep(hyper, bench.test, bench.everywhere, num_samples=count)
+        return {r["width"]: r[result["metric"]] for r in result["results"]}
+
+    return Method(f"ablation: num_samples_{count}", scores, section="ablations", style="-.")
+
+
+# The benchmark's methods, in table order. Adding a method is one entry here (or in ABLATIONS / LEVERS).
+BASELINES = {
+    "individual": Method(
+        "individual",
+        lambda bench: dict(sorted(
+            {bench.full_width: bench.base_score} | {w: evaluate_score(bench.trained(f"individual_{w}"), bench.test)
+                                                   for w in bench.widths}.items())),
+        submit_individual,
+        lambda bench: {w: round(bench.base_passes * bench.share[w]) for w in bench.widths}
+        | {bench.full_width: bench.base_passes},
+        colour="tab:blue", style="points",
+    ),
+    "pruned_l1": Method(
+        "pruned_l1",
+        lambda bench: {w: evaluate_score(prune_l1(bench.base, w), bench.test)
+                       for w in progress_bar(bench.everywhere, desc="pruned_l1")},
+        colour="tab:orange",
+    ),
+    "pruned_l1_finetuned": Method(
+        "pruned_l1_finetuned",
+        lambda bench: dict(sorted(
+            {w: evaluate_score(bench.trained(f"finetuned_{w}"), bench.test) for w in bench.widths}
+            | {bench.full_width: bench.base_score}.items())),
+        submit_finetuned,
+        lambda bench: {w: round(bench.base_passes + FINETUNE_EPOCHS * bench.examples * bench.share[w])
+                       for w in bench.widths},
+        colour="tab:brown",
+    ),
+    "slimmable": Method(
+        "slimmable",
+        lambda bench: {w: evaluate_score(first_channels(bench.trained("slimmable"), w), bench.test)
+                       for w in progress_bar(bench.everywhere, desc="slimmable")},
+        submit_slimmable, slimmable_passes, colour="tab:green",
+    ),
+    "neumeta": neumeta_method("neumeta", "neumeta", Lever("base", ()), "methods", colour="black"),
+}  # fmt: skip
+VARIANT_COLOURS = ("tab:red", "tab:purple", "tab:cyan", "tab:olive", "tab:pink")
+
+
+def chosen_methods(recipe: Recipe, ablations: bool, levers: dict[str, Lever]) -> dict[str, Method]:
+    """The methods a benchmark run measures: the baselines the recipe has, NeuMeta, the ablations (with
+    `ablations`) and `levers`."""
+    methods = {name: method for name, method in BASELINES.items() if name != "slimmable" or recipe.slimmable}
+    if ablations:
+        methods |= {name: neumeta_method(f"ablation: {name}", name, Lever("base", tuple(extra)), "ablations", ":")
+                    for name, extra in ABLATIONS.items()}  # fmt: skip
+        methods |= {f"num_samples_{count}": resampled_method(count) for count in SAMPLE_COUNTS}
+    methods |= {name: neumeta_method(f"lever: {name}", f"lever_{name}", lever, "levers", "--")
+                for name, lever in levers.items()}  # fmt: skip
+    return methods
+
+
+def training_passes(bench: Bench, methods: dict[str, Method]) -> dict:
+    """Each method's training cost in forward-backward passes of the full-width network (a width-w pass counts
+    its share of the full width's multiply-accumulates; a teacher's forward-only pass counts a third), keyed as
+    the report keeps it: a NeuMeta run by its run name."""
+    return {method.run or name: method.passes(bench) for name, method in methods.items() if method.passes}
 
 
 def main(argv=None):
@@ -179,73 +347,43 @@ def main(argv=None):
     model_class = kind.trainable_network_class()
     full_width = network_width(model_class.config_class(**config.base.family_config))
     low, high = config.hypernetwork.width_range
-    # The widths every method is measured at: the recipe's sweep (every width of the range unless it says less).
-    everywhere = config.sweep.widths or list(range(low, high + 1))
     train, validation, test, info = load_splits(config.data)
-    neumeta_epochs = config.training.epochs or config.training.max_steps * config.training.batch_size / len(train)
+    base_config = model_class.config_class(**{**info.family_kwargs(), **config.base.family_config})
+    macs = {w: multiply_accumulates(model_class, base_config, w) for w in range(low, high + 1)}
+    bench = Bench(
+        config, recipe, overrides, full_width,
+        widths=[w for w in recipe.individual_widths if w != full_width],
+        # The widths every method is measured at: the recipe's sweep (every width of the range unless it says less).
+        everywhere=config.sweep.widths or list(range(low, high + 1)),
+        examples=len(train),
+        neumeta_epochs=config.training.epochs or config.training.max_steps * config.training.batch_size / len(train),
+        share={w: macs[w] / macs[full_width] for w in macs},
+        work=work, runs=Runs(REPO / recipe.config, overrides, work, args.jobs, reuse=args.reuse),
+        model_class=model_class, test=test,
+    )  # fmt: skip
+    methods = chosen_methods(recipe, args.ablations, levers)
 
-    runs = Runs(REPO / recipe.config, overrides, work, args.jobs, reuse=args.reuse)
-    base_dir = work / "base" / "base"
-    runs.submit("base", "train_base.py", [f"output_dir={work / 'base'}"])
-    # The slimmable network sees as many examples in as many optimizer steps as the NeuMeta run.
-    slimmable = [
-        "base.slimmable=true", f"base.epochs={round(neumeta_epochs)}", f"base.batch_size={config.training.batch_size}"
-    ]  # fmt: skip
-    if recipe.slimmable:
-        runs.submit("slimmable", "train_base.py", [f"output_dir={work / 'slimmable'}", *slimmable])
-    widths = [w for w in recipe.individual_widths if w != full_width]
-    at_width = lambda width: [  # noqa: E731
-        f"base.family_config.{key}={value}" for key, value in kind.standalone_fields(width).items()
-    ]
-    for width in sorted(widths, reverse=True):  # longest first, so that two workers finish together
-        runs.submit(f"individual_{width}", "train_base.py", [f"output_dir={work / f'individual_{width}'}",
-                    *at_width(width)])  # fmt: skip
-    for width in widths:
-        finetune = [f"base.prune_from={base_dir}", *at_width(width), f"base.epochs={FINETUNE_EPOCHS}",
-                    f"base.learning_rate={FINETUNE_LEARNING_RATE}"]  # fmt: skip
-        runs.submit(f"pruned_l1_finetuned_{width}", "train_base.py", [f"output_dir={work / f'finetuned_{width}'}",
-                    *finetune], after=["base"])  # fmt: skip
-    ablation_runs = ABLATIONS if args.ablations else {}
-    neumeta_runs = {name: Lever("base", tuple(extra)) for name, extra in ({"neumeta": []} | ablation_runs).items()}
-    neumeta_runs |= {f"lever_{name}": lever for name, lever in levers.items()}
-    for name, lever in neumeta_runs.items():
-        command = [f"output_dir={work / name}", f"base.pretrained={work / lever.start / 'base'}", *lever.overrides]
-        if lever.teacher:
-            command.append(f"training.teacher={work / lever.teacher / 'base'}")
-        after = [lever.start] + ([lever.teacher] if lever.teacher else [])
-        runs.submit(name, "train.py", command, after=after, fresh=True)
-    runs.wait()
+    bench.runs.submit("base", "train_base.py", [f"output_dir={work / 'base'}"])
+    # The longest baseline first, so that it runs beside all the others.
+    for method in sorted(methods.values(), key=lambda method: method.submit is not submit_slimmable):
+        if method.submit:
+            method.submit(bench)
+    bench.runs.wait()
 
-    base = model_class.from_pretrained(base_dir)
-    metric = task_for(base.config, type(base)).main_metric
-    individual = {full_width: evaluate_score(base, test)}
-    for width in widths:
-        individual[width] = evaluate_score(model_class.from_pretrained(work / f"individual_{width}" / "base"), test)
-    pruned = {w: evaluate_score(prune_l1(base, w), test) for w in progress_bar(everywhere, desc="pruned_l1")}
-    finetuned = {
-        w: evaluate_score(model_class.from_pretrained(work / f"finetuned_{w}" / "base"), test) for w in widths
-    } | {full_width: individual[full_width]}
-    slimmed = {}
-    if recipe.slimmable:
-        slim = model_class.from_pretrained(work / "slimmable" / "base")
-        slimmed = {w: evaluate_score(first_channels(slim, w), test) for w in progress_bar(everywhere, desc="slimmable")}
-    ablations = {name: swept(work / name) for name in ablation_runs}
-    lever_scores = {name: swept(work / f"lever_{name}") for name in levers}
-    validation_sweeps = {name: validation_sweep(work / name, validation, everywhere) for name in neumeta_runs}
-    hyper = NeuMetaModel.from_pretrained(work / "neumeta" / "hypernetwork")
-    if args.ablations:
-        for count in SAMPLE_COUNTS:
-            result = sweep(hyper, test, everywhere, num_samples=count)
-            ablations[f"num_samples_{count}"] = {r["width"]: r[metric] for r in result["results"]}
-
-    macs = {w: multiply_accumulates(model_class, base.config, w) for w in {*everywhere, *range(low, high + 1)}}
-    lever_configs = {
-        name: load_config(REPO / recipe.config, overrides + list(lever.overrides)) for name, lever in levers.items()
+    bench.base = bench.trained("base")
+    bench.base_score = evaluate_score(bench.base, test)
+    metric = task_for(bench.base.config, type(bench.base)).main_metric
+    scores = {name: method.scores(bench) for name, method in methods.items()}
+    sections = {
+        section: {name: scores[name] for name, method in methods.items() if method.section == section}
+        for section in ("methods", "ablations", "levers")
     }
-    passes = training_passes(
-        config, len(train), macs, full_width, everywhere, neumeta_epochs, widths, levers, lever_configs,
-        recipe.slimmable,
-    )
+    validation_sweeps = {
+        method.run: validation_sweep(work / method.run, validation, bench.everywhere)
+        for method in methods.values() if method.run
+    }  # fmt: skip
+    hyper = NeuMetaModel.from_pretrained(work / "neumeta" / "hypernetwork")
+    passes = training_passes(bench, methods)
     report = {
         "metric": metric,
         "dataset": info.name,
@@ -261,31 +399,24 @@ def main(argv=None):
             "every score in this report": "test",
             "decisions during training (evaluation)": "validation" if validation is not None else "test",
         },
-        "methods": {
-            "base": individual[full_width],
-            "individual": dict(sorted(individual.items())),
-            "pruned_l1": pruned,
-            "pruned_l1_finetuned": dict(sorted(finetuned.items())),
-            **({"slimmable": slimmed} if recipe.slimmable else {}),
-            "neumeta": swept(work / "neumeta"),
-        },
-        "ablations": ablations,
-        "levers": lever_scores,
+        "methods": {"base": bench.base_score, **sections["methods"]},
+        "ablations": sections["ablations"],
+        "levers": sections["levers"],
         f"validation_{metric}": validation_sweeps,
         "inr_parameters": sum(p.numel() for p in hyper.inr.parameters()),
-        "base_parameters": base.num_parameters(),
+        "base_parameters": bench.base.num_parameters(),
         "recipe": recipe.config,
         "overrides": list(args.set),
         "finetuning": f"{FINETUNE_EPOCHS} epochs, AdamW lr {FINETUNE_LEARNING_RATE} cosine, "
         f"batch {config.base.batch_size}",
-        "reused_runs": sorted(runs.reused),
-        "wall_seconds": {**runs.seconds, "total": round(time.time() - started, 1)},
+        "reused_runs": sorted(bench.runs.reused),
+        "wall_seconds": {**bench.runs.seconds, "total": round(time.time() - started, 1)},
         "training_passes": passes,
     }
-    check = check_task_targets if metric in TASK_TARGETS else check_targets
+    check = check_targets if metric == "accuracy" else check_task_targets
     report["targets"] = check(report, report["methods"]["neumeta"], passes["neumeta"])
     report["lever_targets"] = {
-        name: check(report, values, passes[f"lever_{name}"]) for name, values in lever_scores.items()
+        name: check(report, values, passes[f"lever_{name}"]) for name, values in report["levers"].items()
     }
     paths = write_report(report, output / args.recipe)
     for name in PICTURES:  # what the sampled networks make (segmentation, generation)
@@ -313,47 +444,6 @@ def multiply_accumulates(model_class, config, width: int) -> int:
     for handle in handles:
         handle.remove()
     return sum(total)
-
-
-def training_passes(
-    config, examples: int, macs: dict, full_width: int, everywhere, neumeta_epochs: float, widths,
-    levers: dict[str, Lever], lever_configs: dict, with_slimmable: bool = True,
-) -> dict:
-    """Each method's training cost in forward-backward passes of the full-width network (a width-w pass counts
-    its share of the full width's multiply-accumulates; a teacher's forward-only pass counts a third). The INR's
-    own work is not in these figures: its wall seconds are. A lever's cost includes the networks it starts from
-    and distils from, and its hypernetwork's follows its own recipe (`lever_configs`). `macs` covers every width
-    of the range."""
-    low = config.hypernetwork.width_range[0]
-    share = {w: macs[w] / macs[full_width] for w in macs}
-    mean_share = sum(share[w] for w in everywhere) / len(everywhere)
-    base = config.base.epochs * examples
-    individual = {w: round(config.base.epochs * examples * share[w]) for w in widths} | {full_width: base}
-    finetuned = {w: round(base + FINETUNE_EPOCHS * examples * share[w]) for w in widths}
-    slimmable = round(round(neumeta_epochs) * examples * (1 + share[low] + 2 * mean_share))
-    networks = {"base": base, "slimmable": slimmable}
-
-    def hypernetwork(recipe) -> int:
-        low, high = recipe.hypernetwork.width_range
-        train_widths = recipe.hypernetwork.train_widths or list(range(low, high + 1))
-        per_example = sum(share[w] for w in train_widths) / len(train_widths)
-        if recipe.training.sandwich:  # the smallest width, and the full width unless it is only reconstructed
-            per_example += share[low] + (0 if recipe.training.reconstruction_weight else 1)
-        if recipe.training.distillation_weight:
-            per_example += 1 / 3
-        return round(neumeta_epochs * examples * per_example)
-
-    return {
-        "individual": individual,
-        "pruned_l1_finetuned": finetuned,
-        **({"slimmable": slimmable} if with_slimmable else {}),
-        "neumeta": base + hypernetwork(config),  # the base network, then the hypernetwork
-        **{
-            f"lever_{name}": networks[lever.start] + (networks[lever.teacher] if lever.teacher else 0)
-            + hypernetwork(lever_configs[name])
-            for name, lever in levers.items()
-        },
-    }
 
 
 class Runs:
@@ -437,22 +527,23 @@ def check_targets(report: dict, neumeta: dict[int, float], passes: int) -> list[
     whether it is met (accuracies in points)."""
     methods, full = report["methods"], report["full_width"]
     individual = methods["individual"]
+    tolerance = task_of_metric(report["metric"]).targets
     points = lambda value: round(100 * value, 2)  # noqa: E731
     targets = []
 
     def target(text, measured, met):
         targets.append({"target": text, "measured": measured, "met": bool(met)})
 
-    target(f"full width within {points(FULL_WIDTH_TOLERANCE)} points of the base", f"{points(neumeta[full])} vs "
-           f"{points(methods['base'])}", neumeta[full] >= methods["base"] - FULL_WIDTH_TOLERANCE)  # fmt: skip
+    target(f"full width within {points(tolerance.full_width)} points of the base", f"{points(neumeta[full])} vs "
+           f"{points(methods['base'])}", neumeta[full] >= methods["base"] - tolerance.full_width)  # fmt: skip
     references = sorted(individual)
     for width in sorted(neumeta):
         below, above = max(w for w in references if w <= width), min(w for w in references if w >= width)
         fraction = 0.0 if above == below else (width - below) / (above - below)
         reference = individual[below] + fraction * (individual[above] - individual[below])
         what = "the individual network" if below == above else f"the line between individual {below} and {above}"
-        target(f"width {width}: at most {points(INDIVIDUAL_TOLERANCE)} points below {what}",
-               f"{points(neumeta[width])} vs {points(reference)}", neumeta[width] >= reference - INDIVIDUAL_TOLERANCE)
+        target(f"width {width}: at most {points(tolerance.individual)} points below {what}",
+               f"{points(neumeta[width])} vs {points(reference)}", neumeta[width] >= reference - tolerance.individual)
     for name in ("slimmable", "pruned_l1_finetuned"):
         short = [w for w, value in methods[name].items() if neumeta[w] < value]
         target(f"at or above {name} at every width it is measured at ({len(methods[name])})",
@@ -464,9 +555,9 @@ def check_targets(report: dict, neumeta: dict[int, float], passes: int) -> list[
     measured = sorted(neumeta)
     for before, width, after in zip(measured, measured[1:], measured[2:]):  # neighbours among measured widths
         mean = (neumeta[before] + neumeta[after]) / 2
-        if neumeta[width] < mean - SMOOTHNESS_TOLERANCE:
+        if neumeta[width] < mean - tolerance.smoothness:
             rough.append(f"{width} ({points(neumeta[width])} vs {points(mean)})")
-    target(f"smooth: no width more than {points(SMOOTHNESS_TOLERANCE)} points below the mean of its neighbours",
+    target(f"smooth: no width more than {points(tolerance.smoothness)} points below the mean of its neighbours",
            f"{len(rough)} widths: " + ", ".join(rough), not rough)
     target("INR parameters at most the full-width network's",
            f"{report['inr_parameters']:,} vs {report['base_parameters']:,}",
@@ -479,27 +570,28 @@ def check_targets(report: dict, neumeta: dict[int, float], passes: int) -> list[
 
 def check_task_targets(report: dict, neumeta: dict[int, float], passes: int) -> list[dict]:
     """The segmentation (issue 13) and generation (issue 15) targets for NeuMeta's scores `neumeta`, in the metric's
-    own terms (`TASK_TARGETS`): near the individual networks, better than L1 pruning (segmentation: by a margin at
-    75% compression; generation: at every width below full), unseen widths no worse than their neighbours."""
+    own terms (the task's `targets`, `scale`, `unit` and direction): near the individual networks, better than L1
+    pruning (segmentation: by a margin at 75% compression; generation: at every width below full), unseen widths
+    no worse than their neighbours."""
     methods, full, seen = report["methods"], report["full_width"], set(report["seen_widths"])
-    spec = TASK_TARGETS[report["metric"]]
-    show = lambda value: round(spec.scale * value, 2)  # noqa: E731
-    gain = lambda value, reference: spec.sign * (value - reference)  # noqa: E731  (how much better)
-    worse = "below" if spec.sign > 0 else "above"
+    task = task_of_metric(report["metric"])
+    spec, unit, gain = task.targets, difference_unit(task), task.gain
+    show = lambda value: round(task.scale * value, 2)  # noqa: E731
+    worse = "below" if task.higher_is_better else "above"
     targets = []
 
     def target(text, measured, met):
         targets.append({"target": text, "measured": measured, "met": bool(met)})
 
     for width, reference in sorted(methods["individual"].items()):
-        target(f"width {width}: at most {show(spec.individual)} {spec.unit} {worse} the individual network",
+        target(f"width {width}: at most {show(spec.individual)} {unit} {worse} the individual network",
                f"{show(neumeta[width])} vs {show(reference)}", gain(neumeta[width], reference) >= -spec.individual)  # fmt: skip
     pruned = methods["pruned_l1"]
     if spec.pruning_margin_at_quarter is not None:
         quarter = round(full / 4)
         if quarter in neumeta:
             margin = spec.pruning_margin_at_quarter
-            target(f"width {quarter} (75% compression): at least {show(margin)} {spec.unit} better than L1 pruning",
+            target(f"width {quarter} (75% compression): at least {show(margin)} {unit} better than L1 pruning",
                    f"{show(neumeta[quarter])} vs {show(pruned[quarter])}", gain(neumeta[quarter], pruned[quarter]) >= margin)  # fmt: skip
     else:
         short = [f"{w} ({show(neumeta[w])} vs {show(pruned[w])})" for w in sorted(neumeta)
@@ -512,32 +604,45 @@ def check_task_targets(report: dict, neumeta: dict[int, float], passes: int) -> 
         if width not in seen and gain(neumeta[width], mean) < -spec.smoothness:
             rough.append(f"{width} ({show(neumeta[width])} vs {show(mean)})")
     unseen = [w for w in measured[1:-1] if w not in seen]
-    target(f"unseen widths ({len(unseen)}) at most {show(spec.smoothness)} {spec.unit} {worse} the mean of their "
+    target(f"unseen widths ({len(unseen)}) at most {show(spec.smoothness)} {unit} {worse} the mean of their "
            "neighbours", f"{len(rough)} {worse}: " + ", ".join(rough), not rough)  # fmt: skip
     ratio = round(passes / report["training_passes"]["individual"][full], 2)
     target("training cost (stated, no target)", f"{ratio} individually trained full-width networks", True)
     return targets
 
 
+def difference_unit(task) -> str:
+    """How a difference of the task's main metric reads: points of a percentage, else the metric's unit."""
+    return "points" if task.unit == "%" else task.unit
+
+
 def units(report: dict) -> tuple[float, str]:
-    """(factor, unit) of a report's metric in tables and plots: fractions shown in %, likelihoods in nats."""
-    return (1.0, "nats") if report.get("metric") == "nll" else (100.0, "%")
+    """(factor, unit) of a report's metric in tables and plots (the task's: fractions in %, likelihoods in nats)."""
+    task = task_of_metric(report.get("metric", "accuracy"))
+    return task.scale, task.unit
 
 
-def label(report: dict, method: str) -> str:
+def report_methods(report: dict) -> dict[str, tuple[str, dict]]:
+    """Every measured method of a report but the base, in table order: name -> (label, {width: score})."""
+    entries = {}
+    for section, prefix in (("methods", ""), ("ablations", "ablation: "), ("levers", "lever: ")):
+        for name, values in report[section].items():
+            if name != "base":
+                entries[name if section == "methods" else f"{prefix}{name}"] = (label(report, name, prefix), values)
+    return entries
+
+
+def label(report: dict, name: str, prefix: str = "") -> str:
     """A method's name in tables and plots: the slimmable network says which kind it is on stock models."""
-    if method == "slimmable" and report.get("slimmable_kind", "US-Nets") != "US-Nets":
+    if name == "slimmable" and report.get("slimmable_kind", "US-Nets") != "US-Nets":
         return f"slimmable ({report['slimmable_kind']})"
-    return method
+    return f"{prefix}{name}"
 
 
 def markdown(report: dict) -> str:
     scale, unit = units(report)
-    methods, ablations = report["methods"], report["ablations"]
-    columns = {label(report, name): methods[name] for name in ("individual", "pruned_l1", "pruned_l1_finetuned",
-                                                                "slimmable", "neumeta") if name in methods}  # fmt: skip
-    columns |= {f"ablation: {name}": values for name, values in ablations.items()}
-    columns |= {f"lever: {name}": values for name, values in report["levers"].items()}
+    methods = report["methods"]
+    columns = dict(report_methods(report).values())
     seen = set(report["seen_widths"])
     splits = report["splits"]
     lines = [
@@ -579,51 +684,52 @@ def plot(report: dict, path: Path):
     import matplotlib.pyplot as plt
 
     methods, seen = report["methods"], set(report["seen_widths"])
-    scale, unit = units(report)
+    task = task_of_metric(report.get("metric", "accuracy"))
+    scale, unit = task.scale, task.unit
     figure, axis = plt.subplots(figsize=(8, 4.5))
-    individual = methods["individual"]
-    axis.scatter(list(individual), [scale * v for v in individual.values()], marker="s", color="tab:blue", zorder=4,
-                 label="individual")  # fmt: skip
-    styles = {"pruned_l1": ("tab:orange", "-"), "pruned_l1_finetuned": ("tab:brown", "-"),
-              "slimmable": ("tab:green", "-")}  # fmt: skip
-    for name, (colour, style) in styles.items():
-        if name not in methods:
-            continue
-        values = methods[name]
+    colours = iter(VARIANT_COLOURS)
+    for key, (name, values) in report_methods(report).items():
+        method = plotted_method(key)
         widths = sorted(values)
-        marker = "^" if len(widths) < 10 else None
-        axis.plot(widths, [scale * values[w] for w in widths], color=colour, ls=style, marker=marker, lw=1.0,
-                  label=label(report, name))  # fmt: skip
-    # Dash-dot for the num_samples ablations, which resample the main run rather than train another.
-    colours = ["tab:red", "tab:purple", "tab:cyan", "tab:olive", "tab:pink"]
-    variants = [(f"ablation: {name}", values) for name, values in report["ablations"].items()]
-    variants += [(f"lever: {name}", values) for name, values in report["levers"].items()]
-    for (name, values), colour in zip(variants, colours):
-        widths = sorted(values)
-        style = "-." if "num_samples" in name else ("--" if name.startswith("lever") else ":")
-        axis.plot(widths, [scale * values[w] for w in widths], lw=1.2, ls=style, color=colour, label=name)
+        points = [scale * values[w] for w in widths]
+        colour = method.colour or next(colours, "tab:gray")
+        if method.style == "points":
+            axis.scatter(widths, points, marker="s", color=colour, zorder=4, label=name)
+        elif key == "neumeta":  # the method measured: bold, its unseen widths hollow
+            axis.plot(widths, points, color=colour, lw=1.5, label=name, zorder=3)
+            unseen = [w for w in widths if w not in seen]
+            axis.scatter(unseen, [scale * values[w] for w in unseen], facecolors="white", edgecolors=colour,
+                         zorder=3, label="neumeta, unseen width")  # fmt: skip
+        else:
+            marker = "^" if len(widths) < 10 and method.section == "methods" else None
+            lw = 1.0 if method.section == "methods" else 1.2
+            axis.plot(widths, points, color=colour, ls=method.style, marker=marker, lw=lw, label=name)
     neumeta = methods["neumeta"]
-    widths = sorted(neumeta)
-    axis.plot(widths, [scale * neumeta[w] for w in widths], color="black", lw=1.5, label="neumeta")
-    unseen = [w for w in widths if w not in seen]
-    axis.scatter(unseen, [scale * neumeta[w] for w in unseen], facecolors="white", edgecolors="black", zorder=3,
-                 label="neumeta, unseen width")
     axis.axhline(scale * methods["base"], color="gray", ls="--", lw=0.8, label="base network")
     # Pruning collapses far away; keep the interesting band readable.
-    if unit == "nats":  # lower is better
+    if not task.higher_is_better:
         bottom = min(methods["base"], *neumeta.values())
         axis.set_ylim(bottom - 2, bottom + 40)
     else:
         top = scale * max(methods["base"], *neumeta.values())
         axis.set_ylim(max(0, min(top - 15, scale * min(neumeta.values()) - 2)), top + 1)  # NeuMeta always in view
     axis.set_xlabel("width")
-    axis.set_ylabel(f"test {metric_name(report.get('metric', 'accuracy'))} ({unit})")
+    axis.set_ylabel(f"test {task.metric_label} ({unit})")
     axis.set_title(f"{report['family']} on {report['dataset']}")
     axis.grid(alpha=0.3)
     axis.legend(fontsize="x-small", ncol=2, loc="lower right")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def plotted_method(key: str) -> Method:
+    """How a report entry (`report_methods`' key) is drawn: its `Method`, or a variant's default style."""
+    if key in BASELINES:
+        return BASELINES[key]
+    section, _, name = key.partition(": ")
+    style = "-." if name.startswith("num_samples") else {"ablation": ":", "lever": "--"}.get(section, "-")
+    return Method(key, scores=dict, section=f"{section}s", style=style)
 
 
 def write_report(report: dict, stem: Path) -> list[Path]:

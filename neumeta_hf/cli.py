@@ -20,8 +20,8 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from . import NeuMetaModel
-from .tasks import PICTURES
 from .progress import progress_bar
+from .tasks import PICTURES
 
 
 def parse_widths(text: str) -> list[int]:

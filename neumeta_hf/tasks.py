@@ -25,6 +25,7 @@ transformers model's follows from its architecture.
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -65,7 +66,7 @@ class Task:
     higher_is_better = True  # of the main metric
     scale, unit = 100.0, "%"  # the main metric in tables and plots: fractions shown in %
     ignore_index: int = -100  # a label that counts for no class
-    pictures: dict[str, str] = {}  # what `draw_pictures` writes: file name -> the caption cards give it
+    pictures: ClassVar[dict[str, str]] = {}  # what `draw_pictures` writes: file name -> the caption cards give it
     targets: BenchmarkTargets | None = None
 
     def __init__(self, name: str, auto_class_name: str):
@@ -156,9 +157,8 @@ class ImageClassification(Task):
 
 class SemanticSegmentation(Task):
     metrics = ("mean_iou", "pixel_accuracy")
-    unit = "mIoU"
     ignore_index = IGNORE_INDEX
-    pictures = {
+    pictures: ClassVar[dict[str, str]] = {
         "predictions.png": "Test inputs, their ground truth and the predictions of networks sampled at 75%, 50% "
         "and 25% compression and at full width"
     }
@@ -202,7 +202,7 @@ class ImageGeneration(Task):
     higher_is_better = False
     scale, unit = 1.0, "nats"
     num_importance_samples = 100  # per image for sweeps and evaluation during training; final tables use 1000
-    pictures = {
+    pictures: ClassVar[dict[str, str]] = {
         "samples.png": "Images decoded from the same latents by networks sampled at 75%, 50% and 25% compression "
         "and at full width (one row each)",
         "reconstructions.png": "Test images (top row) and their reconstructions by networks sampled at several "

@@ -69,7 +69,6 @@ def test_sweep_on_digits_writes_reports(saved_hyper, tmp_path, capsys):
 
 def test_sweep_rejects_a_dataset_of_another_shape(saved_hyper, tmp_path, capsys):
     import numpy as np
-
     from conftest import write_idx_dataset
 
     write_idx_dataset(tmp_path, np.zeros((4, 28, 28), dtype=np.uint8), np.arange(4, dtype=np.uint8))

@@ -6,12 +6,12 @@ import json
 import numpy as np
 import pytest
 import torch
-
-import neumeta_hf as nm
-from training import train as train_script
 from conftest import REPO
 from test_hub import hub, run  # noqa: F401  (hub: the fake Hub fixture)
 from test_remote_code import BLOCK_NEUMETA
+
+import neumeta_hf as nm
+from training import train as train_script
 
 VAE = str(REPO / "training" / "configs" / "fashion_mnist_vae.yaml")
 # The shipped recipe on scikit-learn's 8x8 digits (always available), shortened.

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from conftest import inputs_for
 from fake_hub import FakeHub
-from neumeta_hf.evaluation import sweep, write_sweep
 from test_remote_code import LOAD_WITHOUT_NEUMETA
+
+from neumeta_hf.evaluation import sweep, write_sweep
 
 
 @pytest.fixture

@@ -2,11 +2,11 @@ import json
 
 import pytest
 import torch
+from conftest import SMALL_INR, inputs_for, random_base
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel
 
 import neumeta_hf as nm
-from conftest import SMALL_INR, inputs_for, random_base
 
 
 def test_generated_tensors_have_the_shapes_of_the_width(mlp_hyper):

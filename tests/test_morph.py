@@ -136,6 +136,7 @@ def test_an_untrained_hypernetwork_starts_from_each_groups_first_channels_with_a
     """anchor_channels="first" starts every width at the base's first channels -- on a concatenated axis, the
     first channels of each group -- which is the slimmable sub-network (`pruning.first_channels`)."""
     from conftest import SMALL_INR, inputs_for, random_base
+
     from neumeta_hf.pruning import first_channels
 
     base = nm.fold_batch_norm(random_base(nm.NeuMetaUNetConfig(image_size=16)))

@@ -1,8 +1,8 @@
 import pytest
 import torch
+from conftest import inputs_for, random_base
 
 import neumeta_hf as nm
-from conftest import inputs_for, random_base
 from neumeta_hf.pruning import prune_l1
 
 PRUNABLE = [

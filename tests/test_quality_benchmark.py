@@ -1,15 +1,17 @@
 import importlib.util
 import json
+import sys
 
 import pytest
-
 from conftest import REPO
+
 from training.recipe import load_config
 
 
 def load_quality_benchmark():
     spec = importlib.util.spec_from_file_location("quality", REPO / "benchmarks" / "quality.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules["quality"] = module  # as an import would: its dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
@@ -105,15 +107,15 @@ def test_lever_cost_counts_its_start_its_teacher_and_its_own_widths():
     """Training passes of the levers on Fashion-MNIST's recipe, with each width costing its share of the full
     width: what the network it starts from and the one it distils from cost, plus its hypernetwork's own steps."""
     quality = load_quality_benchmark()
-    recipe = REPO / quality.RECIPES["fashion_mnist_lenet"].config
-    config = load_config(recipe)
-    macs = {w: w for w in range(8, 33)}  # share = w / 32
-    levers = {name: quality.LEVERS[name] for name in quality.LEVERS}
-    configs = {name: load_config(recipe, list(lever.overrides)) for name, lever in levers.items()}
+    recipe = quality.RECIPES["fashion_mnist_lenet"]
+    config = load_config(REPO / recipe.config)
     epochs, examples = 15, 1000
-    passes = quality.training_passes(
-        config, examples, macs, 32, list(range(8, 33)), epochs, [8, 16], levers, configs
-    )
+    bench = quality.Bench(
+        config, recipe, [], 32, widths=[8, 16], everywhere=list(range(8, 33)), examples=examples,
+        neumeta_epochs=epochs, share={w: w / 32 for w in range(8, 33)},
+    )  # fmt: skip
+    methods = quality.chosen_methods(recipe, ablations=False, levers=quality.LEVERS)
+    passes = quality.training_passes(bench, methods)
     base = config.base.epochs * examples
     assert passes["individual"] == {8: base / 4, 16: base / 2, 32: base}
     even, every = sum(range(8, 33, 2)) / 13 / 32, sum(range(8, 33)) / 25 / 32  # mean share of the trained widths
@@ -125,3 +127,19 @@ def test_lever_cost_counts_its_start_its_teacher_and_its_own_widths():
     assert passes["lever_nested_anchor_every_width"] == passes["slimmable"] + step(every, 0)
     assert passes["lever_nested_anchor_teacher"] == passes["slimmable"] + base + step(even, 1)
     assert passes["lever_nested_anchor_teacher_every_width"] == passes["slimmable"] + base + step(every, 1)
+    assert "pruned_l1" not in passes  # it trains nothing
+
+
+def test_report_from_an_earlier_benchmark_renders_with_the_method_table(tmp_path):
+    """The committed Fashion-MNIST report (written before the methods became a table) renders its table, with
+    the same columns, and its plot."""
+    quality = load_quality_benchmark()
+    report = json.loads((REPO / "benchmarks" / "results" / "fashion_mnist_lenet.json").read_text())
+    table = quality.markdown(report)
+    header = next(line for line in table.splitlines() if line.startswith("| width |"))
+    columns = [cell.strip() for cell in header.strip("|").split("|")][1:]
+    expected = [name for name in report["methods"] if name != "base"]
+    expected += [f"ablation: {name}" for name in report["ablations"]] + [f"lever: {name}" for name in report["levers"]]
+    assert columns == expected
+    quality.plot(report, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 10_000

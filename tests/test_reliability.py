@@ -8,12 +8,12 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from conftest import write_idx_dataset
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel
 
 import neumeta_hf as nm
 import neumeta_hf.modeling_neumeta as modeling
-from conftest import write_idx_dataset
 from neumeta_hf.cli import main
 from neumeta_hf.configuration_neumeta import REQUIRED_FIELDS
 from neumeta_hf.evaluation import sweep

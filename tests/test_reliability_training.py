@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
+from conftest import random_base, reset_accelerate_state, write_idx_dataset
+from test_training import DIGITS, quick_config
 
 import neumeta_hf as nm
-from training import train as train_script
-from conftest import random_base, reset_accelerate_state, write_idx_dataset
 from neumeta_hf.data import load_splits
 from neumeta_hf.objective import Objective
-from training.recipe import identity_hash, load_config, run_identity
-from test_training import DIGITS, quick_config
+from training import train as train_script
 from training import train_base
+from training.recipe import identity_hash, load_config, run_identity
 from training.train_base import check_against_data, claim_output_dir
 
 

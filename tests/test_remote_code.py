@@ -9,11 +9,11 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import inputs_for
 from PIL import Image
 from transformers import AutoImageProcessor
 
 import neumeta_hf as nm
-from conftest import inputs_for
 
 BLOCK_NEUMETA = r"""
 import importlib.abc, json, sys

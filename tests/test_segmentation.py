@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import REPO
 from PIL import Image
+from test_hub import hub, run  # noqa: F401  (hub: the fake Hub fixture)
+from test_remote_code import BLOCK_NEUMETA
 
 import neumeta_hf as nm
 from training import train as train_script
-from conftest import REPO
-from test_hub import hub, run  # noqa: F401  (hub: the fake Hub fixture)
-from test_remote_code import BLOCK_NEUMETA
 
 SCENES = str(REPO / "training" / "configs" / "fashion_mnist_scenes_unet.yaml")
 # The shipped recipe on scenes of scikit-learn digits (always available), 16x16 with 8x8 items, shortened, and

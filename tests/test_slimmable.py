@@ -3,15 +3,15 @@
 import pytest
 import torch
 from accelerate import Accelerator
+from conftest import SMALL_INR, inputs_for, random_base
+from test_training import quick_config
 from torch.func import functional_call
 
 import neumeta_hf as nm
-from training import train_base
-from conftest import SMALL_INR, inputs_for, random_base
 from neumeta_hf.data import load_splits
 from neumeta_hf.evaluation import evaluate_score
 from neumeta_hf.pruning import first_channels, nested_weights, prune_l1
-from test_training import quick_config
+from training import train_base
 
 
 @pytest.mark.parametrize("config", [nm.NeuMetaMLPConfig(), nm.NeuMetaLeNetConfig(image_size=28)])

@@ -1,9 +1,9 @@
 import fast_tsp
 import pytest
 import torch
+from conftest import inputs_for, random_base
 
 import neumeta_hf as nm
-from conftest import inputs_for, random_base
 from neumeta_hf.families import ChannelGroup
 from neumeta_hf.smoothing import group_cities, shortest_path, total_variation
 

@@ -7,14 +7,14 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, reset_accelerate_state, write_idx_dataset
 from PIL import Image
 from safetensors.torch import load_file
 
 import neumeta_hf as nm
-from training import train as train_script
-from conftest import REPO, reset_accelerate_state, write_idx_dataset
 from neumeta_hf.data import DataConfig, load_splits, random_crop_and_flip
 from neumeta_hf.targets import target
+from training import train as train_script
 from training.recipe import load_config
 
 DIGITS = str(REPO / "training" / "configs" / "digits_mlp.yaml")

@@ -42,7 +42,6 @@ from accelerate.tracking import GeneralTracker, on_main_process
 from accelerate.utils import ProjectConfiguration, set_seed
 from safetensors import safe_open
 from safetensors.torch import save_file
-
 from transformers import PreTrainedModel
 
 if __package__ in (None, ""):  # run by path (accelerate launch training/train.py): make `training` importable
