@@ -4,10 +4,24 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
 
 import neumeta_hf as nm  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+# The `training` package (recipe, train_base, train) sits at the repository root, beside the library.
+sys.path.insert(0, str(REPO))
+
+from fake_hub import FakeHub  # noqa: E402
+
+from training.recipe import load_config  # noqa: E402
 
 SMALL_INR = {"hidden_size": 32, "num_layers": 2, "num_frequencies": 4, "size_frequencies": 2}
 
@@ -76,9 +90,6 @@ def mlp_hyper():
     )
 
 
-REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
-# The `training` package (recipe, train_base, train) sits at the repository root, beside the library.
-__import__("sys").path.insert(0, str(REPO))
 
 
 def reset_accelerate_state():
@@ -106,3 +117,101 @@ def write_idx_dataset(directory, images, labels):
             handle.write(struct.pack(">HBB3I", 0, 8, 3, *images.shape) + images.tobytes())
         with gzip.open(directory / f"{prefix}-labels-idx1-ubyte.gz", "wb") as handle:
             handle.write(struct.pack(">HBBI", 0, 8, 1, len(labels)) + labels.tobytes())
+
+
+def trained_like(hyper):
+    """A copy whose INR output layer is non-zero, as after training (an untrained one outputs zero)."""
+    copy = nm.NeuMetaModel(hyper.config)
+    copy.load_state_dict(hyper.state_dict())
+    torch.nn.init.normal_(copy.inr.output_weight, generator=torch.Generator().manual_seed(0), std=0.1)
+    return copy
+
+
+# ------------------------------------------------------------------------ training recipes (digits, short)
+
+DIGITS = str(REPO / "training" / "configs" / "digits_mlp.yaml")
+QUICK = [
+    "base.epochs=3",
+    "training.max_steps=120",
+    "training.warmup_steps=5",
+    "training.checkpoint_every=60",
+    "training.eval_every=60",
+    "training.batch_size=64",
+    "hypernetwork.config.hidden_size=32",
+    "sweep.widths=[32,33,64]",
+]
+
+
+def quick_config(tmp_path, *extra):
+    return load_config(DIGITS, [f"output_dir={tmp_path}", *QUICK, *extra])
+
+
+# --------------------------------------------------- the Hub (faked at the HTTP level) and clean processes
+
+
+@pytest.fixture
+def hub():
+    """An in-process fake of the Hub's HTTP API, which records what arrives (the real Hub is unreachable)."""
+    fake = FakeHub()
+    yield fake
+    fake.close()
+
+
+def run(arguments, hub, tmp_path, code=None):
+    """The neumeta-hf CLI with `arguments` (or Python `code`) in a subprocess pointed at the fake `hub`
+    (huggingface_hub reads HF_ENDPOINT when imported)."""
+    environment = {key: value for key, value in os.environ.items() if key not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    environment |= {"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": "hf_fake", "HF_HOME": str(tmp_path / "hf-home"),
+                    "HF_HUB_DISABLE_TELEMETRY": "1"}  # fmt: skip
+    command = [sys.executable, "-c", code, *arguments] if code else [sys.executable, "-m", "neumeta_hf.cli", *arguments]
+    return subprocess.run(command, capture_output=True, text=True, env=environment, cwd=tmp_path, timeout=300)
+
+
+def card_metadata(readme: bytes) -> dict:
+    _, front, _ = readme.decode().split("---", 2)
+    return yaml.safe_load(front)
+
+
+BLOCK_NEUMETA = r"""
+import importlib.abc, json, sys
+
+class BlockNeuMeta(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "neumeta_hf":
+            raise ImportError("neumeta_hf is deliberately unavailable in this process")
+
+sys.meta_path.insert(0, BlockNeuMeta())
+"""
+
+LOAD_WITHOUT_NEUMETA = BLOCK_NEUMETA + r"""
+import numpy as np, torch
+from PIL import Image
+from transformers import AutoModelForImageClassification, pipeline
+
+directory = sys.argv[1]
+model = AutoModelForImageClassification.from_pretrained(directory, trust_remote_code=True)
+inputs = torch.from_numpy(np.load(directory + "/inputs.npy"))
+classify = pipeline("image-classification", model=directory, trust_remote_code=True)
+image = Image.open(directory + "/digit.png")
+print(json.dumps({
+    "module": type(model).__module__,
+    "width": model.config.width,
+    "logits": model(inputs).logits.tolist(),
+    "pipeline": classify(image, top_k=1)[0],
+}))
+"""
+
+
+def run_in_clean_process(code: str, directory) -> dict:
+    """Run `code` on a saved network's directory in a fresh interpreter; the JSON it prints last."""
+    environment = {**os.environ, "HF_MODULES_CACHE": str(directory / "modules"), "PYTHONPATH": ""}
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(directory)],
+        capture_output=True,
+        text=True,
+        cwd=directory,
+        env=environment,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])

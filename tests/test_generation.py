@@ -6,9 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
-from test_hub import hub, run  # noqa: F401  (hub: the fake Hub fixture)
-from test_remote_code import BLOCK_NEUMETA
+from conftest import BLOCK_NEUMETA, REPO, run
 
 import neumeta_hf as nm
 from training import train as train_script

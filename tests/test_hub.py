@@ -4,39 +4,13 @@ huggingface_hub reads HF_ENDPOINT when imported, so each Hub client runs in a su
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-import yaml
-from conftest import inputs_for
-from fake_hub import FakeHub
-from test_remote_code import LOAD_WITHOUT_NEUMETA
+from conftest import LOAD_WITHOUT_NEUMETA, card_metadata, inputs_for, run
 
 from neumeta_hf.evaluation import sweep, write_sweep
-
-
-@pytest.fixture
-def hub():
-    fake = FakeHub()
-    yield fake
-    fake.close()
-
-
-def run(arguments, hub, tmp_path, code=None):
-    environment = {key: value for key, value in os.environ.items() if key not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
-    environment |= {"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": "hf_fake", "HF_HOME": str(tmp_path / "hf-home"),
-                    "HF_HUB_DISABLE_TELEMETRY": "1"}  # fmt: skip
-    command = [sys.executable, "-c", code, *arguments] if code else [sys.executable, "-m", "neumeta_hf.cli", *arguments]
-    return subprocess.run(command, capture_output=True, text=True, env=environment, cwd=tmp_path, timeout=300)
-
-
-def card_metadata(readme: bytes) -> dict:
-    _, front, _ = readme.decode().split("---", 2)
-    return yaml.safe_load(front)
 
 
 @pytest.fixture

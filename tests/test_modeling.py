@@ -2,7 +2,7 @@ import json
 
 import pytest
 import torch
-from conftest import SMALL_INR, inputs_for, random_base
+from conftest import SMALL_INR, inputs_for, random_base, trained_like
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel
 
@@ -64,14 +64,6 @@ def test_width_errors_state_the_trained_range(mlp_hyper):
         mlp_hyper.sample_model(0)
     with pytest.warns(UserWarning, match="outside the trained range 16-64"):
         assert mlp_hyper.sample_model(80).config.width == 80
-
-
-def trained_like(hyper):
-    """A copy whose INR output layer is non-zero, as after training (an untrained one outputs zero)."""
-    copy = nm.NeuMetaModel(hyper.config)
-    copy.load_state_dict(hyper.state_dict())
-    torch.nn.init.normal_(copy.inr.output_weight, generator=torch.Generator().manual_seed(0), std=0.1)
-    return copy
 
 
 def test_same_arguments_give_bit_identical_networks(mlp_hyper):

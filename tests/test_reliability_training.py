@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import random_base, reset_accelerate_state, write_idx_dataset
-from test_training import DIGITS, quick_config
+from conftest import DIGITS, quick_config, random_base, reset_accelerate_state, write_idx_dataset
 
 import neumeta_hf as nm
 from neumeta_hf.data import load_splits

@@ -1,49 +1,15 @@
 """A sampled network must load and classify with transformers alone, where neumeta_hf cannot be imported (and,
 for the model without its processor, where Pillow is not installed)."""
 
-import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import inputs_for
+from conftest import BLOCK_NEUMETA, LOAD_WITHOUT_NEUMETA, inputs_for, run_in_clean_process
 from PIL import Image
 from transformers import AutoImageProcessor
 
 import neumeta_hf as nm
-
-BLOCK_NEUMETA = r"""
-import importlib.abc, json, sys
-
-class BlockNeuMeta(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] == "neumeta_hf":
-            raise ImportError("neumeta_hf is deliberately unavailable in this process")
-
-sys.meta_path.insert(0, BlockNeuMeta())
-"""
-
-LOAD_WITHOUT_NEUMETA = BLOCK_NEUMETA + r"""
-import numpy as np, torch
-from PIL import Image
-from transformers import AutoModelForImageClassification, pipeline
-
-directory = sys.argv[1]
-model = AutoModelForImageClassification.from_pretrained(directory, trust_remote_code=True)
-inputs = torch.from_numpy(np.load(directory + "/inputs.npy"))
-classify = pipeline("image-classification", model=directory, trust_remote_code=True)
-image = Image.open(directory + "/digit.png")
-print(json.dumps({
-    "module": type(model).__module__,
-    "width": model.config.width,
-    "logits": model(inputs).logits.tolist(),
-    "pipeline": classify(image, top_k=1)[0],
-}))
-"""
-
 
 # Pillow hidden as if it were not installed: the path finder no longer finds it, so `find_spec("PIL")` is None,
 # which is what transformers checks before importing anything that needs it.
@@ -63,21 +29,6 @@ model = AutoModelForImageClassification.from_pretrained(sys.argv[1], trust_remot
 inputs = torch.from_numpy(np.load(sys.argv[1] + "/inputs.npy"))
 print(json.dumps({"pillow_imported": "PIL" in sys.modules, "logits": model(inputs).logits.tolist()}))
 """
-
-
-def run_in_clean_process(code: str, directory) -> dict:
-    """Run `code` on a saved network's directory in a fresh interpreter; the JSON it prints last."""
-    environment = {**os.environ, "HF_MODULES_CACHE": str(directory / "modules"), "PYTHONPATH": ""}
-    result = subprocess.run(
-        [sys.executable, "-c", code, str(directory)],
-        capture_output=True,
-        text=True,
-        cwd=directory,
-        env=environment,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def test_sampled_network_loads_and_classifies_without_neumeta_hf(mlp_hyper, tmp_path):

@@ -8,10 +8,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO
+from conftest import BLOCK_NEUMETA, REPO, run
 from PIL import Image
-from test_hub import hub, run  # noqa: F401  (hub: the fake Hub fixture)
-from test_remote_code import BLOCK_NEUMETA
 
 import neumeta_hf as nm
 from training import train as train_script

@@ -3,8 +3,7 @@
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import SMALL_INR, inputs_for, random_base
-from test_training import quick_config
+from conftest import SMALL_INR, inputs_for, quick_config, random_base
 from torch.func import functional_call
 
 import neumeta_hf as nm

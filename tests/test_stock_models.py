@@ -10,10 +10,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import SMALL_INR, random_base
-from test_hub import card_metadata, hub, run  # noqa: F401 (hub: the fake Hub fixture)
-from test_modeling import trained_like
-from test_remote_code import BLOCK_NEUMETA, run_in_clean_process
+from conftest import BLOCK_NEUMETA, SMALL_INR, card_metadata, random_base, run, run_in_clean_process, trained_like
 from transformers import BertConfig, GPT2Config, GPTNeoXConfig, LlamaConfig, T5Config, ViTConfig
 
 import neumeta_hf as nm

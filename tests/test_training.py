@@ -7,7 +7,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, reset_accelerate_state, write_idx_dataset
+from conftest import DIGITS, QUICK, REPO, quick_config, reset_accelerate_state, write_idx_dataset
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -16,22 +16,6 @@ from neumeta_hf.data import DataConfig, load_splits, random_crop_and_flip
 from neumeta_hf.targets import target
 from training import train as train_script
 from training.recipe import load_config
-
-DIGITS = str(REPO / "training" / "configs" / "digits_mlp.yaml")
-QUICK = [
-    "base.epochs=3",
-    "training.max_steps=120",
-    "training.warmup_steps=5",
-    "training.checkpoint_every=60",
-    "training.eval_every=60",
-    "training.batch_size=64",
-    "hypernetwork.config.hidden_size=32",
-    "sweep.widths=[32,33,64]",
-]
-
-
-def quick_config(tmp_path, *extra):
-    return load_config(DIGITS, [f"output_dir={tmp_path}", *QUICK, *extra])
 
 
 def test_config_overrides_and_unknown_keys():
