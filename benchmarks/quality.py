@@ -138,7 +138,9 @@ class Bench:
     work: Path | None = None
     runs: "Runs | None" = None
     model_class: type | None = None
+    validation: object = None
     test: object = None
+    info: object = None
     base: object = None  # the base network and its test score, once trained
     base_score: float | None = None
 
@@ -313,6 +315,28 @@ def training_passes(bench: Bench, methods: dict[str, Method]) -> dict:
 
 
 def main(argv=None):
+    args = parse_arguments(argv)
+    started = time.time()
+    bench, methods = set_up(args)
+    bench.runs.submit("base", "train_base.py", [f"output_dir={bench.work / 'base'}"])
+    # The longest baseline first, so that it runs beside all the others.
+    for method in sorted(methods.values(), key=lambda method: method.submit is not submit_slimmable):
+        if method.submit:
+            method.submit(bench)
+    bench.runs.wait()
+    report = measure(bench, methods, args)
+    report["wall_seconds"] = {**bench.runs.seconds, "total": round(time.time() - started, 1)}
+    output = Path(args.output_dir)
+    paths = write_report(report, output / args.recipe)
+    for name in PICTURES:  # what the sampled networks make (segmentation, generation)
+        picture = bench.work / "neumeta" / "hypernetwork" / name
+        if picture.is_file():
+            paths.append(Path(shutil.copy(picture, output / f"{args.recipe}_{name}")))
+    print(markdown(report))
+    print("Wrote " + ", ".join(str(p) for p in paths))
+
+
+def parse_arguments(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="fashion_mnist_lenet")
     parser.add_argument("--data-dir", help="data.name for every run: a directory of IDX files or a Hub dataset id")
@@ -331,20 +355,20 @@ def main(argv=None):
     parser.add_argument(
         "--set", nargs="*", default=[], metavar="key=value", help="recipe overrides for every run, e.g. base.epochs=2"
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
-    started = time.time()
+
+def set_up(args) -> tuple[Bench, dict[str, Method]]:
+    """The recipe with the benchmark's overrides, the data, the widths and their costs, and the methods chosen."""
     recipe = RECIPES[args.recipe]
     levers = {name: LEVERS[name] for name in (recipe.levers if args.levers is None else args.levers)}
     overrides = list(args.set) + ([f"data.name={args.data_dir}"] if args.data_dir else [])
     config = load_config(REPO / recipe.config, overrides)
     if config.data.name == "fashion_mnist":
         ensure_fashion_mnist()
-    output = Path(args.output_dir)
     work = Path(args.work_dir or REPO / "outputs" / "quality" / args.recipe)
     work.mkdir(parents=True, exist_ok=True)
-    kind = target(config.base.family)
-    model_class = kind.trainable_network_class()
+    model_class = target(config.base.family).trainable_network_class()
     full_width = network_width(model_class.config_class(**config.base.family_config))
     low, high = config.hypernetwork.width_range
     train, validation, test, info = load_splits(config.data)
@@ -359,17 +383,15 @@ def main(argv=None):
         neumeta_epochs=config.training.epochs or config.training.max_steps * config.training.batch_size / len(train),
         share={w: macs[w] / macs[full_width] for w in macs},
         work=work, runs=Runs(REPO / recipe.config, overrides, work, args.jobs, reuse=args.reuse),
-        model_class=model_class, test=test,
+        model_class=model_class, validation=validation, test=test, info=info,
     )  # fmt: skip
-    methods = chosen_methods(recipe, args.ablations, levers)
+    return bench, chosen_methods(recipe, args.ablations, levers)
 
-    bench.runs.submit("base", "train_base.py", [f"output_dir={work / 'base'}"])
-    # The longest baseline first, so that it runs beside all the others.
-    for method in sorted(methods.values(), key=lambda method: method.submit is not submit_slimmable):
-        if method.submit:
-            method.submit(bench)
-    bench.runs.wait()
 
+def measure(bench: Bench, methods: dict[str, Method], args) -> dict:
+    """Every method on the test split (once each), NeuMeta's validation sweeps, the costs and the targets: the
+    report (all but the wall seconds)."""
+    config, validation, test = bench.config, bench.validation, bench.test
     bench.base = bench.trained("base")
     bench.base_score = evaluate_score(bench.base, test)
     metric = task_for(bench.base.config, type(bench.base)).main_metric
@@ -379,21 +401,21 @@ def main(argv=None):
         for section in ("methods", "ablations", "levers")
     }
     validation_sweeps = {
-        method.run: validation_sweep(work / method.run, validation, bench.everywhere)
+        method.run: validation_sweep(bench.work / method.run, validation, bench.everywhere)
         for method in methods.values() if method.run
     }  # fmt: skip
-    hyper = NeuMetaModel.from_pretrained(work / "neumeta" / "hypernetwork")
+    hyper = NeuMetaModel.from_pretrained(bench.work / "neumeta" / "hypernetwork")
     passes = training_passes(bench, methods)
     report = {
         "metric": metric,
-        "dataset": info.name,
+        "dataset": bench.info.name,
         "family": config.base.family,
-        "slimmable_kind": kind.slimmable_kind,
-        "full_width": full_width,
+        "slimmable_kind": target(config.base.family).slimmable_kind,
+        "full_width": bench.full_width,
         "seen_widths": hyper.config.train_widths,
         "num_samples": hyper.config.num_samples,
         "splits": {
-            "train": len(train),
+            "train": bench.examples,
             "validation": len(validation) if validation is not None else 0,
             "test": len(test),
             "every score in this report": "test",
@@ -405,12 +427,11 @@ def main(argv=None):
         f"validation_{metric}": validation_sweeps,
         "inr_parameters": sum(p.numel() for p in hyper.inr.parameters()),
         "base_parameters": bench.base.num_parameters(),
-        "recipe": recipe.config,
+        "recipe": bench.recipe.config,
         "overrides": list(args.set),
         "finetuning": f"{FINETUNE_EPOCHS} epochs, AdamW lr {FINETUNE_LEARNING_RATE} cosine, "
         f"batch {config.base.batch_size}",
         "reused_runs": sorted(bench.runs.reused),
-        "wall_seconds": {**bench.runs.seconds, "total": round(time.time() - started, 1)},
         "training_passes": passes,
     }
     check = check_targets if metric == "accuracy" else check_task_targets
@@ -418,13 +439,7 @@ def main(argv=None):
     report["lever_targets"] = {
         name: check(report, values, passes[f"lever_{name}"]) for name, values in report["levers"].items()
     }
-    paths = write_report(report, output / args.recipe)
-    for name in PICTURES:  # what the sampled networks make (segmentation, generation)
-        picture = work / "neumeta" / "hypernetwork" / name
-        if picture.is_file():
-            paths.append(Path(shutil.copy(picture, output / f"{args.recipe}_{name}")))
-    print(markdown(report))
-    print("Wrote " + ", ".join(str(p) for p in paths))
+    return report
 
 
 def multiply_accumulates(model_class, config, width: int) -> int:

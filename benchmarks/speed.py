@@ -13,7 +13,7 @@ What it measures (ResNet-20 CIFAR, morph="last", width 64, default INR of 4 x 25
   (`x_h @ W_h` per head and layer, preallocated inputs and outputs), i.e. the arithmetic floor.
 * per_sample_ms: `generate_weights(64, num_samples=N) / N` (default N = 100).
 * peak memory of num_samples=1 against num_samples=N, each in a fresh subprocess.
-* coordinates_1p7m_ms: `MorphSpec._build_coordinates` (uncached) for an MLP of width 1300 (1.79M rows).
+* coordinates_1p7m_ms: `MorphSpec.build_coordinates` (uncached) for an MLP of width 1300 (1.79M rows).
 * reference_style_ms: an *emulation* of the public reference implementation's approach (coordinates built
   by per-element Python loops, Fourier features by a loop over frequencies and inputs, the INR evaluated head
   by head on boolean-masked rows, results scattered by index), per sample, with the same INR weights.
@@ -22,7 +22,7 @@ What it measures (ResNet-20 CIFAR, morph="last", width 64, default INR of 4 x 25
 a ViT-B (57 M generated feed-forward weights) and a Llama of comparable size, their feed-forward layers folded
 (stock default) and, for ViT-B, unfolded (57 M INR rows, generated in chunks). Per case, in a fresh subprocess:
 seconds of `generate_weights` at the full and a middle width, the peak resident memory increase against
-`_generation_cost`'s estimate, the INR's arithmetic floor (multiply-adds / measured matmul GFLOP/s), and the
+`generation_cost`'s estimate, the INR's arithmetic floor (multiply-adds / measured matmul GFLOP/s), and the
 training memory per generated weight (differentiable `generate` + backward) for sizing a GPU.
 
 Run from the repository root:  .venv/bin/python benchmarks/speed.py [--repeats 7] [--output result.json]
@@ -308,7 +308,7 @@ SCALE_TARGETS = {
 }
 # (target, fold_fixed_axes). Stock models fold a weight's fixed axis into its INR rows by default (one row per
 # feed-forward unit holding 768 values); unfolded, ViT-B has one row per weight, 57 M rows: the case that needs
-# chunked generation (modeling_neumeta._CHUNK_ROWS rows per INR call).
+# chunked generation (modeling_neumeta.CHUNK_ROWS rows per INR call).
 SCALE_CASES = (("vit-b", True), ("llama", True), ("vit-b", False))
 # Training memory is measured on a moderate generation: a middle width folded, width 64 (1.2 M rows) unfolded.
 SCALE_TRAIN_WIDTH = {True: "middle", False: 64}
@@ -355,7 +355,7 @@ def scale_width(hyper: NeuMetaModel, width) -> int:
 def inr_matmul_gflops(hyper: NeuMetaModel, rows: int, repeats: int = 5) -> float:
     """GFLOP/s of the INR's matrix products (one head's weights) on one chunk's rows, best of `repeats`."""
     inr = hyper.inr
-    rows = min(rows, modeling_neumeta._CHUNK_ROWS)
+    rows = min(rows, modeling_neumeta.CHUNK_ROWS)
     hidden, features = inr.hidden_weight.shape[-1], inr.position_weight.shape[1]
     x_in, x_hidden = torch.randn(rows, features), torch.randn(rows, hidden)
     y_hidden, y_out = torch.empty(rows, hidden), torch.empty(rows, inr.output_weight.shape[-1])
@@ -379,7 +379,7 @@ def scale_child(case: dict):
     inr = hyper.inr
     hidden, layers = hyper.config.hidden_size, hyper.config.num_layers
     multiply_adds = rows * hidden * (inr.position_weight.shape[1] + layers * hidden + inr.output_weight.shape[-1])
-    estimate, _ = hyper._generation_cost(width, chunked=case["mode"] == "generate")
+    estimate, _ = hyper.generation_cost(width, chunked=case["mode"] == "generate")
     baseline_kb, peak_reset = _reset_peak_memory()
     if not peak_reset:
         raise RuntimeError("the scale section measures peak memory through /proc/self/clear_refs (Linux)")
@@ -424,7 +424,7 @@ def run_scale(args) -> dict:
         "note": SCALE_NOTE,
         "method": SCALE_METHOD,
         "targets": SCALE_TARGETS,
-        "chunk_rows": modeling_neumeta._CHUNK_ROWS,
+        "chunk_rows": modeling_neumeta.CHUNK_ROWS,
         "torch_version": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
@@ -480,33 +480,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 
 
 def main():
-    parser = argparse.ArgumentParser(
-        description=__doc__,
-        epilog="Timings: medians over interleaved rounds after a warm-up round; ratios are paired within rounds. "
-        "Check load_average in the output: other processes on the machine distort everything.",
-        formatter_class=_HelpFormatter,
-    )
-    parser.add_argument("--repeats", type=int, default=7, help="timed rounds of the fast cases (median taken)")
-    parser.add_argument(
-        "--repeats-many", type=int, default=3, help="timed runs of the slow num_samples=N generation"
-    )
-    parser.add_argument("--num-samples", type=int, default=100, help="N for the many-sample measurements")
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch.set_num_threads before measuring (None: torch's default)"
-    )
-    parser.add_argument("--skip-memory", action="store_true", help="skip the subprocess memory measurement")
-    parser.add_argument("--output", metavar="PATH", help="also write the JSON object to PATH")
-    parser.add_argument(
-        "--scale",
-        action="store_true",
-        help="run only the scale section: untrained hypernetworks (small INR) around ViT-B- and Llama-sized "
-        "feed-forward layers; seconds, peak memory, the INR's arithmetic floor, training bytes per weight",
-    )
-    parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--scale-child", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if min(args.repeats, args.repeats_many, args.num_samples) < 1:
-        parser.error("--repeats, --repeats-many and --num-samples must be at least 1")
+    args = parse_arguments()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.memory_child is not None:
@@ -536,15 +510,61 @@ def main():
         "repeats_many": args.repeats_many,
         "timing": "median ms after a warm-up; cases interleaved round by round",
     }
-
     model = build_model()
     shared_trunk_model = build_model(shared_trunk=True)
+    result["model"] = describe_model(model)
+    timings = time_generation(model, shared_trunk_model, args)
+    result |= timing_results(timings, shared_trunk_model, args)
+    result |= coordinate_results(args)
+    if not args.skip_memory:
+        result |= memory_results(args)
+    result["raw_timings_ms"] = {name: [round(v, 3) for v in values] for name, values in timings["runs"].items()}
+    result["raw_timings_ms"]["per_sample_many"] = [round(v, 3) for v in timings["many_runs"]]
+    result["load_average"] = {"start": start_load, "end": list(os.getloadavg())}
+    result["targets"] = check_targets(result)
+    result["total_benchmark_s"] = time.perf_counter() - started
+    report(result, args.output, summarise)
+
+
+def parse_arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        epilog="Timings: medians over interleaved rounds after a warm-up round; ratios are paired within rounds. "
+        "Check load_average in the output: other processes on the machine distort everything.",
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument("--repeats", type=int, default=7, help="timed rounds of the fast cases (median taken)")
+    parser.add_argument(
+        "--repeats-many", type=int, default=3, help="timed runs of the slow num_samples=N generation"
+    )
+    parser.add_argument("--num-samples", type=int, default=100, help="N for the many-sample measurements")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads before measuring (None: torch's default)"
+    )
+    parser.add_argument("--skip-memory", action="store_true", help="skip the subprocess memory measurement")
+    parser.add_argument("--output", metavar="PATH", help="also write the JSON object to PATH")
+    parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="run only the scale section: untrained hypernetworks (small INR) around ViT-B- and Llama-sized "
+        "feed-forward layers; seconds, peak memory, the INR's arithmetic floor, training bytes per weight",
+    )
+    parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--scale-child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if min(args.repeats, args.repeats_many, args.num_samples) < 1:
+        parser.error("--repeats, --repeats-many and --num-samples must be at least 1")
+    return args
+
+
+def describe_model(model) -> dict:
+    """The measured hypernetwork: its family, INR, generated tensors and parameter counts."""
     spec = model.spec
     coordinates = spec.coordinates(WIDTH)
     row_counts = coordinates.row_counts
     with torch.no_grad():
         generated = model.generate_weights(WIDTH)
-    result["model"] = {
+    return {
         "family": "neumeta-resnet-cifar (ResNet-20), morph=last, smooth=False, width 64",
         "inr": f"{model.config.num_layers} x {model.config.hidden_size}, "
         f"{'shared trunk' if model.config.shared_trunk else f'{len(row_counts)} per-tensor heads'}",
@@ -556,6 +576,12 @@ def main():
         "network_parameters": count(model.spec.skeleton(WIDTH).parameters()),
     }
 
+
+def time_generation(model, shared_trunk_model, args) -> dict:
+    """Steps 2-4: every case timed in interleaved rounds beside the matmul floor, then num_samples=N. Returns the
+    raw runs, ratios to the floor and page faults."""
+    coordinates = model.spec.coordinates(WIDTH)
+    row_counts = coordinates.row_counts
     floor_fn, floor_flops = matmul_floor(model, row_counts)
     positions = coordinates.positions()
     cases = {
@@ -597,6 +623,17 @@ def main():
             many_ratios.append(per_sample / ((before + after) / 2))
             runs["matmul_floor"] += [before, after]
 
+    return {
+        "runs": runs, "ratios": ratios, "faults": faults, "many_runs": many_runs, "many_ratios": many_ratios,
+        "floor_flops": floor_flops,
+    }  # fmt: skip
+
+
+def timing_results(timings: dict, shared_trunk_model, args) -> dict:
+    """The report's timing figures: medians, ratios to the floor (median and best-of) and page faults."""
+    runs, ratios, faults = timings["runs"], timings["ratios"], timings["faults"]
+    many_runs, many_ratios, floor_flops = timings["many_runs"], timings["many_ratios"], timings["floor_flops"]
+    result = {}
     median = {name: statistics.median(values) for name, values in runs.items()}
     floor_ms = median["matmul_floor"]
     result["materialise_ms"] = median["materialise"]
@@ -651,16 +688,21 @@ def main():
         "the ms values are plain medians"
     )
 
-    # 6. Coordinates for ~1.7M rows (uncached build).
+    return result
+
+
+def coordinate_results(args) -> dict:
+    """Step 6: coordinates for ~1.7M rows, built uncached."""
     mlp_spec = MorphSpec(NeuMetaMLPConfig(width=MLP_WIDTH))
     start = time.perf_counter()
-    mlp_coordinates = mlp_spec._build_coordinates(MLP_WIDTH)
+    mlp_coordinates = mlp_spec.build_coordinates(MLP_WIDTH)
     first_ms = (time.perf_counter() - start) * 1e3
     mlp_rows = sum(mlp_coordinates.row_counts)
     del mlp_coordinates
-    coordinates_timing = time_ms(lambda: mlp_spec._build_coordinates(MLP_WIDTH), args.repeats)
+    coordinates_timing = time_ms(lambda: mlp_spec.build_coordinates(MLP_WIDTH), args.repeats)
     coordinate_faults = []
-    _once(lambda: mlp_spec._build_coordinates(MLP_WIDTH), coordinate_faults)
+    _once(lambda: mlp_spec.build_coordinates(MLP_WIDTH), coordinate_faults)
+    result = {}
     result["coordinates_1p7m"] = {
         "family": f"neumeta-mlp width {MLP_WIDTH}, morph=all",
         "rows": mlp_rows,
@@ -673,30 +715,31 @@ def main():
     }
     result["coordinates_1p7m_ms"] = coordinates_timing["median"]
 
-    # 5. Memory, each case in a fresh subprocess.
-    if not args.skip_memory:
-        result["memory_method"] = MEMORY_METHOD
-        result["memory"] = {}
-        for suffix, env in (("", None), ("_live", LIVE_ENV)):
-            one = measure_memory(1, args.threads, env)
-            many_memory = measure_memory(args.num_samples, args.threads, env)
-            result["memory"][f"num_samples_1{suffix}"] = one
-            result["memory"][f"num_samples_{args.num_samples}{suffix}"] = many_memory
-            result[f"peak_memory_1_mb{suffix}"] = one["increase_mb"]
-            result[f"peak_memory_many_mb{suffix}"] = many_memory["increase_mb"]
-            result[f"peak_memory_ratio{suffix}"] = many_memory["increase_mb"] / max(one["increase_mb"], 1e-9)
+    return result
 
-    result["raw_timings_ms"] = {name: [round(v, 3) for v in values] for name, values in runs.items()}
-    result["raw_timings_ms"]["per_sample_many"] = [round(v, 3) for v in many_runs]
-    result["load_average"] = {"start": start_load, "end": list(os.getloadavg())}
-    result["targets"] = {}
+
+def memory_results(args) -> dict:
+    """Step 5: peak memory of one and of N generations, each in a fresh subprocess."""
+    result = {"memory_method": MEMORY_METHOD, "memory": {}}
+    for suffix, env in (("", None), ("_live", LIVE_ENV)):
+        one = measure_memory(1, args.threads, env)
+        many_memory = measure_memory(args.num_samples, args.threads, env)
+        result["memory"][f"num_samples_1{suffix}"] = one
+        result["memory"][f"num_samples_{args.num_samples}{suffix}"] = many_memory
+        result[f"peak_memory_1_mb{suffix}"] = one["increase_mb"]
+        result[f"peak_memory_many_mb{suffix}"] = many_memory["increase_mb"]
+        result[f"peak_memory_ratio{suffix}"] = many_memory["increase_mb"] / max(one["increase_mb"], 1e-9)
+
+
+
+def check_targets(result: dict) -> dict:
+    targets = {}
     for name, limit in TARGETS.items():
         strict = name == "coordinates_1p7m_ms"
         value = result.get(name)
         met = None if value is None else (value < limit if strict else value <= limit)
-        result["targets"][name] = {"target": f"{'<' if strict else '<='} {limit}", "value": value, "met": met}
-    result["total_benchmark_s"] = time.perf_counter() - started
-    report(result, args.output, summarise)
+        targets[name] = {"target": f"{'<' if strict else '<='} {limit}", "value": value, "met": met}
+    return targets
 
 
 def report(result: dict, output: str | None, summary):

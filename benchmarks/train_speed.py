@@ -83,7 +83,7 @@ def measure(name: str, steps: int, device: torch.device, mixed_precision: str) -
 
     def generate_only():
         with torch.no_grad(), autocast():
-            hyper._generate(rng.choice(widths), 1, hyper.config.coordinate_noise)
+            hyper.generate(rng.choice(widths), hyper.config.coordinate_noise)
 
     def synchronize():  # CUDA runs asynchronously: a step is over when its kernels are
         if device.type == "cuda":
@@ -94,7 +94,7 @@ def measure(name: str, steps: int, device: torch.device, mixed_precision: str) -
         for _ in range(3):
             fn()
     for width in widths:
-        hyper._generate(width, 1, 0.0)
+        hyper.generate(width)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = {key: [] for key in cases}

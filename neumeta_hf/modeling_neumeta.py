@@ -32,7 +32,7 @@ _PROGRESS_WORK = 1e11
 # is a large one (64k x hidden x hidden: per-call overhead negligible, on a GPU too); small enough that one
 # chunk's activations stay under 1 GB whatever the generated network's width: 4 KB a row at hidden size 256,
 # 10 KB with 768-value rows (fold_fixed_axes on ViT-B), so 0.25-0.7 GB.
-_CHUNK_ROWS = 2**16
+CHUNK_ROWS = 2**16
 
 
 @dataclass
@@ -226,7 +226,7 @@ class NeuMetaModel(PreTrainedModel):
 
     def _generate(self, width, num_samples, noise, generator=None, first_noise_free=True):
         device = self.output_scale.device
-        memory, work = self._generation_cost(width, chunked=not torch.is_grad_enabled())
+        memory, work = self.generation_cost(width, chunked=not torch.is_grad_enabled())
         limit = _memory_size(device)
         if limit is not None and memory > limit:
             raise MemoryError(
@@ -254,7 +254,7 @@ class NeuMetaModel(PreTrainedModel):
     def _inr_rows(self, coordinates: Coordinates, positions: torch.Tensor) -> torch.Tensor:
         """The INR's raw output for every row of `coordinates` (at `positions`), as `_unpack` takes it.
 
-        With gradients (training) the INR runs on all rows at once. Without, it runs on at most `_CHUNK_ROWS`
+        With gradients (training) the INR runs on all rows at once. Without, it runs on at most `CHUNK_ROWS`
         rows at a time, cut at tensor boundaries and inside large tensors, each chunk written into one
         preallocated `[rows, max kernel size]` result: the memory is that of the outputs plus one chunk's
         activations, whatever the width.
@@ -264,8 +264,8 @@ class NeuMetaModel(PreTrainedModel):
             return self.inr(positions, context, row_counts)
         raw = positions.new_empty(len(positions), max(self.spec.kernel_sizes))
         ends = torch.tensor(row_counts).cumsum(0).tolist()  # where each tensor's rows end
-        for start in range(0, len(positions), _CHUNK_ROWS):
-            end = min(start + _CHUNK_ROWS, len(positions))
+        for start in range(0, len(positions), CHUNK_ROWS):
+            end = min(start + CHUNK_ROWS, len(positions))
             # The chunk's tensors: from the first that ends after `start` to the first that ends at or after `end`.
             first = next(t for t, stop in enumerate(ends) if stop > start)
             last = next(t for t, stop in enumerate(ends) if stop >= end)
@@ -274,10 +274,10 @@ class NeuMetaModel(PreTrainedModel):
             raw[start:end] = rows[:, : raw.shape[1]]
         return raw
 
-    def _generation_cost(self, width: int, chunked: bool = False) -> tuple[int, int]:
+    def generation_cost(self, width: int, chunked: bool = False) -> tuple[int, int]:
         """(bytes of memory, multiply-adds) of one generation at `width`, estimated from its INR row count
         without building anything, so that an absurd width is refused at once rather than in the allocator.
-        `chunked`: the INR runs `_CHUNK_ROWS` rows at a time (generation without gradients, see `_inr_rows`)."""
+        `chunked`: the INR runs `CHUNK_ROWS` rows at a time (generation without gradients, see `_inr_rows`)."""
         rows = self.spec.row_count(width)
         hidden, layers = self.config.hidden_size, self.config.num_layers
         features, outputs = self.inr.position_weight.shape[1], self.inr.output_weight.shape[-1]
@@ -291,7 +291,7 @@ class NeuMetaModel(PreTrainedModel):
         # num_samples > 1. Measured peaks on CPU: 30-115% of it (30-45% for ViT-B, folded or not; up to 115% for
         # generations of a few MB, where the allocator's overhead counts).
         values = rows * max(self.spec.kernel_sizes)
-        return min(rows, _CHUNK_ROWS) * per_row + rows * 96 + values * 4 * 4, work
+        return min(rows, CHUNK_ROWS) * per_row + rows * 96 + values * 4 * 4, work
 
     def _unpack(self, raw: torch.Tensor, coordinates: Coordinates, jitter=None) -> dict[str, torch.Tensor]:
         """Raw INR rows -> tensors: scaled and multiplied by (full-width fan-in / fan-in) ** fan_in_power, plus,

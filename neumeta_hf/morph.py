@@ -215,12 +215,13 @@ class MorphSpec:
         """The INR inputs for the width-`width` network, computed once per width and device."""
         key = (width, str(device))
         if key not in self._coordinates:
-            cpu = self._coordinates.get((width, "cpu")) or self._build_coordinates(width)
+            cpu = self._coordinates.get((width, "cpu")) or self.build_coordinates(width)
             self._coordinates[(width, "cpu")] = cpu
             self._coordinates[key] = cpu.to(device)
         return self._coordinates[key]
 
-    def _build_coordinates(self, width: int) -> Coordinates:
+    def build_coordinates(self, width: int) -> Coordinates:
+        """The INR inputs for the width-`width` network on the CPU, built afresh (`coordinates` caches them)."""
         shapes = self.shapes(width)
         group_sizes = [g.members[0].length(shapes[g.members[0].tensor]) for g in self.scaling_groups]
         group_starts = [sum(group_sizes[:index]) for index in range(len(group_sizes))]

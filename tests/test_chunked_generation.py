@@ -1,4 +1,4 @@
-"""Generation without gradients runs the INR on bounded chunks of rows (`modeling_neumeta._CHUNK_ROWS`), cut at
+"""Generation without gradients runs the INR on bounded chunks of rows (`modeling_neumeta.CHUNK_ROWS`), cut at
 tensor boundaries and inside tensors: it must give what one batch gives."""
 
 import pytest
@@ -46,11 +46,11 @@ def test_chunked_generation_equals_one_batch(monkeypatch, shared_trunk, num_samp
     def generate():
         return hyper.generate_weights(WIDTH, num_samples=num_samples, generator=torch.Generator().manual_seed(1))
 
-    monkeypatch.setattr(modeling, "_CHUNK_ROWS", 10**9)
+    monkeypatch.setattr(modeling, "CHUNK_ROWS", 10**9)
     whole = generate()
     assert len(calls) == num_samples
     calls.clear()
-    monkeypatch.setattr(modeling, "_CHUNK_ROWS", CHUNK)
+    monkeypatch.setattr(modeling, "CHUNK_ROWS", CHUNK)
     chunked = generate()
 
     row_counts = hyper.spec.coordinates(WIDTH).row_counts
@@ -74,7 +74,7 @@ def test_chunked_generation_equals_one_batch(monkeypatch, shared_trunk, num_samp
 def test_training_generation_is_one_batch_and_matches(monkeypatch):
     """With gradients (training) the INR runs once on all rows, whatever the chunk size."""
     hyper = lenet_hypernetwork(shared_trunk=False)
-    monkeypatch.setattr(modeling, "_CHUNK_ROWS", CHUNK)
+    monkeypatch.setattr(modeling, "CHUNK_ROWS", CHUNK)
     calls = record_chunks(hyper)
     trained = hyper.generate(WIDTH, noise=1.0, generator=torch.Generator().manual_seed(2))
     assert len(calls) == 1 and all(tensor.requires_grad for tensor in trained.values())
@@ -88,8 +88,8 @@ def test_training_generation_is_one_batch_and_matches(monkeypatch):
 def test_memory_estimate_of_chunked_generation_does_not_grow_with_activations(mlp_hyper):
     """Without gradients only one chunk's activations count: a large width costs about its outputs."""
     rows = mlp_hyper.spec.row_count(2000)
-    chunked, work = mlp_hyper._generation_cost(2000, chunked=True)
-    one_batch, same_work = mlp_hyper._generation_cost(2000, chunked=False)
-    assert work == same_work and rows > modeling._CHUNK_ROWS
+    chunked, work = mlp_hyper.generation_cost(2000, chunked=True)
+    one_batch, same_work = mlp_hyper.generation_cost(2000, chunked=False)
+    assert work == same_work and rows > modeling.CHUNK_ROWS
     assert chunked < one_batch / 2
     assert chunked > rows * 4 * 4  # still counts every row's outputs
