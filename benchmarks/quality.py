@@ -255,40 +255,42 @@ def resampled_method(count: int) -> Method:
     return Method(f"ablation: num_samples_{count}", scores, section="ablations", style="-.")
 
 
+def individual_scores(bench: Bench) -> dict[int, float]:
+    trained = {w: evaluate_score(bench.trained(f"individual_{w}"), bench.test) for w in bench.widths}
+    return dict(sorted((trained | {bench.full_width: bench.base_score}).items()))  # the full-width one is the base
+
+
+def individual_passes(bench: Bench) -> dict[int, int]:
+    return {w: round(bench.base_passes * bench.share[w]) for w in bench.widths} | {bench.full_width: bench.base_passes}
+
+
+def pruned_scores(bench: Bench) -> dict[int, float]:
+    return {w: evaluate_score(prune_l1(bench.base, w), bench.test) for w in progress_bar(bench.everywhere, desc="pruned_l1")}
+
+
+def finetuned_scores(bench: Bench) -> dict[int, float]:
+    tuned = {w: evaluate_score(bench.trained(f"finetuned_{w}"), bench.test) for w in bench.widths}
+    return dict(sorted((tuned | {bench.full_width: bench.base_score}).items()))
+
+
+def finetuned_passes(bench: Bench) -> dict[int, int]:
+    return {w: round(bench.base_passes + FINETUNE_EPOCHS * bench.examples * bench.share[w]) for w in bench.widths}
+
+
+def slimmable_scores(bench: Bench) -> dict[int, float]:
+    slimmable = bench.trained("slimmable")
+    return {w: evaluate_score(first_channels(slimmable, w), bench.test)
+            for w in progress_bar(bench.everywhere, desc="slimmable")}  # fmt: skip
+
+
 # The benchmark's methods, in table order. Adding a method is one entry here (or in ABLATIONS / LEVERS).
 BASELINES = {
-    "individual": Method(
-        "individual",
-        lambda bench: dict(sorted(
-            {bench.full_width: bench.base_score} | {w: evaluate_score(bench.trained(f"individual_{w}"), bench.test)
-                                                   for w in bench.widths}.items())),
-        submit_individual,
-        lambda bench: {w: round(bench.base_passes * bench.share[w]) for w in bench.widths}
-        | {bench.full_width: bench.base_passes},
-        colour="tab:blue", style="points",
-    ),
-    "pruned_l1": Method(
-        "pruned_l1",
-        lambda bench: {w: evaluate_score(prune_l1(bench.base, w), bench.test)
-                       for w in progress_bar(bench.everywhere, desc="pruned_l1")},
-        colour="tab:orange",
-    ),
-    "pruned_l1_finetuned": Method(
-        "pruned_l1_finetuned",
-        lambda bench: dict(sorted(
-            {w: evaluate_score(bench.trained(f"finetuned_{w}"), bench.test) for w in bench.widths}
-            | {bench.full_width: bench.base_score}.items())),
-        submit_finetuned,
-        lambda bench: {w: round(bench.base_passes + FINETUNE_EPOCHS * bench.examples * bench.share[w])
-                       for w in bench.widths},
-        colour="tab:brown",
-    ),
-    "slimmable": Method(
-        "slimmable",
-        lambda bench: {w: evaluate_score(first_channels(bench.trained("slimmable"), w), bench.test)
-                       for w in progress_bar(bench.everywhere, desc="slimmable")},
-        submit_slimmable, slimmable_passes, colour="tab:green",
-    ),
+    "individual": Method("individual", individual_scores, submit_individual, individual_passes, colour="tab:blue",
+                         style="points"),
+    "pruned_l1": Method("pruned_l1", pruned_scores, colour="tab:orange"),
+    "pruned_l1_finetuned": Method("pruned_l1_finetuned", finetuned_scores, submit_finetuned, finetuned_passes,
+                                  colour="tab:brown"),
+    "slimmable": Method("slimmable", slimmable_scores, submit_slimmable, slimmable_passes, colour="tab:green"),
     "neumeta": neumeta_method("neumeta", "neumeta", Lever("base", ()), "methods", colour="black"),
 }  # fmt: skip
 VARIANT_COLOURS = ("tab:red", "tab:purple", "tab:cyan", "tab:olive", "tab:pink")
