@@ -29,6 +29,7 @@ from transformers import CONFIG_MAPPING, AutoConfig, PreTrainedConfig, PreTraine
 
 from .families import (
     ChannelGroup,
+    ChannelSlice,
     NeuMetaFamilyModel,
     NeuMetaLeNetForImageClassification,
     NeuMetaMLPForImageClassification,
@@ -50,8 +51,8 @@ class Target:
       the training scripts train from data (an image classifier for stock types); `standalone_fields(width)`:
       the config fields of a network trained on its own at `width` (every layer following the width);
     * `channel_groups(model)`: the groups of coupled hidden channels, in the order NeuMeta morphs them;
-      `filters(model, group, state)`: the weights that produce a group's channels, channels first (L1 pruning's
-      importance);
+      `producers(model, group, state)`: the member slices that produce a group's channels -- weights along their
+      output axis, then biases (L1 pruning's importance; the nested stage's per-width scale and shift);
     * `task_name(config, model_class)`: the pipeline task (`neumeta_hf.tasks`), None for a head neumeta-hf does
       not know;
     * `hypernetwork_config(values, morph)`: the target config a hypernetwork stores, for a morph mode;
@@ -93,8 +94,13 @@ class Target:
     def channel_groups(self, model: PreTrainedModel) -> list[ChannelGroup]:
         raise NotImplementedError
 
-    def filters(self, model: PreTrainedModel, group: ChannelGroup, state: dict) -> list[torch.Tensor]:
+    def producers(self, model: PreTrainedModel, group: ChannelGroup, state: dict) -> list[ChannelSlice]:
         raise NotImplementedError
+
+    def filters(self, model: PreTrainedModel, group: ChannelGroup, state: dict) -> list[torch.Tensor]:
+        """The weights that produce a group's channels, channels first."""
+        producers = self.producers(model, group, state)
+        return [m.of(state[m.tensor]).movedim(m.axis, 0) for m in producers if state[m.tensor].dim() > 1]
 
     def task_name(self, config: PreTrainedConfig, model_class: type | None = None) -> str | None:
         raise NotImplementedError
@@ -138,13 +144,12 @@ class FamilyTarget(Target):
     def channel_groups(self, model):
         return model.channel_groups()
 
-    def filters(self, model, group, state):
-        """A family's multi-dimensional weights along their output axis (axis 1 of a transposed convolution)."""
-        return [
-            m.of(state[m.tensor]).movedim(m.axis, 0)
-            for m in group.members
-            if state[m.tensor].dim() > 1 and m.axis == output_axis(model, m.tensor)
-        ]
+    def producers(self, model, group, state):
+        """Multi-dimensional weights along their output axis (axis 1 of a transposed convolution), then the
+        biases of the same layers."""
+        weights = [m for m in group.members if state[m.tensor].dim() > 1 and m.axis == output_axis(model, m.tensor)]
+        layers = {m.tensor.rpartition(".")[0] for m in weights}
+        return weights + [m for m in group.members if m.tensor in {f"{layer}.bias" for layer in layers}]
 
     def task_name(self, config, model_class=None):
         return self.model_class.task
@@ -282,10 +287,13 @@ class StockTarget(Target):
             )
         return [ChannelGroup.of(f"layer{index}.ffn", tuple(members), True) for index, members in sorted(layers.items())]
 
-    def filters(self, model, group, state):
-        """The rule's first tensor (the units' input weights; GPT-2's Conv1D stores it transposed)."""
+    def producers(self, model, group, state):
+        """The rule's first tensor (the units' input weights; GPT-2's Conv1D stores it transposed), then its bias."""
         producer = next(iter(self.rule.members))
-        return [m.of(state[m.tensor]).movedim(m.axis, 0) for m in group.members if m.tensor.endswith(producer)]
+        bias = producer.rpartition(".")[0] + ".bias"
+        return [m for m in group.members if m.tensor.endswith(producer)] + [
+            m for m in group.members if m.tensor.endswith(bias)
+        ]
 
     def task_name(self, config, model_class=None):
         """What the model class's name says (`model_class`, else the first of `config.architectures`)."""

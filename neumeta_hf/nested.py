@@ -1,0 +1,229 @@
+"""The nested stage: the trained base network made into a nested network whose first w channels are a good
+width-w network at every width, before the hypernetwork learns over it.
+
+* `importance_order(model)`: every scaling channel group sorted by the L1 norm of the weights that produce its
+  channels, largest first, the same order applied to every member: the function is unchanged and the first w
+  channels are the w most important (the warm start of Once-for-All; the importance of Li et al., 2017).
+* `NestedNetwork`: the ordered network's tensors, shared by every width (width w reads the first channels of each
+  group, as a slimmable network does), plus `WidthAffine`: a scale and a shift per trained width and channel on
+  each group's producing layer, before its activation (where BatchNorm's affine sits, one per width as in
+  slimmable networks). Both fold into the producing weights and biases, so every width is a plain network.
+* `train_nested`: the sandwich rule -- each step the full width, the smallest and `random_widths` others of the
+  trained widths -- every width distilled from a fixed teacher (the base network), AdamW with a cosine schedule.
+
+A width outside the trained ones has no affine of its own: `NestedNetwork.network_at` interpolates the two
+nearest trained widths' values channel by channel (what a table can do; the hypernetwork generates them instead).
+"""
+
+import copy
+import json
+import math
+import random
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+from torch.func import functional_call
+from transformers import PreTrainedModel
+
+from .progress import progress_bar
+from .pruning import nested_weights
+from .targets import config_at_width, network_class, network_width, target, target_config, task_for
+
+AFFINE_FILE = "width_affine.safetensors"
+
+
+@torch.no_grad()
+def importance_order(model: PreTrainedModel) -> PreTrainedModel:
+    """A copy of `model` whose scaling channel groups are sorted by importance (the L1 norm of each channel's
+    producing weights), largest first, in every member: the same function, its first w channels the most
+    important ones."""
+    ordered = copy.deepcopy(model)
+    kind = target(model.config.model_type)
+    state = dict(ordered.named_parameters()) | dict(ordered.named_buffers())
+    for group in kind.channel_groups(ordered):
+        if not group.scales:
+            continue
+        importance = sum(weight.abs().flatten(1).sum(1) for weight in kind.filters(ordered, group, state))
+        order = importance.argsort(descending=True, stable=True)
+        for member in group.members:
+            channels = member.of(state[member.tensor])
+            channels.copy_(channels.index_select(member.axis, order))
+    return ordered
+
+
+def _key(group_name: str) -> str:
+    return group_name.replace(".", "_")  # module names may not hold dots
+
+
+class WidthAffine(nn.Module):
+    """A scale (stored as its logarithm) and a shift per trained width and channel of every scaling group of a
+    network, applied to the group's producing layer's outputs; zero everywhere is the identity."""
+
+    def __init__(self, group_sizes: dict[str, int], widths: list[int]):
+        super().__init__()
+        self.widths = sorted(widths)
+        self.log_scale = nn.ParameterDict(
+            {_key(name): nn.Parameter(torch.zeros(len(self.widths), size)) for name, size in group_sizes.items()}
+        )
+        self.shift = nn.ParameterDict(
+            {_key(name): nn.Parameter(torch.zeros(len(self.widths), size)) for name, size in group_sizes.items()}
+        )
+
+    def values(self, group_name: str, width: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, shift) of a group's first `size` channels at `width`: its own row at a trained width, else
+        the two nearest trained widths' rows interpolated channel by channel (channels only the wider one has
+        take its values; outside the trained range the nearest row)."""
+        key = _key(group_name)
+        log_scale, shift = self.log_scale[key], self.shift[key]
+        if width in self.widths:
+            row = self.widths.index(width)
+            return log_scale[row, :size].exp(), shift[row, :size]
+        below = [w for w in self.widths if w < width]
+        above = [w for w in self.widths if w > width]
+        if not below or not above:
+            row = self.widths.index(below[-1] if below else above[0])
+            return log_scale[row, :size].exp(), shift[row, :size]
+        low, high = self.widths.index(below[-1]), self.widths.index(above[0])
+        fraction = (width - below[-1]) / (above[0] - below[-1])
+        mixed = [torch.lerp(values[low, :size], values[high, :size], fraction) for values in (log_scale, shift)]
+        return mixed[0].exp(), mixed[1]
+
+
+class NestedNetwork(nn.Module):
+    """Shared full-width tensors (`network`) and per-width scales and shifts (`affine`): width w is the first
+    channels of every scaling group, with width w's affine folded into its producing weights and biases."""
+
+    def __init__(self, network: PreTrainedModel, widths: list[int]):
+        super().__init__()
+        self.network = network
+        self.kind = target(network.config.model_type)
+        state = self._state(network)
+        self.groups = [g for g in self.kind.channel_groups(network) if g.scales]
+        sizes = {g.name: g.members[0].length(state[g.members[0].tensor].shape) for g in self.groups}
+        self.affine = WidthAffine(sizes, widths)
+        self._skeletons: dict[int, PreTrainedModel] = {}
+
+    @staticmethod
+    def _state(network) -> dict[str, torch.Tensor]:
+        return dict(network.named_parameters(remove_duplicate=False)) | dict(network.named_buffers())
+
+    @property
+    def full_width(self) -> int:
+        return network_width(self.network.config)
+
+    def skeleton(self, width: int) -> PreTrainedModel:
+        """The width-`width` network's structure on the meta device (for `functional_call`)."""
+        if width not in self._skeletons:
+            with torch.device("meta"):
+                config = config_at_width(self.network.config, width)
+                self._skeletons[width] = network_class(config)(config).eval()
+        return self._skeletons[width]
+
+    def width_tensors(self, width: int) -> dict[str, torch.Tensor]:
+        """Every tensor of the width-`width` network, differentiable: the shared tensors' first channels with
+        the width's scale and shift folded into each group's producers (weights scaled along their output axis;
+        biases scaled, then shifted)."""
+        skeleton = self.skeleton(width)
+        tensors = nested_weights(self.network, skeleton)
+        for group in self.kind.channel_groups(skeleton):
+            if not group.scales:
+                continue
+            size = group.members[0].length(tensors[group.members[0].tensor].shape)
+            scale, shift = self.affine.values(group.name, width, size)
+            for member in self.kind.producers(skeleton, group, tensors):
+                tensor = tensors[member.tensor]
+                view = [1] * tensor.dim()
+                view[member.axis] = size
+                tensor = tensor * scale.view(view)
+                tensors[member.tensor] = tensor + shift if tensor.dim() == 1 else tensor
+        return tensors
+
+    def forward(self, width: int, *args, **kwargs):
+        return functional_call(self.skeleton(width), self.width_tensors(width), args, kwargs)
+
+    @torch.no_grad()
+    def network_at(self, width: int) -> PreTrainedModel:
+        """The standalone width-`width` network in eval mode (a trained width's own affine, else interpolated)."""
+        config = config_at_width(self.network.config, width)
+        network = network_class(config)(config).to(self.network.device)
+        network.load_state_dict({name: t.detach().clone() for name, t in self.width_tensors(width).items()})
+        return network.eval()
+
+    def save_pretrained(self, directory):
+        """The shared network (`save_pretrained`) and, beside it, the affine table with its widths."""
+        self.network.save_pretrained(directory)
+        tensors = {f"log_scale.{k}": v.detach() for k, v in self.affine.log_scale.items()}
+        tensors |= {f"shift.{k}": v.detach() for k, v in self.affine.shift.items()}
+        save_file(tensors, Path(directory) / AFFINE_FILE, metadata={"widths": ",".join(map(str, self.affine.widths))})
+
+    @classmethod
+    def from_pretrained(cls, directory) -> "NestedNetwork":
+        """What `save_pretrained` wrote into `directory`."""
+        values = json.loads((Path(directory) / "config.json").read_text())
+        network = network_class(target_config(values["model_type"], values)).from_pretrained(directory)
+        with safe_open(Path(directory) / AFFINE_FILE, framework="pt") as stored:
+            widths = [int(w) for w in stored.metadata()["widths"].split(",")]
+            nested = cls(network, widths)
+            with torch.no_grad():
+                for key in nested.affine.log_scale:
+                    nested.affine.log_scale[key].copy_(stored.get_tensor(f"log_scale.{key}"))
+                    nested.affine.shift[key].copy_(stored.get_tensor(f"shift.{key}"))
+        return nested.eval()
+
+
+def train_nested(
+    nested: NestedNetwork,
+    teacher: PreTrainedModel,
+    dataset,
+    epochs: float,
+    batch_size: int,
+    learning_rate: float,
+    weight_decay: float = 0.0,
+    random_widths: int = 2,
+    temperature: float = 1.0,
+    seed: int = 0,
+) -> list[float]:
+    """Train `nested` with the sandwich rule over its trained widths, every width distilled from `teacher` at
+    `temperature` (the task's distillation loss), on `dataset` (`pixel_values`); returns the loss per step."""
+    task = task_for(nested.network.config, type(nested.network))
+    widths = nested.affine.widths
+    rng = random.Random(seed)
+    generator = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
+                                         generator=generator)  # fmt: skip
+    steps = math.ceil(epochs * len(loader))
+    optimizer = torch.optim.AdamW(nested.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)))
+    teacher.eval().requires_grad_(False)
+    nested.train()
+    losses = []
+    progress = progress_bar(total=steps, desc="nested stage", unit="step")
+    while len(losses) < steps:
+        for batch in loader:
+            pixel_values = batch["pixel_values"]
+            shared = task.shared_inputs(nested.network.config, pixel_values, generator)
+            with torch.no_grad():
+                teacher_output = teacher(pixel_values, **shared)
+            chosen = [max(widths), min(widths)] + [rng.choice(widths) for _ in range(random_widths)]
+            loss = sum(
+                task.distillation(nested(width, pixel_values, **shared), teacher_output, temperature)
+                for width in chosen
+            )
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+            if not math.isfinite(losses[-1]):
+                raise FloatingPointError(f"nested stage: the loss became {losses[-1]} at step {len(losses)}; "
+                                         f"lower the learning rate (now {learning_rate})")  # fmt: skip
+            progress.update(1)
+            progress.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+            if len(losses) == steps:
+                break
+    progress.close()
+    nested.eval()
+    return losses

@@ -1,0 +1,89 @@
+"""The nested stage: importance ordering keeps the function, every width is a plain network with its own scale
+and shift folded in, the stage round-trips through save/load and a short real run makes narrow widths work."""
+
+import pytest
+import torch
+from conftest import inputs_for, random_base
+
+import neumeta_hf as nm
+from neumeta_hf.data import DataConfig, load_splits
+from neumeta_hf.evaluation import evaluate_score
+from neumeta_hf.nested import NestedNetwork, importance_order, train_nested
+from neumeta_hf.pruning import first_channels
+
+WIDTHS = [16, 24, 32, 48, 64]
+
+
+@pytest.mark.parametrize("config", [nm.NeuMetaMLPConfig(), nm.NeuMetaLeNetConfig(), nm.NeuMetaVAEConfig()],
+                         ids=lambda c: c.model_type)  # fmt: skip
+def test_importance_order_keeps_the_function_and_sorts_every_group(config):
+    base = random_base(config)
+    ordered = importance_order(base)
+    kind = nm.target(config.model_type)
+    x = inputs_for(config).double()
+    function = nm.targets.task_for(config).function_output
+    torch.testing.assert_close(function(ordered.double()(x)), function(base.double()(x)), rtol=1e-9, atol=1e-9)
+    state = dict(ordered.named_parameters())
+    for group in kind.channel_groups(ordered):
+        importance = sum(w.abs().flatten(1).sum(1) for w in kind.filters(ordered, group, state))
+        assert torch.all(importance[:-1] >= importance[1:]), group.name
+    moved = [name for name, tensor in base.state_dict().items() if not torch.equal(tensor, ordered.state_dict()[name])]
+    assert moved  # random channels are not in order already
+
+
+def test_each_width_is_its_first_channels_with_its_own_scale_and_shift_folded_in():
+    base = importance_order(random_base(nm.NeuMetaMLPConfig()))
+    nested = NestedNetwork(base, WIDTHS)
+    x = inputs_for(base.config)
+    # Zero affine: the full width is the network itself, a narrower one its first channels.
+    torch.testing.assert_close(nested.network_at(64)(x).logits, base(x).logits)
+    torch.testing.assert_close(nested.network_at(24)(x).logits, first_channels(base, 24)(x).logits)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for values in (*nested.affine.log_scale.values(), *nested.affine.shift.values()):
+            values.normal_(0, 0.3, generator=generator)
+    row = WIDTHS.index(24)
+    scale, shift = nested.affine.log_scale["fc1"][row, :24].exp(), nested.affine.shift["fc1"][row, :24]
+    expected = scale * torch.nn.functional.linear(x.flatten(1), base.fc1.weight[:24], base.fc1.bias[:24]) + shift
+    network = nested.network_at(24)
+    assert isinstance(network, nm.NeuMetaMLPForImageClassification) and network.config.width == 24
+    torch.testing.assert_close(network.fc1(x.flatten(1)), expected.detach())
+    # A width between two trained ones interpolates their values, channel by channel.
+    low, high = nested.affine.values("fc2", 16, 16), nested.affine.values("fc2", 24, 16)
+    middle = nested.affine.values("fc2", 20, 16)
+    torch.testing.assert_close(middle[1], (low[1] + high[1]) / 2)
+    torch.testing.assert_close(middle[0], (low[0].log() / 2 + high[0].log() / 2).exp())
+
+
+def test_nested_network_round_trips_through_save_and_load(tmp_path):
+    nested = NestedNetwork(importance_order(random_base(nm.NeuMetaLeNetConfig())), [8, 16, 32])
+    with torch.no_grad():
+        nested.affine.shift["conv2"].normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
+    nested.save_pretrained(tmp_path)
+    loaded = NestedNetwork.from_pretrained(tmp_path)
+    x = inputs_for(nested.network.config)
+    assert loaded.affine.widths == [8, 16, 32]
+    for width in (8, 12, 32):
+        torch.testing.assert_close(loaded.network_at(width)(x).logits, nested.network_at(width)(x).logits)
+
+
+def test_short_nested_stage_makes_the_narrow_widths_work(fresh_accelerate_state):
+    """Digits: a briefly trained base, then a short nested stage distilled from it: the narrowest width, cut
+    from the warm start, gains and is far above chance (10 classes); the full width stays the base's."""
+    train, _, test, info = load_splits(DataConfig(name="digits"))
+    torch.manual_seed(0)
+    base = nm.NeuMetaMLPForImageClassification(nm.NeuMetaMLPConfig(**info.family_kwargs()))
+    optimizer = torch.optim.AdamW(base.parameters(), lr=3e-3)
+    for _ in range(8):
+        for batch in torch.utils.data.DataLoader(train, batch_size=64, shuffle=True):
+            optimizer.zero_grad()
+            base(batch["pixel_values"], labels=batch["labels"]).loss.backward()
+            optimizer.step()
+    base.eval()
+    nested = NestedNetwork(importance_order(base), [16, 32, 48, 64])
+    before = evaluate_score(nested.network_at(16), test)
+    losses = train_nested(nested, base, train, epochs=3, batch_size=64, learning_rate=5e-3, seed=0)
+    after = evaluate_score(nested.network_at(16), test)
+    assert len(losses) == 3 * (len(train) // 64)
+    assert after > max(before + 0.1, 0.6), (before, after)
+    assert evaluate_score(nested.network_at(64), test) > evaluate_score(base, test) - 0.03
