@@ -60,36 +60,38 @@ def _key(group_name: str) -> str:
 
 class WidthAffine(nn.Module):
     """A scale (stored as its logarithm) and a shift per trained width and channel of every scaling group of a
-    network, applied to the group's producing layer's outputs; zero everywhere is the identity."""
+    network, applied to the group's producing layer's outputs; zero is the identity. The full width has none of
+    its own (it is the shared network itself, the one saved as a plain network)."""
 
-    def __init__(self, group_sizes: dict[str, int], widths: list[int]):
+    def __init__(self, group_sizes: dict[str, int], widths: list[int], full_width: int):
         super().__init__()
-        self.widths = sorted(widths)
-        self.log_scale = nn.ParameterDict(
-            {_key(name): nn.Parameter(torch.zeros(len(self.widths), size)) for name, size in group_sizes.items()}
-        )
-        self.shift = nn.ParameterDict(
-            {_key(name): nn.Parameter(torch.zeros(len(self.widths), size)) for name, size in group_sizes.items()}
-        )
+        self.full_width = full_width
+        self.widths = sorted(w for w in set(widths) if w != full_width)
+        rows = len(self.widths)
+        self.log_scale = nn.ParameterDict({_key(n): nn.Parameter(torch.zeros(rows, size)) for n, size in group_sizes.items()})
+        self.shift = nn.ParameterDict({_key(n): nn.Parameter(torch.zeros(rows, size)) for n, size in group_sizes.items()})
 
     def values(self, group_name: str, width: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scale, shift) of a group's first `size` channels at `width`: its own row at a trained width, else
-        the two nearest trained widths' rows interpolated channel by channel (channels only the wider one has
-        take its values; outside the trained range the nearest row)."""
-        key = _key(group_name)
-        log_scale, shift = self.log_scale[key], self.shift[key]
-        if width in self.widths:
-            row = self.widths.index(width)
-            return log_scale[row, :size].exp(), shift[row, :size]
-        below = [w for w in self.widths if w < width]
-        above = [w for w in self.widths if w > width]
-        if not below or not above:
-            row = self.widths.index(below[-1] if below else above[0])
-            return log_scale[row, :size].exp(), shift[row, :size]
-        low, high = self.widths.index(below[-1]), self.widths.index(above[0])
-        fraction = (width - below[-1]) / (above[0] - below[-1])
-        mixed = [torch.lerp(values[low, :size], values[high, :size], fraction) for values in (log_scale, shift)]
-        return mixed[0].exp(), mixed[1]
+        """(scale, shift) of a group's first `size` channels at `width`: its own row at a trained width, the
+        identity at the full width (and beyond), else the two nearest of those interpolated channel by channel
+        (channels only the wider one has take its values; below the narrowest trained width, its row)."""
+        rows = {w: row for row, w in enumerate(self.widths)}
+        log_scale, shift = self.log_scale[_key(group_name)], self.shift[_key(group_name)]
+        identity = log_scale.new_zeros(size), shift.new_zeros(size)
+
+        def row(w):
+            return identity if w >= self.full_width else (log_scale[rows[w], :size], shift[rows[w], :size])
+
+        if width >= self.full_width or width in rows:
+            values = row(width)
+        elif not self.widths or width < self.widths[0]:
+            values = row(self.widths[0]) if self.widths else identity
+        else:
+            below = max(w for w in self.widths if w < width)
+            above = min([w for w in self.widths if w > width] + [self.full_width])
+            fraction = (width - below) / (above - below)
+            values = tuple(torch.lerp(low, high, fraction) for low, high in zip(row(below), row(above)))
+        return values[0].exp(), values[1]
 
 
 class NestedNetwork(nn.Module):
@@ -103,7 +105,7 @@ class NestedNetwork(nn.Module):
         state = self._state(network)
         self.groups = [g for g in self.kind.channel_groups(network) if g.scales]
         sizes = {g.name: g.members[0].length(state[g.members[0].tensor].shape) for g in self.groups}
-        self.affine = WidthAffine(sizes, widths)
+        self.affine = WidthAffine(sizes, widths, network_width(network.config))
         self._skeletons: dict[int, PreTrainedModel] = {}
 
     @staticmethod
@@ -153,11 +155,13 @@ class NestedNetwork(nn.Module):
         return network.eval()
 
     def save_pretrained(self, directory):
-        """The shared network (`save_pretrained`) and, beside it, the affine table with its widths."""
+        """The shared network -- the full width, a plain network that loads as one -- and, beside it, the
+        narrower widths' affine table (`AFFINE_FILE`)."""
         self.network.save_pretrained(directory)
         tensors = {f"log_scale.{k}": v.detach() for k, v in self.affine.log_scale.items()}
         tensors |= {f"shift.{k}": v.detach() for k, v in self.affine.shift.items()}
-        save_file(tensors, Path(directory) / AFFINE_FILE, metadata={"widths": ",".join(map(str, self.affine.widths))})
+        widths = ",".join(map(str, self.affine.widths))
+        save_file(tensors, Path(directory) / AFFINE_FILE, metadata={"widths": widths})
 
     @classmethod
     def from_pretrained(cls, directory) -> "NestedNetwork":
@@ -165,7 +169,7 @@ class NestedNetwork(nn.Module):
         values = json.loads((Path(directory) / "config.json").read_text())
         network = network_class(target_config(values["model_type"], values)).from_pretrained(directory)
         with safe_open(Path(directory) / AFFINE_FILE, framework="pt") as stored:
-            widths = [int(w) for w in stored.metadata()["widths"].split(",")]
+            widths = [int(w) for w in stored.metadata()["widths"].split(",") if w]
             nested = cls(network, widths)
             with torch.no_grad():
                 for key in nested.affine.log_scale:

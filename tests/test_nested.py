@@ -48,11 +48,14 @@ def test_each_width_is_its_first_channels_with_its_own_scale_and_shift_folded_in
     network = nested.network_at(24)
     assert isinstance(network, nm.NeuMetaMLPForImageClassification) and network.config.width == 24
     torch.testing.assert_close(network.fc1(x.flatten(1)), expected.detach())
-    # A width between two trained ones interpolates their values, channel by channel.
+    # A width between two trained ones interpolates their values, channel by channel; the full width is the
+    # shared network itself.
     low, high = nested.affine.values("fc2", 16, 16), nested.affine.values("fc2", 24, 16)
     middle = nested.affine.values("fc2", 20, 16)
     torch.testing.assert_close(middle[1], (low[1] + high[1]) / 2)
     torch.testing.assert_close(middle[0], (low[0].log() / 2 + high[0].log() / 2).exp())
+    assert nested.affine.widths == [16, 24, 32, 48]
+    torch.testing.assert_close(nested.network_at(64)(x).logits, base(x).logits)
 
 
 def test_nested_network_round_trips_through_save_and_load(tmp_path):
@@ -62,7 +65,7 @@ def test_nested_network_round_trips_through_save_and_load(tmp_path):
     nested.save_pretrained(tmp_path)
     loaded = NestedNetwork.from_pretrained(tmp_path)
     x = inputs_for(nested.network.config)
-    assert loaded.affine.widths == [8, 16, 32]
+    assert loaded.affine.widths == [8, 16]  # the full width, 32, is the shared network itself
     for width in (8, 12, 32):
         torch.testing.assert_close(loaded.network_at(width)(x).logits, nested.network_at(width)(x).logits)
 
