@@ -11,6 +11,8 @@ Runs, as subprocesses of this one (two at a time on two cores, one thread each):
   slimmable            a universally slimmable network (US-Nets: first w channels, sandwich rule, in-place
                        distillation), with as many optimizer steps and examples as the NeuMeta run; for a
                        stock transformers model the same training of nested feed-forward widths, MatFormer-style;
+  nested               the nested stage on the base (train_base.py with nested.enabled): channels sorted by
+                       importance, every trained width distilled from the base, a scale and shift per width;
   neumeta              training/train.py around the base, swept over every width of the range (widths outside
                        `train_widths` are unseen);
   ablations            (--ablations) NeuMeta without the channel permutation, without coordinate noise, with a
@@ -46,6 +48,7 @@ sys.path.insert(0, str(REPO))  # the `training` package
 from neumeta_hf import NeuMetaModel  # noqa: E402
 from neumeta_hf.data import FASHION_MNIST_DIR, load_splits  # noqa: E402
 from neumeta_hf.evaluation import evaluate_score, sweep  # noqa: E402
+from neumeta_hf.nested import NestedNetwork  # noqa: E402
 from neumeta_hf.progress import progress_bar  # noqa: E402
 from neumeta_hf.pruning import first_channels, prune_l1  # noqa: E402
 from neumeta_hf.targets import config_at_width, network_width, target, task_for  # noqa: E402
@@ -58,7 +61,8 @@ class Recipe:
     config: str  # the training recipe both the baselines and NeuMeta use
     individual_widths: tuple[int, ...]
     levers: tuple[str, ...] = ()  # names in LEVERS
-    # The slimmable baseline needs a network without BatchNorm (per-width statistics are not implemented).
+    # The slimmable baseline and the nested stage need a network without BatchNorm (per-width statistics are not
+    # implemented yet).
     slimmable: bool = True
 
 
@@ -75,7 +79,7 @@ SAMPLE_COUNTS = (1, 100)  # the num_samples ablation: the main run sampled both 
 class Lever:
     """A NeuMeta run that changes the method (measured by default for the recipes that name it)."""
 
-    start: str  # the run whose network the hypernetwork is built around: "base" or "slimmable"
+    start: str  # the run whose network the hypernetwork is built around: "base", "slimmable" or "nested"
     overrides: tuple[str, ...]
     teacher: str | None = None  # the run whose network it distils from instead (training.teacher)
 
@@ -90,17 +94,23 @@ NESTED_ANCHOR = (
     "hypernetwork.smooth=false", "hypernetwork.config.anchor_channels=first", "training.learning_rate=1.0e-3"
 )  # fmt: skip
 EVERY_WIDTH = ("hypernetwork.train_widths=null", "hypernetwork.config.coordinate_noise=0")
+# The nested stage on the base network (train_base.py, method "nested"): importance-ordered, distilled from the
+# base, a scale and shift per trained width; other widths interpolate the nearest two. nested_hypernetwork: the
+# pipeline's hypernetwork over it, distilled from the base, a correction from zero to each width's first channels
+# (5 epochs: the stages before it already cost about 2.8 individual networks of the budget of 4).
+NESTED = ("nested.enabled=true", "hypernetwork.smooth=false")
 FROM_BASE = ("training.reconstruction_weight=0",)
 LEVERS = {
     "nested_anchor": Lever("slimmable", NESTED_ANCHOR),
     "nested_anchor_every_width": Lever("slimmable", NESTED_ANCHOR + EVERY_WIDTH),
     "nested_anchor_teacher": Lever("slimmable", NESTED_ANCHOR + FROM_BASE, teacher="base"),
     "nested_anchor_teacher_every_width": Lever("slimmable", NESTED_ANCHOR + FROM_BASE + EVERY_WIDTH, teacher="base"),
+    "nested_hypernetwork": Lever("nested", NESTED + ("training.learning_rate=1.0e-3", "training.epochs=5")),
 }
 RECIPES = {  # each with its reference widths (the individual networks) and the levers it runs
     "fashion_mnist_lenet": Recipe(
         "training/configs/fashion_mnist_lenet.yaml", (8, 12, 16, 20, 24, 28, 32),
-        ("nested_anchor_teacher", "nested_anchor_teacher_every_width"),
+        ("nested_anchor_teacher", "nested_anchor_teacher_every_width", "nested_hypernetwork"),
     ),
     "digits_mlp": Recipe(
         "training/configs/digits_mlp.yaml", (32, 40, 48, 56, 64), ("nested_anchor", "nested_anchor_teacher")
@@ -219,7 +229,8 @@ def hypernetwork_passes(bench: Bench, recipe: TrainConfig) -> int:
         per_example += bench.share[low] + (0 if recipe.training.reconstruction_weight else 1)
     if recipe.training.distillation_weight:
         per_example += 1 / 3
-    return round(bench.neumeta_epochs * bench.examples * per_example)
+    epochs = recipe.training.epochs or recipe.training.max_steps * recipe.training.batch_size / bench.examples
+    return round(epochs * bench.examples * per_example)
 
 
 def neumeta_method(label: str, run: str, lever: Lever, section: str, style: str = "-", colour=None) -> Method:
@@ -230,13 +241,15 @@ def neumeta_method(label: str, run: str, lever: Lever, section: str, style: str 
     def submit(bench: Bench):
         command = [f"output_dir={bench.work / run}", f"base.pretrained={bench.work / lever.start / 'base'}",
                    *lever.overrides]  # fmt: skip
+        if lever.start == "nested":  # its base/ is the base network's copy; the hypernetwork builds on nested/
+            command.append(f"nested.pretrained={bench.work / 'nested' / 'nested'}")
         if lever.teacher:
             command.append(f"training.teacher={bench.work / lever.teacher / 'base'}")
         after = [lever.start] + ([lever.teacher] if lever.teacher else [])
         bench.runs.submit(run, "train.py", command, after=after, fresh=True)
 
     def passes(bench: Bench) -> int:
-        networks = {"base": bench.base_passes, "slimmable": slimmable_passes(bench)}
+        networks = {"base": bench.base_passes, "slimmable": slimmable_passes(bench), "nested": nested_passes(bench)}
         recipe = load_config(REPO / bench.recipe.config, bench.overrides + list(lever.overrides))
         teacher = networks[lever.teacher] if lever.teacher else 0
         return networks[lever.start] + teacher + hypernetwork_passes(bench, recipe)
@@ -277,6 +290,26 @@ def finetuned_passes(bench: Bench) -> dict[int, int]:
     return {w: round(bench.base_passes + FINETUNE_EPOCHS * bench.examples * bench.share[w]) for w in bench.widths}
 
 
+def submit_nested(bench: Bench):
+    command = [f"output_dir={bench.work / 'nested'}", f"base.pretrained={bench.work / 'base' / 'base'}", *NESTED]
+    bench.runs.submit("nested", "train_base.py", command, after=["base"])
+
+
+def nested_scores(bench: Bench) -> dict[int, float]:
+    nested = NestedNetwork.from_pretrained(bench.work / "nested" / "nested")
+    return {w: evaluate_score(nested.network_at(w), bench.test) for w in progress_bar(bench.everywhere, desc="nested")}
+
+
+def nested_passes(bench: Bench) -> int:
+    """The base, then the nested stage's steps: the full width, the smallest and `random_widths` of the trained
+    widths, and the teacher's forward-only pass (a third)."""
+    recipe = load_config(REPO / bench.recipe.config, bench.overrides + list(NESTED))
+    low, high = recipe.hypernetwork.width_range
+    widths = recipe.hypernetwork.train_widths or list(range(low, high + 1))
+    per_example = 1 / 3 + 1 + bench.share[low] + recipe.nested.random_widths * sum(bench.share[w] for w in widths) / len(widths)
+    return round(bench.base_passes + recipe.nested.epochs * bench.examples * per_example)
+
+
 def slimmable_scores(bench: Bench) -> dict[int, float]:
     slimmable = bench.trained("slimmable")
     return {w: evaluate_score(first_channels(slimmable, w), bench.test)
@@ -291,6 +324,7 @@ BASELINES = {
     "pruned_l1_finetuned": Method("pruned_l1_finetuned", finetuned_scores, submit_finetuned, finetuned_passes,
                                   colour="tab:brown"),
     "slimmable": Method("slimmable", slimmable_scores, submit_slimmable, slimmable_passes, colour="tab:green"),
+    "nested": Method("nested", nested_scores, submit_nested, nested_passes, colour="tab:purple"),
     "neumeta": neumeta_method("neumeta", "neumeta", Lever("base", ()), "methods", colour="black"),
 }  # fmt: skip
 VARIANT_COLOURS = ("tab:red", "tab:purple", "tab:cyan", "tab:olive", "tab:pink")
@@ -299,7 +333,7 @@ VARIANT_COLOURS = ("tab:red", "tab:purple", "tab:cyan", "tab:olive", "tab:pink")
 def chosen_methods(recipe: Recipe, ablations: bool, levers: dict[str, Lever]) -> dict[str, Method]:
     """The methods a benchmark run measures: the baselines the recipe has, NeuMeta, the ablations (with
     `ablations`) and `levers`."""
-    methods = {name: method for name, method in BASELINES.items() if name != "slimmable" or recipe.slimmable}
+    methods = {name: method for name, method in BASELINES.items() if name not in ("slimmable", "nested") or recipe.slimmable}
     if ablations:
         methods |= {name: neumeta_method(f"ablation: {name}", name, Lever("base", tuple(extra)), "ablations", ":")
                     for name, extra in ABLATIONS.items()}  # fmt: skip

@@ -30,6 +30,7 @@ from transformers import PreTrainedModel
 
 from .progress import progress_bar
 from .pruning import nested_weights
+from .publishing import save_network
 from .targets import config_at_width, network_class, network_width, target, target_config, task_for
 
 AFFINE_FILE = "width_affine.safetensors"
@@ -155,9 +156,9 @@ class NestedNetwork(nn.Module):
         return network.eval()
 
     def save_pretrained(self, directory):
-        """The shared network -- the full width, a plain network that loads as one -- and, beside it, the
-        narrower widths' affine table (`AFFINE_FILE`)."""
-        self.network.save_pretrained(directory)
+        """The shared network -- the full width, a plain network that loads as one (with its model code and
+        processor, `publishing.save_network`) -- and, beside it, the narrower widths' affine table (`AFFINE_FILE`)."""
+        save_network(self.network, directory)
         tensors = {f"log_scale.{k}": v.detach() for k, v in self.affine.log_scale.items()}
         tensors |= {f"shift.{k}": v.detach() for k, v in self.affine.shift.items()}
         widths = ",".join(map(str, self.affine.widths))
@@ -193,7 +194,7 @@ def train_nested(
     """Train `nested` with the sandwich rule over its trained widths, every width distilled from `teacher` at
     `temperature` (the task's distillation loss), on `dataset` (`pixel_values`); returns the loss per step."""
     task = task_for(nested.network.config, type(nested.network))
-    widths = nested.affine.widths
+    widths = sorted({*nested.affine.widths, nested.full_width})  # the full width has no affine row
     rng = random.Random(seed)
     generator = torch.Generator().manual_seed(seed)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,

@@ -3,13 +3,15 @@ and shift folded in, the stage round-trips through save/load and a short real ru
 
 import pytest
 import torch
-from conftest import inputs_for, random_base
+from conftest import DIGITS, inputs_for, quick_config, random_base, reset_accelerate_state
 
 import neumeta_hf as nm
 from neumeta_hf.data import DataConfig, load_splits
 from neumeta_hf.evaluation import evaluate_score
-from neumeta_hf.nested import NestedNetwork, importance_order, train_nested
+from neumeta_hf.nested import AFFINE_FILE, NestedNetwork, importance_order, train_nested
 from neumeta_hf.pruning import first_channels
+from training import train as train_script
+from training.recipe import load_config
 
 WIDTHS = [16, 24, 32, 48, 64]
 
@@ -90,3 +92,32 @@ def test_short_nested_stage_makes_the_narrow_widths_work(fresh_accelerate_state)
     assert len(losses) == 3 * (len(train) // 64)
     assert after > max(before + 0.1, 0.6), (before, after)
     assert evaluate_score(nested.network_at(64), test) > evaluate_score(base, test) - 0.03
+
+
+def test_recipe_refuses_a_nested_stage_under_a_permuting_or_resampling_hypernetwork():
+    for extra in (["nested.enabled=true"], ["nested.enabled=true", "hypernetwork.smooth=false",
+                                            "hypernetwork.config.anchor_channels=resampled"]):  # fmt: skip
+        with pytest.raises(ValueError, match="nested.enabled: width w is the first w channels"):
+            load_config(DIGITS, extra)
+    load_config(DIGITS, ["nested.enabled=true", "hypernetwork.smooth=false"])  # the recipe a user writes
+
+
+@pytest.mark.slow
+def test_pipeline_with_nested_stage_then_resume_reuses_it(tmp_path, fresh_accelerate_state):
+    """train.py with the nested stage: base, nested stage (saved, and loading as a plain network), hypernetwork
+    anchored on its first channels, unpermuted; a resumed run starts from the nested stage it saved."""
+    overrides = ["nested.enabled=true", "nested.epochs=2", "hypernetwork.smooth=false", "training.max_steps=60"]
+    result = train_script.train(quick_config(tmp_path, *overrides))
+    nested = NestedNetwork.from_pretrained(tmp_path / "nested")
+    hyper = nm.NeuMetaModel.from_pretrained(tmp_path / "hypernetwork")
+    assert nested.affine.widths == [w for w in hyper.config.train_widths if w != 64]  # the recipe's, less the full
+    assert hyper.config.anchor_channels == "first" and not hyper.config.smoothing
+    # The untrained INR correction starts at zero, so the hypernetwork starts where the nested stage's shared
+    # weights are; after training, the narrowest width is far above chance.
+    accuracy = {r["width"]: r["accuracy"] for r in result["results"]}
+    assert accuracy[32] > 0.5, accuracy
+    reset_accelerate_state()
+    before = (tmp_path / "nested" / AFFINE_FILE).stat().st_mtime_ns
+    resumed = train_script.train(quick_config(tmp_path, *overrides, "training.resume_from_checkpoint=latest"))
+    assert (tmp_path / "nested" / AFFINE_FILE).stat().st_mtime_ns == before  # loaded, not trained again
+    assert resumed["results"] == result["results"]

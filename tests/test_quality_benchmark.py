@@ -32,7 +32,7 @@ def test_quality_benchmark_runs_every_method_and_writes_the_report(tmp_path):
     widths = [str(w) for w in range(32, 65)]
     assert list(methods["individual"]) == ["32", "40", "48", "56", "64"]
     assert list(methods["pruned_l1_finetuned"]) == ["32", "40", "48", "56", "64"]
-    for name in ("neumeta", "pruned_l1", "slimmable"):
+    for name in ("neumeta", "pruned_l1", "slimmable", "nested"):
         assert list(methods[name]) == widths, name
     assert report["ablations"] == {}  # they run with --ablations: each a NeuMeta run with valid overrides
     for overrides in quality.ABLATIONS.values():
@@ -48,6 +48,7 @@ def test_quality_benchmark_runs_every_method_and_writes_the_report(tmp_path):
     assert methods["individual"]["64"] == methods["base"] == methods["pruned_l1"]["64"]
     assert min(methods["neumeta"].values()) > 0.2  # 10 classes: above chance at every width
     assert min(methods["slimmable"].values()) > 0.5
+    assert min(methods["nested"].values()) > 0.5
     assert report["seen_widths"] == list(range(32, 65, 2))
     inr_target = next(t for t in report["targets"] if t["target"].startswith("INR parameters"))
     assert inr_target["met"] == (report["inr_parameters"] <= report["base_parameters"])
@@ -127,6 +128,10 @@ def test_lever_cost_counts_its_start_its_teacher_and_its_own_widths():
     assert passes["lever_nested_anchor_every_width"] == passes["slimmable"] + step(every, 0)
     assert passes["lever_nested_anchor_teacher"] == passes["slimmable"] + base + step(even, 1)
     assert passes["lever_nested_anchor_teacher_every_width"] == passes["slimmable"] + base + step(every, 1)
+    # The nested stage: the base, then per step the full width, the smallest, two random trained widths and the
+    # teacher; its hypernetwork adds its own 5 epochs.
+    assert passes["nested"] == round(base + 7 * examples * (1 + 8 / 32 + 2 * even + 1 / 3))
+    assert passes["lever_nested_hypernetwork"] == passes["nested"] + round(5 * examples * (even + 8 / 32 + 1 / 3))
     assert "pruned_l1" not in passes  # it trains nothing
 
 

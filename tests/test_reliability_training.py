@@ -2,7 +2,9 @@
 and the fix, nothing is overwritten or resumed by mistake, and resuming never runs code from a checkpoint."""
 
 import json
+import os
 import pickle
+import socket
 
 import numpy as np
 import pytest
@@ -16,7 +18,13 @@ from neumeta_hf.objective import Objective
 from training import train as train_script
 from training import train_base
 from training.recipe import identity_hash, load_config, run_identity
-from training.train_base import check_against_data, claim_output_dir
+from training.train_base import (
+    LOCK_FILE,
+    check_against_data,
+    claim_output_dir,
+    release_output_dir,
+    replace_earlier_run,
+)
 
 
 @pytest.mark.parametrize(
@@ -87,8 +95,9 @@ def _idx_data(directory, labels):
         ("base_batch", "base.batch_size: one step takes 128 examples"),
         ("image_shape", "takes 1x8x8 images, but data"),
         ("train_widths", "train_widths [70] lie outside width_range [32, 64]"),
-        ("teacher_labels", ("with 5 labels; the base is a 'neumeta-mlp' network with 10: the teacher must be of "
-                            "the base's family and predict the same labels")),
+        ("teacher_labels", ("with 5 labels; the base is a 'neumeta-mlp' network with 10: it must be of the base's "
+                            "family and predict the same labels")),
+        ("nested_not_nested", "is not a nested stage's output (no width_affine.safetensors)"),
         ("teacher_missing", "is not a saved NeuMetaMLPForImageClassification"),
     ],
 )  # fmt: skip
@@ -101,6 +110,8 @@ def test_recipe_is_checked_against_the_data_before_anything_trains(case, message
         "train_widths": lambda: ["hypernetwork.train_widths=[32,70]"],
         "teacher_labels": lambda: [f"training.teacher={tmp_path / 'five'}"],
         "teacher_missing": lambda: [f"training.teacher={tmp_path / 'missing'}"],
+        "nested_not_nested": lambda: ["nested.enabled=true", "hypernetwork.smooth=false",
+                                      f"nested.pretrained={tmp_path / 'mlp'}"],
     }[case]()
     random_base(nm.NeuMetaMLPConfig(num_labels=5)).save_pretrained(tmp_path / "five")
     random_base(nm.NeuMetaMLPConfig()).save_pretrained(tmp_path / "mlp")
@@ -130,8 +141,10 @@ def test_an_earlier_run_is_never_overwritten_without_being_told(tmp_path, fresh_
     assert (tmp_path / "hypernetwork" / "model.safetensors").read_text() == "the 12,000-step hypernetwork"
 
     accelerator = Accelerator()
-    claim_output_dir(quick_config(tmp_path, "overwrite_output_dir=true"), accelerator, resuming=False)
-    assert list(tmp_path.iterdir()) == []
+    earlier = claim_output_dir(quick_config(tmp_path, "overwrite_output_dir=true"), accelerator, resuming=False)
+    assert (tmp_path / "hypernetwork").exists()  # claiming deletes nothing: replace_earlier_run does, after the checks
+    replace_earlier_run(earlier, accelerator)
+    assert [path.name for path in tmp_path.iterdir()] == [LOCK_FILE]  # held by this process
 
     (tmp_path / "base").mkdir()  # the base network of train_base.py, reused by the next run: not an earlier run
     claim_output_dir(quick_config(tmp_path, f"base.pretrained={tmp_path / 'base'}"), accelerator, resuming=False)
@@ -240,3 +253,66 @@ def test_a_base_network_with_non_finite_weights_is_refused(tmp_path, fresh_accel
     base.save_pretrained(tmp_path / "base")
     with pytest.raises(ValueError, match="holds non-finite values in fc1.weight: it diverged or is damaged"):
         train_script.train(quick_config(tmp_path / "run", f"base.pretrained={tmp_path / 'base'}"))
+
+
+def test_overwrite_deletes_nothing_until_every_check_has_passed(tmp_path, fresh_accelerate_state):
+    """Round 2: `overwrite_output_dir=true` with a dataset that does not load deleted the finished run first."""
+    run = tmp_path / "run"
+    (run / "hypernetwork").mkdir(parents=True)
+    (run / "hypernetwork" / "model.safetensors").write_text("the finished hypernetwork")
+    (run / "log.jsonl").write_text("{}\n")
+    broken = [
+        f"data.name={tmp_path / 'no-such-dataset'}",  # not reachable
+        "hypernetwork.train_widths=[32,70]",  # outside the width range: found against the data's network
+    ]
+    for override in broken:
+        with pytest.raises((ValueError, FileNotFoundError, OSError)):
+            train_script.train(quick_config(run, "overwrite_output_dir=true", override))
+        assert (run / "hypernetwork" / "model.safetensors").read_text() == "the finished hypernetwork"
+        assert (run / "log.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("overwrite_output_dir='false'", "overwrite_output_dir must be true or false (unquoted), got 'false'"),
+        ("hypernetwork.smooth='false'", "hypernetwork.smooth must be true or false (unquoted), got 'false'"),
+        ("training.sandwich=1", "training.sandwich must be true or false (unquoted), got 1"),
+        ("nested.enabled=yes please", "nested.enabled must be true or false (unquoted), got 'yes please'"),
+        ("output_dir=", "output_dir must be a string, got None"),
+        ("output_dir=12", "output_dir must be a string, got 12"),
+        ("output_dir=''", "output_dir must name a directory, got an empty string"),
+        ("training.mixed_precision=no", "training.mixed_precision must be a string, got False (YAML reads unquoted "
+         "yes/no/on/off as booleans: quote it)"),
+        ("hypernetwork.morph=3", "hypernetwork.morph must be a string, got 3"),
+    ],
+)  # fmt: skip
+def test_booleans_and_strings_are_type_checked(override, message):
+    """Round 2: a quoted "false" is a non-empty string, which Python takes as true: it deleted a finished run."""
+    with pytest.raises(ValueError) as error:
+        load_config(DIGITS, [override])
+    assert message in str(error.value)
+
+
+def test_a_run_holds_its_output_directory(tmp_path, fresh_accelerate_state):
+    """Round 2: two runs started together into one directory both 'succeeded' with each other's files."""
+    import subprocess
+    import sys
+
+    accelerator = Accelerator()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = {"pid": holder.pid, "host": socket.gethostname(), "started": "2026-12-03 10:00:00"}
+        (tmp_path / LOCK_FILE).write_text(json.dumps(lock))
+        with pytest.raises(RuntimeError, match=f"in use by another run \\(pid {holder.pid} on host"):
+            claim_output_dir(quick_config(tmp_path), accelerator, resuming=False)
+        with pytest.raises(RuntimeError, match="in use by another run"):
+            train_script.train(quick_config(tmp_path))
+    finally:
+        holder.kill()
+        holder.wait()
+    with pytest.warns(UserWarning, match=f"taking over .* from pid {holder.pid}, which is no longer running"):
+        claim_output_dir(quick_config(tmp_path), accelerator, resuming=False)
+    assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
+    release_output_dir(tmp_path)
+    assert not (tmp_path / LOCK_FILE).exists()

@@ -10,6 +10,7 @@ import difflib
 import hashlib
 import json
 import math
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,24 @@ class BaseConfig:
     # then the first w channels of every layer. One process, families without BatchNorm.
     slimmable: bool = False
     prune_from: str | None = None  # a trained network, L1-pruned to family_config.width, then fine-tuned
+
+
+@dataclass
+class NestedConfig:
+    """The importance-ordered nested stage between the base network and the hypernetwork (`neumeta_hf.nested`):
+    the base's channels sorted by importance (the same function), then every width of hypernetwork.train_widths
+    distilled from the base with the sandwich rule, each with a scale and shift per channel of its own. Width w
+    is then the first w channels of every layer, so the hypernetwork builds on it unpermuted (hypernetwork.smooth
+    false) and anchored on those channels. Off (`enabled: false`): the paper's plain method."""
+
+    enabled: bool = False
+    pretrained: str | None = None  # a saved nested stage (OUTPUT_DIR/nested of an earlier run): not trained again
+    epochs: float = 7
+    batch_size: int = 128
+    learning_rate: float = 2e-3
+    weight_decay: float = 0.0
+    temperature: float = 1.0  # of the distillation from the base
+    random_widths: int = 2  # each step trains the full width, the smallest and this many random ones
 
 
 @dataclass
@@ -100,6 +119,7 @@ class TrainConfig:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     base: BaseConfig = field(default_factory=BaseConfig)
+    nested: NestedConfig = field(default_factory=NestedConfig)
     hypernetwork: HypernetworkConfig = field(default_factory=HypernetworkConfig)
     training: OptimConfig = field(default_factory=OptimConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
@@ -162,15 +182,16 @@ def flatten(values: dict, prefix: str = "") -> dict:
 
 
 _POSITIVE_INTEGERS = (
-    "base.epochs", "base.batch_size", "training.max_steps", "training.batch_size",
+    "base.epochs", "base.batch_size", "nested.batch_size", "training.max_steps", "training.batch_size",
     "training.gradient_accumulation_steps", "training.checkpoint_every", "training.eval_every",
     "sweep.batch_size", "sweep.num_samples", "sweep.save_width", "data.max_train_samples", "data.max_test_samples",
     "data.num_channels",
 )  # fmt: skip
-_NON_NEGATIVE_INTEGERS = ("data.validation_size",)
-_POSITIVE_NUMBERS = ("base.learning_rate", "training.learning_rate", "training.epochs", "training.max_grad_norm")
+_NON_NEGATIVE_INTEGERS = ("data.validation_size", "nested.random_widths")
+_POSITIVE_NUMBERS = ("base.learning_rate", "nested.epochs", "nested.learning_rate", "nested.temperature",
+                     "training.learning_rate", "training.epochs", "training.max_grad_norm")
 _NON_NEGATIVE_NUMBERS = (
-    "base.weight_decay", "training.weight_decay", "training.warmup_steps", "training.l2_weight",
+    "base.weight_decay", "nested.weight_decay", "training.weight_decay", "training.warmup_steps", "training.l2_weight",
     "training.reconstruction_weight", "training.distillation_weight", "training.mixup_alpha",
 )  # fmt: skip
 _WIDTH_LISTS = ("hypernetwork.width_range", "hypernetwork.train_widths", "training.eval_widths", "sweep.widths")
@@ -218,6 +239,8 @@ def check_recipe(config: "TrainConfig"):
     for key, allowed in _CHOICES.items():
         if flat[key] not in allowed:
             raise ValueError(f"{key} must be one of {', '.join(allowed)}, got {flat[key]!r}")
+    if not config.output_dir.strip():
+        raise ValueError("output_dir must name a directory, got an empty string")
     if not isinstance(config.data.name, str) or not config.data.name.strip():
         raise ValueError(f"data.name must name a dataset (digits, fashion_mnist, a directory or a Hub id), got "
                          f"{config.data.name!r}")
@@ -230,6 +253,15 @@ def check_recipe(config: "TrainConfig"):
     if config.data.image_std is not None and min(config.data.image_std) <= 0:
         raise ValueError(f"data.image_std must be positive (images are divided by it), got {config.data.image_std}")
 
+    if config.nested.enabled:
+        anchor = config.hypernetwork.config.get("anchor_channels", "first")
+        if config.hypernetwork.smooth or anchor != "first":
+            raise ValueError(
+                "nested.enabled: width w is the first w channels of the nested network, so the hypernetwork must "
+                "keep them in order and anchor on them: set hypernetwork.smooth=false and leave "
+                f"hypernetwork.config.anchor_channels unset or \"first\" (now smooth={config.hypernetwork.smooth}, "
+                f"anchor_channels={anchor!r}); or nested.enabled=false for the paper's plain method"
+            )
     model_class = target(config.base.family).trainable_network_class()  # an unknown family names the known ones
     family_fields = _own_fields(model_class.config_class) | {"id2label", "label2id", "num_labels"}
     _check_keys("base.family_config", config.base.family_config, family_fields)
@@ -300,8 +332,18 @@ def _build(cls, values: dict, where: str):
 
 
 def _coerce(value, hint, key: str):
-    """YAML reads `2e-3` as a string (it wants `2.0e-3`): convert strings for numeric fields."""
-    numeric = [t for t in (typing.get_args(hint) or (hint,)) if t in (int, float)]
+    """`value` checked against the field's type `hint`: booleans and strings must be what they say (a quoted
+    "false" is a string, which Python takes as true), and strings for numeric fields are converted (YAML reads
+    `2e-3` as a string; it wants `2.0e-3`). Numbers, lists and mappings are checked in `check_recipe`."""
+    allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None and type(None) in allowed:
+        return value
+    if bool in allowed and not isinstance(value, bool):
+        raise ValueError(f"{key} must be true or false (unquoted), got {value!r}")
+    if str in allowed and not isinstance(value, str):
+        note = " (YAML reads unquoted yes/no/on/off as booleans: quote it)" if isinstance(value, bool) else ""
+        raise ValueError(f"{key} must be a string, got {value!r}{note}")
+    numeric = [t for t in allowed if t in (int, float)]
     if isinstance(value, str) and numeric:
         try:
             return numeric[0](float(value)) if numeric[0] is int else float(value)

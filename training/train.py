@@ -3,18 +3,20 @@
     accelerate launch training/train.py --config training/configs/digits_mlp.yaml [key=value ...]
 
 Overrides use dotted keys: `output_dir=/tmp/run training.max_steps=200 hypernetwork.config.hidden_size=128`.
-Steps: (1) the base network -- loaded from base.pretrained or OUTPUT_DIR/base, else trained; (2) the
-hypernetwork around it (BatchNorm folded, channels permuted); (3) training: one width per step drawn from the
+Steps: (1) the base network -- loaded from base.pretrained or OUTPUT_DIR/base, else trained; (2) with
+`nested.enabled`, the nested stage (OUTPUT_DIR/nested); (3) the hypernetwork around it (BatchNorm folded, channels
+permuted unless nested); (4) training: one width per step drawn from the
 training widths, loss = task loss + l2_weight x sum of generated tensors' L2 norms + reconstruction loss at full
 width (+ optional distillation from the base, or from `training.teacher`, at other widths; with
 `training.mixup_alpha` > 0 the batch is mixup-blended first; with `training.sandwich` every step also trains the
 smallest width and reconstructs the full width), AdamW, warm-up then cosine or multistep decay, gradient clipping,
 EMA of the INR; checkpoints every `training.checkpoint_every` steps (`training.resume_from_checkpoint=latest`
-continues exactly); (4) OUTPUT_DIR/hypernetwork (EMA weights),
+continues exactly); (5) OUTPUT_DIR/hypernetwork (EMA weights),
 OUTPUT_DIR/base, a width sweep (sweep.json, sweep.md, sweep.png) and one sampled network.
 
 `train()` runs these as named stages: `set_up` (accelerator, output directory, data, every check), `base_stage`,
-`hypernetwork_stage`, `prepare_training` (with `resume`), `training_loop` and `export`.
+`nested_stage` (with `nested.enabled`: the importance-ordered nested network between the base and the
+hypernetwork, see `neumeta_hf.nested`), `hypernetwork_stage`, `prepare_training` (with `resume`), `training_loop` and `export`.
 
 The whole recipe is checked, against the data too, before anything trains. An OUTPUT_DIR that holds an earlier
 run is refused unless the run is resumed or `overwrite_output_dir=true` says to replace it.
@@ -50,6 +52,7 @@ if __package__ in (None, ""):  # run by path (accelerate launch training/train.p
 from neumeta_hf import NeuMetaModel  # noqa: E402
 from neumeta_hf.data import DataInfo, load_splits  # noqa: E402
 from neumeta_hf.evaluation import evaluate_width, sweep, worst_result, write_pictures, write_sweep  # noqa: E402
+from neumeta_hf.nested import AFFINE_FILE  # noqa: E402
 from neumeta_hf.objective import Objective  # noqa: E402
 from neumeta_hf.progress import progress_bar  # noqa: E402
 from neumeta_hf.publishing import attach_card, hypernetwork_card, sampled_network_card, save_network  # noqa: E402
@@ -66,9 +69,12 @@ from training.recipe import (  # noqa: E402
 )
 from training.train_base import (  # noqa: E402
     build_base_network,
+    build_nested_network,
     check_against_data,
     claim_output_dir,
     load_trained_network,
+    release_output_dir,
+    replace_earlier_run,
 )
 
 
@@ -353,13 +359,16 @@ def set_up(config: TrainConfig) -> Run:
     set_seed(config.seed)
     identity = run_identity(config)  # before the base network's place is filled in below
     resuming = settings.resume_from_checkpoint is not None
-    claim_output_dir(config, accelerator, resuming)
+    earlier = claim_output_dir(config, accelerator, resuming)
     checkpoints = output / "checkpoints"
     resume_from = find_checkpoint(settings.resume_from_checkpoint, checkpoints, identity) if resuming else None
     train_set, validation_set, test_set, info = load_splits(config.data)
     if resuming and config.base.pretrained is None and (output / "base" / "config.json").exists():
         config.base.pretrained = str(output / "base")  # a resumed run reuses the base it trained
+    if resuming and config.nested.enabled and not config.nested.pretrained and (output / "nested" / AFFINE_FILE).exists():
+        config.nested.pretrained = str(output / "nested")  # and its nested stage
     check_against_data(config, train_set, validation_set, test_set, info, accelerator)
+    replace_earlier_run(earlier, accelerator)  # only now: every check that can fail before training has passed
     return Run(config, accelerator, identity, resume_from, train_set, validation_set, test_set, info)
 
 
@@ -374,16 +383,31 @@ def base_stage(run: Run) -> tuple[PreTrainedModel, float]:
     return base, base_score
 
 
-def hypernetwork_stage(run: Run, base: PreTrainedModel) -> NeuMetaModel:
-    """(2) The hypernetwork around the base network (BatchNorm folded, channels permuted)."""
+def nested_stage(run: Run, base: PreTrainedModel) -> PreTrainedModel:
+    """(2) With `nested.enabled`, the nested stage -- loaded from nested.pretrained, else trained from the base --
+    saved to OUTPUT_DIR/nested; returns the network the hypernetwork is built around: the nested stage's shared
+    network, or the base."""
+    if not run.config.nested.enabled:
+        return base
+    nested = build_nested_network(run.config, base, run.train_set, run.accelerator)
+    given = run.config.nested.pretrained
+    if run.accelerator.is_main_process and not (given and Path(given).resolve() == (run.output / "nested").resolve()):
+        nested.save_pretrained(run.output / "nested")
+    return nested.network
+
+
+def hypernetwork_stage(run: Run, network: PreTrainedModel) -> NeuMetaModel:
+    """(3) The hypernetwork around `network` (BatchNorm folded; channels permuted unless they are nested, and then
+    anchored on each width's first channels)."""
     settings = run.config.hypernetwork
+    anchored = {"anchor_channels": "first"} if run.config.nested.enabled else {}
     return NeuMetaModel.from_base_model(
-        base,
+        network,
         width_range=settings.width_range,
         morph=settings.morph,
         smooth=settings.smooth,
         train_widths=settings.train_widths,
-        **settings.config,
+        **anchored | settings.config,
     )
 
 
@@ -567,12 +591,13 @@ def train(config: TrainConfig) -> dict:
     """Run the whole recipe, stage by stage; returns the sweep result (on the main process)."""
     run = set_up(config)
     base, base_score = base_stage(run)
-    hyper = hypernetwork_stage(run, base)
+    hyper = hypernetwork_stage(run, nested_stage(run, base))
     training = prepare_training(run, hyper, base)
     hyper = run.accelerator.unwrap_model(training.model)
     training_loop(run, training, hyper, base.config.num_labels)
     result = export(run, training, hyper, base_score) if run.accelerator.is_main_process else {}
     run.accelerator.end_training()
+    release_output_dir(run.output)
     return result
 
 

@@ -2,14 +2,21 @@
 
     accelerate launch training/train_base.py --config training/configs/digits_mlp.yaml [key=value ...]
 
-Writes OUTPUT_DIR/base/ (config, weights, model code and image processor). `training/train.py` runs the same
-code first when no trained base network is given.
+Writes OUTPUT_DIR/base/ (config, weights, model code and image processor) and, with `nested.enabled`, the
+nested stage OUTPUT_DIR/nested/ (the importance-ordered shared network, which loads as a plain network, and the
+per-width scales and shifts beside it). `training/train.py` runs the same stages first when they are not given.
 """
 
 import argparse
+import atexit
+import contextlib
+import json
+import os
 import random
 import shutil
+import socket
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -25,6 +32,7 @@ if __package__ in (None, ""):  # run by path (accelerate launch training/train_b
 from neumeta_hf import NeuMetaConfig  # noqa: E402
 from neumeta_hf.data import DataInfo, load_splits  # noqa: E402
 from neumeta_hf.evaluation import check_labels, evaluate_score  # noqa: E402
+from neumeta_hf.nested import AFFINE_FILE, NestedNetwork, importance_order, train_nested  # noqa: E402
 from neumeta_hf.progress import progress_bar  # noqa: E402
 from neumeta_hf.pruning import nested_weights, prune_l1  # noqa: E402
 from neumeta_hf.publishing import save_network  # noqa: E402
@@ -32,34 +40,93 @@ from neumeta_hf.targets import config_at_width, network_width, target, task_for 
 from training.recipe import BaseConfig, TrainConfig, load_config, schedule_factor  # noqa: E402
 
 # What a run writes into its output directory (train.py; train_base.py writes only base/).
-RUN_OUTPUTS = ("log.jsonl", "checkpoints", "hypernetwork", "base", "sweep.json", "sweep.md", "sweep.png")
+RUN_OUTPUTS = ("log.jsonl", "checkpoints", "hypernetwork", "base", "nested", "sweep.json", "sweep.md", "sweep.png")
+BASE_OUTPUTS = ("base", "nested")  # train_base.py's
 
 
-def claim_output_dir(config: TrainConfig, accelerator: Accelerator, resuming: bool, outputs=RUN_OUTPUTS):
-    """Refuse an output directory that holds an earlier run, unless it is resumed or `overwrite_output_dir` says
-    to replace it (its outputs are then deleted, so that nothing stale mixes with the new run)."""
+LOCK_FILE = ".run.lock"  # in the output directory while a run holds it: {"pid", "host", "started"}
+
+
+def claim_output_dir(config: TrainConfig, accelerator: Accelerator, resuming: bool, outputs=RUN_OUTPUTS) -> list[Path]:
+    """Hold the output directory (`hold_output_dir`) and refuse one that holds an earlier run, unless it is
+    resumed or `overwrite_output_dir` says to replace it. Returns the earlier run's outputs to replace: nothing is
+    deleted here; `replace_earlier_run` deletes them once every check that can fail before training has passed."""
     output = Path(config.output_dir)
     if output.exists() and not output.is_dir():
         raise NotADirectoryError(f"output_dir {output} is a file; choose a directory with output_dir=...")
+    hold_output_dir(output, accelerator)
     earlier = [output / name for name in outputs if (output / name).exists()]
     if "hypernetwork" in outputs:
         earlier += sorted(output.glob("sampled-width-*"))
-    pretrained = Path(config.base.pretrained).resolve() if config.base.pretrained else None
-    earlier = [path for path in earlier if path.resolve() != pretrained]  # the base network this run starts from
+    given = {Path(path).resolve() for path in (config.base.pretrained, config.nested.pretrained) if path}
+    earlier = [path for path in earlier if path.resolve() not in given]  # the stages this run starts from
     if not earlier or resuming:
-        return
-    names = ", ".join(path.name for path in earlier)
+        return []
     if not config.overwrite_output_dir:
         raise FileExistsError(
-            f"output_dir {output} already holds a run ({names}). Resume it with "
+            f"output_dir {output} already holds a run ({', '.join(path.name for path in earlier)}). Resume it with "
             "training.resume_from_checkpoint=latest, choose another output_dir=..., or replace it with "
             "overwrite_output_dir=true."
         )
-    if accelerator.is_main_process:
+    return earlier
+
+
+def replace_earlier_run(earlier: list[Path], accelerator: Accelerator):
+    """Delete the earlier run's outputs that `claim_output_dir` found (overwrite_output_dir=true)."""
+    if earlier and accelerator.is_main_process:
         for path in earlier:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
-        accelerator.print(f"overwrite_output_dir: removed the earlier run's {names} from {output}")
+        names = ", ".join(path.name for path in earlier)
+        accelerator.print(f"overwrite_output_dir: removed the earlier run's {names} from {earlier[0].parent}")
     accelerator.wait_for_everyone()
+
+
+def hold_output_dir(output: Path, accelerator: Accelerator):
+    """Take OUTPUT_DIR/LOCK_FILE for this run (the main process; released when it exits, or by
+    `release_output_dir`): refused while another live process on this host, or any process on another host,
+    holds it; taken over, with a warning, from a process that has died."""
+    if accelerator.is_main_process:
+        output.mkdir(parents=True, exist_ok=True)
+        lock, me = output / LOCK_FILE, {"pid": os.getpid(), "host": socket.gethostname()}
+        try:
+            holder = json.loads(lock.read_text())
+        except (OSError, ValueError):
+            holder = None  # none, or a half-written one: its writer died while writing it
+        if holder and {k: holder.get(k) for k in me} != me:
+            alive = holder.get("host") != me["host"] or _process_alive(holder.get("pid"))
+            if alive:
+                raise RuntimeError(
+                    f"output_dir {output} is in use by another run (pid {holder.get('pid')} on host "
+                    f"{holder.get('host')}, since {holder.get('started')}): wait for it to finish or choose another "
+                    f"output_dir=...; if that run is no longer running, delete {lock}"
+                )
+            warnings.warn(f"output_dir {output}: taking over {lock} from pid {holder.get('pid')}, which is no longer "
+                          "running (an interrupted run)", stacklevel=2)  # fmt: skip
+        partial = lock.with_name(f"{LOCK_FILE}.{me['pid']}")
+        partial.write_text(json.dumps(me | {"started": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
+        partial.replace(lock)
+        atexit.register(release_output_dir, output)
+    accelerator.wait_for_everyone()
+
+
+def release_output_dir(output: Path):
+    """Remove OUTPUT_DIR/LOCK_FILE if this process holds it."""
+    lock = Path(output) / LOCK_FILE
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(lock.read_text()).get("pid") == os.getpid():
+            lock.unlink()
+
+
+def _process_alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def check_against_data(config: TrainConfig, train, validation, test, info: DataInfo, accelerator: Accelerator):
@@ -83,8 +150,9 @@ def check_against_data(config: TrainConfig, train, validation, test, info: DataI
             f"data {config.data.name!r} is {info.task} data, but base.family {config.base.family!r} is a "
             f"{task.name} network; use a family of that task or data of this one"
         )
-    if config.training.teacher:  # checked now, not after the base network has trained
-        check_teacher(config.training.teacher, model_class, base_config)
+    for key, path in (("training.teacher", config.training.teacher), ("nested.pretrained", config.nested.pretrained)):
+        if path:  # checked now, not after the base network has trained
+            check_trained_network(key, path, model_class, base_config)
     for split, dataset in (("training", train), ("validation", validation), ("test", test)):
         if dataset is not None:
             where = f"data {config.data.name!r} ({split} split)"
@@ -112,20 +180,26 @@ def check_against_data(config: TrainConfig, train, validation, test, info: DataI
         warnings.warn("training.mixed_precision=fp16 on a CPU: use bf16 there (fp16 is for GPUs)", stacklevel=2)
 
 
-def check_teacher(path: str, model_class, base_config):
-    """`training.teacher` names a saved network of the base's family that predicts the same labels (any width)."""
+def check_trained_network(key: str, path: str, model_class, base_config):
+    """The recipe's `key` (training.teacher, nested.pretrained) names a saved network of the base's family that
+    predicts the same labels (any width); a nested stage's output also has its per-width table."""
     try:
-        teacher = model_class.config_class.from_pretrained(path)
+        saved = model_class.config_class.from_pretrained(path)
     except (OSError, ValueError) as error:
         raise ValueError(
-            f"training.teacher {path!r} is not a saved {model_class.__name__} (a directory with config.json and "
+            f"{key} {path!r} is not a saved {model_class.__name__} (a directory with config.json and "
             f"model.safetensors, or a Hub id): {error}"
         ) from error
-    if (teacher.model_type, teacher.num_labels) != (base_config.model_type, base_config.num_labels):
+    if (saved.model_type, saved.num_labels) != (base_config.model_type, base_config.num_labels):
         raise ValueError(
-            f"training.teacher {path!r} is a {teacher.model_type!r} network with {teacher.num_labels} labels; the "
-            f"base is a {base_config.model_type!r} network with {base_config.num_labels}: the teacher must be of the "
-            "base's family and predict the same labels"
+            f"{key} {path!r} is a {saved.model_type!r} network with {saved.num_labels} labels; the base is a "
+            f"{base_config.model_type!r} network with {base_config.num_labels}: it must be of the base's family "
+            "and predict the same labels"
+        )
+    if key == "nested.pretrained" and not (Path(path) / AFFINE_FILE).is_file():
+        raise ValueError(
+            f"nested.pretrained {path!r} is not a nested stage's output (no {AFFINE_FILE}): name the nested/ "
+            "directory of an earlier run, or leave nested.pretrained unset to train the stage"
         )
 
 
@@ -159,13 +233,36 @@ def build_base_network(
         family_config = model_class.config_class(**{**info.family_kwargs(), **config.base.family_config})
         torch.manual_seed(config.seed)
         model = model_class(family_config)
-        nested = None
-        if config.base.slimmable:
-            full_width = network_width(model.config)
-            nested = tuple(config.hypernetwork.width_range or (max(1, full_width // 4), full_width))
+        nested = width_range(config, model) if config.base.slimmable else None
         model = train_network(model, train, config.base, accelerator, config.seed, nested)
     model.eval()
     return model, evaluate_score(model, test)
+
+
+def width_range(config: TrainConfig, model: PreTrainedModel) -> tuple[int, int]:
+    """hypernetwork.width_range, or its default: a quarter of the full width to the full width."""
+    full_width = network_width(model.config)
+    return tuple(config.hypernetwork.width_range or (max(1, full_width // 4), full_width))
+
+
+def build_nested_network(config: TrainConfig, base: PreTrainedModel, train, accelerator: Accelerator) -> NestedNetwork:
+    """The nested stage: loaded from `nested.pretrained`, else the base's channels sorted by importance and every
+    width of hypernetwork.train_widths (default: the whole range) distilled from the base (`nested.*` settings)."""
+    settings = config.nested
+    if settings.pretrained:
+        return NestedNetwork.from_pretrained(settings.pretrained).to(accelerator.device)
+    if accelerator.num_processes > 1:
+        raise ValueError("the nested stage trains in one process; launch without --num_processes, or give its "
+                         "output from an earlier run with nested.pretrained=DIR")  # fmt: skip
+    low, high = width_range(config, base)
+    widths = config.hypernetwork.train_widths or list(range(low, high + 1))
+    torch.manual_seed(config.seed)
+    nested = NestedNetwork(importance_order(base), widths).to(accelerator.device)
+    train_nested(
+        nested, base, train, settings.epochs, settings.batch_size, settings.learning_rate, settings.weight_decay,
+        settings.random_widths, settings.temperature, config.seed,
+    )  # fmt: skip
+    return nested
 
 
 def train_network(model, train, settings: BaseConfig, accelerator: Accelerator, seed: int, nested_widths=None):
@@ -246,16 +343,27 @@ def main(argv=None):
     except (ValueError, OSError) as error:  # a bad recipe: say what is wrong, exit 2, no traceback
         parser.error(str(error))
     accelerator = Accelerator()
-    claim_output_dir(config, accelerator, resuming=False, outputs=("base",))
+    earlier = claim_output_dir(config, accelerator, resuming=False, outputs=BASE_OUTPUTS)
     train, validation, test, info = load_splits(config.data)
     check_against_data(config, train, validation, test, info, accelerator)
+    replace_earlier_run(earlier, accelerator)
     model, score = build_base_network(config, train, test, info, accelerator)
-    output = Path(config.output_dir) / "base"
+    output = Path(config.output_dir)
+    metric = task_for(model.config, type(model)).main_metric
     if accelerator.is_main_process:
-        save_network(model, output)
-        metric = task_for(model.config, type(model)).main_metric
+        save_network(model, output / "base")
         accelerator.print(f"Base network ({config.base.family}, width {network_width(model.config)}): test {metric} "
-                          f"{score:.4f}; saved to {output}")
+                          f"{score:.4f}; saved to {output / 'base'}")
+    if config.nested.enabled:
+        nested = build_nested_network(config, model, train, accelerator)
+        if accelerator.is_main_process:
+            nested.save_pretrained(output / "nested")
+            watched, split = (test, "test") if validation is None else (validation, "validation")
+            low, high = width_range(config, model)
+            scores = {w: evaluate_score(nested.network_at(w), watched) for w in sorted({low, (low + high) // 2, high})}
+            figures = ", ".join(f"width {w} {score:.4f}" for w, score in scores.items())
+            accelerator.print(f"Nested stage: {split} {metric} {figures}; saved to {output / 'nested'}")
+    release_output_dir(output)
 
 
 if __name__ == "__main__":
