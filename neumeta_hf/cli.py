@@ -14,6 +14,7 @@ one-line message.
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from huggingface_hub.errors import HFValidationError
@@ -200,11 +201,20 @@ def run_sweep(args, parser):
     print("wrote " + ", ".join(str(p) for p in paths))
 
 
-def find_sweep(source: str) -> Path | None:
-    """sweep.json in a hypernetwork directory or beside it (where training/train.py writes it)."""
+def find_sweep(source: str, hyper: NeuMetaModel) -> Path | None:
+    """sweep.json in a hypernetwork directory or beside it (where training/train.py writes it), if it was
+    measured on `hyper` (its `fingerprint`); one measured on other weights is left out, with a warning."""
     for candidate in (Path(source) / "sweep.json", Path(source).parent / "sweep.json"):
         if candidate.is_file():
-            return candidate
+            measured = json.loads(candidate.read_text()).get("hypernetwork")
+            if measured == hyper.fingerprint():
+                return candidate
+            warnings.warn(
+                f"{candidate} was measured on {'another hypernetwork' if measured else 'an unnamed hypernetwork'} "
+                f"(fingerprint {measured}, this one is {hyper.fingerprint()}): its figures are left out; measure "
+                f"this one with `neumeta-hf sweep {source} --output DIR`",
+                stacklevel=2,
+            )
     return None
 
 
@@ -212,7 +222,7 @@ def run_push(args, parser):
     if not Path(args.source, "config.json").is_file():
         parser.error(f"{args.source!r} is not a saved hypernetwork directory (no config.json)")
     hyper = load_hypernetwork(parser, args.source)
-    sweep_path = find_sweep(args.source)
+    sweep_path = find_sweep(args.source, hyper)
     sweep = json.loads(sweep_path.read_text()) if sweep_path else None
     plot = sweep_path.with_name("sweep.png") if sweep_path else None
     # Pictures sit beside the hypernetwork's card (training) or beside sweep.json (the sweep command).
@@ -248,7 +258,7 @@ def describe(hyper: NeuMetaModel, source: str) -> dict:
         ),
         "smoothing": {k: v for k, v in (config.smoothing or {}).items() if k != "groups"},
     }
-    sweep_path = find_sweep(source)
+    sweep_path = find_sweep(source, hyper)
     if sweep_path:
         facts["sweep"] = json.loads(sweep_path.read_text())
     return facts

@@ -20,6 +20,7 @@ import gzip
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import pickle
 import shutil
@@ -35,6 +36,8 @@ import torch
 import torch.nn.functional as F
 
 from .tasks import IGNORE_INDEX
+
+logger = logging.getLogger(__name__)
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 CLASSIFICATION, SEGMENTATION = "image-classification", "image-segmentation"
@@ -516,8 +519,20 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def _cache_path(cache_dir: str | None, name: str, key: str) -> Path:
+    """Where the cache of `name` converted with everything in `key` lives. When there is none yet but caches of
+    `name` made from other sources are there (its files changed since), say that it is converted again."""
     digest = hashlib.sha1(key.encode()).hexdigest()[:10]
-    return Path(cache_dir or Path.home() / ".cache" / "neumeta_hf") / f"{name}-{digest}"
+    cache = Path(cache_dir or Path.home() / ".cache" / "neumeta_hf") / f"{name}-{digest}"
+    stale = [path for path in cache.parent.glob(f"{name}-*") if path.is_dir() and ".partial-" not in path.name]
+    if not cache.exists() and stale:
+        logger.warning("%s: its source files changed since it was cached (%s); converting them again", name,
+                       ", ".join(path.name for path in stale))  # fmt: skip
+    return cache
+
+
+def _file_signature(paths) -> list:
+    """(name, size, modification time) of each file: a cache key that changes when the files are replaced."""
+    return [(Path(path).name, Path(path).stat().st_size, Path(path).stat().st_mtime_ns) for path in sorted(paths)]
 
 
 def _save_cache(splits: dict[str, datasets.Dataset], cache: Path):
@@ -533,7 +548,8 @@ def _save_cache(splits: dict[str, datasets.Dataset], cache: Path):
 
 def _idx_dataset(directory: Path, cache_dir: str | None):
     source = directory.resolve()
-    cache = _cache_path(cache_dir, f"idx-{source.name}", str(source))  # one cache per source directory
+    files = _file_signature(_idx_files(source).values())  # one cache per source directory and its files
+    cache = _cache_path(cache_dir, f"idx-{source.name}", json.dumps([str(source), files]))
     labels = FASHION_MNIST_LABELS if "fashion" in directory.name.lower() else DIGIT_LABELS
     if not cache.exists():
         splits = {
@@ -564,8 +580,9 @@ def _scene_dataset(config: DataConfig):
         raise ValueError(
             f"data.item_size must be between 1 and data.scene_size ({config.scene_size}), got {config.item_size}"
         )
+    files = _file_signature(_idx_files(source).values()) if isinstance(source, Path) else None
     setting = {  # everything the scenes depend on
-        "source": str(source), "scene_size": config.scene_size, "item_size": config.item_size, "counts": counts,
+        "source": str(source), "files": files, "scene_size": config.scene_size, "item_size": config.item_size, "counts": counts,
         "threshold": STROKE_THRESHOLD, "max_items": MAX_ITEMS, "tries": PLACEMENT_TRIES,
     }  # fmt: skip
     cache = _cache_path(config.cache_dir, f"scenes-{config.name}", json.dumps(setting, sort_keys=True))

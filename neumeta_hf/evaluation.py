@@ -67,7 +67,8 @@ def sweep(
 ) -> dict:
     """The task's metrics of the sampled network at each width (default: every width in the trained range).
 
-    Returns the `sweep.json` structure: `metric` (the task's main metric, which tables and plots show) and
+    Returns the `sweep.json` structure: `hypernetwork` (its `fingerprint`), `metric` (the task's main metric,
+    which tables and plots show) and
     `higher_is_better`, dataset, split, base {width, <metric>}, and one result per width with every metric,
     `seen_in_training` and `num_parameters`. Labels outside the networks' classes are a ValueError.
     """
@@ -87,6 +88,7 @@ def sweep(
             }
         )
     return {
+        "hypernetwork": hyper.fingerprint(),  # the figures belong to these weights (`find_sweep`)
         "metric": task.main_metric,
         "higher_is_better": task.higher_is_better,
         "dataset": dataset_name,

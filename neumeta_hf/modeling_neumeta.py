@@ -1,6 +1,7 @@
 """NeuMetaModel: a hypernetwork that generates a working family network of any width in its range."""
 
 import functools
+import hashlib
 import os
 import warnings
 from dataclasses import dataclass
@@ -273,6 +274,15 @@ class NeuMetaModel(PreTrainedModel):
             rows = self.inr(positions[start:end], context[first : last + 1], counts, first_tensor=first)
             raw[start:end] = rows[:, : raw.shape[1]]
         return raw
+
+    def fingerprint(self) -> str:
+        """A hash of every stored tensor (INR and base weights, by name, dtype and bytes): what a sweep records,
+        so that its figures are shown and published only beside the hypernetwork they were measured on."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.state_dict().items()):
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()[:16]
 
     def generation_cost(self, width: int, chunked: bool = False) -> tuple[int, int]:
         """(bytes of memory, multiply-adds) of one generation at `width`, estimated from its INR row count

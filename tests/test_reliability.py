@@ -275,3 +275,45 @@ def test_cli_sweep_on_labels_beyond_the_classes_exits_2(cli_hyper, tmp_path, cap
     argv = ["sweep", cli_hyper, "--dataset", tmp_path, "--widths", "16", "--output", tmp_path / "out"]
     status, err = run_cli(argv, capsys)
     assert status == 2 and "has labels 0..12, but the network has num_labels=10" in err
+
+
+def test_replaced_idx_files_are_converted_again_not_read_from_the_old_cache(tmp_path, caplog):
+    """Round 2: an IDX directory loaded once, then replaced by other files, was loaded from the old cache (the
+    cache was keyed by the path alone)."""
+    from neumeta_hf.data import DataConfig, load_splits
+
+    source, cache = tmp_path / "idx", tmp_path / "cache"
+    source.mkdir()
+    write_idx_dataset(source, np.zeros((20, 8, 8), dtype=np.uint8), np.arange(20, dtype=np.uint8) % 10)
+    config = DataConfig(name=str(source), cache_dir=str(cache), validation_size=0)
+    first = load_splits(config)[0]
+    assert first[0]["labels"] == 0
+    write_idx_dataset(source, np.full((20, 8, 8), 255, dtype=np.uint8), (np.arange(20, dtype=np.uint8) + 3) % 10)
+    with caplog.at_level("WARNING", logger="neumeta_hf.data"):
+        second = load_splits(config)[0]
+    assert second[0]["labels"] == 3 and float(second[0]["pixel_values"].min()) != float(first[0]["pixel_values"].min())
+    assert "its source files changed since it was cached" in caplog.text
+
+
+def test_a_sweep_is_shown_only_beside_the_hypernetwork_it_measured(mlp_hyper, tmp_path):
+    """Round 2: a hypernetwork directory copied beside another run's sweep.json was pushed (and shown by `info`)
+    with that run's figures."""
+    from conftest import trained_like
+
+    from neumeta_hf.evaluation import sweep, write_sweep
+
+    data = datasets.Dataset.from_dict(
+        {"pixel_values": torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(0)).numpy(), "labels": [0, 1] * 4}
+    ).with_format("torch")
+    mlp_hyper.save_pretrained(tmp_path / "hypernetwork")
+    write_sweep(sweep(mlp_hyper, data, widths=[16], base_score=0.5, dataset_name="noise"), tmp_path)
+    facts = nm.cli.describe(mlp_hyper, str(tmp_path / "hypernetwork"))
+    assert facts["sweep"]["hypernetwork"] == mlp_hyper.fingerprint()
+
+    other = trained_like(mlp_hyper)  # another run's hypernetwork copied into the directory
+    other.save_pretrained(tmp_path / "hypernetwork")
+    loaded = nm.NeuMetaModel.from_pretrained(tmp_path / "hypernetwork")
+    assert loaded.fingerprint() == other.fingerprint() != mlp_hyper.fingerprint()
+    with pytest.warns(UserWarning, match="was measured on another hypernetwork .*: its figures are left out"):
+        facts = nm.cli.describe(loaded, str(tmp_path / "hypernetwork"))
+    assert "sweep" not in facts
