@@ -117,6 +117,9 @@ class NeuMetaConfig(PreTrainedConfig):
         if len(self.width_range) != 2 or not 1 <= self.width_range[0] <= self.width_range[1]:
             raise ValueError(f"width_range must be [min, max] with 1 <= min <= max, got {self.width_range}")
         low, high = self.width_range
+        if self.train_widths is not None and not len(self.train_widths):
+            raise ValueError("train_widths is empty: name the widths to train, or leave it unset (None) for every width "
+                             f"of width_range {self.width_range}")  # fmt: skip
         self.train_widths = sorted(_integer_list(self.train_widths or range(low, high + 1), "train_widths"))
         outside = [w for w in self.train_widths if not low <= w <= high]
         if outside:

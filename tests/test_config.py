@@ -43,3 +43,9 @@ def test_morph_mode_is_written_into_the_family_config(tmp_path):
     loaded = AutoConfig.from_pretrained(tmp_path)
     assert isinstance(loaded, nm.NeuMetaConfig)
     assert loaded.to_diff_dict() == config.to_diff_dict()
+
+
+def test_empty_train_widths_is_refused_not_read_as_every_width():
+    """Round 2: `train_widths: []` became the whole range without a word."""
+    with pytest.raises(ValueError, match="train_widths is empty: name the widths to train, or leave it unset"):
+        nm.NeuMetaConfig(family="neumeta-mlp", family_config={}, width_range=[16, 64], train_widths=[])

@@ -65,7 +65,7 @@ from training.train_base import (
 )  # fmt: skip
 def test_bad_recipe_values_are_refused_when_read(override, message):
     with pytest.raises(ValueError) as error:
-        load_config(DIGITS, [override])
+        load_config(DIGITS, ["training.max_steps=120", override])
     assert message in str(error.value)
 
 
@@ -281,16 +281,21 @@ def test_overwrite_deletes_nothing_until_every_check_has_passed(tmp_path, fresh_
         ("nested.enabled=yes please", "nested.enabled must be true or false (unquoted), got 'yes please'"),
         ("output_dir=", "output_dir must be a string, got None"),
         ("output_dir=12", "output_dir must be a string, got 12"),
+        ("training.gamma=-0.1", "training.gamma must be a positive number, got -0.1"),
+        ("training.milestones=[-0.5]", "training.milestones must be a list of fractions of training between 0 and 1"),
+        ("base.milestones=0.5", "base.milestones must be a list of fractions of training between 0 and 1, got 0.5"),
+        ("training.warmup_steps=500", "training.warmup_steps (500) is more than training.max_steps (120)"),
+        ("hypernetwork.train_widths=[]", "hypernetwork.train_widths must be a non-empty list"),
         ("output_dir=''", "output_dir must name a directory, got an empty string"),
         ("training.mixed_precision=no", "training.mixed_precision must be a string, got False (YAML reads unquoted "
          "yes/no/on/off as booleans: quote it)"),
         ("hypernetwork.morph=3", "hypernetwork.morph must be a string, got 3"),
     ],
 )  # fmt: skip
-def test_booleans_and_strings_are_type_checked(override, message):
+def test_booleans_strings_and_schedules_are_checked(override, message):
     """Round 2: a quoted "false" is a non-empty string, which Python takes as true: it deleted a finished run."""
     with pytest.raises(ValueError) as error:
-        load_config(DIGITS, [override])
+        load_config(DIGITS, ["training.max_steps=120", override])
     assert message in str(error.value)
 
 

@@ -188,7 +188,7 @@ _POSITIVE_INTEGERS = (
     "data.num_channels",
 )  # fmt: skip
 _NON_NEGATIVE_INTEGERS = ("data.validation_size", "nested.random_widths")
-_POSITIVE_NUMBERS = ("base.learning_rate", "nested.epochs", "nested.learning_rate", "nested.temperature",
+_POSITIVE_NUMBERS = ("base.learning_rate", "nested.epochs", "training.gamma", "nested.learning_rate", "nested.temperature",
                      "training.learning_rate", "training.epochs", "training.max_grad_norm")
 _NON_NEGATIVE_NUMBERS = (
     "base.weight_decay", "nested.weight_decay", "training.weight_decay", "training.warmup_steps", "training.l2_weight",
@@ -236,6 +236,16 @@ def check_recipe(config: "TrainConfig"):
     width_range = flat["hypernetwork.width_range"]
     if width_range is not None and (len(width_range) != 2 or width_range[0] > width_range[1]):
         raise ValueError(f"hypernetwork.width_range must be [min, max] with min <= max, got {width_range}")
+    for key in ("base.milestones", "training.milestones"):
+        value = flat[key]
+        if not isinstance(value, list) or not all(
+            isinstance(m, (int, float)) and not isinstance(m, bool) and 0 <= m <= 1 for m in value
+        ):
+            raise ValueError(f"{key} must be a list of fractions of training between 0 and 1, got {value!r}")
+    settings = config.training
+    if not settings.epochs and settings.warmup_steps > settings.max_steps:
+        raise ValueError(f"training.warmup_steps ({settings.warmup_steps}) is more than training.max_steps "
+                         f"({settings.max_steps}): the learning rate would never reach its peak")  # fmt: skip
     for key, allowed in _CHOICES.items():
         if flat[key] not in allowed:
             raise ValueError(f"{key} must be one of {', '.join(allowed)}, got {flat[key]!r}")
