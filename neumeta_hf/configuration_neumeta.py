@@ -65,6 +65,10 @@ class NeuMetaConfig(PreTrainedConfig):
             interpolated to w (any base; blends neighbouring channels), or "first", its first w channels as they
             are (a base trained universally slimmable, `base.slimmable` in the recipes, whose first w channels
             already form a good width-w network).
+        width_affine: also generate a scale and a shift per width and channel of every scaling group, folded
+            into the group's producing layers (`inr.WidthAffineINR`), tapered to zero at the full width: the
+            per-width parameters of a nested network (`anchor_channels="first"` on the nested stage's network,
+            fitted to its table by `NeuMetaModel.fit_width_affine`), generated for every width, unseen ones too.
         fold_fixed_axes: a weight with one axis that follows the width and one that does not (a feed-forward
             layer's input or output side, a first convolution, a classifier) gets one INR row per channel of the
             scaling axis, generating the whole fixed axis at once, instead of one row per (out, in) pair as in the
@@ -94,6 +98,7 @@ class NeuMetaConfig(PreTrainedConfig):
     fan_in_power: float = 0.5
     base_anchor: bool = True
     anchor_channels: str = "resampled"
+    width_affine: bool = False
     fold_fixed_axes: bool | None = None
     coordinate_noise: float = 1.0
     num_samples: int = 1

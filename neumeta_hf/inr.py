@@ -52,8 +52,13 @@ class NeuMetaINR(nn.Module):
         size_frequencies: int,
         residual_scale: float,
         shared_trunk: bool,
+        affine_groups: int = 0,
     ):
         super().__init__()
+        # With `affine_groups` scaling groups: their per-width scale and shift as well (`WidthAffineINR`).
+        self.width_affine = (
+            WidthAffineINR(affine_groups, hidden_size, num_frequencies, size_frequencies) if affine_groups else None
+        )
         num_tensors = len(kernel_sizes)
         num_heads = 1 if shared_trunk else num_tensors
         self.kernel_sizes = kernel_sizes
@@ -113,6 +118,35 @@ class NeuMetaINR(nn.Module):
                 hidden.addcmul_(update, scale)
         output = _grouped_linear(hidden, self.output_weight[grouped], offsets)
         return _add_per_tensor_(output, self.output_bias[tensors], row_counts)
+
+
+class WidthAffineINR(nn.Module):
+    """(scaling group, channel position, width) -> (log scale, shift) of that channel at that width: the
+    per-width parameters of a nested network (`nested.WidthAffine`, a table over the trained widths) generated
+    from coordinates instead, so that every width, unseen ones included, gets its own. Fourier features of the
+    channel position (its index over the group's full size; `num_frequencies`) and of the width (over the full
+    width; `size_frequencies`, few, so that neighbouring widths stay close), plus a learned embedding per group,
+    feed a small residual ReLU MLP. The caller tapers the output to zero at the full width."""
+
+    def __init__(self, num_groups: int, hidden_size: int, num_frequencies: int, size_frequencies: int):
+        super().__init__()
+        self.position_features = FourierFeatures(num_frequencies)
+        self.width_features = FourierFeatures(size_frequencies)
+        features = self.position_features.output_size(1) + self.width_features.output_size(1)
+        self.group_embedding = nn.Parameter(torch.empty(num_groups, hidden_size))
+        self.input_weight = nn.Parameter(torch.empty(features, hidden_size))
+        self.hidden_weight = nn.Parameter(torch.empty(hidden_size, hidden_size))
+        self.hidden_bias = nn.Parameter(torch.empty(hidden_size))
+        self.output_weight = nn.Parameter(torch.empty(hidden_size, 2))
+        self.output_bias = nn.Parameter(torch.empty(2))
+
+    def forward(self, group: int, positions: torch.Tensor, width: float) -> torch.Tensor:
+        """positions [channels] in [0, 1), width in (0, 1] -> [channels, 2]: log scale and shift."""
+        widths = self.width_features(torch.full_like(positions, width)[:, None])
+        features = torch.cat([self.position_features(positions[:, None]), widths], dim=-1)
+        hidden = (features @ self.input_weight + self.group_embedding[group]).relu()
+        hidden = hidden + (hidden @ self.hidden_weight + self.hidden_bias).relu()
+        return hidden @ self.output_weight + self.output_bias
 
 
 def _add_per_tensor_(rows: torch.Tensor, values: torch.Tensor, row_counts: tuple[int, ...]) -> torch.Tensor:

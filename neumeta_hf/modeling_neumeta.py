@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors import SafetensorError
 from torch.func import functional_call
 from transformers import PreTrainedModel
@@ -16,8 +17,9 @@ from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput, logging
 
 from .configuration_neumeta import NeuMetaConfig, as_integer
 from .folding import fold_batch_norm
-from .inr import FourierFeatures, NeuMetaINR
+from .inr import FourierFeatures, NeuMetaINR, WidthAffineINR
 from .morph import Coordinates, MorphSpec, leading_channels, resample_channels
+from .nested import fold_scale_and_shift
 from .progress import progress_bar
 from .publishing import attach_card, push_hypernetwork, sampled_network_card
 from .smoothing import smooth_channels
@@ -82,6 +84,7 @@ class NeuMetaModel(PreTrainedModel):
             size_frequencies=config.size_frequencies,
             residual_scale=config.residual_scale,
             shared_trunk=config.shared_trunk,
+            affine_groups=len(self.spec.scaling_groups) if config.width_affine else 0,
         )
         # Per generated tensor: the size of one unit of the INR's raw output (see calibrate_output_scale).
         self.register_buffer("output_scale", torch.ones(len(self.spec.tensors)))
@@ -97,6 +100,13 @@ class NeuMetaModel(PreTrainedModel):
             init.zeros_(module.hidden_bias)
             init.zeros_(module.output_bias)
             init.constant_(module.residual_scale, self.config.residual_scale)
+        elif isinstance(module, WidthAffineINR):
+            for weight in (module.input_weight, module.hidden_weight):
+                init.normal_(weight, std=(2.0 / weight.shape[0]) ** 0.5)
+            init.normal_(module.group_embedding, std=0.1)
+            init.zeros_(module.hidden_bias)
+            init.normal_(module.output_weight, std=1e-3)  # near the identity: no scale, no shift
+            init.zeros_(module.output_bias)
         elif isinstance(module, FourierFeatures):
             # Non-persistent buffers: from_pretrained builds on the meta device and never loads them.
             init.copy_(module.frequencies, FourierFeatures.values(len(module.frequencies)))
@@ -250,7 +260,49 @@ class NeuMetaModel(PreTrainedModel):
             else:
                 for name, tensor in weights.items():
                     total[name] = total[name].add_(tensor) if not torch.is_grad_enabled() else total[name] + tensor
-        return {name: tensor / num_samples for name, tensor in total.items()} if num_samples > 1 else total
+        total = {name: tensor / num_samples for name, tensor in total.items()} if num_samples > 1 else total
+        return self._fold_width_affine(total, width) if self.inr.width_affine is not None else total
+
+    def width_affine_values(self, group: str, width: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, shift) of a scaling group's first `size` channels at `width` (`config.width_affine`)."""
+        values = self._width_affine_raw(group, width, size)
+        return values[:, 0].exp(), values[:, 1]
+
+    def _width_affine_raw(self, group: str, width: int, size: int) -> torch.Tensor:
+        """[size, 2]: log scale and shift, generated, then tapered linearly from the smallest width of the range
+        to nothing at the full width (which stays the network the hypernetwork was built around)."""
+        index = [g.name for g in self.spec.scaling_groups].index(group)
+        member = self.spec.scaling_groups[index].members[0]  # the groups at the full width
+        full_size = member.length(self.spec.shapes(self.config.full_width)[member.tensor])
+        low, full = self.config.width_range[0], self.config.full_width
+        positions = torch.arange(size, device=self.output_scale.device, dtype=self.output_scale.dtype) / full_size
+        return self.inr.width_affine(index, positions, width / full) * ((full - width) / max(1, full - low))
+
+    @torch.enable_grad()
+    def fit_width_affine(self, nested, steps: int = 500, learning_rate: float = 1e-2) -> float:
+        """Fit the generated per-width scales and shifts (`config.width_affine`) to the table of a nested stage
+        (`nested.NestedNetwork`, whose shared network this hypernetwork was built around) at its trained widths:
+        least squares on log scale and shift, full batch, Adam. Returns the final mean squared error."""
+        if self.inr.width_affine is None:
+            raise ValueError("fit_width_affine needs a hypernetwork built with width_affine=True")
+        targets = []
+        for width in nested.affine.widths:
+            shapes = self.spec.shapes(width)
+            for group in self.spec.scaling_groups:
+                size = group.members[0].length(shapes[group.members[0].tensor])
+                scale, shift = nested.affine.values(group.name, width, size)
+                targets.append((group.name, width, size, torch.stack([scale.log(), shift], 1).detach()))
+        optimizer = torch.optim.Adam(self.inr.width_affine.parameters(), lr=learning_rate)
+        for _ in range(steps):
+            loss = sum(F.mse_loss(self._width_affine_raw(g, w, n), value) for g, w, n, value in targets) / len(targets)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        return float(loss.detach())
+
+    def _fold_width_affine(self, weights: dict, width: int) -> dict:
+        values = lambda group, size: self.width_affine_values(group, width, size)  # noqa: E731
+        return fold_scale_and_shift(self.spec.meta_network(width), weights, values)
 
     def _inr_rows(self, coordinates: Coordinates, positions: torch.Tensor) -> torch.Tensor:
         """The INR's raw output for every row of `coordinates` (at `positions`), as `_unpack` takes it.

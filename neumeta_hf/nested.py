@@ -55,6 +55,30 @@ def importance_order(model: PreTrainedModel) -> PreTrainedModel:
     return ordered
 
 
+def fold_scale_and_shift(skeleton: PreTrainedModel, tensors: dict, values) -> dict[str, torch.Tensor]:
+    """`tensors` of the network `skeleton` describes (its structure; any device) with a scale and a shift per
+    channel of each scaling group folded into the group's producing layers -- weights scaled along their output
+    axis, biases scaled, then shifted -- as if applied to the layer's outputs. `values(group_name, size)` gives
+    (scale, shift), each [size]; producers not in `tensors` are left out. Returns a new dict, differentiable."""
+    kind = target(skeleton.config.model_type)
+    structure = dict(skeleton.named_parameters(remove_duplicate=False)) | dict(skeleton.named_buffers())
+    tensors = dict(tensors)
+    for group in kind.channel_groups(skeleton):
+        if not group.scales:
+            continue
+        size = group.members[0].length(structure[group.members[0].tensor].shape)
+        scale, shift = values(group.name, size)
+        for member in kind.producers(skeleton, group, structure):
+            if member.tensor not in tensors:
+                continue
+            tensor = tensors[member.tensor]
+            view = [1] * tensor.dim()
+            view[member.axis] = size
+            tensor = tensor * scale.view(view)
+            tensors[member.tensor] = tensor + shift if tensor.dim() == 1 else tensor
+    return tensors
+
+
 def _key(group_name: str) -> str:
     return group_name.replace(".", "_")  # module names may not hold dots
 
@@ -127,22 +151,10 @@ class NestedNetwork(nn.Module):
 
     def width_tensors(self, width: int) -> dict[str, torch.Tensor]:
         """Every tensor of the width-`width` network, differentiable: the shared tensors' first channels with
-        the width's scale and shift folded into each group's producers (weights scaled along their output axis;
-        biases scaled, then shifted)."""
+        the width's scale and shift folded in (`fold_scale_and_shift`)."""
         skeleton = self.skeleton(width)
-        tensors = nested_weights(self.network, skeleton)
-        for group in self.kind.channel_groups(skeleton):
-            if not group.scales:
-                continue
-            size = group.members[0].length(tensors[group.members[0].tensor].shape)
-            scale, shift = self.affine.values(group.name, width, size)
-            for member in self.kind.producers(skeleton, group, tensors):
-                tensor = tensors[member.tensor]
-                view = [1] * tensor.dim()
-                view[member.axis] = size
-                tensor = tensor * scale.view(view)
-                tensors[member.tensor] = tensor + shift if tensor.dim() == 1 else tensor
-        return tensors
+        return fold_scale_and_shift(skeleton, nested_weights(self.network, skeleton),
+                                    lambda group, size: self.affine.values(group, width, size))  # fmt: skip
 
     def forward(self, width: int, *args, **kwargs):
         return functional_call(self.skeleton(width), self.width_tensors(width), args, kwargs)

@@ -100,18 +100,21 @@ def test_recipe_refuses_a_nested_stage_under_a_permuting_or_resampling_hypernetw
         with pytest.raises(ValueError, match="nested.enabled: width w is the first w channels"):
             load_config(DIGITS, extra)
     load_config(DIGITS, ["nested.enabled=true", "hypernetwork.smooth=false"])  # the recipe a user writes
+    with pytest.raises(ValueError, match="width_affine generates the nested stage's per-width scales"):
+        load_config(DIGITS, ["hypernetwork.config.width_affine=true"])
 
 
 @pytest.mark.slow
 def test_pipeline_with_nested_stage_then_resume_reuses_it(tmp_path, fresh_accelerate_state):
     """train.py with the nested stage: base, nested stage (saved, and loading as a plain network), hypernetwork
     anchored on its first channels, unpermuted; a resumed run starts from the nested stage it saved."""
-    overrides = ["nested.enabled=true", "nested.epochs=2", "hypernetwork.smooth=false", "training.max_steps=60"]
+    overrides = ["nested.enabled=true", "nested.epochs=2", "hypernetwork.smooth=false", "training.max_steps=60",
+                 "hypernetwork.config.width_affine=true"]
     result = train_script.train(quick_config(tmp_path, *overrides))
     nested = NestedNetwork.from_pretrained(tmp_path / "nested")
     hyper = nm.NeuMetaModel.from_pretrained(tmp_path / "hypernetwork")
     assert nested.affine.widths == [w for w in hyper.config.train_widths if w != 64]  # the recipe's, less the full
-    assert hyper.config.anchor_channels == "first" and not hyper.config.smoothing
+    assert hyper.config.anchor_channels == "first" and not hyper.config.smoothing and hyper.config.width_affine
     # The untrained INR correction starts at zero, so the hypernetwork starts where the nested stage's shared
     # weights are; after training, the narrowest width is far above chance.
     accuracy = {r["width"]: r["accuracy"] for r in result["results"]}
@@ -121,3 +124,38 @@ def test_pipeline_with_nested_stage_then_resume_reuses_it(tmp_path, fresh_accele
     resumed = train_script.train(quick_config(tmp_path, *overrides, "training.resume_from_checkpoint=latest"))
     assert (tmp_path / "nested" / AFFINE_FILE).stat().st_mtime_ns == before  # loaded, not trained again
     assert resumed["results"] == result["results"]
+
+
+def test_generated_scales_and_shifts_fit_the_nested_table_and_vanish_at_full_width(tmp_path):
+    """The hypernetwork's generated per-width scale and shift: nothing at the full width (the nested network
+    itself), the nested stage's table at its trained widths once fitted, a width between them of its own; saved
+    and loaded with the hypernetwork."""
+    torch.manual_seed(0)  # the INR's initialisation
+    nested = NestedNetwork(importance_order(random_base(nm.NeuMetaLeNetConfig())), [8, 16, 24, 32])
+    with torch.no_grad():  # a table smooth in channel and width, as a trained one is
+        for key, log_scale in nested.affine.log_scale.items():
+            channels = torch.linspace(0, 1, log_scale.shape[1])
+            for row, width in enumerate(nested.affine.widths):
+                taper = (32 - width) / 24
+                log_scale[row] = 0.3 * taper * torch.cos(3 * channels)
+                nested.affine.shift[key][row] = 0.2 * taper * torch.sin(2 * channels)
+    hyper = nm.NeuMetaModel.from_base_model(
+        nested.network, width_range=(8, 32), smooth=False, anchor_channels="first", width_affine=True,
+        train_widths=[8, 16, 24, 32], hidden_size=32, num_layers=1, num_frequencies=4, size_frequencies=2,
+    )  # fmt: skip
+    x = inputs_for(nested.network.config)
+
+    @torch.no_grad()
+    def gap(width):  # the sampled network's logits against the nested stage's, relative to their size
+        expected = nested.network_at(width)(x).logits
+        return float((hyper.sample_model(width)(x).logits - expected).abs().max() / expected.abs().max())
+
+    assert gap(32) == 0  # the full width is the nested network, untouched
+    before = gap(8)
+    assert before > 0.05  # untrained: (almost) no scale and shift, so not the table's
+    assert hyper.fit_width_affine(nested) < 1e-3
+    assert gap(8) < before / 5 and gap(16) < 0.05 and gap(12) < 0.05, (before, gap(8), gap(16), gap(12))
+    hyper.save_pretrained(tmp_path)
+    loaded = nm.NeuMetaModel.from_pretrained(tmp_path)
+    assert loaded.config.width_affine
+    torch.testing.assert_close(loaded.sample_model(12)(x).logits, hyper.sample_model(12)(x).logits)

@@ -272,6 +272,9 @@ def check_recipe(config: "TrainConfig"):
                 f"hypernetwork.config.anchor_channels unset or \"first\" (now smooth={config.hypernetwork.smooth}, "
                 f"anchor_channels={anchor!r}); or nested.enabled=false for the paper's plain method"
             )
+    if config.hypernetwork.config.get("width_affine") and not config.nested.enabled:
+        raise ValueError("hypernetwork.config.width_affine generates the nested stage's per-width scales and shifts: "
+                         "set nested.enabled=true (and hypernetwork.smooth=false) as well")  # fmt: skip
     model_class = target(config.base.family).trainable_network_class()  # an unknown family names the known ones
     family_fields = _own_fields(model_class.config_class) | {"id2label", "label2id", "num_labels"}
     _check_keys("base.family_config", config.base.family_config, family_fields)

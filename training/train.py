@@ -52,7 +52,7 @@ if __package__ in (None, ""):  # run by path (accelerate launch training/train.p
 from neumeta_hf import NeuMetaModel  # noqa: E402
 from neumeta_hf.data import DataInfo, load_splits  # noqa: E402
 from neumeta_hf.evaluation import evaluate_width, sweep, worst_result, write_pictures, write_sweep  # noqa: E402
-from neumeta_hf.nested import AFFINE_FILE  # noqa: E402
+from neumeta_hf.nested import AFFINE_FILE, NestedNetwork  # noqa: E402
 from neumeta_hf.objective import Objective  # noqa: E402
 from neumeta_hf.progress import progress_bar  # noqa: E402
 from neumeta_hf.publishing import attach_card, hypernetwork_card, sampled_network_card, save_network  # noqa: E402
@@ -383,32 +383,36 @@ def base_stage(run: Run) -> tuple[PreTrainedModel, float]:
     return base, base_score
 
 
-def nested_stage(run: Run, base: PreTrainedModel) -> PreTrainedModel:
+def nested_stage(run: Run, base: PreTrainedModel) -> NestedNetwork | None:
     """(2) With `nested.enabled`, the nested stage -- loaded from nested.pretrained, else trained from the base --
-    saved to OUTPUT_DIR/nested; returns the network the hypernetwork is built around: the nested stage's shared
-    network, or the base."""
+    saved to OUTPUT_DIR/nested; None without it."""
     if not run.config.nested.enabled:
-        return base
+        return None
     nested = build_nested_network(run.config, base, run.train_set, run.accelerator)
     given = run.config.nested.pretrained
     if run.accelerator.is_main_process and not (given and Path(given).resolve() == (run.output / "nested").resolve()):
         nested.save_pretrained(run.output / "nested")
-    return nested.network
+    return nested
 
 
-def hypernetwork_stage(run: Run, network: PreTrainedModel) -> NeuMetaModel:
-    """(3) The hypernetwork around `network` (BatchNorm folded; channels permuted unless they are nested, and then
-    anchored on each width's first channels)."""
+def hypernetwork_stage(run: Run, base: PreTrainedModel, nested: NestedNetwork | None) -> NeuMetaModel:
+    """(3) The hypernetwork around the base network (BatchNorm folded, channels permuted), or around the nested
+    stage's shared network (unpermuted, anchored on each width's first channels; with
+    hypernetwork.config.width_affine, its per-width scales and shifts generated, fitted first to the stage's)."""
     settings = run.config.hypernetwork
-    anchored = {"anchor_channels": "first"} if run.config.nested.enabled else {}
-    return NeuMetaModel.from_base_model(
-        network,
+    anchored = {"anchor_channels": "first"} if nested is not None else {}
+    hyper = NeuMetaModel.from_base_model(
+        base if nested is None else nested.network,
         width_range=settings.width_range,
         morph=settings.morph,
         smooth=settings.smooth,
         train_widths=settings.train_widths,
         **anchored | settings.config,
     )
+    if hyper.config.width_affine:
+        error = hyper.fit_width_affine(nested)
+        run.accelerator.print(f"Generated per-width scales and shifts fitted to the nested stage's: error {error:.2e}")
+    return hyper
 
 
 def prepare_training(run: Run, hyper: NeuMetaModel, base: PreTrainedModel) -> Training:
@@ -591,7 +595,7 @@ def train(config: TrainConfig) -> dict:
     """Run the whole recipe, stage by stage; returns the sweep result (on the main process)."""
     run = set_up(config)
     base, base_score = base_stage(run)
-    hyper = hypernetwork_stage(run, nested_stage(run, base))
+    hyper = hypernetwork_stage(run, base, nested_stage(run, base))
     training = prepare_training(run, hyper, base)
     hyper = run.accelerator.unwrap_model(training.model)
     training_loop(run, training, hyper, base.config.num_labels)
