@@ -25,6 +25,9 @@ from .progress import progress_bar
 from .tasks import PICTURES
 
 
+MAX_WIDTHS = 1000  # widths in one command: a larger range is a typo far more often than a plan
+
+
 def parse_widths(text: str) -> list[int]:
     """`16,24,32` or `16:64:8` (start:stop:step, stop included) or `40` -> a list of widths."""
     try:
@@ -33,7 +36,7 @@ def parse_widths(text: str) -> list[int]:
             if len(rest) > 1:
                 raise ValueError
             step = rest[0] if rest else 1
-            widths = list(range(start, stop + 1, step)) if step > 0 else []
+            widths = range(start, stop + 1, step) if step > 0 else []  # lazy: its size is checked before use
         else:
             widths = [int(part) for part in text.split(",")]
     except ValueError:
@@ -46,7 +49,12 @@ def parse_widths(text: str) -> list[int]:
         )
     if min(widths) < 1:
         raise argparse.ArgumentTypeError(f"invalid widths {text!r}: widths must be positive integers")
-    return widths
+    if len(widths) > MAX_WIDTHS:
+        raise argparse.ArgumentTypeError(
+            f"invalid widths {text!r}: that is {len(widths):,} widths, more than {MAX_WIDTHS:,} in one command; "
+            "use a step (16:64:8) or split the range"
+        )
+    return list(widths)
 
 
 def positive_integer(text: str) -> int:

@@ -284,7 +284,6 @@ def test_overwrite_deletes_nothing_until_every_check_has_passed(tmp_path, fresh_
         ("training.gamma=-0.1", "training.gamma must be a positive number, got -0.1"),
         ("training.milestones=[-0.5]", "training.milestones must be a list of fractions of training between 0 and 1"),
         ("base.milestones=0.5", "base.milestones must be a list of fractions of training between 0 and 1, got 0.5"),
-        ("training.warmup_steps=500", "training.warmup_steps (500) is more than training.max_steps (120)"),
         ("hypernetwork.train_widths=[]", "hypernetwork.train_widths must be a non-empty list"),
         ("output_dir=''", "output_dir must name a directory, got an empty string"),
         ("training.mixed_precision=no", "training.mixed_precision must be a string, got False (YAML reads unquoted "
@@ -321,3 +320,27 @@ def test_a_run_holds_its_output_directory(tmp_path, fresh_accelerate_state):
     assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
     release_output_dir(tmp_path)
     assert not (tmp_path / LOCK_FILE).exists()
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("sweep:\n  widths: &a [1, 1]\nx: &b [*a, *a]\n", "anchors and aliases (&name, *name) are not allowed"),
+        ("seed: 1\nseed: 2\n", "key seed given twice in one mapping"),
+        ("seed: !!python/object/apply:os.system ['true']\n", "(no tags that build Python objects: nothing in a recipe"),
+        ("training:\n\tmax_steps: 5\n", "(indent with spaces, not tabs)"),
+    ],
+)  # fmt: skip
+def test_recipe_is_plain_yaml(text, message, tmp_path):
+    """Round 2: an alias bomb in sweep.widths ran for minutes, a duplicated key silently took the last value,
+    a python tag and tab indentation gave tracebacks from inside yaml."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(text)
+    with pytest.raises(ValueError) as error:
+        load_config(recipe)
+    assert f"{recipe} is not a plain YAML recipe" in str(error.value) and message in str(error.value)
+
+
+def test_warm_up_longer_than_training_is_warned_about():
+    with pytest.warns(UserWarning, match="training.warmup_steps \\(500\\) is more than training.max_steps \\(120\\)"):
+        load_config(DIGITS, ["training.max_steps=120", "training.warmup_steps=500"])

@@ -12,6 +12,7 @@ import json
 import math
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,7 +128,7 @@ class TrainConfig:
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
     """A `TrainConfig` from a YAML file (or the defaults) with `dotted.key=value` overrides applied."""
-    raw = yaml.safe_load(Path(path).read_text()) if path else {}
+    raw = read_yaml(Path(path).read_text(), str(path)) if path else {}
     raw = raw or {}
     for override in overrides:
         if "=" not in override:
@@ -139,10 +140,43 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
             section = section.setdefault(part, {})
             if not isinstance(section, dict):
                 raise ValueError(f"Override {override!r}: {part!r} is not a section")
-        section[leaf] = yaml.safe_load(value)
+        section[leaf] = read_yaml(value, f"override {override!r}")
     config = _build(TrainConfig, raw, "")
     check_recipe(config)
     return config
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """Plain YAML: safe tags only (no code runs), no anchors or aliases (a few nested aliases expand to billions
+    of values), no key given twice in one mapping (the last would silently win)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.constructor.ConstructorError(
+                None, None, "anchors and aliases (&name, *name) are not allowed in recipes: write the values out",
+                event.start_mark,
+            )  # fmt: skip
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+        repeated = sorted({str(key) for key in keys if keys.count(key) > 1})
+        if repeated:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {', '.join(repeated)} given twice in one mapping", node.start_mark
+            )
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(text: str, where: str):
+    """`text` as plain YAML (`_RecipeLoader`); any error a ValueError naming `where` and the line."""
+    try:
+        return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 (a SafeLoader)
+    except yaml.YAMLError as error:
+        hint = " (indent with spaces, not tabs)" if "'\\t'" in str(error) else ""
+        hint += " (no tags that build Python objects: nothing in a recipe runs code)" if "python/" in str(error) else ""
+        raise ValueError(f"{where} is not a plain YAML recipe{hint}: {error}") from None
 
 
 # Settings that may change when a run is resumed without making it another run: they do not change what the
@@ -243,9 +277,10 @@ def check_recipe(config: "TrainConfig"):
         ):
             raise ValueError(f"{key} must be a list of fractions of training between 0 and 1, got {value!r}")
     settings = config.training
-    if not settings.epochs and settings.warmup_steps > settings.max_steps:
-        raise ValueError(f"training.warmup_steps ({settings.warmup_steps}) is more than training.max_steps "
-                         f"({settings.max_steps}): the learning rate would never reach its peak")  # fmt: skip
+    if not settings.epochs and settings.warmup_steps > settings.max_steps:  # a quick run of a long recipe
+        warnings.warn(f"training.warmup_steps ({settings.warmup_steps}) is more than training.max_steps "
+                      f"({settings.max_steps}): the learning rate never reaches training.learning_rate; lower "
+                      "training.warmup_steps", stacklevel=3)  # fmt: skip
     for key, allowed in _CHOICES.items():
         if flat[key] not in allowed:
             raise ValueError(f"{key} must be one of {', '.join(allowed)}, got {flat[key]!r}")
