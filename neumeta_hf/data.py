@@ -525,8 +525,8 @@ def _cache_path(cache_dir: str | None, name: str, key: str) -> Path:
     cache = Path(cache_dir or Path.home() / ".cache" / "neumeta_hf") / f"{name}-{digest}"
     stale = [path for path in cache.parent.glob(f"{name}-*") if path.is_dir() and ".partial-" not in path.name]
     if not cache.exists() and stale:
-        logger.warning("%s: its source files changed since it was cached (%s); converting them again", name,
-                       ", ".join(path.name for path in stale))  # fmt: skip
+        logger.warning("%s: no cache of these source files yet (the cached %s are of other files, or of an "
+                       "earlier neumeta-hf); converting them again", name, ", ".join(path.name for path in stale))  # fmt: skip
     return cache
 
 

@@ -102,8 +102,10 @@ class NeuMetaINR(nn.Module):
         grouped = slice(None) if self.shared_trunk else tensors
         offsets = None if self.shared_trunk else counts.cumsum(0).to(torch.int32)
         padding = self.position_weight.shape[1] - self.num_position_features
-        features = torch.nn.functional.pad(self.position_features(positions), (0, padding))
-        per_tensor = torch.einsum("tc,tch->th", self.context_features(context), self.context_weight[heads])
+        # Features in the coordinates' precision, then the weights' (a hypernetwork loaded in bf16 runs in bf16).
+        dtype = self.position_weight.dtype
+        features = torch.nn.functional.pad(self.position_features(positions), (0, padding)).to(dtype)
+        per_tensor = torch.einsum("tc,tch->th", self.context_features(context).to(dtype), self.context_weight[heads])
         hidden = _grouped_linear(features, self.position_weight[grouped], offsets)
         _add_per_tensor_(hidden, per_tensor + self.input_bias[tensors], row_counts).relu_()
         for layer in range(self.hidden_weight.shape[0]):
@@ -143,7 +145,7 @@ class WidthAffineINR(nn.Module):
     def forward(self, group: int, positions: torch.Tensor, width: float) -> torch.Tensor:
         """positions [channels] in [0, 1), width in (0, 1] -> [channels, 2]: log scale and shift."""
         widths = self.width_features(torch.full_like(positions, width)[:, None])
-        features = torch.cat([self.position_features(positions[:, None]), widths], dim=-1)
+        features = torch.cat([self.position_features(positions[:, None]), widths], dim=-1).to(self.input_weight.dtype)
         hidden = (features @ self.input_weight + self.group_embedding[group]).relu()
         hidden = hidden + (hidden @ self.hidden_weight + self.hidden_bias).relu()
         return hidden @ self.output_weight + self.output_bias

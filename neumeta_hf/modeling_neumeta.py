@@ -275,7 +275,7 @@ class NeuMetaModel(PreTrainedModel):
         member = self.spec.scaling_groups[index].members[0]  # the groups at the full width
         full_size = member.length(self.spec.shapes(self.config.full_width)[member.tensor])
         low, full = self.config.width_range[0], self.config.full_width
-        positions = torch.arange(size, device=self.output_scale.device, dtype=self.output_scale.dtype) / full_size
+        positions = torch.arange(size, device=self.output_scale.device, dtype=torch.float32) / full_size
         return self.inr.width_affine(index, positions, width / full) * ((full - width) / max(1, full - low))
 
     @torch.enable_grad()
@@ -377,7 +377,7 @@ class NeuMetaModel(PreTrainedModel):
                 else:
                     offsets = coordinates.axis_jitter(jitter, index)
                     tensor = (tensor + resample_channels(target, shape, offsets, segments)) * fan_in_scales[index]
-            weights[tensor_spec.name] = tensor
+            weights[tensor_spec.name] = tensor.to(self.output_scale.dtype)  # the hypernetwork's dtype
         return weights
 
     def frozen_tensors(self) -> dict[str, torch.Tensor]:

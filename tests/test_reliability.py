@@ -292,7 +292,7 @@ def test_replaced_idx_files_are_converted_again_not_read_from_the_old_cache(tmp_
     with caplog.at_level("WARNING", logger="neumeta_hf.data"):
         second = load_splits(config)[0]
     assert second[0]["labels"] == 3 and float(second[0]["pixel_values"].min()) != float(first[0]["pixel_values"].min())
-    assert "its source files changed since it was cached" in caplog.text
+    assert "no cache of these source files yet" in caplog.text
 
 
 def test_a_sweep_is_shown_only_beside_the_hypernetwork_it_measured(mlp_hyper, tmp_path):
@@ -317,3 +317,19 @@ def test_a_sweep_is_shown_only_beside_the_hypernetwork_it_measured(mlp_hyper, tm
     with pytest.warns(UserWarning, match="was measured on another hypernetwork .*: its figures are left out"):
         facts = nm.cli.describe(loaded, str(tmp_path / "hypernetwork"))
     assert "sweep" not in facts
+
+
+def test_a_hypernetwork_loaded_in_bfloat16_samples_a_bfloat16_network(mlp_hyper, tmp_path):
+    """Round 2 (and the ecosystem round): `from_pretrained(..., dtype=torch.bfloat16)` then `sample_model` failed
+    with `expected m1 and m2 to have the same dtype`."""
+    from conftest import inputs_for, trained_like
+
+    trained = trained_like(mlp_hyper)
+    trained.save_pretrained(tmp_path)
+    half = nm.NeuMetaModel.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    network = half.sample_model(24)
+    assert network.dtype == torch.bfloat16
+    x = inputs_for(network.config)
+    expected = trained.sample_model(24)(x).logits
+    actual = network(x.bfloat16()).logits.float()
+    assert float((actual - expected).abs().max() / expected.abs().max()) < 0.05

@@ -284,6 +284,8 @@ def check_recipe(config: "TrainConfig"):
     for key, allowed in _CHOICES.items():
         if flat[key] not in allowed:
             raise ValueError(f"{key} must be one of {', '.join(allowed)}, got {flat[key]!r}")
+    if isinstance(config.seed, bool) or not isinstance(config.seed, int) or not 0 <= config.seed < 2**32:
+        raise ValueError(f"seed must be an integer from 0 to 2**32 - 1, got {config.seed!r}")
     if not config.output_dir.strip():
         raise ValueError("output_dir must name a directory, got an empty string")
     if not isinstance(config.data.name, str) or not config.data.name.strip():
