@@ -96,7 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
         "AutoModelForImageClassification.from_pretrained(dir, trust_remote_code=True).",
     )
     sample.add_argument("source", metavar="SOURCE", help="hypernetwork directory or Hub id")
-    sample.add_argument("--width", required=True, type=parse_widths, help="40, 16,24,32 or 16:64:8")
+    chosen = sample.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("--width", type=parse_widths, help="40, 16,24,32 or 16:64:8")
+    chosen.add_argument(
+        "--max-parameters", type=positive_integer, metavar="N",
+        help="the widest network of the trained range with at most N parameters (prints the width chosen)",
+    )
     sample.add_argument(
         "--num-samples", type=positive_integer, default=None, help="generations averaged, at least 1 (default: config)"
     )
@@ -155,11 +160,19 @@ def load_hypernetwork(parser: argparse.ArgumentParser, source: str) -> NeuMetaMo
 
 
 def run_sample(args, parser):
+    if args.max_parameters is not None:  # the width comes from the hypernetwork: load it first
+        hyper = load_hypernetwork(parser, args.source)
+        try:
+            args.width = [hyper.width_for_budget(args.max_parameters)]
+        except ValueError as error:
+            parser.error(str(error))
+        print(f"--max-parameters {args.max_parameters:,}: width {args.width[0]} is the widest that fits")
     directories = {width: args.output / f"width-{width}" for width in args.width}
     existing = [str(directory) for directory in directories.values() if directory.exists()]
     if existing and not args.overwrite:
         parser.error(f"output directories already exist: {', '.join(existing)}; pass --overwrite to write over them")
-    hyper = load_hypernetwork(parser, args.source)
+    if args.max_parameters is None:
+        hyper = load_hypernetwork(parser, args.source)
     for width, directory in progress_bar(
         directories.items(), desc="sampling", unit="network", disable=len(directories) == 1
     ):

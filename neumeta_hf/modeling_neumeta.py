@@ -475,6 +475,20 @@ class NeuMetaModel(PreTrainedModel):
         attach_card(network, card, pictures)
         return network.eval()
 
+    def width_for_budget(self, max_parameters: int) -> int:
+        """The widest width of the trained range whose network has at most `max_parameters` parameters (a
+        ValueError naming the smallest network's size when none fits)."""
+        low, high = self.config.width_range
+        sizes = {}
+        for width in range(high, low - 1, -1):  # one meta network per width tried: structure, no storage
+            sizes[width] = sum(p.numel() for p in self.spec.meta_network(width).parameters())
+            if sizes[width] <= max_parameters:
+                return width
+        raise ValueError(
+            f"max_parameters={max_parameters:,}: the smallest network of the trained range (width {low}) has "
+            f"{sizes[low]:,} parameters"
+        )
+
     def _generator(self, seed: int) -> torch.Generator:
         return torch.Generator(self.output_scale.device).manual_seed(seed)
 

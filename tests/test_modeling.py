@@ -169,3 +169,13 @@ def test_resnet_last_block_hypernetwork_round_trip(tmp_path):
     hyper.save_pretrained(tmp_path)
     reloaded = nm.NeuMetaModel.from_pretrained(tmp_path).sample_model(40).state_dict()
     assert all(torch.equal(t, reloaded[name]) for name, t in network.state_dict().items())
+
+
+def test_width_for_budget_is_the_widest_network_that_fits(mlp_hyper):
+    sizes = {w: mlp_hyper.spec.skeleton(w).num_parameters() for w in (16, 39, 40, 64)}
+    assert mlp_hyper.width_for_budget(sizes[40]) == 40
+    assert mlp_hyper.width_for_budget(sizes[40] - 1) == 39
+    assert mlp_hyper.width_for_budget(10**9) == 64
+    assert mlp_hyper.sample_model(mlp_hyper.width_for_budget(sizes[39])).num_parameters() == sizes[39]
+    with pytest.raises(ValueError, match=f"the smallest network of the trained range \\(width 16\\) has {sizes[16]:,}"):
+        mlp_hyper.width_for_budget(sizes[16] - 1)
