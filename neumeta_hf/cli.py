@@ -47,13 +47,13 @@ def parse_widths(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(
             f"invalid widths {text!r}: the range is empty; start:stop:step needs start <= stop and a step of at least 1"
         )
-    if min(widths) < 1:
-        raise argparse.ArgumentTypeError(f"invalid widths {text!r}: widths must be positive integers")
     if len(widths) > MAX_WIDTHS:
         raise argparse.ArgumentTypeError(
             f"invalid widths {text!r}: that is {len(widths):,} widths, more than {MAX_WIDTHS:,} in one command; "
             "use a step (16:64:8) or split the range"
         )
+    if min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"invalid widths {text!r}: widths must be positive integers")
     return list(widths)
 
 

@@ -523,7 +523,7 @@ def _cache_path(cache_dir: str | None, name: str, key: str) -> Path:
     `name` made from other sources are there (its files changed since), say that it is converted again."""
     digest = hashlib.sha1(key.encode()).hexdigest()[:10]
     cache = Path(cache_dir or Path.home() / ".cache" / "neumeta_hf") / f"{name}-{digest}"
-    stale = [path for path in cache.parent.glob(f"{name}-*") if path.is_dir() and ".partial-" not in path.name]
+    stale = [path for path in cache.parent.glob(f"{name}-{'?' * len(digest)}") if path.is_dir()]
     if not cache.exists() and stale:
         logger.warning("%s: no cache of these source files yet (the cached %s are of other files, or of an "
                        "earlier neumeta-hf); converting them again", name, ", ".join(path.name for path in stale))  # fmt: skip

@@ -291,7 +291,11 @@ class NeuMetaModel(PreTrainedModel):
             for group in self.spec.scaling_groups:
                 size = group.members[0].length(shapes[group.members[0].tensor])
                 scale, shift = nested.affine.values(group.name, width, size)
-                targets.append((group.name, width, size, torch.stack([scale.log(), shift], 1).detach()))
+                value = torch.stack([scale.log(), shift], 1).detach()
+                targets.append((group.name, width, size, value.to(self.output_scale.device, torch.float32)))
+        if not targets or steps < 1:
+            raise ValueError(f"fit_width_affine: nothing to fit (trained widths below the full one: "
+                             f"{nested.affine.widths}, steps: {steps})")  # fmt: skip
         optimizer = torch.optim.Adam(self.inr.width_affine.parameters(), lr=learning_rate)
         for _ in range(steps):
             loss = sum(F.mse_loss(self._width_affine_raw(g, w, n), value) for g, w, n, value in targets) / len(targets)
@@ -479,15 +483,19 @@ class NeuMetaModel(PreTrainedModel):
         """The widest width of the trained range whose network has at most `max_parameters` parameters (a
         ValueError naming the smallest network's size when none fits)."""
         low, high = self.config.width_range
-        sizes = {}
-        for width in range(high, low - 1, -1):  # one meta network per width tried: structure, no storage
-            sizes[width] = sum(p.numel() for p in self.spec.meta_network(width).parameters())
-            if sizes[width] <= max_parameters:
-                return width
-        raise ValueError(
-            f"max_parameters={max_parameters:,}: the smallest network of the trained range (width {low}) has "
-            f"{sizes[low]:,} parameters"
-        )
+
+        def size(width):  # from a meta network: structure, no storage
+            return sum(p.numel() for p in self.spec.skeleton(width).parameters())
+
+        if size(low) > max_parameters:
+            raise ValueError(
+                f"max_parameters={max_parameters:,}: the smallest network of the trained range (width {low}) has "
+                f"{size(low):,} parameters"
+            )
+        while low < high:  # the size grows with the width: bisect for the widest that fits
+            middle = (low + high + 1) // 2
+            low, high = (middle, high) if size(middle) <= max_parameters else (low, middle - 1)
+        return low
 
     def _generator(self, seed: int) -> torch.Generator:
         return torch.Generator(self.output_scale.device).manual_seed(seed)

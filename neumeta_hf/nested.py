@@ -96,10 +96,11 @@ class WidthAffine(nn.Module):
         self.log_scale = nn.ParameterDict({_key(n): nn.Parameter(torch.zeros(rows, size)) for n, size in group_sizes.items()})
         self.shift = nn.ParameterDict({_key(n): nn.Parameter(torch.zeros(rows, size)) for n, size in group_sizes.items()})
 
-    def values(self, group_name: str, width: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def values(self, group_name: str, width: int, size: int, size_at=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale, shift) of a group's first `size` channels at `width`: its own row at a trained width, the
         identity at the full width (and beyond), else the two nearest of those interpolated channel by channel
-        (channels only the wider one has take its values; below the narrowest trained width, its row)."""
+        (channels only the wider one has take its values: `size_at(w)` is the group's size at width w; below
+        the narrowest trained width, its row)."""
         rows = {w: row for row, w in enumerate(self.widths)}
         log_scale, shift = self.log_scale[_key(group_name)], self.shift[_key(group_name)]
         identity = log_scale.new_zeros(size), shift.new_zeros(size)
@@ -115,7 +116,9 @@ class WidthAffine(nn.Module):
             below = max(w for w in self.widths if w < width)
             above = min([w for w in self.widths if w > width] + [self.full_width])
             fraction = (width - below) / (above - below)
-            values = tuple(torch.lerp(low, high, fraction) for low, high in zip(row(below), row(above)))
+            known = size_at(below) if size_at else size  # the narrower width's channels; the rest are the wider's
+            values = tuple(torch.lerp(torch.cat([low[:known], high[known:]]), high, fraction)
+                           for low, high in zip(row(below), row(above)))  # fmt: skip
         return values[0].exp(), values[1]
 
 
@@ -153,8 +156,17 @@ class NestedNetwork(nn.Module):
         """Every tensor of the width-`width` network, differentiable: the shared tensors' first channels with
         the width's scale and shift folded in (`fold_scale_and_shift`)."""
         skeleton = self.skeleton(width)
-        return fold_scale_and_shift(skeleton, nested_weights(self.network, skeleton),
-                                    lambda group, size: self.affine.values(group, width, size))  # fmt: skip
+        return fold_scale_and_shift(
+            skeleton, nested_weights(self.network, skeleton),
+            lambda group, size: self.affine.values(group, width, size, lambda w: self.group_size(group, w)),
+        )  # fmt: skip
+
+    def group_size(self, group_name: str, width: int) -> int:
+        """How many channels scaling group `group_name` has at `width`."""
+        skeleton = self.skeleton(width)
+        structure = dict(skeleton.named_parameters(remove_duplicate=False)) | dict(skeleton.named_buffers())
+        group = next(g for g in self.kind.channel_groups(skeleton) if g.name == group_name)
+        return group.members[0].length(structure[group.members[0].tensor].shape)
 
     def forward(self, width: int, *args, **kwargs):
         return functional_call(self.skeleton(width), self.width_tensors(width), args, kwargs)
@@ -214,13 +226,14 @@ def train_nested(
     steps = math.ceil(epochs * len(loader))
     optimizer = torch.optim.AdamW(nested.parameters(), lr=learning_rate, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)))
-    teacher.eval().requires_grad_(False)
+    device = next(nested.parameters()).device
+    teacher = teacher.to(device).eval().requires_grad_(False)
     nested.train()
     losses = []
     progress = progress_bar(total=steps, desc="nested stage", unit="step")
     while len(losses) < steps:
         for batch in loader:
-            pixel_values = batch["pixel_values"]
+            pixel_values = batch["pixel_values"].to(device)
             shared = task.shared_inputs(nested.network.config, pixel_values, generator)
             with torch.no_grad():
                 teacher_output = teacher(pixel_values, **shared)

@@ -47,8 +47,8 @@ def shortest_path(cities: torch.Tensor, max_sweeps: int = MAX_SWEEPS) -> torch.T
     matrix[:n, :n] = torch.round(distances * (_DISTANCE_RESOLUTION / longest)).long()
     tour = fast_tsp.greedy_nearest_neighbor(matrix.tolist())
     start = tour.index(n)
-    path = _two_opt(distances.numpy(), np.array(tour[start + 1 :] + tour[:start]), max_sweeps)
-    path = torch.from_numpy(path)
+    path = _two_opt(distances.cpu().numpy(), np.array(tour[start + 1 :] + tour[:start]), max_sweeps)
+    path = torch.from_numpy(path).to(cities.device)
     if path[0] > path[-1]:  # a path and its reverse are equally short: pick one, for repeatable results
         path = path.flip(0)
     return path if total_variation(cities, path) < total_variation(cities) else identity

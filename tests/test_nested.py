@@ -3,13 +3,21 @@ and shift folded in, the stage round-trips through save/load and a short real ru
 
 import pytest
 import torch
+from torch.func import functional_call
 from conftest import DIGITS, inputs_for, quick_config, random_base, reset_accelerate_state
 
 import neumeta_hf as nm
 from neumeta_hf.data import DataConfig, load_splits
 from neumeta_hf.evaluation import evaluate_score
-from neumeta_hf.nested import AFFINE_FILE, NestedNetwork, importance_order, train_nested
-from neumeta_hf.pruning import first_channels
+from neumeta_hf.nested import (
+    AFFINE_FILE,
+    NestedNetwork,
+    WidthAffine,
+    fold_scale_and_shift,
+    importance_order,
+    train_nested,
+)
+from neumeta_hf.pruning import first_channels, nested_weights
 from training import train as train_script
 from training.recipe import load_config
 
@@ -128,17 +136,23 @@ def test_pipeline_with_nested_stage_then_resume_reuses_it(tmp_path, fresh_accele
 
 def test_generated_scales_and_shifts_fit_the_nested_table_and_vanish_at_full_width(tmp_path):
     """The hypernetwork's generated per-width scale and shift: nothing at the full width (the nested network
-    itself), the nested stage's table at its trained widths once fitted, a width between them of its own; saved
-    and loaded with the hypernetwork."""
+    itself), the nested stage's table at its trained widths once fitted, and at a width between them the values
+    of the smooth rule the table was drawn from; saved and loaded with the hypernetwork."""
     torch.manual_seed(0)  # the INR's initialisation
     nested = NestedNetwork(importance_order(random_base(nm.NeuMetaLeNetConfig())), [8, 16, 24, 32])
-    with torch.no_grad():  # a table smooth in channel and width, as a trained one is
-        for key, log_scale in nested.affine.log_scale.items():
-            channels = torch.linspace(0, 1, log_scale.shape[1])
+
+    full_sizes = {key: table.shape[1] for key, table in nested.affine.log_scale.items()}
+
+    def rule(group, width, size):  # smooth in channel and width, as a trained table is; nothing at full width
+        channels, taper = torch.arange(size) / full_sizes[group.replace(".", "_")], (32 - width) / 24
+        return (0.3 * taper * torch.cos(3 * channels)).exp(), 0.2 * taper * torch.sin(2 * channels)
+
+    with torch.no_grad():
+        for key in nested.affine.log_scale:
             for row, width in enumerate(nested.affine.widths):
-                taper = (32 - width) / 24
-                log_scale[row] = 0.3 * taper * torch.cos(3 * channels)
-                nested.affine.shift[key][row] = 0.2 * taper * torch.sin(2 * channels)
+                size = nested.affine.log_scale[key].shape[1]
+                scale, shift = rule(key, width, size)
+                nested.affine.log_scale[key][row], nested.affine.shift[key][row] = scale.log(), shift
     hyper = nm.NeuMetaModel.from_base_model(
         nested.network, width_range=(8, 32), smooth=False, anchor_channels="first", width_affine=True,
         train_widths=[8, 16, 24, 32], hidden_size=32, num_layers=1, num_frequencies=4, size_frequencies=2,
@@ -146,8 +160,11 @@ def test_generated_scales_and_shifts_fit_the_nested_table_and_vanish_at_full_wid
     x = inputs_for(nested.network.config)
 
     @torch.no_grad()
-    def gap(width):  # the sampled network's logits against the nested stage's, relative to their size
-        expected = nested.network_at(width)(x).logits
+    def gap(width):  # the sampled network's logits against the rule's, relative to their size
+        skeleton = nested.skeleton(width)
+        tensors = fold_scale_and_shift(skeleton, nested_weights(nested.network, skeleton),
+                                       lambda group, size: rule(group, width, size))  # fmt: skip
+        expected = functional_call(skeleton, tensors, (x,)).logits
         return float((hyper.sample_model(width)(x).logits - expected).abs().max() / expected.abs().max())
 
     assert gap(32) == 0  # the full width is the nested network, untouched
@@ -159,3 +176,13 @@ def test_generated_scales_and_shifts_fit_the_nested_table_and_vanish_at_full_wid
     loaded = nm.NeuMetaModel.from_pretrained(tmp_path)
     assert loaded.config.width_affine
     torch.testing.assert_close(loaded.sample_model(12)(x).logits, hyper.sample_model(12)(x).logits)
+
+
+def test_a_width_between_two_trained_ones_interpolates_their_rows_channel_by_channel():
+    affine = WidthAffine({"g": 32}, [8, 16, 32], full_width=32)
+    with torch.no_grad():
+        affine.log_scale["g"][0, :8], affine.log_scale["g"][1, :16] = 0.2, 0.6  # rows 8 and 16 (their channels)
+    scale, _ = affine.values("g", 12, 12, size_at=lambda width: width)
+    torch.testing.assert_close(scale.log()[:8], torch.full((8,), 0.4))  # halfway between the two rows
+    torch.testing.assert_close(scale.log()[8:], torch.full((4,), 0.6))  # only width 16 has these: its values
+    torch.testing.assert_close(affine.values("g", 32, 32)[0], torch.ones(32))  # the full width: the identity

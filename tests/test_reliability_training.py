@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import DIGITS, quick_config, random_base, reset_accelerate_state, write_idx_dataset
+from conftest import DIGITS, REPO, quick_config, random_base, reset_accelerate_state, write_idx_dataset
 
 import neumeta_hf as nm
 from neumeta_hf.data import load_splits
@@ -329,7 +329,7 @@ def test_a_run_holds_its_output_directory(tmp_path, fresh_accelerate_state):
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("sweep:\n  widths: &a [1, 1]\nx: &b [*a, *a]\n", "anchors and aliases (&name, *name) are not allowed"),
+        ("sweep:\n  widths: &a [1, 1]\nx: &b [*a, *a]\n", "aliases (*name, of an &name anchor) are not allowed"),
         ("seed: 1\nseed: 2\n", "key seed given twice in one mapping"),
         ("seed: !!python/object/apply:os.system ['true']\n", "(no tags that build Python objects: nothing in a recipe"),
         ("training:\n\tmax_steps: 5\n", "(indent with spaces, not tabs)"),
@@ -348,3 +348,26 @@ def test_recipe_is_plain_yaml(text, message, tmp_path):
 def test_warm_up_longer_than_training_is_warned_about():
     with pytest.warns(UserWarning, match="training.warmup_steps \\(500\\) is more than training.max_steps \\(120\\)"):
         load_config(DIGITS, ["training.max_steps=120", "training.warmup_steps=500"])
+
+
+@pytest.mark.slow
+def test_of_runs_started_together_into_one_directory_exactly_one_holds_it(tmp_path):
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, time, types\n"
+        "from pathlib import Path\n"
+        "from training.train_base import hold_output_dir\n"
+        "main = types.SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None)\n"
+        "try:\n"
+        "    hold_output_dir(Path(sys.argv[1]), main)\n"
+        "    print('held', flush=True)\n"
+        "except RuntimeError:\n"
+        "    print('refused', flush=True)\n"
+        "time.sleep(3)  # alive while the others try\n"
+    )
+    runs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                             cwd=REPO) for _ in range(4)]  # fmt: skip
+    outcomes = sorted(run.communicate(timeout=120)[0].strip() for run in runs)
+    assert outcomes == ["held", "refused", "refused", "refused"]

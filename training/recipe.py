@@ -147,14 +147,14 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
 
 
 class _RecipeLoader(yaml.SafeLoader):
-    """Plain YAML: safe tags only (no code runs), no anchors or aliases (a few nested aliases expand to billions
-    of values), no key given twice in one mapping (the last would silently win)."""
+    """Plain YAML: safe tags only (no code runs), no aliases (a few nested aliases expand to billions of
+    values), no key given twice in one mapping (the last would silently win)."""
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise yaml.constructor.ConstructorError(
-                None, None, "anchors and aliases (&name, *name) are not allowed in recipes: write the values out",
+                None, None, "aliases (*name, of an &name anchor) are not allowed in recipes: write the values out",
                 event.start_mark,
             )  # fmt: skip
         return super().compose_node(parent, index)
@@ -309,6 +309,9 @@ def check_recipe(config: "TrainConfig"):
                 f"hypernetwork.config.anchor_channels unset or \"first\" (now smooth={config.hypernetwork.smooth}, "
                 f"anchor_channels={anchor!r}); or nested.enabled=false for the paper's plain method"
             )
+    if config.nested.pretrained and not config.nested.enabled:
+        raise ValueError("nested.pretrained is given but nested.enabled is false: set nested.enabled=true to build on "
+                         "it, or leave nested.pretrained unset")  # fmt: skip
     if config.hypernetwork.config.get("width_affine") and not config.nested.enabled:
         raise ValueError("hypernetwork.config.width_affine generates the nested stage's per-width scales and shifts: "
                          "set nested.enabled=true (and hypernetwork.smooth=false) as well")  # fmt: skip

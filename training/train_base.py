@@ -88,13 +88,23 @@ def hold_output_dir(output: Path, accelerator: Accelerator):
     if accelerator.is_main_process:
         output.mkdir(parents=True, exist_ok=True)
         lock, me = output / LOCK_FILE, {"pid": os.getpid(), "host": socket.gethostname()}
-        try:
-            holder = json.loads(lock.read_text())
-        except (OSError, ValueError):
-            holder = None  # none, or a half-written one: its writer died while writing it
-        if holder and {k: holder.get(k) for k in me} != me:
-            alive = holder.get("host") != me["host"] or _process_alive(holder.get("pid"))
-            if alive:
+        record = json.dumps(me | {"started": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n"
+        while True:
+            try:  # created only if absent: of two runs started together, one gets it
+                with os.fdopen(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY), "w") as held:
+                    held.write(record)
+                break
+            except FileExistsError:
+                pass
+            try:
+                holder = json.loads(lock.read_text())
+            except FileNotFoundError:
+                continue  # released meanwhile: try again
+            except (OSError, ValueError):
+                holder = {}  # half-written: its writer is being checked below by pid, which it lacks
+            if {k: holder.get(k) for k in me} == me:
+                break  # this process holds it already (train() called again in one process)
+            if holder.get("host") not in (None, me["host"]) or _process_alive(holder.get("pid")):
                 raise RuntimeError(
                     f"output_dir {output} is in use by another run (pid {holder.get('pid')} on host "
                     f"{holder.get('host')}, since {holder.get('started')}): wait for it to finish or choose another "
@@ -102,9 +112,7 @@ def hold_output_dir(output: Path, accelerator: Accelerator):
                 )
             warnings.warn(f"output_dir {output}: taking over {lock} from pid {holder.get('pid')}, which is no longer "
                           "running (an interrupted run)", stacklevel=2)  # fmt: skip
-        partial = lock.with_name(f"{LOCK_FILE}.{me['pid']}")
-        partial.write_text(json.dumps(me | {"started": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
-        partial.replace(lock)
+            lock.unlink(missing_ok=True)
         atexit.register(release_output_dir, output)
     accelerator.wait_for_everyone()
 
@@ -161,6 +169,11 @@ def check_against_data(config: TrainConfig, train, validation, test, info: DataI
     batches = [("training.batch_size", per_step)]
     if not config.base.pretrained:
         batches.append(("base.batch_size", config.base.batch_size * accelerator.num_processes))
+    if config.nested.enabled and not config.nested.pretrained:
+        batches.append(("nested.batch_size", config.nested.batch_size))
+        if accelerator.num_processes > 1:
+            raise ValueError("the nested stage trains in one process; launch without --num_processes, or give its "
+                             "output from an earlier run with nested.pretrained=DIR")  # fmt: skip
     for key, examples in batches:
         if examples > len(train):
             raise ValueError(
@@ -188,7 +201,7 @@ def check_trained_network(key: str, path: str, model_class, base_config):
     except (OSError, ValueError) as error:
         raise ValueError(
             f"{key} {path!r} is not a saved {model_class.__name__} (a directory with config.json and "
-            f"model.safetensors, or a Hub id): {error}"
+            f"model.safetensors{', or a Hub id' if key == 'training.teacher' else ''}): {error}"
         ) from error
     if (saved.model_type, saved.num_labels) != (base_config.model_type, base_config.num_labels):
         raise ValueError(
@@ -251,9 +264,6 @@ def build_nested_network(config: TrainConfig, base: PreTrainedModel, train, acce
     settings = config.nested
     if settings.pretrained:
         return NestedNetwork.from_pretrained(settings.pretrained).to(accelerator.device)
-    if accelerator.num_processes > 1:
-        raise ValueError("the nested stage trains in one process; launch without --num_processes, or give its "
-                         "output from an earlier run with nested.pretrained=DIR")  # fmt: skip
     low, high = width_range(config, base)
     widths = config.hypernetwork.train_widths or list(range(low, high + 1))
     torch.manual_seed(config.seed)
