@@ -61,7 +61,7 @@ def fold_scale_and_shift(skeleton: PreTrainedModel, tensors: dict, values) -> di
     axis, biases scaled, then shifted -- as if applied to the layer's outputs. `values(group_name, size)` gives
     (scale, shift), each [size]; producers not in `tensors` are left out. Returns a new dict, differentiable."""
     kind = target(skeleton.config.model_type)
-    structure = dict(skeleton.named_parameters(remove_duplicate=False)) | dict(skeleton.named_buffers())
+    structure = _tensors_of(skeleton)
     tensors = dict(tensors)
     for group in kind.channel_groups(skeleton):
         if not group.scales:
@@ -77,6 +77,11 @@ def fold_scale_and_shift(skeleton: PreTrainedModel, tensors: dict, values) -> di
             tensor = tensor * scale.view(view)
             tensors[member.tensor] = tensor + shift if tensor.dim() == 1 else tensor
     return tensors
+
+
+def _tensors_of(network) -> dict[str, torch.Tensor]:
+    """Every parameter (tied ones under each name) and buffer of `network`, by name."""
+    return dict(network.named_parameters(remove_duplicate=False)) | dict(network.named_buffers())
 
 
 def _key(group_name: str) -> str:
@@ -130,15 +135,11 @@ class NestedNetwork(nn.Module):
         super().__init__()
         self.network = network
         self.kind = target(network.config.model_type)
-        state = self._state(network)
+        state = _tensors_of(network)
         self.groups = [g for g in self.kind.channel_groups(network) if g.scales]
         sizes = {g.name: g.members[0].length(state[g.members[0].tensor].shape) for g in self.groups}
         self.affine = WidthAffine(sizes, widths, network_width(network.config))
         self._skeletons: dict[int, PreTrainedModel] = {}
-
-    @staticmethod
-    def _state(network) -> dict[str, torch.Tensor]:
-        return dict(network.named_parameters(remove_duplicate=False)) | dict(network.named_buffers())
 
     @property
     def full_width(self) -> int:
@@ -164,7 +165,7 @@ class NestedNetwork(nn.Module):
     def group_size(self, group_name: str, width: int) -> int:
         """How many channels scaling group `group_name` has at `width`."""
         skeleton = self.skeleton(width)
-        structure = dict(skeleton.named_parameters(remove_duplicate=False)) | dict(skeleton.named_buffers())
+        structure = _tensors_of(skeleton)
         group = next(g for g in self.kind.channel_groups(skeleton) if g.name == group_name)
         return group.members[0].length(structure[group.members[0].tensor].shape)
 
