@@ -9,12 +9,18 @@ Runs, as subprocesses of this one (two at a time on two cores, one thread each):
   individual           the same recipe from scratch at each of the recipe's reference widths;
   pruned_l1_finetuned  the base L1-pruned to each reference width, then fine-tuned (FINETUNE_EPOCHS);
   slimmable            a universally slimmable network (US-Nets: first w channels, sandwich rule, in-place
-                       distillation), with as many optimizer steps and examples as the NeuMeta run; for a
-                       stock transformers model the same training of nested feed-forward widths, MatFormer-style;
+                       distillation), trained from scratch on as many examples as the recipe's method sees in all
+                       its stages; for a stock transformers model the same training of nested feed-forward
+                       widths, MatFormer-style;
   nested               the nested stage on the base (train_base.py with nested.enabled): channels sorted by
                        importance, every trained width distilled from the base, a scale and shift per width;
-  neumeta              training/train.py around the base, swept over every width of the range (widths outside
-                       `train_widths` are unseen);
+  neumeta              the recipe's method, training/train.py: the hypernetwork around the nested stage (with
+                       nested.enabled: the pipeline, each width's scales and shifts generated) or around the base,
+                       swept over every width of the range (widths outside `train_widths` are unseen);
+  neumeta_plain        where the recipe's method is the pipeline: the paper's plain method around the base
+                       (nested.enabled=false, with the recipe's `plain` hyper-parameters);
+  levers               variants of the method (LEVERS; the pipeline's: without generated scales and shifts,
+                       without INR weight corrections);
   ablations            (--ablations) NeuMeta without the channel permutation, without coordinate noise, with a
                        shared INR trunk; plus the main run sampled with num_samples 1 and 100.
 Then, in this process: pruned_l1 (the base pruned to every width, no fine-tuning), the slimmable network cut
@@ -37,7 +43,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -54,6 +60,7 @@ from neumeta_hf.pruning import first_channels, prune_l1  # noqa: E402
 from neumeta_hf.targets import config_at_width, network_width, target, task_for  # noqa: E402
 from neumeta_hf.tasks import PICTURES, metric_name, task_of_metric  # noqa: E402
 from training.recipe import TrainConfig, load_config  # noqa: E402
+from training.train_base import network_settings  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,9 @@ class Recipe:
     config: str  # the training recipe both the baselines and NeuMeta use
     individual_widths: tuple[int, ...]
     levers: tuple[str, ...] = ()  # names in LEVERS
+    # Where the recipe's default is the nested pipeline: the overrides that make it the paper's plain method, with
+    # the hyper-parameters measured for it (method "neumeta_plain", beside the default "neumeta").
+    plain: tuple[str, ...] | None = None
     # The slimmable baseline and the nested stage need a network without BatchNorm (per-width statistics are not
     # implemented yet).
     slimmable: bool = True
@@ -79,7 +89,9 @@ SAMPLE_COUNTS = (1, 100)  # the num_samples ablation: the main run sampled both 
 class Lever:
     """A NeuMeta run that changes the method (measured by default for the recipes that name it)."""
 
-    start: str  # the run whose network the hypernetwork is built around: "base", "slimmable" or "nested"
+    # The run whose network the hypernetwork is built around: "base", "slimmable" or "nested"; "recipe": the
+    # recipe's own pipeline, the nested stage with nested.enabled, else the base.
+    start: str
     overrides: tuple[str, ...]
     teacher: str | None = None  # the run whose network it distils from instead (training.teacher)
 
@@ -90,35 +102,39 @@ class Lever:
 # none is unseen). *_teacher: distilled from the plain base network, 0.9 points above the slimmable network's full
 # width on Fashion-MNIST, at every width; the full width too, since it is no longer held to the slimmable
 # network's tensors (no reconstruction).
-NESTED_ANCHOR = (
-    "hypernetwork.smooth=false", "hypernetwork.config.anchor_channels=first", "training.learning_rate=1.0e-3"
-)  # fmt: skip
+NESTED_ANCHOR = ("nested.enabled=false", "hypernetwork.smooth=false", "hypernetwork.config.anchor_channels=first",
+                 "training.learning_rate=1.0e-3")  # fmt: skip
 EVERY_WIDTH = ("hypernetwork.train_widths=null", "hypernetwork.config.coordinate_noise=0")
 # The nested stage on the base network (train_base.py, method "nested"): importance-ordered, distilled from the
-# base, a scale and shift per trained width; other widths interpolate the nearest two. nested_hypernetwork: the
-# pipeline's hypernetwork over it, distilled from the base, a correction from zero to each width's first channels
-# (5 epochs: the stages before it already cost about 2.8 individual networks of the budget of 4).
-NESTED = ("nested.enabled=true", "hypernetwork.smooth=false")
-NESTED_HYPERNETWORK = ("training.learning_rate=1.0e-3", "training.epochs=5")
-# *_affine: with the per-width scales and shifts generated by the hypernetwork (fitted to the nested stage's
-# table first), so that a width the nested stage never trained gets its own rather than an interpolation.
+# base, a scale and shift per trained width; other widths interpolate the nearest two.
+NESTED = ("nested.enabled=true",)
+# The recipes' pipeline (nested.enabled) builds the hypernetwork on it, with each width's scales and shifts
+# generated (fitted to the stage's table first) so that a width the stage never trained gets its own. Its levers:
+# without them (the table's values frozen in at the trained widths, INR corrections only), and with or without the
+# INR's weight corrections (whichever the recipe does not do).
+NO_WIDTH_AFFINE = ("hypernetwork.config.width_affine=false", "training.train_corrections=true")
+NO_WEIGHT_CORRECTIONS = ("training.train_corrections=false",)
+WEIGHT_CORRECTIONS = ("training.train_corrections=true",)
 FROM_BASE = ("training.reconstruction_weight=0",)
 LEVERS = {
     "nested_anchor": Lever("slimmable", NESTED_ANCHOR),
     "nested_anchor_every_width": Lever("slimmable", NESTED_ANCHOR + EVERY_WIDTH),
     "nested_anchor_teacher": Lever("slimmable", NESTED_ANCHOR + FROM_BASE, teacher="base"),
     "nested_anchor_teacher_every_width": Lever("slimmable", NESTED_ANCHOR + FROM_BASE + EVERY_WIDTH, teacher="base"),
-    "nested_hypernetwork": Lever("nested", NESTED + NESTED_HYPERNETWORK),
-    "nested_hypernetwork_affine": Lever("nested", NESTED + NESTED_HYPERNETWORK + ("hypernetwork.config.width_affine=true",)),
+    "no_width_affine": Lever("recipe", NO_WIDTH_AFFINE),
+    "no_weight_corrections": Lever("recipe", NO_WEIGHT_CORRECTIONS),
+    "weight_corrections": Lever("recipe", WEIGHT_CORRECTIONS),
 }
 RECIPES = {  # each with its reference widths (the individual networks) and the levers it runs
     "fashion_mnist_lenet": Recipe(
         "training/configs/fashion_mnist_lenet.yaml", (8, 12, 16, 20, 24, 28, 32),
-        ("nested_anchor_teacher", "nested_anchor_teacher_every_width", "nested_hypernetwork",
-         "nested_hypernetwork_affine"),
+        ("no_width_affine", "no_weight_corrections"),
+        plain=("nested.enabled=false", "training.epochs=15", "training.learning_rate=6.0e-3"),
     ),
     "digits_mlp": Recipe(
-        "training/configs/digits_mlp.yaml", (32, 40, 48, 56, 64), ("nested_anchor", "nested_anchor_teacher")
+        "training/configs/digits_mlp.yaml", (32, 40, 48, 56, 64), ("no_width_affine", "weight_corrections"),
+        plain=("nested.enabled=false", "training.max_steps=12000", "training.learning_rate=2.0e-3",
+               "training.train_corrections=true"),
     ),
     # The nested levers start from the slimmable (here MatFormer-style) network; only the first is run.
     "fashion_mnist_vit": Recipe("training/configs/fashion_mnist_vit.yaml", (64, 128, 192, 256), ("nested_anchor",)),
@@ -148,7 +164,7 @@ class Bench:
     widths: list[int]  # the reference widths below the full one: individual and fine-tuned networks
     everywhere: list[int]  # every width the sweeping methods are measured at
     examples: int  # training examples
-    neumeta_epochs: float  # epochs of a NeuMeta run, which the slimmable network matches
+    method_epochs: float  # the recipe's method's epochs, all its stages together: what the slimmable network gets
     share: dict[int, float]  # width -> its multiply-accumulates / the full width's
     work: Path | None = None
     runs: "Runs | None" = None
@@ -163,6 +179,11 @@ class Bench:
         """The recipe overrides of a network trained on its own at `width`."""
         fields = target(self.config.base.family).standalone_fields(width)
         return [f"base.family_config.{key}={value}" for key, value in fields.items()]
+
+    def submit_network(self, run: str, overrides: list[str], after: list[str] = ()):
+        """Queue a train_base.py run of one network: without the recipe's nested stage (the "nested" method
+        trains that, once)."""
+        self.runs.submit(run, "train_base.py", [*overrides, "nested.enabled=false"], after=after)
 
     def trained(self, run: str):
         """The network that run `run` of train_base.py saved."""
@@ -198,29 +219,37 @@ class Method:
 def submit_individual(bench: Bench):
     for width in sorted(bench.widths, reverse=True):  # longest first, so that two workers finish together
         run = f"individual_{width}"
-        bench.runs.submit(run, "train_base.py", [f"output_dir={bench.work / run}", *bench.standalone(width)])
+        bench.submit_network(run, [f"output_dir={bench.work / run}", *bench.standalone(width)])
 
 
 def submit_finetuned(bench: Bench):
     for width in bench.widths:
         finetune = [f"base.prune_from={bench.work / 'base' / 'base'}", *bench.standalone(width),
                     f"base.epochs={FINETUNE_EPOCHS}", f"base.learning_rate={FINETUNE_LEARNING_RATE}"]  # fmt: skip
-        bench.runs.submit(f"pruned_l1_finetuned_{width}", "train_base.py",
-                          [f"output_dir={bench.work / f'finetuned_{width}'}", *finetune], after=["base"])  # fmt: skip
+        output = f"output_dir={bench.work / f'finetuned_{width}'}"
+        bench.submit_network(f"pruned_l1_finetuned_{width}", [output, *finetune], after=["base"])
+
+
+def method_epochs(config: TrainConfig, examples: int) -> float:
+    """The epochs the recipe's method trains for, base network and nested stage included: the slimmable network,
+    trained from scratch, gets as many (in the hypernetwork's batch size)."""
+    settings = config.training
+    hypernetwork = settings.epochs or settings.max_steps * settings.batch_size / examples
+    return config.base.epochs + (config.nested.epochs if config.nested.enabled else 0) + hypernetwork
 
 
 def submit_slimmable(bench: Bench):
-    # The slimmable network sees as many examples in as many optimizer steps as the NeuMeta run.
-    slimmable = ["base.slimmable=true", f"base.epochs={round(bench.neumeta_epochs)}",
+    # The slimmable network sees as many examples as the recipe's method, all its stages together.
+    slimmable = ["base.slimmable=true", f"base.epochs={round(bench.method_epochs)}",
                  f"base.batch_size={bench.config.training.batch_size}"]  # fmt: skip
-    bench.runs.submit("slimmable", "train_base.py", [f"output_dir={bench.work / 'slimmable'}", *slimmable])
+    bench.submit_network("slimmable", [f"output_dir={bench.work / 'slimmable'}", *slimmable])
 
 
 def slimmable_passes(bench: Bench) -> int:
     """The sandwich rule: the full width, the smallest and two random widths per step."""
     low = bench.config.hypernetwork.width_range[0]
     mean_share = sum(bench.share[w] for w in bench.everywhere) / len(bench.everywhere)
-    return round(round(bench.neumeta_epochs) * bench.examples * (1 + bench.share[low] + 2 * mean_share))
+    return round(round(bench.method_epochs) * bench.examples * (1 + bench.share[low] + 2 * mean_share))
 
 
 def hypernetwork_passes(bench: Bench, recipe: TrainConfig) -> int:
@@ -238,26 +267,36 @@ def hypernetwork_passes(bench: Bench, recipe: TrainConfig) -> int:
     return round(epochs * bench.examples * per_example)
 
 
-def neumeta_method(label: str, run: str, lever: Lever, section: str, style: str = "-", colour=None) -> Method:
+def neumeta_method(label: str, run: str, lever: Lever, section: str, style: str = "-", colour=None,
+                   fresh: bool = True) -> Method:  # fmt: skip
     """A NeuMeta run (the main one, an ablation or a lever): train.py around the network `lever.start` names,
     with `lever.overrides`, distilled from `lever.teacher` when set. Its cost includes the networks it starts
-    from and distils from, and its hypernetwork's follows its own recipe."""
+    from and distils from, and its hypernetwork's follows its own recipe. Trained again by every benchmark
+    unless not `fresh` (then, like a baseline, reused with --reuse while its recipe is unchanged)."""
+
+    def start(bench: Bench) -> str:
+        if lever.start != "recipe":
+            return lever.start
+        return "nested" if load_config(REPO / bench.recipe.config, lever_overrides(bench)).nested.enabled else "base"
+
+    def lever_overrides(bench: Bench) -> list[str]:
+        return list(lever.overrides) + bench.overrides
 
     def submit(bench: Bench):
-        command = [f"output_dir={bench.work / run}", f"base.pretrained={bench.work / lever.start / 'base'}",
+        command = [f"output_dir={bench.work / run}", f"base.pretrained={bench.work / start(bench) / 'base'}",
                    *lever.overrides]  # fmt: skip
-        if lever.start == "nested":  # its base/ is the base network's copy; the hypernetwork builds on nested/
+        if start(bench) == "nested":  # its base/ is the base network's copy; the hypernetwork builds on nested/
             command.append(f"nested.pretrained={bench.work / 'nested' / 'nested'}")
         if lever.teacher:
             command.append(f"training.teacher={bench.work / lever.teacher / 'base'}")
-        after = [lever.start] + ([lever.teacher] if lever.teacher else [])
-        bench.runs.submit(run, "train.py", command, after=after, fresh=True)
+        after = [start(bench)] + ([lever.teacher] if lever.teacher else [])
+        bench.runs.submit(run, "train.py", command, after=after, fresh=fresh)
 
     def passes(bench: Bench) -> int:
         networks = {"base": bench.base_passes, "slimmable": slimmable_passes(bench), "nested": nested_passes(bench)}
-        recipe = load_config(REPO / bench.recipe.config, bench.overrides + list(lever.overrides))
+        recipe = load_config(REPO / bench.recipe.config, lever_overrides(bench))
         teacher = networks[lever.teacher] if lever.teacher else 0
-        return networks[lever.start] + teacher + hypernetwork_passes(bench, recipe)
+        return networks[start(bench)] + teacher + hypernetwork_passes(bench, recipe)
 
     return Method(label, lambda bench: swept(bench.work / run), submit, passes, section, colour, style, run)
 
@@ -308,7 +347,7 @@ def nested_scores(bench: Bench) -> dict[int, float]:
 def nested_passes(bench: Bench) -> int:
     """The base, then the nested stage's steps: the full width, the smallest and `random_widths` of the trained
     widths, and the teacher's forward-only pass (a third)."""
-    recipe = load_config(REPO / bench.recipe.config, bench.overrides + list(NESTED))
+    recipe = load_config(REPO / bench.recipe.config, list(NESTED) + bench.overrides)
     low, high = recipe.hypernetwork.width_range
     widths = recipe.hypernetwork.train_widths or list(range(low, high + 1))
     per_example = 1 / 3 + 1 + bench.share[low] + recipe.nested.random_widths * sum(bench.share[w] for w in widths) / len(widths)
@@ -330,15 +369,24 @@ BASELINES = {
                                   colour="tab:brown"),
     "slimmable": Method("slimmable", slimmable_scores, submit_slimmable, slimmable_passes, colour="tab:green"),
     "nested": Method("nested", nested_scores, submit_nested, nested_passes, colour="tab:purple"),
-    "neumeta": neumeta_method("neumeta", "neumeta", Lever("base", ()), "methods", colour="black"),
+    "neumeta": neumeta_method("neumeta", "neumeta", Lever("recipe", ()), "methods", colour="black"),
 }  # fmt: skip
 VARIANT_COLOURS = ("tab:red", "tab:purple", "tab:cyan", "tab:olive", "tab:pink")
+
+
+def plain_method(overrides: tuple[str, ...]) -> Method:
+    """The paper's plain method, around the base network, where the recipe's own method is the pipeline: a
+    baseline there, reused with --reuse like the others."""
+    return neumeta_method("neumeta_plain", "neumeta_plain", Lever("base", overrides), "methods", colour="tab:gray",
+                          fresh=False)  # fmt: skip
 
 
 def chosen_methods(recipe: Recipe, ablations: bool, levers: dict[str, Lever]) -> dict[str, Method]:
     """The methods a benchmark run measures: the baselines the recipe has, NeuMeta, the ablations (with
     `ablations`) and `levers`."""
     methods = {name: method for name, method in BASELINES.items() if name not in ("slimmable", "nested") or recipe.slimmable}
+    if recipe.plain is not None:  # the paper's plain method beside the recipe's nested pipeline
+        methods["neumeta_plain"] = plain_method(recipe.plain)
     if ablations:
         methods |= {name: neumeta_method(f"ablation: {name}", name, Lever("base", tuple(extra)), "ablations", ":")
                     for name, extra in ABLATIONS.items()}  # fmt: skip
@@ -359,7 +407,7 @@ def main(argv=None):
     args = parse_arguments(argv)
     started = time.time()
     bench, methods = set_up(args)
-    bench.runs.submit("base", "train_base.py", [f"output_dir={bench.work / 'base'}"])
+    bench.submit_network("base", [f"output_dir={bench.work / 'base'}"])
     # The longest baseline first, so that it runs beside all the others; then the nested stage, which the
     # levers built on it wait for.
     first = {submit_slimmable: 0, submit_nested: 1}
@@ -423,7 +471,7 @@ def set_up(args) -> tuple[Bench, dict[str, Method]]:
         # The widths every method is measured at: the recipe's sweep (every width of the range unless it says less).
         everywhere=config.sweep.widths or list(range(low, high + 1)),
         examples=len(train),
-        neumeta_epochs=config.training.epochs or config.training.max_steps * config.training.batch_size / len(train),
+        method_epochs=method_epochs(config, len(train)),
         share={w: macs[w] / macs[full_width] for w in macs},
         work=work, runs=Runs(REPO / recipe.config, overrides, work, args.jobs, reuse=args.reuse),
         model_class=model_class, validation=validation, test=test, info=info,
@@ -455,6 +503,8 @@ def measure(bench: Bench, methods: dict[str, Method], args) -> dict:
         "family": config.base.family,
         "slimmable_kind": target(config.base.family).slimmable_kind,
         "full_width": bench.full_width,
+        # What "neumeta" is: the recipe's own method.
+        "neumeta_method": "nested pipeline" if config.nested.enabled else "plain",
         "seen_widths": hyper.config.train_widths,
         "num_samples": hyper.config.num_samples,
         "splits": {
@@ -506,8 +556,8 @@ def multiply_accumulates(model_class, config, width: int) -> int:
 
 class Runs:
     """Training scripts run as subprocesses, `jobs` at a time, each logging to WORK/logs/NAME.log. With `reuse`,
-    a run that finished in an earlier benchmark (WORK/logs/NAME.done holds its command and recipe) is kept when
-    both are the same, unless it is submitted `fresh`."""
+    a run that finished in an earlier benchmark (WORK/logs/NAME.done holds its command and the recipe it
+    resolved to) is kept when both are the same, unless it is submitted `fresh`."""
 
     def __init__(self, config: Path, overrides: list[str], work: Path, jobs: int, reuse: bool = False):
         self.config, self.overrides, self.work, self.reuse = config, overrides, work, reuse
@@ -521,15 +571,26 @@ class Runs:
         dependencies = [self.futures[run] for run in after if run in self.futures]
         self.futures[name] = self.pool.submit(self._run, name, script, overrides, dependencies, fresh)
 
+    def command(self, script: str, overrides: list[str]) -> list[str]:
+        command = [sys.executable, str(REPO / "training" / script), "--config", str(self.config)]
+        # The work directory is the benchmark's own: each run replaces the previous benchmark's. The benchmark's
+        # own overrides come last: they hold for every run, whatever its method sets.
+        return command + overrides + self.overrides + ["overwrite_output_dir=true"]
+
+    def signature(self, script: str, overrides: list[str]) -> list[str]:
+        """What a run does: its command and the recipe it resolves to (the command names the file, not its
+        contents); for train_base.py, only the settings that decide its networks."""
+        recipe = load_config(self.config, overrides + self.overrides)
+        settings = network_settings(recipe) if script == "train_base.py" else asdict(recipe)
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+        return self.command(script, overrides)[1:] + [digest]
+
     def _run(self, name, script, overrides, dependencies, fresh):
         for dependency in dependencies:
             dependency.result()  # raises if what this run needs failed
-        command = [sys.executable, str(REPO / "training" / script), "--config", str(self.config)]
-        # The work directory is the benchmark's own: each run replaces the previous benchmark's.
-        command += self.overrides + overrides + ["overwrite_output_dir=true"]
+        command = self.command(script, overrides)
         done = self.work / "logs" / f"{name}.done"
-        # What the run did: its command and the recipe file's text (the command names the file, not its contents).
-        signature = command[1:] + [hashlib.sha256(self.config.read_bytes()).hexdigest()]
+        signature = self.signature(script, overrides)
         if self.reuse and not fresh and done.exists() and json.loads(done.read_text())["command"] == signature:
             self.reused.add(name)
             self.seconds[name] = json.loads(done.read_text())["seconds"]
@@ -594,14 +655,17 @@ def check_targets(report: dict, neumeta: dict[int, float], passes: int) -> list[
 
     target(f"full width within {points(tolerance.full_width)} points of the base", f"{points(neumeta[full])} vs "
            f"{points(methods['base'])}", neumeta[full] >= methods["base"] - tolerance.full_width)  # fmt: skip
-    references = sorted(individual)
+    references, line = sorted(individual), {}
     for width in sorted(neumeta):
         below, above = max(w for w in references if w <= width), min(w for w in references if w >= width)
         fraction = 0.0 if above == below else (width - below) / (above - below)
-        reference = individual[below] + fraction * (individual[above] - individual[below])
+        line[width] = reference = individual[below] + fraction * (individual[above] - individual[below])
         what = "the individual network" if below == above else f"the line between individual {below} and {above}"
         target(f"width {width}: at most {points(tolerance.individual)} points below {what}",
                f"{points(neumeta[width])} vs {points(reference)}", neumeta[width] >= reference - tolerance.individual)
+    mean, line_mean = sum(neumeta.values()) / len(neumeta), sum(line.values()) / len(line)
+    target(f"mean over the {len(neumeta)} widths at or above the individual line's", f"{points(mean)} vs "
+           f"{points(line_mean)}", mean >= line_mean)  # fmt: skip
     for name in ("slimmable", "pruned_l1_finetuned"):
         short = [w for w, value in methods[name].items() if neumeta[w] < value]
         target(f"at or above {name} at every width it is measured at ({len(methods[name])})",
@@ -708,7 +772,8 @@ def markdown(report: dict) -> str:
         "",
         f"Base network (width {report['full_width']}, {report['base_parameters']:,} parameters): "
         f"{scale * methods['base']:.2f}. INR: {report['inr_parameters']:,} parameters. "
-        f"Unseen widths are marked *. Recipe `{report['recipe']}`"
+        f"Unseen widths are marked *. `neumeta` is the recipe's method ({report.get('neumeta_method', 'plain')}). "
+        f"Recipe `{report['recipe']}`"
         + (f" with `{' '.join(report['overrides'])}`" if report["overrides"] else "")
         + f"; {report['wall_seconds']['total'] / 60:.1f} minutes in all. Splits: {splits['train']:,} training, "
         f"{splits['validation']:,} validation (evaluation during training), {splits['test']:,} test (this table "
@@ -785,6 +850,8 @@ def plotted_method(key: str) -> Method:
     """How a report entry (`report_methods`' key) is drawn: its `Method`, or a variant's default style."""
     if key in BASELINES:
         return BASELINES[key]
+    if key == "neumeta_plain":
+        return plain_method(())
     section, _, name = key.partition(": ")
     style = "-." if name.startswith("num_samples") else {"ablation": ":", "lever": "--"}.get(section, "-")
     return Method(key, scores=dict, section=f"{section}s", style=style)

@@ -142,11 +142,11 @@ class WidthAffineINR(nn.Module):
         self.output_weight = nn.Parameter(torch.empty(hidden_size, 2))
         self.output_bias = nn.Parameter(torch.empty(2))
 
-    def forward(self, group: int, positions: torch.Tensor, width: float) -> torch.Tensor:
-        """positions [channels] in [0, 1), width in (0, 1] -> [channels, 2]: log scale and shift."""
-        widths = self.width_features(torch.full_like(positions, width)[:, None])
-        features = torch.cat([self.position_features(positions[:, None]), widths], dim=-1).to(self.input_weight.dtype)
-        hidden = (features @ self.input_weight + self.group_embedding[group]).relu()
+    def forward(self, groups: torch.Tensor, positions: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
+        """Per row: its group's index, channel position in [0, 1) and width in (0, 1] -> [rows, 2]: log scale
+        and shift. Rows of any groups and widths at once (the fit to a table takes all of them in one call)."""
+        features = torch.cat([self.position_features(positions[:, None]), self.width_features(widths[:, None])], -1)
+        hidden = (features.to(self.input_weight.dtype) @ self.input_weight + self.group_embedding[groups]).relu()
         hidden = hidden + (hidden @ self.hidden_weight + self.hidden_bias).relu()
         return hidden @ self.output_weight + self.output_bias
 

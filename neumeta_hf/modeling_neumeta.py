@@ -269,39 +269,61 @@ class NeuMetaModel(PreTrainedModel):
         return values[:, 0].exp(), values[:, 1]
 
     def _width_affine_raw(self, group: str, width: int, size: int) -> torch.Tensor:
-        """[size, 2]: log scale and shift, generated, then tapered linearly from the smallest width of the range
-        to nothing at the full width (which stays the network the hypernetwork was built around)."""
-        index = [g.name for g in self.spec.scaling_groups].index(group)
-        member = self.spec.scaling_groups[index].members[0]  # the groups at the full width
-        full_size = member.length(self.spec.shapes(self.config.full_width)[member.tensor])
+        """[size, 2]: log scale and shift of a group's first `size` channels at `width`."""
+        return self._width_affine_rows(*self._width_affine_coordinates([(group, width, size)]))
+
+    def _width_affine_coordinates(self, blocks: list[tuple[str, int, int]]) -> tuple[torch.Tensor, ...]:
+        """Every channel of every (group, width, size) block, stacked: its group's index, its position over the
+        group's full-width size and its width."""
+        names = [g.name for g in self.spec.scaling_groups]
+        full_shapes = self.spec.shapes(self.config.full_width)
+        groups, positions, widths = [], [], []
+        for group, width, size in blocks:
+            index = names.index(group)
+            member = self.spec.scaling_groups[index].members[0]
+            positions.append(torch.arange(size) / member.length(full_shapes[member.tensor]))
+            groups += [index] * size
+            widths += [width] * size
+        device = self.output_scale.device
+        return torch.tensor(groups, device=device), torch.cat(positions).to(device), torch.tensor(widths, device=device)
+
+    def _width_affine_rows(self, groups, positions, widths) -> torch.Tensor:
+        """[rows, 2]: the generated log scale and shift at those coordinates, tapered linearly from the smallest
+        width of the range to nothing at the full width (which stays the network the hypernetwork was built
+        around)."""
         low, full = self.config.width_range[0], self.config.full_width
-        positions = torch.arange(size, device=self.output_scale.device, dtype=torch.float32) / full_size
-        return self.inr.width_affine(index, positions, width / full) * ((full - width) / max(1, full - low))
+        taper = (full - widths).float() / max(1, full - low)
+        return self.inr.width_affine(groups, positions, widths.float() / full) * taper[:, None]
 
     @torch.enable_grad()
-    def fit_width_affine(self, nested, steps: int = 500, learning_rate: float = 1e-2) -> float:
+    def fit_width_affine(self, nested, steps: int = 2000, learning_rate: float = 1e-2) -> float:
         """Fit the generated per-width scales and shifts (`config.width_affine`) to the table of a nested stage
         (`nested.NestedNetwork`, whose shared network this hypernetwork was built around) at its trained widths:
-        least squares on log scale and shift, full batch, Adam. Returns the final mean squared error."""
+        least squares on log scale and shift over every channel of every trained width at once, Adam with a
+        cosine-decayed learning rate. Returns the final mean squared error."""
         if self.inr.width_affine is None:
             raise ValueError("fit_width_affine needs a hypernetwork built with width_affine=True")
-        targets = []
+        blocks, values = [], []
         for width in nested.affine.widths:
             shapes = self.spec.shapes(width)
             for group in self.spec.scaling_groups:
                 size = group.members[0].length(shapes[group.members[0].tensor])
                 scale, shift = nested.affine.values(group.name, width, size)
-                value = torch.stack([scale.log(), shift], 1).detach()
-                targets.append((group.name, width, size, value.to(self.output_scale.device, torch.float32)))
-        if not targets or steps < 1:
+                blocks.append((group.name, width, size))
+                values.append(torch.stack([scale.log(), shift], 1).detach())
+        if not blocks or steps < 1:
             raise ValueError(f"fit_width_affine: nothing to fit (trained widths below the full one: "
                              f"{nested.affine.widths}, steps: {steps})")  # fmt: skip
+        table = torch.cat(values).to(self.output_scale.device, torch.float32)
+        coordinates = self._width_affine_coordinates(blocks)
         optimizer = torch.optim.Adam(self.inr.width_affine.parameters(), lr=learning_rate)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
         for _ in range(steps):
-            loss = sum(F.mse_loss(self._width_affine_raw(g, w, n), value) for g, w, n, value in targets) / len(targets)
+            loss = F.mse_loss(self._width_affine_rows(*coordinates), table)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            schedule.step()
         return float(loss.detach())
 
     def _fold_width_affine(self, weights: dict, width: int) -> dict:

@@ -206,7 +206,7 @@ class NestedNetwork(nn.Module):
 
 def train_nested(
     nested: NestedNetwork,
-    teacher: PreTrainedModel,
+    teacher: PreTrainedModel | None,
     dataset,
     epochs: float,
     batch_size: int,
@@ -217,7 +217,9 @@ def train_nested(
     seed: int = 0,
 ) -> list[float]:
     """Train `nested` with the sandwich rule over its trained widths, every width distilled from `teacher` at
-    `temperature` (the task's distillation loss), on `dataset` (`pixel_values`); returns the loss per step."""
+    `temperature` (the task's distillation loss), on `dataset` (`pixel_values`, and `labels` for in-place
+    distillation); returns the loss per step. `teacher` None: in-place distillation (US-Nets), the full width
+    learns the labels and the other widths its predictions of the same step."""
     task = task_for(nested.network.config, type(nested.network))
     widths = sorted({*nested.affine.widths, nested.full_width})  # the full width has no affine row
     rng = random.Random(seed)
@@ -228,7 +230,8 @@ def train_nested(
     optimizer = torch.optim.AdamW(nested.parameters(), lr=learning_rate, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)))
     device = next(nested.parameters()).device
-    teacher = teacher.to(device).eval().requires_grad_(False)
+    if teacher is not None:
+        teacher = teacher.to(device).eval().requires_grad_(False)
     nested.train()
     losses = []
     progress = progress_bar(total=steps, desc="nested stage", unit="step")
@@ -236,12 +239,16 @@ def train_nested(
         for batch in loader:
             pixel_values = batch["pixel_values"].to(device)
             shared = task.shared_inputs(nested.network.config, pixel_values, generator)
-            with torch.no_grad():
-                teacher_output = teacher(pixel_values, **shared)
-            chosen = [max(widths), min(widths)] + [rng.choice(widths) for _ in range(random_widths)]
-            loss = sum(
-                task.distillation(nested(width, pixel_values, **shared), teacher_output, temperature)
-                for width in chosen
+            full = nested(max(widths), pixel_values, **shared)
+            if teacher is None:
+                loss, target = task.loss(full, batch["labels"].to(device)), _detached(full)
+            else:
+                with torch.no_grad():
+                    target = teacher(pixel_values, **shared)
+                loss = task.distillation(full, target, temperature)
+            narrower = [min(widths)] + [rng.choice(widths) for _ in range(random_widths)]
+            loss = loss + sum(
+                task.distillation(nested(width, pixel_values, **shared), target, temperature) for width in narrower
             )
             optimizer.zero_grad()
             loss.backward()
@@ -258,3 +265,8 @@ def train_nested(
     progress.close()
     nested.eval()
     return losses
+
+
+def _detached(output):
+    """A model output with every tensor cut from the graph: a teacher that is not trained through."""
+    return type(output)(**{key: value.detach() if torch.is_tensor(value) else value for key, value in output.items()})

@@ -102,14 +102,39 @@ def test_short_nested_stage_makes_the_narrow_widths_work(fresh_accelerate_state)
     assert evaluate_score(nested.network_at(64), test) > evaluate_score(base, test) - 0.03
 
 
-def test_recipe_refuses_a_nested_stage_under_a_permuting_or_resampling_hypernetwork():
-    for extra in (["nested.enabled=true"], ["nested.enabled=true", "hypernetwork.smooth=false",
-                                            "hypernetwork.config.anchor_channels=resampled"]):  # fmt: skip
+def test_in_place_nested_stage_from_scratch_learns_the_labels_at_every_width():
+    """No teacher and no warm start (nested.teacher=inplace, nested.warm_start=false): the full width learns the
+    labels, the narrower widths its predictions of the same step; three epochs on digits make every width work."""
+    train, _, test, info = load_splits(DataConfig(name="digits"))
+    torch.manual_seed(0)
+    fresh = nm.NeuMetaMLPForImageClassification(nm.NeuMetaMLPConfig(**info.family_kwargs()))
+    nested = NestedNetwork(fresh, [16, 32, 48, 64])
+    assert evaluate_score(nested.network_at(16), test) < 0.3  # untrained
+    train_nested(nested, None, train, epochs=3, batch_size=64, learning_rate=5e-3, seed=0)
+    scores = [evaluate_score(nested.network_at(w), test) for w in (16, 40, 64)]
+    assert min(scores) > 0.7, scores  # 10 classes
+
+
+def test_recipe_defaults_follow_the_method_and_refuse_what_breaks_the_nesting():
+    """nested.enabled switches the method: the nested pipeline keeps channels in order, anchors on the first ones
+    and generates per-width scales and shifts; the plain method permutes. Settings that break either are refused,
+    e.g. the digits recipe's scales-and-shifts-only training under the plain method, which has none."""
+    pipeline = load_config(DIGITS)
+    with pytest.raises(ValueError, match="leave training.train_corrections true"):
+        load_config(DIGITS, ["nested.enabled=false"])
+    plain = load_config(DIGITS, ["nested.enabled=false", "training.train_corrections=true"])
+    assert pipeline.nested.enabled and not pipeline.hypernetwork.smooth
+    assert (
+        pipeline.hypernetwork.config == {"anchor_channels": "first", "width_affine": True} | plain.hypernetwork.config
+    )
+    assert plain.hypernetwork.smooth and "width_affine" not in plain.hypernetwork.config
+    for extra in (["hypernetwork.smooth=true"], ["hypernetwork.config.anchor_channels=resampled"]):
         with pytest.raises(ValueError, match="nested.enabled: width w is the first w channels"):
             load_config(DIGITS, extra)
-    load_config(DIGITS, ["nested.enabled=true", "hypernetwork.smooth=false"])  # the recipe a user writes
     with pytest.raises(ValueError, match="width_affine generates the nested stage's per-width scales"):
-        load_config(DIGITS, ["hypernetwork.config.width_affine=true"])
+        load_config(DIGITS, ["nested.enabled=false", "hypernetwork.config.width_affine=true"])
+    with pytest.raises(ValueError, match="train_corrections=false trains only the generated per-width scales"):
+        load_config(DIGITS, ["hypernetwork.config.width_affine=false", "training.train_corrections=false"])
 
 
 @pytest.mark.slow
@@ -132,6 +157,24 @@ def test_pipeline_with_nested_stage_then_resume_reuses_it(tmp_path, fresh_accele
     resumed = train_script.train(quick_config(tmp_path, *overrides, "training.resume_from_checkpoint=latest"))
     assert (tmp_path / "nested" / AFFINE_FILE).stat().st_mtime_ns == before  # loaded, not trained again
     assert resumed["results"] == result["results"]
+
+
+def test_training_only_the_generated_scales_and_shifts_leaves_the_weight_corrections_at_zero(
+    tmp_path, fresh_accelerate_state
+):
+    """training.train_corrections=false: every width is the nested network with its own generated scales and
+    shifts, trained by distillation; the INR's weight corrections stay zero, so the full width is the stage's."""
+    overrides = ["nested.enabled=true", "nested.epochs=2", "training.max_steps=30", "training.train_corrections=false"]
+    result = train_script.train(quick_config(tmp_path, *overrides))
+    hyper = nm.NeuMetaModel.from_pretrained(tmp_path / "hypernetwork")
+    assert not hyper.inr.output_weight.any() and not hyper.inr.output_bias.any()
+    assert hyper.inr.width_affine.output_weight.any()
+    nested = NestedNetwork.from_pretrained(tmp_path / "nested")
+    x = inputs_for(nested.network.config)
+    with torch.no_grad():
+        torch.testing.assert_close(hyper.sample_model(64)(x).logits, nested.network(x).logits)
+        assert not torch.allclose(hyper.sample_model(40)(x).logits, nested.network_at(40)(x).logits)
+    assert min(r["accuracy"] for r in result["results"]) > 0.5
 
 
 def test_generated_scales_and_shifts_fit_the_nested_table_and_vanish_at_full_width(tmp_path):

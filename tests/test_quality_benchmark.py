@@ -22,8 +22,8 @@ def test_quality_benchmark_runs_every_method_and_writes_the_report(tmp_path):
     test split, validation figures beside them, the targets checked, the JSON, table and plot written;
     a second run reuses the unchanged baselines and retrains NeuMeta."""
     quality = load_quality_benchmark()
-    short = ["base.epochs=3", "training.max_steps=40", "training.checkpoint_every=40", "training.eval_every=40",
-             "data.validation_size=200", "hypernetwork.config.num_samples=5"]  # fmt: skip
+    short = ["base.epochs=3", "nested.epochs=2", "training.max_steps=40", "training.checkpoint_every=40",
+             "training.eval_every=40", "data.validation_size=200", "hypernetwork.config.num_samples=5"]  # fmt: skip
     work = tmp_path / "work"
     quality.main(["--recipe", "digits_mlp", "--output-dir", str(tmp_path), "--work-dir", str(work), "--set", *short])
 
@@ -32,21 +32,23 @@ def test_quality_benchmark_runs_every_method_and_writes_the_report(tmp_path):
     widths = [str(w) for w in range(32, 65)]
     assert list(methods["individual"]) == ["32", "40", "48", "56", "64"]
     assert list(methods["pruned_l1_finetuned"]) == ["32", "40", "48", "56", "64"]
-    for name in ("neumeta", "pruned_l1", "slimmable", "nested"):
+    for name in ("neumeta", "neumeta_plain", "pruned_l1", "slimmable", "nested"):
         assert list(methods[name]) == widths, name
     assert report["ablations"] == {}  # they run with --ablations: each a NeuMeta run with valid overrides
     for overrides in quality.ABLATIONS.values():
         load_config(REPO / quality.RECIPES["digits_mlp"].config, overrides)
-    assert list(report["levers"]) == ["nested_anchor", "nested_anchor_teacher"]  # the recipe's
+    assert report["neumeta_method"] == "nested pipeline"  # the recipe's; the paper's is neumeta_plain
+    assert list(report["levers"]) == ["no_width_affine", "weight_corrections"]  # the recipe's
     assert all(list(values) == widths for values in report["levers"].values())
     levers = {f"lever_{name}" for name in report["levers"]}
-    assert set(report["validation_accuracy"]) == {"neumeta", *levers}
+    assert set(report["validation_accuracy"]) == {"neumeta", "neumeta_plain", *levers}
     assert report["splits"]["validation"] == 200 and report["splits"]["every score in this report"] == "test"
     # Three epochs on digits already learn; the full-width individual network is the base itself, and
     # pruning to full width removes nothing.
     assert methods["base"] > 0.8
     assert methods["individual"]["64"] == methods["base"] == methods["pruned_l1"]["64"]
-    assert min(methods["neumeta"].values()) > 0.2  # 10 classes: above chance at every width
+    assert min(methods["neumeta"].values()) > 0.5  # 10 classes: above chance at every width
+    assert min(methods["neumeta_plain"].values()) > 0.2
     assert min(methods["slimmable"].values()) > 0.5
     assert min(methods["nested"].values()) > 0.5
     assert report["seen_widths"] == list(range(32, 65, 2))
@@ -54,24 +56,25 @@ def test_quality_benchmark_runs_every_method_and_writes_the_report(tmp_path):
     assert inr_target["met"] == (report["inr_parameters"] <= report["base_parameters"])
     passes = report["training_passes"]
     assert passes["individual"]["64"] > passes["individual"]["32"] > 0
-    assert passes["lever_nested_anchor"] > passes["neumeta"] > passes["individual"]["64"]
-    # The teacher lever also pays for the base it distils from (the digits recipe has no sandwich rule, so no
-    # full-width pass per step is added).
-    assert passes["lever_nested_anchor_teacher"] == passes["lever_nested_anchor"] + passes["individual"]["64"]
-    assert {"base", "slimmable", "individual_40", "pruned_l1_finetuned_40", "neumeta", "total"} <= set(
-        report["wall_seconds"]
-    )
+    # The pipeline pays for the nested stage (which includes the base); its levers train as many steps.
+    assert passes["neumeta"] > passes["nested"] > passes["individual"]["64"]
+    assert passes["lever_weight_corrections"] == passes["lever_no_width_affine"] == passes["neumeta"]
+    assert passes["neumeta_plain"] > passes["individual"]["64"]
+    assert {"base", "slimmable", "nested", "individual_40", "pruned_l1_finetuned_40", "neumeta", "neumeta_plain",
+            "total"} <= set(report["wall_seconds"])  # fmt: skip
     table = (tmp_path / "digits_mlp.md").read_text()
     assert "| 33* |" in table and "| 34 |" in table and "pruned_l1_finetuned" in table
-    assert "lever: nested_anchor" in table and "Lever `nested_anchor`" in table
+    assert "neumeta_plain" in table and "lever: no_width_affine" in table and "Lever `no_width_affine`" in table
     assert (tmp_path / "digits_mlp.png").stat().st_size > 10_000
 
     quality.main(["--recipe", "digits_mlp", "--output-dir", str(tmp_path), "--work-dir", str(work), "--reuse",
                   "--set", *short])  # fmt: skip
     again = json.loads((tmp_path / "digits_mlp.json").read_text())
-    assert "neumeta" not in again["reused_runs"] and {"base", "slimmable", "individual_40"} <= set(again["reused_runs"])
-    assert again["methods"]["individual"] == methods["individual"]
+    # NeuMeta (the recipe's method) trains again; the baselines, the plain method among them, are reused.
+    assert "neumeta" not in again["reused_runs"]
+    assert {"base", "slimmable", "nested", "individual_40", "neumeta_plain"} <= set(again["reused_runs"])
 
+    assert again["methods"]["individual"] == methods["individual"]
 
 
 def task_targets_met(quality, metric: str, neumeta: dict, individual: dict, pruned: dict) -> list[bool]:
@@ -104,34 +107,38 @@ def test_generation_targets_compare_likelihoods_where_lower_is_better():
     assert task_targets_met(quality, "nll", bad, individual, pruned) == [False, False, False, False, True]
 
 
-def test_lever_cost_counts_its_start_its_teacher_and_its_own_widths():
-    """Training passes of the levers on Fashion-MNIST's recipe, with each width costing its share of the full
-    width: what the network it starts from and the one it distils from cost, plus its hypernetwork's own steps."""
+def test_costs_count_every_stage_the_method_and_its_levers_train():
+    """Training passes on Fashion-MNIST's recipe (the nested pipeline), each width costing its share of the full
+    width: the pipeline pays for the base, the nested stage and its hypernetwork; the plain method for the base
+    and its own hypernetwork; a lever for the network it starts from, the one it distils from and its own steps;
+    the slimmable network gets as many epochs as the pipeline's three stages together."""
     quality = load_quality_benchmark()
     recipe = quality.RECIPES["fashion_mnist_lenet"]
     config = load_config(REPO / recipe.config)
-    epochs, examples = 15, 1000
+    examples = 1000
     bench = quality.Bench(
         config, recipe, [], 32, widths=[8, 16], everywhere=list(range(8, 33)), examples=examples,
-        neumeta_epochs=epochs, share={w: w / 32 for w in range(8, 33)},
+        method_epochs=quality.method_epochs(config, examples), share={w: w / 32 for w in range(8, 33)},
     )  # fmt: skip
+    assert bench.method_epochs == 10 + 7 + 5
     methods = quality.chosen_methods(recipe, ablations=False, levers=quality.LEVERS)
     passes = quality.training_passes(bench, methods)
     base = config.base.epochs * examples
     assert passes["individual"] == {8: base / 4, 16: base / 2, 32: base}
     even, every = sum(range(8, 33, 2)) / 13 / 32, sum(range(8, 33)) / 25 / 32  # mean share of the trained widths
-    # Each step: its width, the smallest (sandwich), the teacher's forward pass (a third); without
-    # reconstruction also the full width.
-    step = lambda widths, full: round(epochs * examples * (widths + 8 / 32 + full + 1 / 3))  # noqa: E731
-    assert passes["neumeta"] == base + step(even, 0)
-    assert passes["lever_nested_anchor"] == passes["slimmable"] + step(even, 0)
-    assert passes["lever_nested_anchor_every_width"] == passes["slimmable"] + step(every, 0)
-    assert passes["lever_nested_anchor_teacher"] == passes["slimmable"] + base + step(even, 1)
-    assert passes["lever_nested_anchor_teacher_every_width"] == passes["slimmable"] + base + step(every, 1)
+    assert passes["slimmable"] == round(22 * examples * (1 + 8 / 32 + 2 * every))
     # The nested stage: the base, then per step the full width, the smallest, two random trained widths and the
-    # teacher; its hypernetwork adds its own 5 epochs.
+    # teacher (a third).
     assert passes["nested"] == round(base + 7 * examples * (1 + 8 / 32 + 2 * even + 1 / 3))
-    assert passes["lever_nested_hypernetwork"] == passes["nested"] + round(5 * examples * (even + 8 / 32 + 1 / 3))
+    # A hypernetwork's step: its width, the smallest (sandwich), the teacher's forward pass; without
+    # reconstruction also the full width.
+    step = lambda epochs, widths, full: round(epochs * examples * (widths + 8 / 32 + full + 1 / 3))  # noqa: E731
+    assert passes["neumeta"] == passes["nested"] + step(5, even, 0)
+    assert passes["lever_no_width_affine"] == passes["lever_no_weight_corrections"] == passes["neumeta"]
+    assert passes["neumeta_plain"] == base + step(15, even, 0)
+    assert passes["lever_nested_anchor"] == passes["slimmable"] + step(5, even, 0)
+    assert passes["lever_nested_anchor_every_width"] == passes["slimmable"] + step(5, every, 0)
+    assert passes["lever_nested_anchor_teacher"] == passes["slimmable"] + base + step(5, even, 1)
     assert "pruned_l1" not in passes  # it trains nothing
 
 

@@ -58,6 +58,10 @@ class NestedConfig:
     learning_rate: float = 2e-3
     weight_decay: float = 0.0
     temperature: float = 1.0  # of the distillation from the base
+    # The teacher of every width: "base" (the fixed base network) or "inplace" (US-Nets: the full width learns
+    # the labels, the others its predictions).
+    teacher: str = "base"
+    warm_start: bool = True  # false: the shared weights start from a fresh initialisation, not the base's
     random_widths: int = 2  # each step trains the full width, the smallest and this many random ones
 
 
@@ -68,7 +72,7 @@ class HypernetworkConfig:
     width_range: list[int] | None = None
     train_widths: list[int] | None = None  # default: every width in the range
     morph: str = "all"
-    smooth: bool = True
+    smooth: bool | None = None  # permute channels for smoothness; default: yes, unless nested.enabled
     config: dict = field(default_factory=dict)  # any other NeuMetaConfig field (hidden_size, coordinate_noise, ...)
 
 
@@ -96,6 +100,9 @@ class OptimConfig:
     # width), e.g. a plain full-width network when the base is a slimmable one.
     teacher: str | None = None
     mixup_alpha: float = 0.0  # > 0: train on mixup-blended images, Beta(alpha, alpha) weights; 0: off
+    # false: only the generated per-width scales and shifts (hypernetwork.config.width_affine) train; the INR's
+    # weight corrections stay zero, so every width is the nested network with its own scales and shifts.
+    train_corrections: bool = True
     sandwich: bool = False  # each step also trains the smallest width, reconstructs the full one (digits: 2.5x a step)
     checkpoint_every: int = 500
     eval_every: int = 500
@@ -232,6 +239,7 @@ _WIDTH_LISTS = ("hypernetwork.width_range", "hypernetwork.train_widths", "traini
 _CHOICES = {
     "training.scheduler": ("cosine", "multistep", "constant"),
     "training.mixed_precision": ("no", "bf16", "fp16"),
+    "nested.teacher": ("base", "inplace"),
 }
 # NeuMetaConfig fields that the recipe sets through keys of its own, or that are measured, not chosen.
 _HYPERNETWORK_OWN_KEYS = {"family": "base.family", "family_config": "base.family_config",
@@ -300,13 +308,18 @@ def check_recipe(config: "TrainConfig"):
     if config.data.image_std is not None and min(config.data.image_std) <= 0:
         raise ValueError(f"data.image_std must be positive (images are divided by it), got {config.data.image_std}")
 
+    # The defaults that follow the method: the paper's permutes channels; the nested pipeline keeps them in
+    # order, anchors each width on its first channels and generates each width's scales and shifts.
+    if config.hypernetwork.smooth is None:
+        config.hypernetwork.smooth = not config.nested.enabled
     if config.nested.enabled:
-        anchor = config.hypernetwork.config.get("anchor_channels", "first")
+        config.hypernetwork.config = {"anchor_channels": "first", "width_affine": True} | config.hypernetwork.config
+        anchor = config.hypernetwork.config["anchor_channels"]
         if config.hypernetwork.smooth or anchor != "first":
             raise ValueError(
                 "nested.enabled: width w is the first w channels of the nested network, so the hypernetwork must "
-                "keep them in order and anchor on them: set hypernetwork.smooth=false and leave "
-                f"hypernetwork.config.anchor_channels unset or \"first\" (now smooth={config.hypernetwork.smooth}, "
+                "keep them in order and anchor on them: leave hypernetwork.smooth and "
+                f"hypernetwork.config.anchor_channels unset (now smooth={config.hypernetwork.smooth}, "
                 f"anchor_channels={anchor!r}); or nested.enabled=false for the paper's plain method"
             )
     if config.nested.pretrained and not config.nested.enabled:
@@ -314,7 +327,11 @@ def check_recipe(config: "TrainConfig"):
                          "it, or leave nested.pretrained unset")  # fmt: skip
     if config.hypernetwork.config.get("width_affine") and not config.nested.enabled:
         raise ValueError("hypernetwork.config.width_affine generates the nested stage's per-width scales and shifts: "
-                         "set nested.enabled=true (and hypernetwork.smooth=false) as well")  # fmt: skip
+                         "set nested.enabled=true as well")  # fmt: skip
+    if not config.training.train_corrections and not config.hypernetwork.config.get("width_affine"):
+        raise ValueError("training.train_corrections=false trains only the generated per-width scales and shifts, "
+                         "and this recipe has none: set hypernetwork.config.width_affine=true (with nested.enabled), "
+                         "or leave training.train_corrections true")  # fmt: skip
     model_class = target(config.base.family).trainable_network_class()  # an unknown family names the known ones
     family_fields = _own_fields(model_class.config_class) | {"id2label", "label2id", "num_labels"}
     _check_keys("base.family_config", config.base.family_config, family_fields)

@@ -400,14 +400,13 @@ def hypernetwork_stage(run: Run, base: PreTrainedModel, nested: NestedNetwork | 
     stage's shared network (unpermuted, anchored on each width's first channels; with
     hypernetwork.config.width_affine, its per-width scales and shifts generated, fitted first to the stage's)."""
     settings = run.config.hypernetwork
-    anchored = {"anchor_channels": "first"} if nested is not None else {}
     hyper = NeuMetaModel.from_base_model(
         base if nested is None else nested.network,
         width_range=settings.width_range,
         morph=settings.morph,
         smooth=settings.smooth,
         train_widths=settings.train_widths,
-        **anchored | settings.config,
+        **settings.config,  # with nested.enabled: anchor_channels first, width_affine (recipe defaults)
     )
     if hyper.config.width_affine:
         error = hyper.fit_width_affine(nested)
@@ -425,7 +424,10 @@ def prepare_training(run: Run, hyper: NeuMetaModel, base: PreTrainedModel) -> Tr
     if settings.epochs:
         per_step = settings.batch_size * accelerator.num_processes * settings.gradient_accumulation_steps
         settings.max_steps = math.ceil(settings.epochs * len(run.train_set) / per_step)
-    optimizer = torch.optim.AdamW(hyper.inr.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    if not settings.train_corrections:  # the INR's weight corrections stay at their start, zero
+        hyper.inr.requires_grad_(False).width_affine.requires_grad_(True)
+    trained = [p for p in hyper.inr.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda step: schedule_factor(

@@ -18,6 +18,7 @@ import socket
 import sys
 import time
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -42,6 +43,16 @@ from training.recipe import BaseConfig, TrainConfig, load_config, schedule_facto
 # What a run writes into its output directory (train.py; train_base.py writes only base/).
 RUN_OUTPUTS = ("log.jsonl", "checkpoints", "hypernetwork", "base", "nested", "sweep.json", "sweep.md", "sweep.png")
 BASE_OUTPUTS = ("base", "nested")  # train_base.py's
+
+
+def network_settings(config: TrainConfig) -> dict:
+    """The parts of a recipe that decide the networks this script trains (the base and the nested stage): the
+    rest (the hypernetwork's own settings and training, the sweep) is only checked here. Two recipes that agree on
+    these give the same networks (e.g. the benchmark reuses a baseline across a change of the hypernetwork)."""
+    settings = asdict(config)
+    hypernetwork = settings["hypernetwork"]
+    return {"seed": config.seed, "data": settings["data"], "base": settings["base"], "nested": settings["nested"],
+            "widths": [hypernetwork["width_range"], hypernetwork["train_widths"]]}  # fmt: skip
 
 
 LOCK_FILE = ".run.lock"  # in the output directory while a run holds it: {"pid", "host", "started"}
@@ -267,9 +278,11 @@ def build_nested_network(config: TrainConfig, base: PreTrainedModel, train, acce
     low, high = width_range(config, base)
     widths = config.hypernetwork.train_widths or list(range(low, high + 1))
     torch.manual_seed(config.seed)
-    nested = NestedNetwork(importance_order(base), widths).to(accelerator.device)
+    start = importance_order(base) if settings.warm_start else type(base)(base.config)  # fresh: its own init
+    nested = NestedNetwork(start, widths).to(accelerator.device)
+    teacher = base if settings.teacher == "base" else None  # None: in-place
     train_nested(
-        nested, base, train, settings.epochs, settings.batch_size, settings.learning_rate, settings.weight_decay,
+        nested, teacher, train, settings.epochs, settings.batch_size, settings.learning_rate, settings.weight_decay,
         settings.random_widths, settings.temperature, config.seed,
     )  # fmt: skip
     return nested
