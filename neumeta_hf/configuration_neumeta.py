@@ -1,5 +1,6 @@
 """NeuMetaConfig: the target family and width range, the INR's hyper-parameters and the sampling defaults."""
 
+import math
 import operator
 import os
 
@@ -137,6 +138,9 @@ class NeuMetaConfig(PreTrainedConfig):
         for name in ("num_frequencies", "size_frequencies", "coordinate_noise"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
+        for name in ("coordinate_noise", "fan_in_power", "residual_scale"):  # NaN passes every comparison
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
         if self.anchor_channels not in ANCHOR_CHANNELS:
             raise ValueError(f"anchor_channels must be one of {ANCHOR_CHANNELS}, got {self.anchor_channels!r}")
         if not 0.0 <= self.ema_decay < 1.0:

@@ -27,6 +27,8 @@ def test_unknown_family_lists_the_known_ones():
         ({"hidden_size": 100}, "multiple of 8"),
         ({"num_layers": 0}, "num_layers must be at least 1"),
         ({"coordinate_noise": -1.0}, "coordinate_noise must be non-negative"),
+        ({"coordinate_noise": float("nan")}, "coordinate_noise must be a finite number, got nan"),
+        ({"fan_in_power": float("inf")}, "fan_in_power must be a finite number, got inf"),
         ({"ema_decay": 1.0}, "ema_decay must be in"),
         ({"family_config": {"model_type": "neumeta-lenet"}}, "family_config is for 'neumeta-lenet'"),
     ],

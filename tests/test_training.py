@@ -1,5 +1,6 @@
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -126,11 +127,19 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, fresh_accelerate_
         assert torch.equal(resumed[name], uninterrupted[name]), name
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on now (a fixed one may be held by another run on a shared machine)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.mark.slow
 def test_two_cpu_processes_train_one_hypernetwork(tmp_path):
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(free_port()),
         str(REPO / "training" / "train.py"), "--config", DIGITS, f"output_dir={tmp_path}", *QUICK,
         "training.max_steps=20",
         "training.checkpoint_every=20",
@@ -138,7 +147,8 @@ def test_two_cpu_processes_train_one_hypernetwork(tmp_path):
     ]  # fmt: skip
     environment = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
+    # Both ranks write to these streams: show enough of each to see which rank failed first, and why.
+    assert result.returncode == 0, f"stdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-12000:]}"
     first = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[0])
     assert first["config"]["num_processes"] == 2
     hyper = nm.NeuMetaModel.from_pretrained(tmp_path / "hypernetwork")
