@@ -133,8 +133,7 @@ RECIPES = {  # each with its reference widths (the individual networks) and the 
     ),
     "digits_mlp": Recipe(
         "training/configs/digits_mlp.yaml", (32, 40, 48, 56, 64), ("no_width_affine", "weight_corrections"),
-        plain=("nested.enabled=false", "training.max_steps=12000", "training.learning_rate=2.0e-3",
-               "training.train_corrections=true"),
+        plain=("nested.enabled=false", "training.max_steps=12000", "training.learning_rate=2.0e-3"),
     ),
     # The nested levers start from the slimmable (here MatFormer-style) network; only the first is run.
     "fashion_mnist_vit": Recipe("training/configs/fashion_mnist_vit.yaml", (64, 128, 192, 256), ("nested_anchor",)),
@@ -268,11 +267,11 @@ def hypernetwork_passes(bench: Bench, recipe: TrainConfig) -> int:
 
 
 def neumeta_method(label: str, run: str, lever: Lever, section: str, style: str = "-", colour=None,
-                   fresh: bool = True) -> Method:  # fmt: skip
+                   fresh: bool = False) -> Method:  # fmt: skip
     """A NeuMeta run (the main one, an ablation or a lever): train.py around the network `lever.start` names,
     with `lever.overrides`, distilled from `lever.teacher` when set. Its cost includes the networks it starts
-    from and distils from, and its hypernetwork's follows its own recipe. Trained again by every benchmark
-    unless not `fresh` (then, like a baseline, reused with --reuse while its recipe is unchanged)."""
+    from and distils from, and its hypernetwork's follows its own recipe. Reused with --reuse, like a baseline,
+    while its recipe is unchanged, unless `fresh` (the recipe's own method: trained by every benchmark)."""
 
     def start(bench: Bench) -> str:
         if lever.start != "recipe":
@@ -283,14 +282,13 @@ def neumeta_method(label: str, run: str, lever: Lever, section: str, style: str 
         return list(lever.overrides) + bench.overrides
 
     def submit(bench: Bench):
-        command = [f"output_dir={bench.work / run}", f"base.pretrained={bench.work / start(bench) / 'base'}",
-                   *lever.overrides]  # fmt: skip
+        command = [f"output_dir={bench.work / run}", f"base.pretrained={bench.work / start(bench) / 'base'}"]
         if start(bench) == "nested":  # its base/ is the base network's copy; the hypernetwork builds on nested/
             command.append(f"nested.pretrained={bench.work / 'nested' / 'nested'}")
         if lever.teacher:
             command.append(f"training.teacher={bench.work / lever.teacher / 'base'}")
         after = [start(bench)] + ([lever.teacher] if lever.teacher else [])
-        bench.runs.submit(run, "train.py", command, after=after, fresh=fresh)
+        bench.runs.submit(run, "train.py", command, after=after, fresh=fresh, method=lever.overrides)
 
     def passes(bench: Bench) -> int:
         networks = {"base": bench.base_passes, "slimmable": slimmable_passes(bench), "nested": nested_passes(bench)}
@@ -369,16 +367,14 @@ BASELINES = {
                                   colour="tab:brown"),
     "slimmable": Method("slimmable", slimmable_scores, submit_slimmable, slimmable_passes, colour="tab:green"),
     "nested": Method("nested", nested_scores, submit_nested, nested_passes, colour="tab:purple"),
-    "neumeta": neumeta_method("neumeta", "neumeta", Lever("recipe", ()), "methods", colour="black"),
+    "neumeta": neumeta_method("neumeta", "neumeta", Lever("recipe", ()), "methods", colour="black", fresh=True),
 }  # fmt: skip
 VARIANT_COLOURS = ("tab:red", "tab:purple", "tab:cyan", "tab:olive", "tab:pink")
 
 
 def plain_method(overrides: tuple[str, ...]) -> Method:
-    """The paper's plain method, around the base network, where the recipe's own method is the pipeline: a
-    baseline there, reused with --reuse like the others."""
-    return neumeta_method("neumeta_plain", "neumeta_plain", Lever("base", overrides), "methods", colour="tab:gray",
-                          fresh=False)  # fmt: skip
+    """The paper's plain method, around the base network, where the recipe's own method is the pipeline."""
+    return neumeta_method("neumeta_plain", "neumeta_plain", Lever("base", overrides), "methods", colour="tab:gray")
 
 
 def chosen_methods(recipe: Recipe, ablations: bool, levers: dict[str, Lever]) -> dict[str, Method]:
@@ -440,8 +436,9 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         help=f"the levers to run (default: the recipe's; any of {', '.join(LEVERS)}; none: --levers with no name)",
     )
     parser.add_argument(
-        "--reuse", action="store_true", help="keep the baselines' networks from an earlier run in the work directory "
-        "(the JSON records which were reused); only valid when their recipe has not changed",
+        "--reuse", action="store_true", help="keep the networks of every run but the recipe's method (`neumeta`) "
+        "from an earlier benchmark in the work directory when their resolved recipe is the same (the JSON records "
+        "which were reused); only valid when the code that trains them has not changed either",
     )
     parser.add_argument(
         "--set", nargs="*", default=[], metavar="key=value", help="recipe overrides for every run, e.g. base.epochs=2"
@@ -566,31 +563,34 @@ class Runs:
         self.futures, self.seconds, self.reused = {}, {}, set()
         (work / "logs").mkdir(exist_ok=True)
 
-    def submit(self, name: str, script: str, overrides: list[str], after: list[str] = (), fresh: bool = False):
-        """Queue a run; it starts once the runs named in `after` have finished (those that were submitted)."""
+    def submit(self, name: str, script: str, overrides: list[str], after: list[str] = (), fresh: bool = False,
+               method: tuple[str, ...] = ()):  # fmt: skip
+        """Queue a run; it starts once the runs named in `after` have finished (those that were submitted).
+        `method`: the overrides that make the recipe the run's method (a lever's, the plain method's), which the
+        benchmark's own overrides (--set) may change; `overrides`, the run's own (its directory, width, epochs)."""
         dependencies = [self.futures[run] for run in after if run in self.futures]
-        self.futures[name] = self.pool.submit(self._run, name, script, overrides, dependencies, fresh)
+        arguments = list(method) + self.overrides + overrides
+        self.futures[name] = self.pool.submit(self._run, name, script, arguments, dependencies, fresh)
 
-    def command(self, script: str, overrides: list[str]) -> list[str]:
-        command = [sys.executable, str(REPO / "training" / script), "--config", str(self.config)]
-        # The work directory is the benchmark's own: each run replaces the previous benchmark's. The benchmark's
-        # own overrides come last: they hold for every run, whatever its method sets.
-        return command + overrides + self.overrides + ["overwrite_output_dir=true"]
+    def command(self, script: str, arguments: list[str]) -> list[str]:
+        # The work directory is the benchmark's own: each run replaces the previous benchmark's.
+        return [sys.executable, str(REPO / "training" / script), "--config", str(self.config), *arguments,
+                "overwrite_output_dir=true"]  # fmt: skip
 
-    def signature(self, script: str, overrides: list[str]) -> list[str]:
+    def signature(self, script: str, arguments: list[str]) -> list[str]:
         """What a run does: its command and the recipe it resolves to (the command names the file, not its
         contents); for train_base.py, only the settings that decide its networks."""
-        recipe = load_config(self.config, overrides + self.overrides)
+        recipe = load_config(self.config, arguments)
         settings = network_settings(recipe) if script == "train_base.py" else asdict(recipe)
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
-        return self.command(script, overrides)[1:] + [digest]
+        return self.command(script, arguments)[1:] + [digest]
 
-    def _run(self, name, script, overrides, dependencies, fresh):
+    def _run(self, name, script, arguments, dependencies, fresh):
         for dependency in dependencies:
             dependency.result()  # raises if what this run needs failed
-        command = self.command(script, overrides)
+        command = self.command(script, arguments)
         done = self.work / "logs" / f"{name}.done"
-        signature = self.signature(script, overrides)
+        signature = self.signature(script, arguments)
         if self.reuse and not fresh and done.exists() and json.loads(done.read_text())["command"] == signature:
             self.reused.add(name)
             self.seconds[name] = json.loads(done.read_text())["seconds"]

@@ -135,7 +135,6 @@ DIGITS = str(REPO / "training" / "configs" / "digits_mlp.yaml")
 QUICK = [
     "nested.enabled=false",
     "training.learning_rate=2.0e-3",
-    "training.train_corrections=true",
     "base.epochs=3",
     "training.max_steps=120",
     "training.warmup_steps=5",

@@ -47,10 +47,10 @@ def test_quality_benchmark_runs_every_method_and_writes_the_report(tmp_path):
     # pruning to full width removes nothing.
     assert methods["base"] > 0.8
     assert methods["individual"]["64"] == methods["base"] == methods["pruned_l1"]["64"]
-    assert min(methods["neumeta"].values()) > 0.5  # 10 classes: above chance at every width
-    assert min(methods["neumeta_plain"].values()) > 0.2
+    # 10 classes: above chance at every width (the nested stage and the pipeline after two epochs of it)
+    assert min(methods["neumeta"].values()) > 0.2 and min(methods["neumeta_plain"].values()) > 0.2
     assert min(methods["slimmable"].values()) > 0.5
-    assert min(methods["nested"].values()) > 0.5
+    assert min(methods["nested"].values()) > 0.3
     assert report["seen_widths"] == list(range(32, 65, 2))
     inr_target = next(t for t in report["targets"] if t["target"].startswith("INR parameters"))
     assert inr_target["met"] == (report["inr_parameters"] <= report["base_parameters"])
@@ -70,9 +70,11 @@ def test_quality_benchmark_runs_every_method_and_writes_the_report(tmp_path):
     quality.main(["--recipe", "digits_mlp", "--output-dir", str(tmp_path), "--work-dir", str(work), "--reuse",
                   "--set", *short])  # fmt: skip
     again = json.loads((tmp_path / "digits_mlp.json").read_text())
-    # NeuMeta (the recipe's method) trains again; the baselines, the plain method among them, are reused.
+    # NeuMeta (the recipe's method) trains again; the baselines, the plain method and the levers are reused.
     assert "neumeta" not in again["reused_runs"]
-    assert {"base", "slimmable", "nested", "individual_40", "neumeta_plain"} <= set(again["reused_runs"])
+    assert {"base", "slimmable", "nested", "individual_40", "neumeta_plain", "lever_no_width_affine"} <= set(
+        again["reused_runs"]
+    )
 
     assert again["methods"]["individual"] == methods["individual"]
 

@@ -130,6 +130,16 @@ def test_fp16_on_cpu_is_warned_about(tmp_path, fresh_accelerate_state):
         check_against_data(config, train, validation, test, info, Accelerator())
 
 
+def test_mixed_precision_follows_accelerate_unless_the_recipe_sets_it(tmp_path, monkeypatch, fresh_accelerate_state):
+    """Unset in the recipe, training.mixed_precision is what accelerate's own settings say (here its
+    environment variable, as `accelerate launch --mixed_precision bf16` sets it); a recipe value wins."""
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert train_script.set_up(quick_config(tmp_path / "a")).accelerator.mixed_precision == "bf16"
+    reset_accelerate_state()
+    run = train_script.set_up(quick_config(tmp_path / "b", 'training.mixed_precision="no"'))
+    assert run.accelerator.mixed_precision == "no"
+
+
 def test_an_earlier_run_is_never_overwritten_without_being_told(tmp_path, fresh_accelerate_state):
     (tmp_path / "hypernetwork").mkdir()
     (tmp_path / "hypernetwork" / "model.safetensors").write_text("the 12,000-step hypernetwork")

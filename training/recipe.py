@@ -91,7 +91,9 @@ class OptimConfig:
     gamma: float = 0.1
     gradient_accumulation_steps: int = 1
     max_grad_norm: float | None = 1.0
-    mixed_precision: str = "no"  # no | bf16 | fp16 (GPU)
+    # no | bf16 | fp16 (GPU); unset: accelerate's own (`accelerate config`, `accelerate launch --mixed_precision`,
+    # ACCELERATE_MIXED_PRECISION), "no" if none says.
+    mixed_precision: str | None = None
     l2_weight: float = 1e-4
     reconstruction_weight: float = 1.0
     distillation_weight: float = 0.0
@@ -100,8 +102,9 @@ class OptimConfig:
     # width), e.g. a plain full-width network when the base is a slimmable one.
     teacher: str | None = None
     mixup_alpha: float = 0.0  # > 0: train on mixup-blended images, Beta(alpha, alpha) weights; 0: off
-    # false: only the generated per-width scales and shifts (hypernetwork.config.width_affine) train; the INR's
-    # weight corrections stay zero, so every width is the nested network with its own scales and shifts.
+    # The pipeline's (nested.enabled): false trains only the generated per-width scales and shifts
+    # (hypernetwork.config.width_affine), the INR's weight corrections staying zero, so every width is the nested
+    # network with its own scales and shifts. The plain method trains its INR whatever this says.
     train_corrections: bool = True
     sandwich: bool = False  # each step also trains the smallest width, reconstructs the full one (digits: 2.5x a step)
     checkpoint_every: int = 500
@@ -290,7 +293,7 @@ def check_recipe(config: "TrainConfig"):
                       f"({settings.max_steps}): the learning rate never reaches training.learning_rate; lower "
                       "training.warmup_steps", stacklevel=3)  # fmt: skip
     for key, allowed in _CHOICES.items():
-        if flat[key] not in allowed:
+        if flat[key] is not None and flat[key] not in allowed:
             raise ValueError(f"{key} must be one of {', '.join(allowed)}, got {flat[key]!r}")
     if isinstance(config.seed, bool) or not isinstance(config.seed, int) or not 0 <= config.seed < 2**32:
         raise ValueError(f"seed must be an integer from 0 to 2**32 - 1, got {config.seed!r}")
@@ -328,10 +331,11 @@ def check_recipe(config: "TrainConfig"):
     if config.hypernetwork.config.get("width_affine") and not config.nested.enabled:
         raise ValueError("hypernetwork.config.width_affine generates the nested stage's per-width scales and shifts: "
                          "set nested.enabled=true as well")  # fmt: skip
-    if not config.training.train_corrections and not config.hypernetwork.config.get("width_affine"):
+    affine = config.hypernetwork.config.get("width_affine")
+    if config.nested.enabled and not config.training.train_corrections and not affine:
         raise ValueError("training.train_corrections=false trains only the generated per-width scales and shifts, "
-                         "and this recipe has none: set hypernetwork.config.width_affine=true (with nested.enabled), "
-                         "or leave training.train_corrections true")  # fmt: skip
+                         "and this recipe has none: leave hypernetwork.config.width_affine unset (true), or "
+                         "training.train_corrections true")  # fmt: skip
     model_class = target(config.base.family).trainable_network_class()  # an unknown family names the known ones
     family_fields = _own_fields(model_class.config_class) | {"id2label", "label2id", "num_labels"}
     _check_keys("base.family_config", config.base.family_config, family_fields)

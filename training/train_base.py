@@ -200,7 +200,7 @@ def check_against_data(config: TrainConfig, train, validation, test, info: DataI
         morph=hypernetwork.morph,
         **hypernetwork.config,
     )
-    if config.training.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+    if (config.training.mixed_precision or accelerator.mixed_precision) == "fp16" and accelerator.device.type == "cpu":
         warnings.warn("training.mixed_precision=fp16 on a CPU: use bf16 there (fp16 is for GPUs)", stacklevel=2)
 
 
