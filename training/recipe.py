@@ -331,6 +331,8 @@ def check_recipe(config: "TrainConfig"):
     if config.hypernetwork.config.get("width_affine") and not config.nested.enabled:
         raise ValueError("hypernetwork.config.width_affine generates the nested stage's per-width scales and shifts: "
                          "set nested.enabled=true as well")  # fmt: skip
+    if not config.nested.enabled:  # the plain method has only its INR to train (what the resolved recipe says)
+        config.training.train_corrections = True
     affine = config.hypernetwork.config.get("width_affine")
     if config.nested.enabled and not config.training.train_corrections and not affine:
         raise ValueError("training.train_corrections=false trains only the generated per-width scales and shifts, "

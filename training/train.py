@@ -424,7 +424,7 @@ def prepare_training(run: Run, hyper: NeuMetaModel, base: PreTrainedModel) -> Tr
     if settings.epochs:
         per_step = settings.batch_size * accelerator.num_processes * settings.gradient_accumulation_steps
         settings.max_steps = math.ceil(settings.epochs * len(run.train_set) / per_step)
-    if run.config.nested.enabled and not settings.train_corrections:  # the INR's corrections stay at zero
+    if not settings.train_corrections:  # the pipeline's INR weight corrections stay at their start, zero
         hyper.inr.requires_grad_(False).width_affine.requires_grad_(True)
     trained = [p for p in hyper.inr.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=settings.learning_rate, weight_decay=settings.weight_decay)
