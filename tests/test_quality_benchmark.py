@@ -47,10 +47,10 @@ def test_quality_benchmark_runs_every_method_and_writes_the_report(tmp_path):
     # pruning to full width removes nothing.
     assert methods["base"] > 0.8
     assert methods["individual"]["64"] == methods["base"] == methods["pruned_l1"]["64"]
-    # 10 classes: above chance at every width (the nested stage and the pipeline after two epochs of it)
-    assert min(methods["neumeta"].values()) > 0.2 and min(methods["neumeta_plain"].values()) > 0.2
+    assert min(methods["neumeta"].values()) > 0.5  # 10 classes: above chance at every width
+    assert min(methods["neumeta_plain"].values()) > 0.2
     assert min(methods["slimmable"].values()) > 0.5
-    assert min(methods["nested"].values()) > 0.3
+    assert min(methods["nested"].values()) > 0.5
     assert report["seen_widths"] == list(range(32, 65, 2))
     inr_target = next(t for t in report["targets"] if t["target"].startswith("INR parameters"))
     assert inr_target["met"] == (report["inr_parameters"] <= report["base_parameters"])
