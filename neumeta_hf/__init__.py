@@ -28,11 +28,10 @@ from .modeling_neumeta import NeuMetaModel, NeuMetaOutput
 from .morph import MorphSpec
 from .smoothing import smooth_channels
 from .targets import FAMILIES, target
+from .version import __version__
 
 AutoConfig.register(NeuMetaConfig.model_type, NeuMetaConfig, exist_ok=True)
 AutoModel.register(NeuMetaConfig, NeuMetaModel, exist_ok=True)
-
-__version__ = "0.1.0"
 
 __all__ = [
     "FAMILIES",

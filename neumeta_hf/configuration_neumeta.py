@@ -3,14 +3,19 @@
 import math
 import operator
 import os
+import warnings
 
 import torch
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
+from packaging.version import Version
 from transformers import PreTrainedConfig
 
 from .families.configuration_common import MORPH_MODES
 from .targets import FAMILIES, target, target_config
+from .version import __version__
+
+VERSION_KEY = "neumeta_hf_version"  # in config.json: the library version that wrote it
 
 ANCHOR_CHANNELS = ("resampled", "first")
 
@@ -179,7 +184,12 @@ class NeuMetaConfig(PreTrainedConfig):
                 f"the hypernetwork config lacks {', '.join(missing)}: it is incomplete or damaged; use the "
                 "config.json that NeuMetaModel.save_pretrained wrote"
             )
+        config_dict = dict(config_dict)
+        _check_version(config_dict.pop(VERSION_KEY, None), config_dict)
         return super().from_dict(config_dict, **kwargs)
+
+    def to_dict(self) -> dict:
+        return super().to_dict() | {VERSION_KEY: __version__}
 
     def family_config_object(self):
         """The full-width base network's config object (a family's, or the stock model's)."""
@@ -188,3 +198,24 @@ class NeuMetaConfig(PreTrainedConfig):
     @property
     def full_width(self) -> int:
         return self.family_config[target(self.family).width_field]
+
+
+def _check_version(written_by: str | None, config_dict: dict):
+    """Warn about a saved config another version of the library wrote: newer (fields this one does not know are
+    kept but unused), or older (fields it lacks take this version's defaults, named, since a default can change
+    what sampling does: `num_samples`)."""
+    writer = f"neumeta-hf {written_by}" if written_by else f"a neumeta-hf before {__version__} (no {VERSION_KEY})"
+    if written_by and Version(written_by) > Version(__version__):
+        warnings.warn(f"this hypernetwork was saved by {writer}, newer than this neumeta-hf {__version__}; "
+                      "upgrade (pip install -U neumeta-hf) to load it as it was meant", stacklevel=3)  # fmt: skip
+    own = NeuMetaConfig.__annotations__
+    known = set(own) | set(PreTrainedConfig().to_dict())
+    unknown = sorted(set(config_dict) - known)
+    if unknown:
+        warnings.warn(f"config.json has fields neumeta-hf {__version__} does not know: {', '.join(unknown)} (saved "
+                      f"by {writer}); they are kept as attributes and have no effect", stacklevel=3)  # fmt: skip
+    lacking = [name for name in own if name not in config_dict]
+    if lacking:
+        defaults = ", ".join(f"{name}={getattr(NeuMetaConfig, name)!r}" for name in lacking)
+        warnings.warn(f"config.json (saved by {writer}) lacks {', '.join(lacking)}: using this version's defaults "
+                      f"{defaults}; pass them to from_pretrained to choose otherwise", stacklevel=3)  # fmt: skip

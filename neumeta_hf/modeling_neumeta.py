@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from torch.func import functional_call
-from transformers import PreTrainedModel
+from transformers import AutoConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput, logging
 
@@ -21,7 +21,7 @@ from .inr import FourierFeatures, NeuMetaINR, WidthAffineINR
 from .morph import Coordinates, MorphSpec, leading_channels, resample_channels
 from .nested import fold_scale_and_shift
 from .progress import progress_bar
-from .publishing import attach_card, push_hypernetwork, sampled_network_card
+from .publishing import attach_card, load_preprocessor, push_hypernetwork, sampled_network_card
 from .smoothing import smooth_channels
 from .targets import target
 from .tasks import PICTURES
@@ -88,6 +88,9 @@ class NeuMetaModel(PreTrainedModel):
         )
         # Per generated tensor: the size of one unit of the INR's raw output (see calibrate_output_scale).
         self.register_buffer("output_scale", torch.ones(len(self.spec.tensors)))
+        # What the base came with to feed it (a stock model's image processor or tokenizer): saved beside the
+        # hypernetwork and every sampled network.
+        self.preprocessor = None
         self.post_init()
 
     @torch.no_grad()
@@ -120,21 +123,32 @@ class NeuMetaModel(PreTrainedModel):
     @classmethod
     def from_base_model(
         cls,
-        base_model: PreTrainedModel,
+        base_model: PreTrainedModel | str | os.PathLike,
         width_range: tuple[int, int] | None = None,
         morph: str = "all",
         smooth: bool = True,
+        preprocessor=None,
         **config_overrides,
     ) -> "NeuMetaModel":
         """A hypernetwork around a trained full-width network: one of neumeta-hf's families, or a stock
         transformers model whose `model_type` has a width rule (`neumeta_hf.targets.WIDTH_RULES`: ViT, BERT,
         Llama, GPT-2), whose feed-forward width then varies.
 
+        `base_model` is the network, or a local directory or Hub id to load it from (its class from its
+        config); a stock model's image processor or tokenizer found there travels with the hypernetwork and
+        every network sampled from it, unless `preprocessor` gives another.
+
         Folds BatchNorm, permutes hidden channels for smoothness (`smooth=True`, checked to keep the
         function), stores the result as frozen weights and reconstruction targets, and scales the INR's
         outputs so that, untrained, it generates tensors with the base network's magnitudes at every width.
         `config_overrides` are any other `NeuMetaConfig` fields (`hidden_size`, `train_widths`, ...).
         """
+        if isinstance(base_model, (str, os.PathLike)):
+            source = os.fspath(base_model)
+            base_config = AutoConfig.from_pretrained(source)
+            base_model = target(base_config.model_type).network_class(base_config).from_pretrained(source)
+            if preprocessor is None and not target(base_config.model_type).needs_remote_code:
+                preprocessor = load_preprocessor(source)
         base = fold_batch_norm(base_model)
         config = NeuMetaConfig(
             family=base.config.model_type,
@@ -158,6 +172,7 @@ class NeuMetaModel(PreTrainedModel):
             )
         model.base_network.load_state_dict(base.state_dict(), strict=True)
         model.calibrate_output_scale()
+        model.preprocessor = preprocessor
         return model
 
     @torch.no_grad()
@@ -491,6 +506,7 @@ class NeuMetaModel(PreTrainedModel):
         network.tie_weights()
         if widths is not None:
             network.config.neumeta_layer_widths = widths
+        network.preprocessor = self.preprocessor  # saved beside it (`publishing.save_preprocessor`)
         # Rendered by save_pretrained / push_to_hub (`publishing.attach_card` again replaces it with a card that has
         # measured metrics). It shows the pictures a local hypernetwork directory holds, copied beside it.
         source = Path(self.name_or_path) if self.name_or_path else None
@@ -566,6 +582,12 @@ class NeuMetaModel(PreTrainedModel):
             private=private, token=token, pictures=pictures,
         )  # fmt: skip
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus the base's preprocessor (image processor or tokenizer)."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if self.preprocessor is not None and kwargs.get("is_main_process", True):
+            self.preprocessor.save_pretrained(save_directory)
+
     # ------------------------------------------------------------------------------------------------ loading
 
     @classmethod
@@ -583,6 +605,8 @@ class NeuMetaModel(PreTrainedModel):
         # Let transformers report every mismatch instead of stopping at its generic error, then refuse.
         kwargs["ignore_mismatched_sizes"] = True
         try:
+            if os.path.isfile(weights):
+                _refuse_non_float_tensors(weights)
             model, info = super().from_pretrained(source, *args, output_loading_info=True, **kwargs)
         except SafetensorError as error:
             raise OSError(f"{weights} is truncated or corrupt ({error}); save or download it again") from error
@@ -601,5 +625,18 @@ class NeuMetaModel(PreTrainedModel):
         if damaged:
             raise ValueError(f"{weights} is damaged: tensors {', '.join(damaged)} contain NaN or infinite values")
         model.base_network.requires_grad_(False)
+        if not target(model.config.family).needs_remote_code:  # a family's processor follows from its config
+            model.preprocessor = load_preprocessor(source)
         return (model, info) if wants_info else model
 
+
+def _refuse_non_float_tensors(weights: str):
+    """Every tensor of a hypernetwork is floating point; an integer or boolean one (which from_pretrained would
+    cast without a word) means the file was written by something else or damaged."""
+    with safe_open(weights, "pt") as stored:
+        dtypes = {name: stored.get_slice(name).get_dtype() for name in stored.keys()}
+    wrong = {name: dtype for name, dtype in dtypes.items() if not dtype.startswith(("F", "BF"))}
+    if wrong:
+        listed = ", ".join(f"{name} ({dtype})" for name, dtype in sorted(wrong.items()))
+        raise ValueError(f"{weights} holds non-floating-point tensors where weights belong: {listed}; it was not "
+                         "written by NeuMetaModel.save_pretrained or is damaged: save or download it again")  # fmt: skip

@@ -150,8 +150,7 @@ def sampled_network_card(
 def attach_card(network: PreTrainedModel, card, pictures: dict[str, Path] | None = None) -> PreTrainedModel:
     """Make this network instance publish itself with `card` (a `ModelCard`, or a callable rendering one, so that
     networks never saved never pay for rendering) and `pictures` (file name -> where the file is): its
-    `save_pretrained` also writes README.md, the pictures and the processor its adapter names (a stock vision
-    type's image processor; a family writes its own), and its `push_to_hub` uploads all that in one commit. The
+    `save_pretrained` also writes README.md, the pictures and its preprocessor (`save_preprocessor`), and its `push_to_hub` uploads all that in one commit. The
     class is unchanged: saved, a stock network still needs no remote code."""
     network.model_card, network.card_pictures = card, dict(pictures or {})
     network.save_pretrained = types.MethodType(_save_with_card, network)
@@ -162,7 +161,7 @@ def attach_card(network: PreTrainedModel, card, pictures: dict[str, Path] | None
 def _save_with_card(network: PreTrainedModel, save_directory, *args, **kwargs):
     type(network).save_pretrained(network, save_directory, *args, **kwargs)
     if kwargs.get("is_main_process", True):
-        target(network.config.model_type).save_processor(network.config, save_directory)
+        save_preprocessor(network, save_directory)
         card = network.model_card
         (card() if callable(card) else card).save(os.path.join(save_directory, "README.md"))
         for name, source in network.card_pictures.items():
@@ -181,10 +180,37 @@ def _push_with_card(network: PreTrainedModel, repo_id: str, commit_message: str 
 
 
 def save_network(model: PreTrainedModel, directory):
-    """`save_pretrained`, plus what its adapter saves beside it (a stock vision type's image processor; families
-    write their own), so that the directory works with `pipeline(...)`."""
+    """`save_pretrained`, plus what feeds it (`save_preprocessor`), so that the directory works with
+    `pipeline(...)`."""
     model.save_pretrained(directory)
-    target(model.config.model_type).save_processor(model.config, directory)
+    save_preprocessor(model, directory)
+
+
+PREPROCESSOR_FILES = {"preprocessor_config.json": "AutoImageProcessor", "tokenizer_config.json": "AutoTokenizer"}
+
+
+def load_preprocessor(source: str):
+    """The image processor or tokenizer a stock model's directory or Hub repo comes with (None: neither), to
+    travel with every network sampled from it."""
+    import transformers
+    from transformers.utils import cached_file
+
+    for name, auto_class in PREPROCESSOR_FILES.items():
+        if cached_file(source, name, _raise_exceptions_for_missing_entries=False,
+                       _raise_exceptions_for_connection_errors=False):  # fmt: skip
+            return getattr(transformers, auto_class).from_pretrained(source)
+    return None
+
+
+def save_preprocessor(network: PreTrainedModel, directory):
+    """Beside a saved network: the preprocessor it carries from its base (`network.preprocessor`, set by
+    `NeuMetaModel.sample_model`), else the one its adapter builds from its config (a stock vision type's image
+    processor at its input size and normalisation; families write their own; nothing for text without one)."""
+    preprocessor = getattr(network, "preprocessor", None)
+    if preprocessor is not None:
+        preprocessor.save_pretrained(directory)
+    else:
+        target(network.config.model_type).save_processor(network.config, directory)
 
 
 # ----------------------------------------------------------------------------------------------------- uploads

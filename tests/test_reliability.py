@@ -110,6 +110,33 @@ def test_configs_built_in_code_keep_their_defaults():
     assert config.width_range == [4, 16] and config.train_widths == list(range(4, 17))
 
 
+def test_a_saved_config_records_the_library_version_and_reloads_without_a_word(saved, recwarn):
+    assert json.loads((saved / "config.json").read_text())["neumeta_hf_version"] == nm.__version__
+    nm.NeuMetaConfig.from_pretrained(saved)
+    assert not [w for w in recwarn if "neumeta-hf" in str(w.message)]
+
+
+@pytest.mark.parametrize(
+    "removed, added, message",
+    [
+        # written before the version was recorded, and before num_samples existed
+        (["neumeta_hf_version", "num_samples"], {}, r"saved by a neumeta-hf before .* lacks num_samples: using this "
+         r"version's defaults num_samples=1"),
+        ([], {"neumeta_hf_version": "99.0"}, r"saved by neumeta-hf 99.0, newer than this neumeta-hf"),
+        ([], {"num_sampels": 100}, r"fields neumeta-hf .* does not know: num_sampels"),
+    ],
+)  # fmt: skip
+def test_a_config_from_another_version_says_what_it_lacks_or_adds(saved, removed, added, message):
+    def edit(config):
+        for name in removed:
+            config.pop(name)
+        config.update(added)
+
+    edit_config(saved, edit)
+    with pytest.warns(UserWarning, match=message):
+        nm.NeuMetaModel.from_pretrained(saved)
+
+
 @pytest.mark.parametrize(
     "field, value, message",
     [
@@ -159,6 +186,14 @@ def test_non_finite_generated_weights_fail_naming_the_tensor(mlp_hyper, method):
         hyper.inr.output_bias[hyper.spec.names.index("fc2.weight")] = float("inf")
     with pytest.raises(RuntimeError, match="generated tensors fc2.weight of width 40 contain NaN or infinite"):
         getattr(hyper, method)(40)
+
+
+def test_integer_tensors_in_a_checkpoint_are_refused_not_cast(saved):
+    state = load_file(saved / "model.safetensors")
+    state["inr.output_bias"] = state["inr.output_bias"].round().to(torch.int32)
+    save_file(state, saved / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"non-floating-point tensors where weights belong: inr.output_bias \(I32\)"):
+        nm.NeuMetaModel.from_pretrained(saved)
 
 
 @pytest.mark.parametrize("keep", [0.5, 0.01, 0.0])

@@ -336,6 +336,17 @@ def test_a_run_holds_its_output_directory(tmp_path, fresh_accelerate_state):
     assert not (tmp_path / LOCK_FILE).exists()
 
 
+def test_a_run_inside_another_runs_checkpoints_is_refused(tmp_path, fresh_accelerate_state):
+    """Round 2: output_dir=RUN/checkpoints/x was accepted, and RUN's checkpoint pruning would delete it."""
+    (tmp_path / "log.jsonl").write_text("")
+    inside = tmp_path / "checkpoints" / "step-500" / "run"
+    with pytest.raises(ValueError, match="lies inside .*checkpoints, which belongs to the run in"):
+        claim_output_dir(quick_config(inside), Accelerator(), resuming=False)
+    assert not inside.exists()
+    claim_output_dir(quick_config(tmp_path / "beside"), Accelerator(), resuming=False)  # a sibling is fine
+    release_output_dir(tmp_path / "beside")
+
+
 @pytest.mark.parametrize(
     "text, message",
     [

@@ -441,6 +441,58 @@ def test_sampled_vit_classifies_images_with_transformers_alone(tmp_path):
         assert result["pipeline"]["label"] in network.config.id2label.values()
 
 
+def word_tokenizer(vocab_size: int):
+    """A real transformers tokenizer (word-level, built offline with `tokenizers`) over `vocab_size` ids."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocabulary = {"[UNK]": 0} | {f"w{i}": i for i in range(1, vocab_size)}
+    backend = Tokenizer(models.WordLevel(vocabulary, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]")
+
+
+def test_the_base_image_processor_travels_to_every_sampled_network(tmp_path):
+    """Issue 25: from_base_model took only a model object, and sampled ViTs were saved with a processor rebuilt
+    at mean/std 0.5, whatever the base's own said; through pipeline() they then saw other pixels."""
+    base = random_stock("vit", image_size=8)
+    base.save_pretrained(tmp_path / "base")
+    processor = transformers.ViTImageProcessor(size={"height": 8, "width": 8}, image_mean=[0.2] * 3, image_std=[0.3] * 3)
+    processor.save_pretrained(tmp_path / "base")
+    hyper = nm.NeuMetaModel.from_base_model(str(tmp_path / "base"), width_range=(16, FULL_WIDTH), smooth=False, **SMALL_INR)
+    hyper.save_pretrained(tmp_path / "hyper")
+    reloaded = nm.NeuMetaModel.from_pretrained(tmp_path / "hyper")
+    assert list(reloaded.preprocessor.image_mean) == [0.2] * 3
+    network = reloaded.sample_model(24)
+    network.save_pretrained(tmp_path / "net")
+    saved = json.loads((tmp_path / "net" / "preprocessor_config.json").read_text())
+    assert saved["image_mean"] == [0.2] * 3 and saved["image_std"] == [0.3] * 3
+    from PIL import Image
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8))
+    classify = transformers.pipeline("image-classification", model=str(tmp_path / "net"))
+    top = classify(image, top_k=1)[0]
+    with torch.no_grad():
+        probabilities = network(**processor(image, return_tensors="pt")).logits.softmax(-1)[0]
+    assert top["label"] == network.config.id2label[int(probabilities.argmax())]
+    assert top["score"] == pytest.approx(float(probabilities.max()), abs=1e-5)
+
+
+def test_the_base_tokenizer_travels_to_every_sampled_network(tmp_path):
+    """Issue 25: sampled Llama directories had no tokenizer, so pipeline("text-generation", model=dir) failed."""
+    base = random_stock("llama")
+    base.save_pretrained(tmp_path / "base")
+    word_tokenizer(base.config.vocab_size).save_pretrained(tmp_path / "base")
+    hyper = nm.NeuMetaModel.from_base_model(tmp_path / "base", width_range=(16, FULL_WIDTH), smooth=False, **SMALL_INR)
+    network = hyper.sample_model(24)
+    network.save_pretrained(tmp_path / "net")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "net")
+    assert tokenizer("w3 w5 w9")["input_ids"] == [3, 5, 9]
+    generate = transformers.pipeline("text-generation", model=str(tmp_path / "net"))
+    generated = generate("w3 w5", max_new_tokens=4, do_sample=False, return_tensors=True)[0]["generated_token_ids"]
+    expected = network.generate(torch.tensor([[3, 5]]), max_new_tokens=4, do_sample=False)[0]
+    assert list(generated) == expected.tolist()
+
+
 # ------------------------------------------------------------------------------------------------------- Hub
 
 PUSH_SAMPLED_VIT = """

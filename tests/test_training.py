@@ -95,6 +95,27 @@ def test_stock_vit_trains_end_to_end_and_samples_stock_networks(tmp_path, fresh_
     assert network.config.num_channels == 3 and len(set(network.config.image_mean)) == 1  # grey repeated
 
 
+def test_a_pretrained_stock_base_is_fed_and_published_with_its_own_image_processor(tmp_path, fresh_accelerate_state):
+    """Issue 25: with base.pretrained, training normalised with the data's own statistics and the sampled ViTs
+    were saved with a processor at mean/std 0.5; both now follow the base's processor."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    labels = {i: str(i) for i in range(10)}
+    base = ViTForImageClassification(ViTConfig(image_size=8, patch_size=4, num_channels=1, hidden_size=32,
+                                               num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                                               id2label=labels, label2id={v: k for k, v in labels.items()}))  # fmt: skip
+    base.save_pretrained(tmp_path / "vit")
+    ViTImageProcessor(size={"height": 8, "width": 8}, image_mean=[0.25], image_std=[0.4]).save_pretrained(tmp_path / "vit")
+    run = tmp_path / "run"
+    train_script.train(quick_config(run, "base.family=vit", f"base.pretrained={tmp_path / 'vit'}", "training.max_steps=4",
+                                    "hypernetwork.width_range=[8,32]", "hypernetwork.train_widths=[8,32]",
+                                    "sweep.widths=[8,32]", "sweep.save_width=16"))  # fmt: skip
+    for directory in ("base", "hypernetwork", "sampled-width-16"):
+        processor = json.loads((run / directory / "preprocessor_config.json").read_text())
+        assert (processor["image_mean"], processor["image_std"]) == ([0.25], [0.4]), directory
+    assert nm.NeuMetaModel.from_pretrained(run / "hypernetwork").sample_model(12).config.image_mean == [0.25]
+
+
 @pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path, fresh_accelerate_state, monkeypatch):
     # fast-tsp is time-boxed and unseeded: under load two fresh runs may permute channels differently; without the

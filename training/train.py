@@ -68,6 +68,7 @@ from training.recipe import (  # noqa: E402
     schedule_factor,
 )
 from training.train_base import (  # noqa: E402
+    adopt_base_normalisation,
     build_base_network,
     build_nested_network,
     check_against_data,
@@ -362,6 +363,7 @@ def set_up(config: TrainConfig) -> Run:
     earlier = claim_output_dir(config, accelerator, resuming)
     checkpoints = output / "checkpoints"
     resume_from = find_checkpoint(settings.resume_from_checkpoint, checkpoints, identity) if resuming else None
+    adopt_base_normalisation(config)
     train_set, validation_set, test_set, info = load_splits(config.data)
     if resuming and config.base.pretrained is None and (output / "base" / "config.json").exists():
         config.base.pretrained = str(output / "base")  # a resumed run reuses the base it trained
@@ -406,6 +408,7 @@ def hypernetwork_stage(run: Run, base: PreTrainedModel, nested: NestedNetwork | 
         morph=settings.morph,
         smooth=settings.smooth,
         train_widths=settings.train_widths,
+        preprocessor=getattr(base, "preprocessor", None),
         **settings.config,  # with nested.enabled: anchor_channels first, width_affine (recipe defaults)
     )
     if hyper.config.width_affine:

@@ -36,7 +36,7 @@ from neumeta_hf.evaluation import check_labels, evaluate_score  # noqa: E402
 from neumeta_hf.nested import AFFINE_FILE, NestedNetwork, importance_order, train_nested  # noqa: E402
 from neumeta_hf.progress import progress_bar  # noqa: E402
 from neumeta_hf.pruning import nested_weights, prune_l1  # noqa: E402
-from neumeta_hf.publishing import save_network  # noqa: E402
+from neumeta_hf.publishing import load_preprocessor, save_network  # noqa: E402
 from neumeta_hf.targets import config_at_width, network_width, target, task_for  # noqa: E402
 from training.recipe import BaseConfig, TrainConfig, load_config, schedule_factor  # noqa: E402
 
@@ -65,6 +65,10 @@ def claim_output_dir(config: TrainConfig, accelerator: Accelerator, resuming: bo
     output = Path(config.output_dir)
     if output.exists() and not output.is_dir():
         raise NotADirectoryError(f"output_dir {output} is a file; choose a directory with output_dir=...")
+    for part in output.resolve().parents:  # a run inside another's checkpoints/ or base/ is lost when that one's are
+        if part.name in outputs and any((part.parent / marker).exists() for marker in ("log.jsonl", LOCK_FILE)):
+            raise ValueError(f"output_dir {output} lies inside {part}, which belongs to the run in {part.parent} and "
+                             "is replaced or pruned by it; choose a directory outside it with output_dir=...")  # fmt: skip
     hold_output_dir(output, accelerator)
     earlier = [output / name for name in outputs if (output / name).exists()]
     if "hypernetwork" in outputs:
@@ -227,6 +231,38 @@ def check_trained_network(key: str, path: str, model_class, base_config):
         )
 
 
+def adopt_base_normalisation(config: TrainConfig):
+    """With `base.pretrained` and no data.image_mean / data.image_std of the recipe's own: the normalisation the
+    base was trained with -- its image processor's, else what neumeta-hf's training recorded in its config -- so
+    that its data are fed as it expects (not the training split's own statistics)."""
+    data, path = config.data, config.base.pretrained
+    if not path or data.image_mean is not None or data.image_std is not None:
+        return
+    preprocessor = load_preprocessor(path) if not target(config.base.family).needs_remote_code else None
+    expects = preprocessor if getattr(preprocessor, "do_normalize", False) else None
+    if expects is None:
+        expects = target(config.base.family).trainable_network_class().config_class.from_pretrained(path)
+    if getattr(expects, "image_mean", None) is not None and getattr(expects, "image_std", None) is not None:
+        data.image_mean, data.image_std = list(expects.image_mean), list(expects.image_std)
+
+
+def carry_preprocessor(model: PreTrainedModel, path: str, info: DataInfo):
+    """Give a stock base loaded from `path` the image processor or tokenizer it came with, to travel with every
+    network sampled from it, its normalisation set to the one training used (with a warning where it differs)."""
+    if target(model.config.model_type).needs_remote_code:
+        return  # a family's processor follows from its config
+    model.preprocessor = preprocessor = load_preprocessor(path)
+    if getattr(preprocessor, "image_mean", None) is None:
+        return
+    used = [list(info.image_mean), list(info.image_std)]
+    if [list(preprocessor.image_mean), list(preprocessor.image_std)] != used:
+        warnings.warn(f"base.pretrained {path!r}: its image processor normalises with mean {list(preprocessor.image_mean)}, "
+                      f"std {list(preprocessor.image_std)}, but training used mean {used[0]}, std {used[1]}; the "
+                      "sampled networks' processors get the latter", stacklevel=2)  # fmt: skip
+        preprocessor.image_mean, preprocessor.image_std = used
+    model.config.image_mean, model.config.image_std = used
+
+
 def load_trained_network(key: str, path: str, family: str) -> PreTrainedModel:
     """The trained network that the recipe's `key` names (a directory or Hub id), refused with a ValueError naming
     the key unless it is of `family` and its weights are finite."""
@@ -249,6 +285,7 @@ def build_base_network(
     model_class = target(config.base.family).trainable_network_class()
     if config.base.pretrained:
         model = load_trained_network("base.pretrained", config.base.pretrained, config.base.family)
+        carry_preprocessor(model, config.base.pretrained, info)
     elif config.base.prune_from:
         source = model_class.from_pretrained(config.base.prune_from)
         width = config.base.family_config.get(target(config.base.family).width_field, network_width(source.config))
@@ -367,6 +404,7 @@ def main(argv=None):
         parser.error(str(error))
     accelerator = Accelerator()
     earlier = claim_output_dir(config, accelerator, resuming=False, outputs=BASE_OUTPUTS)
+    adopt_base_normalisation(config)
     train, validation, test, info = load_splits(config.data)
     check_against_data(config, train, validation, test, info, accelerator)
     replace_earlier_run(earlier, accelerator)
