@@ -22,6 +22,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from . import NeuMetaModel
 from .progress import progress_bar
+from .publishing import training_status
 from .tasks import PICTURES
 
 
@@ -149,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("source", metavar="SOURCE", help="hypernetwork directory")
     push.add_argument("repo", metavar="REPO", type=hub_repo_id, help="Hub repository id, e.g. me/neumeta-digits")
     push.add_argument("--private", action="store_true", help="create the repository as private")
+    push.add_argument("--untrained", action="store_true", help="upload a hypernetwork that was never trained "
+                      "(as from_base_model builds it; refused without this flag)")  # fmt: skip
     return parser
 
 
@@ -243,6 +246,9 @@ def run_push(args, parser):
     if not Path(args.source, "config.json").is_file():
         parser.error(f"{args.source!r} is not a saved hypernetwork directory (no config.json)")
     hyper = load_hypernetwork(parser, args.source)
+    if hyper.config.trained_steps == 0 and not args.untrained:
+        parser.error(f"{args.source} is an untrained hypernetwork (as from_base_model builds it): train it first, or "
+                     "pass --untrained to upload it as it is")  # fmt: skip
     sweep_path = find_sweep(args.source, hyper)
     sweep = json.loads(sweep_path.read_text()) if sweep_path else None
     plot = sweep_path.with_name("sweep.png") if sweep_path else None
@@ -258,6 +264,7 @@ def run_push(args, parser):
         sweep_plot=str(plot) if plot and plot.is_file() else None,
         pictures=pictures,
         private=args.private,
+        allow_untrained=args.untrained,
     )
     print(f"pushed {args.source} to {args.repo}: {commit}")
 
@@ -269,6 +276,7 @@ def describe(hyper: NeuMetaModel, source: str) -> dict:
         "family": config.family,
         "full_width": config.full_width,
         "width_range": config.width_range,
+        "training": training_status(config),
         "train_widths": config.train_widths,
         "morph": config.morph,
         "inr": {k: getattr(config, k) for k in ("hidden_size", "num_layers", "num_frequencies", "shared_trunk")},

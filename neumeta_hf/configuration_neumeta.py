@@ -86,6 +86,8 @@ class NeuMetaConfig(PreTrainedConfig):
         num_samples: how many generations `sample_model` averages by default (the first without noise).
         ema_decay: decay of the exponential moving average of the INR weights kept by training.
         smoothing: what the channel permutation did (filled in by `from_base_model`).
+        trained_steps: the optimiser steps its INR has had: 0 from `from_base_model` (untrained: what the card,
+            `info` and `push` say), set by training; None in a config saved before it was recorded (unknown).
     """
 
     model_type = "neumeta"
@@ -110,6 +112,7 @@ class NeuMetaConfig(PreTrainedConfig):
     num_samples: int = 1
     ema_decay: float = 0.995
     smoothing: dict | None = None
+    trained_steps: int | None = None
 
     def __post_init__(self, **kwargs):
         kind = target(self.family)
@@ -148,6 +151,8 @@ class NeuMetaConfig(PreTrainedConfig):
                 raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
         if self.anchor_channels not in ANCHOR_CHANNELS:
             raise ValueError(f"anchor_channels must be one of {ANCHOR_CHANNELS}, got {self.anchor_channels!r}")
+        if self.trained_steps is not None and as_integer(self.trained_steps, "trained_steps") < 0:
+            raise ValueError(f"trained_steps must be a non-negative integer, got {self.trained_steps}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         super().__post_init__(**kwargs)
@@ -214,7 +219,7 @@ def _check_version(written_by: str | None, config_dict: dict):
     if unknown:
         warnings.warn(f"config.json has fields neumeta-hf {__version__} does not know: {', '.join(unknown)} (saved "
                       f"by {writer}); they are kept as attributes and have no effect", stacklevel=3)  # fmt: skip
-    lacking = [name for name in own if name not in config_dict]
+    lacking = [name for name in own if name not in config_dict and name != "trained_steps"]  # None: unknown
     if lacking:
         defaults = ", ".join(f"{name}={getattr(NeuMetaConfig, name)!r}" for name in lacking)
         warnings.warn(f"config.json (saved by {writer}) lacks {', '.join(lacking)}: using this version's defaults "

@@ -155,7 +155,7 @@ class NeuMetaModel(PreTrainedModel):
             family_config=target(base.config.model_type).base_config_values(base),
             width_range=list(width_range) if width_range is not None else None,
             morph=morph,
-            **config_overrides,
+            **{"trained_steps": 0, **config_overrides},
         )
         model = cls(config)
         if smooth and config.anchor_channels == "first":
@@ -573,13 +573,15 @@ class NeuMetaModel(PreTrainedModel):
         private: bool | None = None,
         token=None,
         pictures: list[str] | None = None,
+        allow_untrained: bool = False,
     ):
         """Upload config, weights, model card (with the sweep table when given), the sweep plot and `pictures`
         (files named as in `tasks.PICTURES`, from `evaluation.write_pictures`) in one commit
-        (`publishing.push_hypernetwork`). A failed upload raises and changes nothing locally."""
+        (`publishing.push_hypernetwork`). A failed upload raises and changes nothing locally; an untrained
+        hypernetwork (`config.trained_steps` 0) is refused unless `allow_untrained`."""
         return push_hypernetwork(
             self, repo_id, sweep=sweep, sweep_plot=sweep_plot, training=training, commit_message=commit_message,
-            private=private, token=token, pictures=pictures,
+            private=private, token=token, pictures=pictures, allow_untrained=allow_untrained,
         )  # fmt: skip
 
     def save_pretrained(self, save_directory, *args, **kwargs):

@@ -31,6 +31,15 @@ def _looks_like_hub_id(name: str | None) -> bool:
     return bool(name) and not Path(name).exists() and name.count("/") == 1
 
 
+def training_status(config) -> str:
+    """What a hypernetwork's config says of its training, in words for its card and `info`."""
+    if config.trained_steps == 0:
+        return "untrained: the starting point from_base_model builds (train it with training/train.py)"
+    if config.trained_steps is None:
+        return "not recorded (saved before neumeta-hf recorded it)"
+    return f"{config.trained_steps:,} optimiser steps"
+
+
 def hypernetwork_card(
     hyper, repo_id: str | None = None, sweep: dict | None = None, training: dict | None = None,
     sweep_plot: str | None = None, pictures: list[str] | None = None,
@@ -61,6 +70,8 @@ def hypernetwork_card(
         full_width=config.full_width,
         width_range=config.width_range,
         train_widths=", ".join(map(str, config.train_widths)),
+        untrained=config.trained_steps == 0,
+        training_status=training_status(config),
         morph=config.morph,
         width_field=target(config.family).width_field if stock else None,
         architecture=type(full).__name__ if stock else None,
@@ -219,10 +230,15 @@ def save_preprocessor(network: PreTrainedModel, directory):
 def push_hypernetwork(
     hyper, repo_id: str, sweep: dict | None = None, sweep_plot: str | None = None, training: dict | None = None,
     commit_message: str | None = None, private: bool | None = None, token=None, pictures: list[str] | None = None,
+    allow_untrained: bool = False,
 ):
     """Upload a hypernetwork's config, weights, model card (with the sweep table when given), the sweep plot and
     `pictures` (files named as in `tasks.PICTURES`, from `evaluation.write_pictures`) in one commit
-    (`NeuMetaModel.push_to_hub`)."""
+    (`NeuMetaModel.push_to_hub`). An untrained one (`trained_steps` 0) only with `allow_untrained`."""
+    if hyper.config.trained_steps == 0 and not allow_untrained:
+        raise ValueError("this hypernetwork is untrained (trained_steps 0: as from_base_model built it), so its "
+                         "networks are only the base resampled; train it first, or pass allow_untrained=True "
+                         "(CLI: --untrained) to upload it as it is")  # fmt: skip
     with tempfile.TemporaryDirectory() as directory:
         hyper.save_pretrained(directory)
         if sweep is not None:

@@ -119,10 +119,19 @@ def write_idx_dataset(directory, images, labels):
             handle.write(struct.pack(">HBBI", 0, 8, 1, len(labels)) + labels.tobytes())
 
 
+def save_as_trained(hyper, directory):
+    """`hyper.save_pretrained(directory)` with the config recording training steps, as training/train.py's does
+    (from_base_model's is untrained, which push refuses)."""
+    hyper.save_pretrained(directory)
+    config = json.loads((Path(directory) / "config.json").read_text())
+    (Path(directory) / "config.json").write_text(json.dumps(config | {"trained_steps": 100}))
+
+
 def trained_like(hyper):
     """A copy whose INR output layer is non-zero, as after training (an untrained one outputs zero)."""
-    copy = nm.NeuMetaModel(hyper.config)
+    copy = nm.NeuMetaModel(hyper.config.__class__.from_dict(hyper.config.to_dict() | {"trained_steps": 100}))
     copy.load_state_dict(hyper.state_dict())
+    copy.preprocessor = hyper.preprocessor
     torch.nn.init.normal_(copy.inr.output_weight, generator=torch.Generator().manual_seed(0), std=0.1)
     return copy
 

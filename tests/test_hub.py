@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import LOAD_WITHOUT_NEUMETA, card_metadata, inputs_for, run
+from conftest import LOAD_WITHOUT_NEUMETA, card_metadata, inputs_for, run, save_as_trained
 
 from neumeta_hf.evaluation import sweep, write_sweep
 
@@ -18,7 +18,7 @@ def trained_directory(mlp_hyper, tmp_path):
     """What training/train.py leaves: OUTPUT/hypernetwork beside sweep.json and sweep.png."""
     import datasets
 
-    mlp_hyper.save_pretrained(tmp_path / "run" / "hypernetwork")
+    save_as_trained(mlp_hyper, tmp_path / "run" / "hypernetwork")
     inputs = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     data = datasets.Dataset.from_dict({"pixel_values": inputs.numpy(), "labels": [0, 1] * 4}).with_format("torch")
     write_sweep(sweep(mlp_hyper, data, widths=[16, 17], base_score=0.5, dataset_name="noise"), tmp_path / "run")

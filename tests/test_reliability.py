@@ -8,7 +8,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from conftest import write_idx_dataset
+from conftest import save_as_trained, write_idx_dataset
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel
 
@@ -236,7 +236,7 @@ def test_sweep_refuses_labels_outside_the_classes(mlp_hyper, labels, shown):
 @pytest.fixture(scope="module")
 def cli_hyper(mlp_hyper, tmp_path_factory):
     directory = tmp_path_factory.mktemp("cli") / "hyper"
-    mlp_hyper.save_pretrained(directory)
+    save_as_trained(mlp_hyper, directory)
     return directory
 
 
@@ -295,6 +295,20 @@ def test_cli_failed_upload_exits_1_with_one_line(cli_hyper, argv, tmp_path, caps
     status, err = run_cli([a.format(hyper=cli_hyper) for a in argv], capsys)
     assert status == 1 and "Traceback" not in err
     assert re.search(r"^neumeta-hf (push|sample): error: upload to me/neumeta-mlp failed: .*offline", err, re.M)
+
+
+def test_an_untrained_hypernetwork_says_so_and_is_not_pushed_without_being_told(mlp_hyper, tmp_path, capsys):
+    """Issue 25: info and the card said "widths trained on 16, 32, ..." of from_base_model's output, and push
+    uploaded it without a word."""
+    mlp_hyper.save_pretrained(tmp_path / "hyper")
+    status, err = run_cli(["push", tmp_path / "hyper", "me/neumeta-mlp"], capsys)
+    assert status == 2 and "untrained hypernetwork" in err and "--untrained" in err
+    with pytest.raises(ValueError, match="this hypernetwork is untrained .* allow_untrained=True"):
+        mlp_hyper.push_to_hub("me/neumeta-mlp")
+    main(["info", str(tmp_path / "hyper")])
+    assert json.loads(capsys.readouterr().out)["training"].startswith("untrained")
+    card = nm.publishing.hypernetwork_card(mlp_hyper).content
+    assert "| training | untrained" in card and "| widths it will train on | 16, 32, 48, 64 |" in card
 
 
 def test_cli_missing_source_and_sampled_network_are_named(cli_hyper, mlp_hyper, tmp_path, capsys):

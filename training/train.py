@@ -559,6 +559,7 @@ def export(run: Run, training: Training, hyper: NeuMetaModel, base_score: float)
     config, settings, output, info = run.config, run.config.training, run.output, run.info
     training.ema.copy_to(hyper.inr)
     hyper.eval()
+    hyper.config.trained_steps = settings.max_steps
     hyper.save_pretrained(output / "hypernetwork")
     result = sweep(
         hyper, run.test_set, config.sweep.widths, num_samples=config.sweep.num_samples, base_score=base_score,
