@@ -88,6 +88,7 @@ class NeuMetaConfig(PreTrainedConfig):
         smoothing: what the channel permutation did (filled in by `from_base_model`).
         trained_steps: the optimiser steps its INR has had: 0 from `from_base_model` (untrained: what the card,
             `info` and `push` say), set by training; None in a config saved before it was recorded (unknown).
+        base_model: the Hub id the base network was loaded from (the card's `base_model`), when it was.
     """
 
     model_type = "neumeta"
@@ -113,6 +114,7 @@ class NeuMetaConfig(PreTrainedConfig):
     ema_decay: float = 0.995
     smoothing: dict | None = None
     trained_steps: int | None = None
+    base_model: str | None = None
 
     def __post_init__(self, **kwargs):
         kind = target(self.family)
@@ -219,7 +221,7 @@ def _check_version(written_by: str | None, config_dict: dict):
     if unknown:
         warnings.warn(f"config.json has fields neumeta-hf {__version__} does not know: {', '.join(unknown)} (saved "
                       f"by {writer}); they are kept as attributes and have no effect", stacklevel=3)  # fmt: skip
-    lacking = [name for name in own if name not in config_dict and name != "trained_steps"]  # None: unknown
+    lacking = [name for name in own if name not in config_dict and name not in ("trained_steps", "base_model")]
     if lacking:
         defaults = ", ".join(f"{name}={getattr(NeuMetaConfig, name)!r}" for name in lacking)
         warnings.warn(f"config.json (saved by {writer}) lacks {', '.join(lacking)}: using this version's defaults "

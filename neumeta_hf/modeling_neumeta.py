@@ -21,7 +21,7 @@ from .inr import FourierFeatures, NeuMetaINR, WidthAffineINR
 from .morph import Coordinates, MorphSpec, leading_channels, resample_channels
 from .nested import fold_scale_and_shift
 from .progress import progress_bar
-from .publishing import attach_card, load_preprocessor, push_hypernetwork, sampled_network_card
+from .publishing import attach_card, load_preprocessor, looks_like_hub_id, push_hypernetwork, sampled_network_card
 from .smoothing import smooth_channels
 from .targets import target
 from .tasks import PICTURES
@@ -155,7 +155,9 @@ class NeuMetaModel(PreTrainedModel):
             family_config=target(base.config.model_type).base_config_values(base),
             width_range=list(width_range) if width_range is not None else None,
             morph=morph,
-            **{"trained_steps": 0, **config_overrides},
+            # A Hub id only: a local path means nothing elsewhere (and would be published with the config).
+            **{"trained_steps": 0, "base_model": base_model.name_or_path if looks_like_hub_id(base_model.name_or_path) else None,
+               **config_overrides},
         )
         model = cls(config)
         if smooth and config.anchor_channels == "first":

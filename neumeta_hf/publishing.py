@@ -27,8 +27,13 @@ UPLOAD_ERRORS = (OSError, ValueError, *HfHubHTTPError.__bases__)
 # ------------------------------------------------------------------------------------------------------ cards
 
 
-def _looks_like_hub_id(name: str | None) -> bool:
+def looks_like_hub_id(name: str | None) -> bool:
     return bool(name) and not Path(name).exists() and name.count("/") == 1
+
+
+def _local_name(path: str | None) -> str | None:
+    """A local directory as a card shows it: its last two parts (`run/hypernetwork`), never the machine's path."""
+    return "/".join(Path(path).resolve().parts[-2:]) if path else None
 
 
 def training_status(config) -> str:
@@ -53,10 +58,11 @@ def hypernetwork_card(
     smoothing = config.smoothing
     dataset = (sweep or {}).get("dataset") or (training or {}).get("dataset")
     card_data = ModelCardData(
-        library_name="transformers",
+        library_name="neumeta-hf",  # transformers alone cannot load it: the card's snippet installs neumeta-hf
         license=LICENSE,
         tags=["neumeta", "hypernetwork", "implicit-neural-representation", config.family],
-        datasets=[dataset] if _looks_like_hub_id(dataset) else None,
+        datasets=[dataset] if looks_like_hub_id(dataset) else None,
+        base_model=config.base_model if looks_like_hub_id(config.base_model) else None,
         pipeline_tag=target(config.family).task_name(hyper.spec.family_config),
         model_name=repo_id or f"{config.family}-hypernetwork",
     )
@@ -125,9 +131,9 @@ def sampled_network_card(
         library_name="transformers",
         license=LICENSE,
         tags=["neumeta", config.model_type] + ([task] if task else []),
-        datasets=[dataset] if _looks_like_hub_id(dataset) else None,
+        datasets=[dataset] if looks_like_hub_id(dataset) else None,
         pipeline_tag=task,
-        base_model=hypernetwork if _looks_like_hub_id(hypernetwork) else None,
+        base_model=hypernetwork if looks_like_hub_id(hypernetwork) else None,
         model_name=name,
         eval_results=results or None,
     )
@@ -144,8 +150,9 @@ def sampled_network_card(
         auto_class=task_for(config, type(network)).auto_class_name,
         pipeline_tag=task,
         num_parameters=network.num_parameters(),
-        hypernetwork=hypernetwork,
-        hypernetwork_link=f"https://huggingface.co/{hypernetwork}" if _looks_like_hub_id(hypernetwork) else hypernetwork,
+        # A local directory is named, not linked: its path means nothing on another machine or on the Hub.
+        hypernetwork=hypernetwork if looks_like_hub_id(hypernetwork) else _local_name(hypernetwork),
+        hypernetwork_link=f"https://huggingface.co/{hypernetwork}" if looks_like_hub_id(hypernetwork) else None,
         num_channels=getattr(config, "num_channels", None),
         image_size=getattr(config, "image_size", None),
         image_mean=[round(v, 4) for v in image_mean],
@@ -187,6 +194,8 @@ def _push_with_card(network: PreTrainedModel, repo_id: str, commit_message: str 
     message = commit_message or f"Upload {config.model_type} of width {network_width(config)} sampled by NeuMeta"
     with tempfile.TemporaryDirectory() as directory:
         network.save_pretrained(directory)
+        if callable(network.model_card):  # rendered again for the repo: its snippets name it
+            network.model_card(repo_id=repo_id).save(os.path.join(directory, "README.md"))
         return upload_in_one_commit(directory, repo_id, message, private=private, token=token)
 
 

@@ -38,7 +38,16 @@ def test_hypernetwork_card_shows_sizes_widths_and_sweep(mlp_hyper, monkeypatch):
     assert "| 17 | no | 1,000 | 0.9000 |" in text and "![accuracy against width](sweep.png)" in text
     assert 'NeuMetaModel.from_pretrained("someone/neumeta-mlp")' in text and "16–64" in text
     assert "Neural Metamorphosis" in text and "extrapolated" in text
+    assert card.data.library_name == "neumeta-hf" and "pip install neumeta-hf" in text  # not loadable by transformers alone
     assert "neumeta" in card.data.to_dict()["tags"]
     assert "`sample_model` uses one noise-free generation" in text
     monkeypatch.setattr(mlp_hyper.config, "num_samples", 100)  # the fixture is shared: restored afterwards
     assert "`sample_model` averages 100 generations" in hypernetwork_card(mlp_hyper).text
+
+
+def test_hypernetwork_card_names_the_hub_base_it_was_built_from(mlp_hyper):
+    """Issue 25: no `base_model` named the base network although its id was known."""
+    config = mlp_hyper.config.to_dict() | {"base_model": "someone/mlp-base"}
+    hyper = type(mlp_hyper)(type(mlp_hyper.config).from_dict(config))
+    assert hypernetwork_card(hyper).data.base_model == "someone/mlp-base"
+    assert hypernetwork_card(mlp_hyper).data.base_model is None  # built from an object in memory

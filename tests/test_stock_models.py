@@ -393,7 +393,8 @@ def test_round_trip_and_sampled_network_without_custom_code(model_type, tmp_path
     assert config["neumeta_layer_widths"] == [24, 41]
     readme = (tmp_path / "net" / "README.md").read_text()
     width_field = targets.WIDTH_RULES[model_type].width_field
-    assert f"[`{tmp_path / 'hyper'}`]" in readme and f"`{width_field}` is **41**" in readme
+    assert f"(`{tmp_path.name}/hyper`, a local directory)" in readme and str(tmp_path) not in readme
+    assert f"`{width_field}` is **41**" in readme
     assert "(per layer: [24, 41]" in readme and "trust_remote_code" not in readme
     assert f"{AUTO_CLASSES[model_type].__name__}.from_pretrained" in readme
     reloaded = AUTO_CLASSES[model_type].from_pretrained(tmp_path / "net")
@@ -516,7 +517,9 @@ def test_push_sampled_stock_network_uploads_card_and_processor_in_one_commit(hub
     assert metadata["pipeline_tag"] == "image-classification" and "neumeta" in metadata["tags"]
     text = files["README.md"].decode()
     assert "**ViTForImageClassification** whose feed-forward width `intermediate_size` is **24**" in text
-    assert str(tmp_path / "hyper") in text and "no custom code travels with it" in text
+    assert f"`{tmp_path.name}/hyper`, a local directory" in text and str(tmp_path) not in text
+    assert 'from_pretrained("user/vit-w24")' in text and "path/to/this/directory" not in text
+    assert "no custom code travels with it" in text
     config = json.loads(files["config.json"])
     assert config["intermediate_size"] == 24 and config["architectures"] == ["ViTForImageClassification"]
     processor = json.loads(files["preprocessor_config.json"])
