@@ -2,7 +2,7 @@
 
     python benchmarks/quality.py                        # Fashion-MNIST, LeNet widths 8-32
     python benchmarks/quality.py --recipe digits_mlp    # the embedded default: digits, MLP widths 32-64
-    python benchmarks/quality.py --recipe fashion_mnist_vit  # a stock ViT, feed-forward widths 64-256
+    python benchmarks/quality.py --recipe fashion_mnist_vit  # a stock ViT, feed-forward widths 16-256
 
 Runs, as subprocesses of this one (two at a time on two cores, one thread each):
   base                 the full-width network, trained with the recipe's `base` settings (train_base.py);
@@ -135,8 +135,11 @@ RECIPES = {  # each with its reference widths (the individual networks) and the 
         "training/configs/digits_mlp.yaml", (32, 40, 48, 56, 64), ("no_width_affine", "weight_corrections"),
         plain=("nested.enabled=false", "training.max_steps=12000", "training.learning_rate=2.0e-3"),
     ),
-    # The nested levers start from the slimmable (here MatFormer-style) network; only the first is run.
-    "fashion_mnist_vit": Recipe("training/configs/fashion_mnist_vit.yaml", (64, 128, 192, 256), ("nested_anchor",)),
+    # Feed-forward widths 16-256: the individual networks at 16, 32, 64 and 128 (and the base, 256).
+    "fashion_mnist_vit": Recipe(
+        "training/configs/fashion_mnist_vit.yaml", (16, 32, 64, 128, 256), ("no_width_affine", "no_weight_corrections"),
+        plain=("nested.enabled=false", "training.epochs=2", "training.learning_rate=3.0e-3"),
+    ),
     # Reference widths at 75%, 50% and 25% compression; the U-Net has BatchNorm, so no slimmable baseline.
     "fashion_mnist_scenes_unet": Recipe(
         "training/configs/fashion_mnist_scenes_unet.yaml", (8, 16, 24, 32), slimmable=False

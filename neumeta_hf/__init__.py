@@ -28,7 +28,7 @@ from .modeling_neumeta import NeuMetaModel, NeuMetaOutput
 from .morph import MorphSpec
 from .smoothing import smooth_channels
 from .targets import FAMILIES, target
-from .version import __version__
+from .version import __version__ as __version__  # the one place it is set
 
 AutoConfig.register(NeuMetaConfig.model_type, NeuMetaConfig, exist_ok=True)
 AutoModel.register(NeuMetaConfig, NeuMetaModel, exist_ok=True)

@@ -638,7 +638,7 @@ def _refuse_non_float_tensors(weights: str):
     """Every tensor of a hypernetwork is floating point; an integer or boolean one (which from_pretrained would
     cast without a word) means the file was written by something else or damaged."""
     with safe_open(weights, "pt") as stored:
-        dtypes = {name: stored.get_slice(name).get_dtype() for name in stored.keys()}
+        dtypes = {name: stored.get_slice(name).get_dtype() for name in stored.keys()}  # noqa: SIM118 (not a dict)
     wrong = {name: dtype for name, dtype in dtypes.items() if not dtype.startswith(("F", "BF"))}
     if wrong:
         listed = ", ".join(f"{name} ({dtype})" for name, dtype in sorted(wrong.items()))

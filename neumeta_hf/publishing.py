@@ -3,6 +3,7 @@ its card and pictures, and uploads to the Hub in one commit. The only module tha
 (the families', shipped as remote code) hold no card or upload code.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -10,7 +11,7 @@ import tempfile
 import types
 from pathlib import Path
 
-from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, get_session
 from huggingface_hub.errors import HfHubHTTPError
 from transformers import PreTrainedModel
 
@@ -267,11 +268,47 @@ def push_hypernetwork(
 
 def upload_in_one_commit(directory, repo_id: str, commit_message: str, private: bool | None = None, token=None):
     """Create `repo_id` if needed and upload everything in `directory` as one commit. A failed upload raises
-    RuntimeError with a one-line reason; `directory` is only read."""
+    RuntimeError with a one-line reason (a Hub that stops answering: after `hub_timeout()` seconds);
+    `directory` is only read."""
     api = HfApi(token=token)
     try:
-        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-        return api.upload_folder(repo_id=repo_id, folder_path=directory, commit_message=commit_message)
+        with waiting_at_most(hub_timeout()):
+            repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+            return api.upload_folder(repo_id=repo_id, folder_path=directory, commit_message=commit_message)
     except UPLOAD_ERRORS as error:
         reason = (str(error).strip() or type(error).__name__).splitlines()[0].rstrip(".")
+        if "Timeout" in type(error).__name__:
+            reason = (f"the Hub did not answer ({hub_timeout():g} s per request, each retried by huggingface_hub: "
+                      f"{reason}); set {HUB_TIMEOUT_VARIABLE} to wait longer")  # fmt: skip
         raise RuntimeError(f"upload to {repo_id} failed: {reason}; nothing local was changed") from error
+
+
+HUB_TIMEOUT_VARIABLE = "NEUMETA_HUB_TIMEOUT"
+
+
+def hub_timeout() -> float:
+    """Seconds an upload waits for each connection, read and write ($NEUMETA_HUB_TIMEOUT, default 120)."""
+    value = os.environ.get(HUB_TIMEOUT_VARIABLE, "120")
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise ValueError(f"{HUB_TIMEOUT_VARIABLE}={value!r}: give the seconds an upload may wait, e.g. 120")
+    return seconds
+
+
+@contextlib.contextmanager
+def waiting_at_most(seconds: float):
+    """Inside: every request of huggingface_hub's shared HTTP client (which by default waits forever) waits at
+    most `seconds` to connect, and for each read and write."""
+    session = get_session()
+
+    def limit(request):
+        request.extensions["timeout"] = dict.fromkeys(("connect", "read", "write", "pool"), seconds)
+
+    session.event_hooks["request"].append(limit)
+    try:
+        yield
+    finally:
+        session.event_hooks["request"].remove(limit)

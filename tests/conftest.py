@@ -170,12 +170,12 @@ def hub():
     fake.close()
 
 
-def run(arguments, hub, tmp_path, code=None):
+def run(arguments, hub, tmp_path, code=None, **variables):
     """The neumeta-hf CLI with `arguments` (or Python `code`) in a subprocess pointed at the fake `hub`
-    (huggingface_hub reads HF_ENDPOINT when imported)."""
+    (huggingface_hub reads HF_ENDPOINT when imported), with environment `variables` added."""
     environment = {key: value for key, value in os.environ.items() if key not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     environment |= {"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": "hf_fake", "HF_HOME": str(tmp_path / "hf-home"),
-                    "HF_HUB_DISABLE_TELEMETRY": "1"}  # fmt: skip
+                    "HF_HUB_DISABLE_TELEMETRY": "1", **variables}  # fmt: skip
     command = [sys.executable, "-c", code, *arguments] if code else [sys.executable, "-m", "neumeta_hf.cli", *arguments]
     return subprocess.run(command, capture_output=True, text=True, env=environment, cwd=tmp_path, timeout=300)
 

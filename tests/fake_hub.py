@@ -5,6 +5,7 @@ import base64
 import hashlib
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 COMMIT = "c" * 40
@@ -15,6 +16,7 @@ class FakeHub:
         self.files: dict[tuple[str, str], bytes] = {}
         self.requests: list[str] = []
         self.fail_commits = False
+        self.stall_commits = 0.0  # seconds a commit waits before its answer: a Hub that stops answering
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -55,6 +57,7 @@ class FakeHub:
             modes = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]
             return _reply(request, 200, {"files": modes})
         if "/commit/" in path:
+            time.sleep(self.stall_commits)
             if self.fail_commits:
                 return _reply(request, 500, {"error": "the fake Hub refuses this commit"})
             repo = path.split("/api/models/")[1].split("/commit/")[0]

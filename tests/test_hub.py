@@ -4,6 +4,7 @@ huggingface_hub reads HF_ENDPOINT when imported, so each Hub client runs in a su
 """
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -82,6 +83,16 @@ def test_failed_upload_raises_and_leaves_local_files_alone(hub, trained_director
     assert "Traceback" not in result.stderr
     assert {p.name: p.read_bytes() for p in trained_directory.iterdir()} == before
     assert hub.repo_files("me/neumeta-mlp") == {}
+
+
+@pytest.mark.slow
+def test_a_hub_that_stops_answering_fails_the_push_after_the_timeout(hub, trained_directory, tmp_path):
+    """Round 2: a Hub that accepted the connection but never answered the commit kept push silent forever."""
+    hub.stall_commits = 60
+    started = time.time()
+    result = run(["push", str(trained_directory), "me/neumeta-mlp"], hub, tmp_path, NEUMETA_HUB_TIMEOUT="2")
+    assert result.returncode == 1 and time.time() - started < 55, result.stderr[-2000:]  # 6 tries, backing off
+    assert "the Hub did not answer (2 s per request" in result.stderr and "NEUMETA_HUB_TIMEOUT" in result.stderr
 
 
 PUSH_WITH_METRICS = """

@@ -5,11 +5,12 @@ for the model without its processor, where Pillow is not installed)."""
 import numpy as np
 import pytest
 import torch
-from conftest import BLOCK_NEUMETA, LOAD_WITHOUT_NEUMETA, inputs_for, run_in_clean_process
+from conftest import BLOCK_NEUMETA, LOAD_WITHOUT_NEUMETA, SMALL_INR, inputs_for, random_base, run_in_clean_process
 from PIL import Image
 from transformers import AutoImageProcessor
 
 import neumeta_hf as nm
+from neumeta_hf.targets import FAMILIES, task_for
 
 # Pillow hidden as if it were not installed: the path finder no longer finds it, so `find_spec("PIL")` is None,
 # which is what transformers checks before importing anything that needs it.
@@ -22,10 +23,10 @@ class WithoutPillow(importlib.machinery.PathFinder):
         return None if name.split(".")[0] == "PIL" else super().find_spec(name, path, target)
 
 sys.meta_path[:] = [WithoutPillow if finder is importlib.machinery.PathFinder else finder for finder in sys.meta_path]
-import numpy as np, torch
-from transformers import AutoModelForImageClassification
+import numpy as np, torch, transformers
 
-model = AutoModelForImageClassification.from_pretrained(sys.argv[1], trust_remote_code=True)
+auto_class = getattr(transformers, open(sys.argv[1] + "/auto_class.txt").read())
+model = auto_class.from_pretrained(sys.argv[1], trust_remote_code=True)
 inputs = torch.from_numpy(np.load(sys.argv[1] + "/inputs.npy"))
 print(json.dumps({"pillow_imported": "PIL" in sys.modules, "logits": model(inputs).logits.tolist()}))
 """
@@ -46,10 +47,16 @@ def test_sampled_network_loads_and_classifies_without_neumeta_hf(mlp_hyper, tmp_
     assert loaded["pipeline"]["label"] in network.config.id2label.values()
 
 
-def test_sampled_network_loads_and_runs_without_pillow(mlp_hyper, tmp_path):
-    """Only the image processor and the pipeline need Pillow: the model's code must import without it."""
-    network = mlp_hyper.sample_model(27)
+@pytest.mark.slow
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_family_loads_and_runs_without_pillow(family, tmp_path):
+    """Only the image processor and the pipeline need Pillow: the model's code must import without it (issue 25:
+    the VAE's lazy `from PIL import Image` made transformers refuse to load it)."""
+    config = FAMILIES[family].config_class()
+    hyper = nm.NeuMetaModel.from_base_model(random_base(config), smooth=False, **SMALL_INR)
+    network = hyper.sample_model(hyper.config.width_range[0])
     network.save_pretrained(tmp_path)
+    (tmp_path / "auto_class.txt").write_text(task_for(network.config, type(network)).auto_class_name)
     inputs = inputs_for(network.config)
     np.save(tmp_path / "inputs.npy", inputs.numpy())
     loaded = run_in_clean_process(LOAD_WITHOUT_PILLOW, tmp_path)

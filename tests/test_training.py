@@ -108,7 +108,7 @@ def test_a_pretrained_stock_base_is_fed_and_published_with_its_own_image_process
     ViTImageProcessor(size={"height": 8, "width": 8}, image_mean=[0.25], image_std=[0.4]).save_pretrained(tmp_path / "vit")
     run = tmp_path / "run"
     train_script.train(quick_config(run, "base.family=vit", f"base.pretrained={tmp_path / 'vit'}", "training.max_steps=4",
-                                    "hypernetwork.width_range=[8,32]", "hypernetwork.train_widths=[8,32]",
+                                    "training.warmup_steps=0", "hypernetwork.width_range=[8,32]", "hypernetwork.train_widths=[8,32]",
                                     "sweep.widths=[8,32]", "sweep.save_width=16"))  # fmt: skip
     for directory in ("base", "hypernetwork", "sampled-width-16"):
         processor = json.loads((run / directory / "preprocessor_config.json").read_text())

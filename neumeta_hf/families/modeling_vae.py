@@ -101,7 +101,12 @@ class NeuMetaVAEModel(NeuMetaFamilyModel):
         images = torch.sigmoid(self.decode(latents))
         if not return_pil:
             return images
-        from PIL import Image  # only here: loading and running the model must not need Pillow
+        # Only here, and inside try: transformers refuses to load remote code that imports a missing package
+        # anywhere outside a try block, and loading and running the model must not need Pillow.
+        try:
+            from PIL import Image
+        except ImportError as error:
+            raise ImportError("generate_images(return_pil=True) needs Pillow: pip install pillow") from error
 
         pixels = (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         return [Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image) for image in pixels]
