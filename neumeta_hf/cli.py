@@ -24,6 +24,7 @@ from . import NeuMetaModel
 from .progress import progress_bar
 from .publishing import training_status
 from .tasks import PICTURES
+from .version import __version__
 
 
 MAX_WIDTHS = 1000  # widths in one command: a larger range is a typo far more often than a plan
@@ -87,14 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="neumeta-hf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--version", action="version", version=f"neumeta-hf {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sample = commands.add_parser(
         "sample",
         help="materialise networks of given widths",
         description="Sample standalone networks from a hypernetwork and save each with save_pretrained "
-        "(weights, config, model code, image processor): one directory per width, loadable with "
-        "AutoModelForImageClassification.from_pretrained(dir, trust_remote_code=True).",
+        "(weights, config, card, and the image processor or tokenizer): one directory per width, loadable with "
+        "its task's Auto class (a stock model, e.g. AutoModelForCausalLM, with transformers alone; a neumeta-hf "
+        "family, e.g. AutoModelForImageClassification, with trust_remote_code=True: its code travels with it).",
     )
     sample.add_argument("source", metavar="SOURCE", help="hypernetwork directory or Hub id")
     chosen = sample.add_mutually_exclusive_group(required=True)
@@ -277,7 +280,7 @@ def describe(hyper: NeuMetaModel, source: str) -> dict:
         "full_width": config.full_width,
         "width_range": config.width_range,
         "training": training_status(config),
-        "train_widths": config.train_widths,
+        "train_widths": _widths_in_words(config.train_widths),
         "morph": config.morph,
         "inr": {k: getattr(config, k) for k in ("hidden_size", "num_layers", "num_frequencies", "shared_trunk")},
         "inr_parameters": sum(p.numel() for p in hyper.inr.parameters()),
@@ -291,6 +294,16 @@ def describe(hyper: NeuMetaModel, source: str) -> dict:
     if sweep_path:
         facts["sweep"] = json.loads(sweep_path.read_text())
     return facts
+
+
+def _widths_in_words(widths: list[int]) -> str:
+    """`16..256 step 16 (16 widths)` for an evenly spaced list, else the list itself: `info` stays short when a
+    Llama trains on all 193 widths of 64-256."""
+    steps = {b - a for a, b in zip(widths, widths[1:])}
+    if len(widths) > 2 and len(steps) == 1:
+        step = steps.pop()
+        return f"{widths[0]}..{widths[-1]}" + (f" step {step}" if step > 1 else "") + f" ({len(widths)} widths)"
+    return ", ".join(map(str, widths))
 
 
 def run_info(args, parser):

@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+import neumeta_hf as nm
 from neumeta_hf.cli import main, parse_widths
 
 
@@ -69,6 +70,27 @@ def test_info_reports_sizes_and_ranges(saved_hyper, capsys):
     assert facts["family"] == "neumeta-mlp" and facts["width_range"] == [16, 64]
     assert facts["full_network_parameters"] == 8970 and facts["inr_parameters"] > 0
     assert facts["smoothing"]["total_variation_after"] < facts["smoothing"]["total_variation_before"]
+    assert facts["train_widths"] == "16..64 step 16 (4 widths)"
+
+
+def test_info_of_a_llama_trained_on_every_width_is_short(tmp_path, capsys):
+    """Issue 25: info printed 217 lines of raw JSON for a Llama (one line per trained width)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=1, intermediate_size=256)  # fmt: skip
+    hyper = nm.NeuMetaModel.from_base_model(LlamaForCausalLM(config), width_range=(64, 256), smooth=False, hidden_size=32,
+                                            num_layers=1)  # fmt: skip
+    hyper.save_pretrained(tmp_path)
+    main(["info", str(tmp_path)])
+    output = capsys.readouterr().out
+    assert json.loads(output)["train_widths"] == "64..256 (193 widths)" and len(output.splitlines()) < 40
+
+
+def test_version_is_printed(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"neumeta-hf {nm.__version__}"
 
 
 def test_sweep_on_digits_writes_reports(saved_hyper, tmp_path, capsys):
