@@ -157,3 +157,24 @@ def test_report_from_an_earlier_benchmark_renders_with_the_method_table(tmp_path
     assert columns == expected
     quality.plot(report, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 10_000
+
+
+def test_rescore_checks_a_committed_report_against_its_recipes_targets(tmp_path, capsys):
+    """--rescore rechecks recorded scores with the recipe's own targets (issue 22's for the LeNet: 0.2 points from
+    the individual line), rewriting the report without training or evaluating anything."""
+    quality = load_quality_benchmark()
+    report = tmp_path / "fashion_mnist_lenet.json"
+    committed = json.loads((REPO / "benchmarks" / "results" / report.name).read_text())
+    committed["targets"] = []  # a report whose targets are stale
+    report.write_text(json.dumps(committed))
+    quality.main(["--rescore", str(report)])
+    targets = {t["target"]: t for t in json.loads(report.read_text())["targets"]}
+    width_15 = targets["width 15: at most 0.2 points below the line between individual 12 and 16"]
+    assert width_15 == {"target": width_15["target"], "measured": "90.76 vs 91.08", "met": False}
+    assert targets["full width within 0.1 points of the base"]["met"]
+    assert report.with_suffix(".md").read_text().count("**no**") == sum(not t["met"] for t in targets.values())
+    assert report.with_suffix(".png").stat().st_size > 10_000
+    committed.pop("metric")
+    report.write_text(json.dumps(committed))
+    with pytest.raises(SystemExit, match="older quality.py .* lacks metric"):
+        quality.main(["--rescore", str(report)])
