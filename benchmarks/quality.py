@@ -840,6 +840,14 @@ def markdown(report: dict) -> str:
                               + ".", "", f"Wall seconds: {seconds}.{reused}", ""])  # fmt: skip
 
 
+# How the plot's legend names the methods (the report keeps their ids).
+LEGEND_NAMES = {
+    "individual": "trained individually", "pruned_l1": "L1-pruned", "pruned_l1_finetuned": "L1-pruned + fine-tuned",
+    "slimmable": "slimmable (US-Nets)", "nested": "nested stage alone", "neumeta": "NeuMeta (the recipe's method)",
+    "neumeta_plain": "NeuMeta, the paper's plain method",
+}  # fmt: skip
+
+
 def plot(report: dict, path: Path):
     import matplotlib
 
@@ -856,13 +864,14 @@ def plot(report: dict, path: Path):
         widths = sorted(values)
         points = [scale * values[w] for w in widths]
         colour = method.colour or next(colours, "tab:gray")
+        name = LEGEND_NAMES.get(key, name)
         if method.style == "points":
             axis.scatter(widths, points, marker="s", color=colour, zorder=4, label=name)
         elif key == "neumeta":  # the method measured: bold, its unseen widths hollow
             axis.plot(widths, points, color=colour, lw=1.5, label=name, zorder=3)
             unseen = [w for w in widths if w not in seen]
             axis.scatter(unseen, [scale * values[w] for w in unseen], facecolors="white", edgecolors=colour,
-                         zorder=3, label="neumeta, unseen width")  # fmt: skip
+                         zorder=3, label="NeuMeta, unseen width")  # fmt: skip
         else:
             marker = "^" if len(widths) < 10 and method.section == "methods" else None
             lw = 1.0 if method.section == "methods" else 1.2
@@ -876,6 +885,14 @@ def plot(report: dict, path: Path):
     else:
         top = scale * max(methods["base"], *neumeta.values())
         axis.set_ylim(max(0, min(top - 15, scale * min(neumeta.values()) - 2)), top + 1)  # NeuMeta always in view
+    low, high = axis.get_ylim()
+    for line in list(axis.lines):  # a point outside the band: a marker at the edge, with its value
+        for x, y in line.get_xydata():
+            if not low <= y <= high:
+                edge, marker, offset = (low, "v", 4) if y < low else (high, "^", -10)
+                axis.plot([x], [edge], marker=marker, color=line.get_color(), clip_on=False, zorder=5)
+                axis.annotate(f"{y:.1f}", (x, edge), xytext=(6, offset), textcoords="offset points", fontsize="x-small",
+                              color=line.get_color())  # fmt: skip
     axis.set_xlabel("width")
     axis.set_ylabel(f"test {task.metric_label} ({unit})")
     axis.set_title(f"{report['family']} on {report['dataset']}")

@@ -196,7 +196,7 @@ def run_sample(args, parser):
 
 def run_sweep(args, parser):
     from .data import DataConfig, load_splits
-    from .evaluation import sweep, write_pictures, write_sweep
+    from .evaluation import evaluate_score, sweep, write_pictures, write_sweep
     from .targets import task_for
 
     hyper = load_hypernetwork(parser, args.source)
@@ -218,7 +218,10 @@ def run_sweep(args, parser):
             f"hypernetwork's networks take {family.num_channels}x{family.image_size}x{family.image_size}"
         )
     try:
-        result = sweep(hyper, test, args.widths, num_samples=args.num_samples, dataset_name=args.dataset)
+        # The network the hypernetwork was built from, as the plot's and the table's reference line.
+        base_score = evaluate_score(hyper.base_network, test)
+        result = sweep(hyper, test, args.widths, num_samples=args.num_samples, dataset_name=args.dataset,
+                       base_score=base_score)  # fmt: skip
     except (ValueError, MemoryError) as error:  # labels of another task, or a width too large
         parser.error(f"cannot sweep {args.dataset!r}: {error}")
     paths = write_sweep(result, args.output)

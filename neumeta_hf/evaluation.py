@@ -133,6 +133,8 @@ def plot_sweep(result: dict, path: str | Path):
     axis.plot([r["width"] for r in rows], [r[metric] for r in rows], color="tab:blue", lw=1, zorder=1)
     for seen, style in ((True, {"color": "tab:blue"}), (False, {"facecolors": "white", "edgecolors": "tab:blue"})):
         chosen = [r for r in rows if r["seen_in_training"] == seen]
+        if not chosen:  # no legend entry for what is not drawn
+            continue
         label = "NeuMeta, width seen in training" if seen else "NeuMeta, unseen width"
         axis.scatter([r["width"] for r in chosen], [r[metric] for r in chosen], s=28, label=label, zorder=2, **style)
     if result["base"].get(metric) is not None:

@@ -99,6 +99,9 @@ def test_sweep_on_digits_writes_reports(saved_hyper, tmp_path, capsys):
     assert [r["width"] for r in result["results"]] == [16, 17]
     assert all(0 <= r["top5_accuracy"] <= 1 and r["accuracy"] <= r["top5_accuracy"] for r in result["results"])
     assert (tmp_path / "sweep.png").exists()
+    # The reference line: the network the hypernetwork was built from, on the same test split.
+    assert 0 < result["base"]["accuracy"] <= 1 and result["base"]["width"] == 64
+    assert "base network (width 64): n/a" not in (tmp_path / "sweep.md").read_text()
 
 
 def test_sweep_rejects_a_dataset_of_another_shape(saved_hyper, tmp_path, capsys):
