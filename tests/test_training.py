@@ -239,3 +239,25 @@ def test_mixup_blends_each_image_and_its_label_by_the_same_weight():
     again, _ = train_script.mixup(images, labels, num_labels=8, alpha=0.4, seed=3)
     other, _ = train_script.mixup(images, labels, num_labels=8, alpha=0.4, seed=4)
     assert torch.equal(again, mixed) and not torch.equal(other, mixed)
+
+
+@pytest.mark.parametrize("script", ["train", "train_base"])
+def test_a_pretrained_base_of_another_family_is_refused_before_any_output(script, tmp_path, capsys):
+    """A Llama directory as base.pretrained of the default (neumeta-mlp) recipe: a clear error naming both
+    families and the key to set, and no output directory left behind (it used to be a traceback from deep inside
+    the config loader, and an empty directory)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from training import train_base
+
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2))  # fmt: skip
+    llama.save_pretrained(tmp_path / "llama")
+    run = tmp_path / "run"
+    entry = {"train": train_script.main, "train_base": train_base.main}[script]
+    with pytest.raises(SystemExit) as stop:
+        entry(["--config", str(DIGITS), f"output_dir={run}", f"base.pretrained={tmp_path / 'llama'}"])
+    assert stop.value.code == 2
+    error = capsys.readouterr().err
+    assert "is a 'llama' network, but base.family is 'neumeta-mlp': set base.family=llama" in error
+    assert not run.exists()

@@ -72,6 +72,7 @@ from training.train_base import (  # noqa: E402
     build_base_network,
     build_nested_network,
     check_against_data,
+    check_base_family,
     claim_output_dir,
     load_trained_network,
     release_output_dir,
@@ -620,6 +621,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config, args.overrides)
+        check_base_family(config)
     except (ValueError, OSError) as error:  # a bad recipe: say what is wrong, exit 2, no traceback
         parser.error(str(error))
     train(config)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from torch.func import functional_call
-from transformers import PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
 
 if __package__ in (None, ""):  # run by path (accelerate launch training/train_base.py): make `training` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -231,6 +231,22 @@ def check_trained_network(key: str, path: str, model_class, base_config):
         )
 
 
+def check_base_family(config: TrainConfig):
+    """base.pretrained names a saved network of base.family: refused (ValueError naming both) before anything
+    reads it as one, or creates the output directory."""
+    path, family = config.base.pretrained, config.base.family
+    if not path:
+        return
+    try:
+        saved = PretrainedConfig.get_config_dict(path)[0].get("model_type")
+    except (OSError, ValueError) as error:
+        raise ValueError(f"base.pretrained {path!r} is not a saved network (a directory with config.json, or a "
+                         f"Hub id): {error}") from error  # fmt: skip
+    if saved != family:
+        raise ValueError(f"base.pretrained {path!r} is a {saved!r} network, but base.family is {family!r}: set "
+                         f"base.family={saved} (or name a {family!r} network)")  # fmt: skip
+
+
 def adopt_base_normalisation(config: TrainConfig):
     """With `base.pretrained` and no data.image_mean / data.image_std of the recipe's own: the normalisation the
     base was trained with -- its image processor's, else what neumeta-hf's training recorded in its config -- so
@@ -400,6 +416,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config, args.overrides)
+        check_base_family(config)
     except (ValueError, OSError) as error:  # a bad recipe: say what is wrong, exit 2, no traceback
         parser.error(str(error))
     accelerator = Accelerator()
