@@ -28,6 +28,37 @@ from .tasks import PICTURES
 
 logger = logging.get_logger(__name__)
 
+HIDDEN_SIZES = (256, 128, 64, 32, 16, 8)  # from_base_model's choices of INR width, the paper's first
+
+
+def build_inr(spec: MorphSpec, config: NeuMetaConfig, hidden_size: int) -> NeuMetaINR:
+    """The INR that `config` describes for the tensors of `spec`, `hidden_size` wide."""
+    return NeuMetaINR(
+        spec.kernel_sizes,
+        hidden_size=hidden_size,
+        num_layers=config.num_layers,
+        num_frequencies=config.num_frequencies,
+        size_frequencies=config.size_frequencies,
+        residual_scale=config.residual_scale,
+        shared_trunk=config.shared_trunk,
+        affine_groups=len(spec.scaling_groups) if config.width_affine else 0,
+    )
+
+
+def fitting_hidden_size(config: NeuMetaConfig, base_parameters: int) -> int:
+    """The widest of `HIDDEN_SIZES` whose INR has at most `base_parameters` parameters (else the narrowest): a
+    hypernetwork is no larger than the network it generates unless asked to be (hidden_size=...)."""
+    spec = MorphSpec(config.family_config_object(), config.fold_fixed_axes)
+    for hidden_size in HIDDEN_SIZES:
+        with torch.device("meta"):  # shapes only: nothing allocated
+            size = sum(p.numel() for p in build_inr(spec, config, hidden_size).parameters())
+        if size <= base_parameters:
+            break
+    if hidden_size != config.hidden_size:
+        logger.info("INR hidden_size %d: at most the base network's %s parameters (pass hidden_size= for another)",
+                    hidden_size, f"{base_parameters:,}")  # fmt: skip
+    return hidden_size
+
 _MIN_TARGET_RMS = 0.01
 # Multiply-adds above which averaging shows a progress bar: a few seconds on a CPU.
 _PROGRESS_WORK = 1e11
@@ -76,16 +107,7 @@ class NeuMetaModel(PreTrainedModel):
         self.spec = MorphSpec(config.family_config_object(), config.fold_fixed_axes)
         self.base_network = self.spec.model_class(self.spec.family_config)
         self.base_network.requires_grad_(False)
-        self.inr = NeuMetaINR(
-            self.spec.kernel_sizes,
-            hidden_size=config.hidden_size,
-            num_layers=config.num_layers,
-            num_frequencies=config.num_frequencies,
-            size_frequencies=config.size_frequencies,
-            residual_scale=config.residual_scale,
-            shared_trunk=config.shared_trunk,
-            affine_groups=len(self.spec.scaling_groups) if config.width_affine else 0,
-        )
+        self.inr = build_inr(self.spec, config, config.hidden_size)
         # Per generated tensor: the size of one unit of the INR's raw output (see calibrate_output_scale).
         self.register_buffer("output_scale", torch.ones(len(self.spec.tensors)))
         # What the base came with to feed it (a stock model's image processor or tokenizer): saved beside the
@@ -159,6 +181,8 @@ class NeuMetaModel(PreTrainedModel):
             **{"trained_steps": 0, "base_model": base_model.name_or_path if looks_like_hub_id(base_model.name_or_path) else None,
                **config_overrides},
         )
+        if "hidden_size" not in config_overrides:
+            config.hidden_size = fitting_hidden_size(config, base.num_parameters())
         model = cls(config)
         if smooth and config.anchor_channels == "first":
             raise ValueError(

@@ -532,3 +532,16 @@ def test_push_sampled_stock_network_uploads_card_and_processor_in_one_commit(hub
     pushed = transformers.AutoModelForImageClassification.from_pretrained(tmp_path / "pushed").state_dict()
     expected = sampled("vit", 24).state_dict()
     assert pushed.keys() == expected.keys() and all(torch.equal(pushed[n], t) for n, t in expected.items())
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_the_default_inr_is_no_larger_than_the_network_it_generates(model_type):
+    """With no hidden_size given, from_base_model picks the widest INR that is at most the base's size (the
+    paper's 256 gave a 3.9 M-parameter INR for a 279 K-parameter Llama); asked for, the size is kept."""
+    base = random_stock(model_type)
+    default = nm.NeuMetaModel.from_base_model(base)
+    inr = sum(p.numel() for p in default.inr.parameters())
+    assert inr <= base.num_parameters() and default.config.hidden_size < 256
+    wider = nm.NeuMetaModel.from_base_model(base, hidden_size=2 * default.config.hidden_size)
+    assert sum(p.numel() for p in wider.inr.parameters()) > base.num_parameters()  # the widest that fits
+    assert nm.NeuMetaModel.from_base_model(base, hidden_size=256).config.hidden_size == 256
