@@ -726,7 +726,7 @@ def check_targets(report: dict, neumeta: dict[int, float], passes: int) -> list[
 
 def recipe_targets(report: dict) -> BenchmarkTargets:
     """The targets of the report's recipe: its own where it states them, else its task's."""
-    recipe = next((r for r in RECIPES.values() if r.config == report["recipe"]), None)
+    recipe = next((r for r in RECIPES.values() if r.config == report.get("recipe")), None)
     return recipe.targets if recipe and recipe.targets else task_of_metric(report["metric"]).targets
 
 
