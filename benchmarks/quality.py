@@ -20,7 +20,8 @@ Runs, as subprocesses of this one (two at a time on two cores, one thread each):
   neumeta_plain        where the recipe's method is the pipeline: the paper's plain method around the base
                        (nested.enabled=false, with the recipe's `plain` hyper-parameters);
   levers               variants of the method (LEVERS; the pipeline's: without generated scales and shifts,
-                       without INR weight corrections);
+                       without INR weight corrections; its nested stage's, trained by the lever's own run:
+                       inplace_distillation, no_warm_start);
   ablations            (--ablations) NeuMeta without the channel permutation, without coordinate noise, with a
                        shared INR trunk; plus the main run sampled with num_samples 1 and 100.
 Then, in this process: pruned_l1 (the base pruned to every width, no fine-tuning), the slimmable network cut
@@ -118,6 +119,11 @@ NO_WIDTH_AFFINE = ("hypernetwork.config.width_affine=false", "training.train_cor
 NO_WEIGHT_CORRECTIONS = ("training.train_corrections=false",)
 WEIGHT_CORRECTIONS = ("training.train_corrections=true",)
 FROM_BASE = ("training.reconstruction_weight=0",)
+# The nested stage's own ablations, trained by the lever's run from the base (train.py's stage 2): every width
+# distilled from the full width in training (US-Nets' in-place distillation) instead of the fixed base, and shared
+# weights from a fresh initialisation instead of the base's importance-sorted ones.
+IN_PLACE = ("nested.teacher=inplace",)
+NO_WARM_START = ("nested.warm_start=false",)
 LEVERS = {
     "nested_anchor": Lever("slimmable", NESTED_ANCHOR),
     "nested_anchor_every_width": Lever("slimmable", NESTED_ANCHOR + EVERY_WIDTH),
@@ -126,6 +132,8 @@ LEVERS = {
     "no_width_affine": Lever("recipe", NO_WIDTH_AFFINE),
     "no_weight_corrections": Lever("recipe", NO_WEIGHT_CORRECTIONS),
     "weight_corrections": Lever("recipe", WEIGHT_CORRECTIONS),
+    "inplace_distillation": Lever("base", IN_PLACE),
+    "no_warm_start": Lever("base", NO_WARM_START),
 }
 RECIPES = {  # each with its reference widths (the individual networks) and the levers it runs
     "fashion_mnist_lenet": Recipe(
@@ -302,6 +310,8 @@ def neumeta_method(label: str, run: str, lever: Lever, section: str, style: str 
     def passes(bench: Bench) -> int:
         networks = {"base": bench.base_passes, "slimmable": slimmable_passes(bench), "nested": nested_passes(bench)}
         recipe = load_config(REPO / bench.recipe.config, lever_overrides(bench))
+        if start(bench) == "base" and recipe.nested.enabled:  # the run trains a nested stage of its own
+            networks["base"] = nested_passes(bench, recipe)
         teacher = networks[lever.teacher] if lever.teacher else 0
         return networks[start(bench)] + teacher + hypernetwork_passes(bench, recipe)
 
@@ -351,13 +361,15 @@ def nested_scores(bench: Bench) -> dict[int, float]:
     return {w: evaluate_score(nested.network_at(w), bench.test) for w in progress_bar(bench.everywhere, desc="nested")}
 
 
-def nested_passes(bench: Bench) -> int:
-    """The base, then the nested stage's steps: the full width, the smallest and `random_widths` of the trained
-    widths, and the teacher's forward-only pass (a third)."""
-    recipe = load_config(REPO / bench.recipe.config, list(NESTED) + bench.overrides)
+def nested_passes(bench: Bench, recipe: TrainConfig | None = None) -> int:
+    """The base, then the nested stage's steps (under `recipe`, default the benchmark's nested stage): the full
+    width, the smallest and `random_widths` of the trained widths, and the base teacher's forward-only pass (a
+    third; none with in-place distillation, whose teacher is the full width's own pass)."""
+    recipe = recipe or load_config(REPO / bench.recipe.config, list(NESTED) + bench.overrides)
     low, high = recipe.hypernetwork.width_range
     widths = recipe.hypernetwork.train_widths or list(range(low, high + 1))
-    per_example = 1 / 3 + 1 + bench.share[low] + recipe.nested.random_widths * sum(bench.share[w] for w in widths) / len(widths)
+    teacher = 1 / 3 if recipe.nested.teacher == "base" else 0
+    per_example = teacher + 1 + bench.share[low] + recipe.nested.random_widths * sum(bench.share[w] for w in widths) / len(widths)
     return round(bench.base_passes + recipe.nested.epochs * bench.examples * per_example)
 
 

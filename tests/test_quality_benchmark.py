@@ -141,6 +141,9 @@ def test_costs_count_every_stage_the_method_and_its_levers_train():
     assert passes["lever_nested_anchor"] == passes["slimmable"] + step(5, even, 0)
     assert passes["lever_nested_anchor_every_width"] == passes["slimmable"] + step(5, every, 0)
     assert passes["lever_nested_anchor_teacher"] == passes["slimmable"] + base + step(5, even, 1)
+    # The nested stage's ablations train their own stage from the base: without a teacher pass when in place.
+    assert passes["lever_no_warm_start"] == passes["neumeta"]
+    assert passes["lever_inplace_distillation"] == passes["neumeta"] - round(7 * examples / 3)
     assert "pruned_l1" not in passes  # it trains nothing
 
 
