@@ -89,6 +89,8 @@ class NeuMetaConfig(PreTrainedConfig):
         trained_steps: the optimiser steps its INR has had: 0 from `from_base_model` (untrained: what the card,
             `info` and `push` say), set by training; None in a config saved before it was recorded (unknown).
         base_model: the Hub id the base network was loaded from (the card's `base_model`), when it was.
+        license: the licence of the weights it generates, on its card and every sampled network's: the base's card's
+            (read by `from_base_model`), or what the recipe sets; None: neumeta-hf's default (`mit`).
     """
 
     model_type = "neumeta"
@@ -115,6 +117,7 @@ class NeuMetaConfig(PreTrainedConfig):
     smoothing: dict | None = None
     trained_steps: int | None = None
     base_model: str | None = None
+    license: str | None = None
 
     def __post_init__(self, **kwargs):
         kind = target(self.family)
@@ -221,7 +224,7 @@ def _check_version(written_by: str | None, config_dict: dict):
     if unknown:
         warnings.warn(f"config.json has fields neumeta-hf {__version__} does not know: {', '.join(unknown)} (saved "
                       f"by {writer}); they are kept as attributes and have no effect", stacklevel=3)  # fmt: skip
-    lacking = [name for name in own if name not in config_dict and name not in ("trained_steps", "base_model")]
+    lacking = [name for name in own if name not in config_dict and name not in ("trained_steps", "base_model", "license")]
     if lacking:
         defaults = ", ".join(f"{name}={getattr(NeuMetaConfig, name)!r}" for name in lacking)
         warnings.warn(f"config.json (saved by {writer}) lacks {', '.join(lacking)}: using this version's defaults "

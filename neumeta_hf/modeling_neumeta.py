@@ -21,7 +21,9 @@ from .inr import FourierFeatures, NeuMetaINR, WidthAffineINR
 from .morph import Coordinates, MorphSpec, leading_channels, resample_channels
 from .nested import fold_scale_and_shift
 from .progress import progress_bar
-from .publishing import attach_card, load_preprocessor, looks_like_hub_id, push_hypernetwork, sampled_network_card
+from .publishing import (
+    attach_card, base_card_license, load_preprocessor, looks_like_hub_id, push_hypernetwork, sampled_network_card,
+)
 from .smoothing import smooth_channels
 from .targets import target
 from .tasks import PICTURES
@@ -179,7 +181,7 @@ class NeuMetaModel(PreTrainedModel):
             morph=morph,
             # A Hub id only: a local path means nothing elsewhere (and would be published with the config).
             **{"trained_steps": 0, "base_model": base_model.name_or_path if looks_like_hub_id(base_model.name_or_path) else None,
-               **config_overrides},
+               "license": base_card_license(base_model.name_or_path), **config_overrides},
         )
         if "hidden_size" not in config_overrides:
             config.hidden_size = fitting_hidden_size(config, base.num_parameters())
@@ -538,7 +540,8 @@ class NeuMetaModel(PreTrainedModel):
         source = Path(self.name_or_path) if self.name_or_path else None
         pictures = {name: source / name for name in PICTURES if source is not None and (source / name).is_file()}
         card = functools.partial(
-            sampled_network_card, network, hypernetwork=self.name_or_path or None, pictures=list(pictures)
+            sampled_network_card, network, hypernetwork=self.name_or_path or None, pictures=list(pictures),
+            license=self.config.license,
         )
         attach_card(network, card, pictures)
         return network.eval()

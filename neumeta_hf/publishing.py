@@ -20,8 +20,10 @@ from .targets import image_normalisation, network_width, target, task_for
 from .tasks import PICTURES, metric_name
 
 TEMPLATES = Path(__file__).parent / "model_cards"  # a link to the top-level model_cards/, packaged as data
-LICENSE = "mit"
-# What a failed upload raises: the Hub's refusals, offline mode (an OSError), an invalid repo id (a ValueError)
+# The licence of weights whose base network's card declares none (neumeta-hf's own); the hypernetwork config's
+# `license` (inherited from the base's card, or set in the recipe) takes precedence.
+DEFAULT_LICENSE = "mit"
+# What a failed Hub call raises: the Hub's refusals, offline mode (an OSError), an invalid repo id (a ValueError)
 # and connection failures, which raise the HTTP client's own error, the base class of HfHubHTTPError.
 UPLOAD_ERRORS = (OSError, ValueError, *HfHubHTTPError.__bases__)
 
@@ -35,6 +37,20 @@ def looks_like_hub_id(name: str | None) -> bool:
 def _local_name(path: str | None) -> str | None:
     """A local directory as a card shows it: its last two parts (`run/hypernetwork`), never the machine's path."""
     return "/".join(Path(path).resolve().parts[-2:]) if path else None
+
+
+def base_card_license(source: str | None) -> str | None:
+    """The licence a base network's model card declares, from its local directory's README.md or its Hub repo;
+    None where there is no card, it names no licence, or the Hub cannot be reached."""
+    if not source:
+        return None
+    readme = Path(source) / "README.md"
+    if not readme.is_file() and not looks_like_hub_id(source):
+        return None
+    try:
+        return ModelCard.load(readme if readme.is_file() else source).data.license
+    except UPLOAD_ERRORS:
+        return None
 
 
 def training_status(config) -> str:
@@ -60,7 +76,7 @@ def hypernetwork_card(
     dataset = (sweep or {}).get("dataset") or (training or {}).get("dataset")
     card_data = ModelCardData(
         library_name="neumeta-hf",  # transformers alone cannot load it: the card's snippet installs neumeta-hf
-        license=LICENSE,
+        license=config.license or DEFAULT_LICENSE,
         tags=["neumeta", "hypernetwork", "implicit-neural-representation", config.family],
         datasets=[dataset] if looks_like_hub_id(dataset) else None,
         base_model=config.base_model if looks_like_hub_id(config.base_model) else None,
@@ -106,10 +122,11 @@ def hypernetwork_card(
 
 def sampled_network_card(
     network, repo_id: str | None = None, hypernetwork: str | None = None, metrics: dict | None = None,
-    dataset: str | None = None, split: str = "test", pictures: list[str] | None = None,
+    dataset: str | None = None, split: str = "test", pictures: list[str] | None = None, license: str | None = None,
 ) -> ModelCard:
-    """The card of a sampled network: width, size, its hypernetwork, measured metrics as `model-index`, and
-    `pictures` (names in `tasks.PICTURES` of the hypernetwork's pictures, copied beside the card)."""
+    """The card of a sampled network: width, size, its hypernetwork, measured metrics as `model-index`,
+    `pictures` (names in `tasks.PICTURES` of the hypernetwork's pictures, copied beside the card) and `license`
+    (its hypernetwork's, `NeuMetaConfig.license`; None: `DEFAULT_LICENSE`)."""
     config = network.config
     kind = target(config.model_type)
     task = kind.task_name(config, type(network))
@@ -130,7 +147,7 @@ def sampled_network_card(
     name = repo_id or f"{config.model_type}-width-{width}"
     card_data = ModelCardData(
         library_name="transformers",
-        license=LICENSE,
+        license=license or DEFAULT_LICENSE,
         tags=["neumeta", config.model_type] + ([task] if task else []),
         datasets=[dataset] if looks_like_hub_id(dataset) else None,
         pipeline_tag=task,

@@ -51,3 +51,27 @@ def test_hypernetwork_card_names_the_hub_base_it_was_built_from(mlp_hyper):
     hyper = type(mlp_hyper)(type(mlp_hyper.config).from_dict(config))
     assert hypernetwork_card(hyper).data.base_model == "someone/mlp-base"
     assert hypernetwork_card(mlp_hyper).data.base_model is None  # built from an object in memory
+
+
+def test_the_licence_comes_from_the_base_networks_card(tmp_path):
+    """Issue 25: `license: mit` was written on every card, also on weights derived from a base under another
+    licence. Now the base's card's licence travels to the hypernetwork's card and every sampled network's; a base
+    without one gets the stated default, and the recipe's `license` overrides both."""
+    import neumeta_hf as nm
+    from conftest import SMALL_INR, random_base
+
+    base = random_base(nm.NeuMetaMLPConfig())
+    base.save_pretrained(tmp_path / "base")
+    ModelCard("---\nlicense: apache-2.0\n---\n# A base network\n").save(tmp_path / "base" / "README.md")
+    hyper = nm.NeuMetaModel.from_base_model(str(tmp_path / "base"), width_range=(16, 64), **SMALL_INR)
+    assert hyper.config.license == "apache-2.0"
+    assert hypernetwork_card(hyper).data.license == "apache-2.0"
+    hyper.save_pretrained(tmp_path / "hyper")
+    network = nm.NeuMetaModel.from_pretrained(tmp_path / "hyper").sample_model(24)
+    network.save_pretrained(tmp_path / "sampled")
+    assert ModelCard.load(tmp_path / "sampled" / "README.md").data.license == "apache-2.0"
+
+    assert nm.NeuMetaModel.from_base_model(base, width_range=(16, 64), **SMALL_INR).config.license is None
+    assert sampled_network_card(network).data.license == "mit"  # the default, for a card given no licence
+    chosen = nm.NeuMetaModel.from_base_model(str(tmp_path / "base"), width_range=(16, 64), license="cc-by-4.0", **SMALL_INR)
+    assert hypernetwork_card(chosen).data.license == "cc-by-4.0"

@@ -585,7 +585,8 @@ def export(run: Run, training: Training, hyper: NeuMetaModel, base_score: float)
     measured = next((r for r in result["results"] if r["width"] == save_width), None)
     metrics = {name: measured[name] for name in task.metrics} if measured else None
     card = sampled_network_card(
-        network, hypernetwork=str(output / "hypernetwork"), metrics=metrics, dataset=info.name, pictures=pictures
+        network, hypernetwork=str(output / "hypernetwork"), metrics=metrics, dataset=info.name, pictures=pictures,
+        license=hyper.config.license,
     )
     attach_card(network, card, {name: output / "hypernetwork" / name for name in pictures})
     network.save_pretrained(output / f"sampled-width-{save_width}")
