@@ -111,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sample.add_argument("--seed", type=int, default=0, help="seed of the coordinate noise (default: 0)")
     sample.add_argument(
+        "--dtype", choices=("bfloat16", "float16", "float32"), default=None,
+        help="what the networks are stored in (default: the base network's dtype)",
+    )
+    sample.add_argument(
         "--output", type=output_directory, default=Path("."),
         help="parent directory of the width-W directories (default: .)",
     )
@@ -183,7 +187,7 @@ def run_sample(args, parser):
         directories.items(), desc="sampling", unit="network", disable=len(directories) == 1
     ):
         try:
-            network = hyper.sample_model(width, num_samples=args.num_samples, seed=args.seed)
+            network = hyper.sample_model(width, num_samples=args.num_samples, seed=args.seed, dtype=args.dtype)
         except MemoryError as error:
             parser.error(str(error))
         network.save_pretrained(directory)

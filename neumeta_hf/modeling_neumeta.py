@@ -33,6 +33,11 @@ logger = logging.get_logger(__name__)
 HIDDEN_SIZES = (256, 128, 64, 32, 16, 8)  # from_base_model's choices of INR width, the paper's first
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """A torch dtype as transformers configs write it ("bfloat16")."""
+    return str(dtype).removeprefix("torch.")
+
+
 def build_inr(spec: MorphSpec, config: NeuMetaConfig, hidden_size: int) -> NeuMetaINR:
     """The INR that `config` describes for the tensors of `spec`, `hidden_size` wide."""
     return NeuMetaINR(
@@ -176,7 +181,8 @@ class NeuMetaModel(PreTrainedModel):
         base = fold_batch_norm(base_model)
         config = NeuMetaConfig(
             family=base.config.model_type,
-            family_config=target(base.config.model_type).base_config_values(base),
+            # The dtype its weights are in (a model cast in memory may say none): what sampled networks are stored in.
+            family_config=target(base.config.model_type).base_config_values(base) | {"dtype": dtype_name(base.dtype)},
             width_range=list(width_range) if width_range is not None else None,
             morph=morph,
             # A Hub id only: a local path means nothing elsewhere (and would be published with the config).
@@ -491,7 +497,8 @@ class NeuMetaModel(PreTrainedModel):
 
     @torch.no_grad()
     def sample_model(
-        self, width: int | None = None, num_samples: int | None = None, seed: int = 0, widths: list[int] | None = None
+        self, width: int | None = None, num_samples: int | None = None, seed: int = 0, widths: list[int] | None = None,
+        dtype: torch.dtype | str | None = None,
     ) -> PreTrainedModel:
         """A standalone network of width `width` in eval mode; same arguments, bit-identical weights.
 
@@ -506,9 +513,14 @@ class NeuMetaModel(PreTrainedModel):
         units are zero, which computes exactly the mixed network (at the widest layer's cost: stock configs
         have one width for all layers); `config.neumeta_layer_widths` records the widths.
         `num_samples` defaults to `config.num_samples`; errors are those of `generate_weights`.
+
+        `dtype` is what the network is stored in; by default the base network's (a bfloat16 base gives bfloat16
+        networks), or the hypernetwork's own where it was loaded in a narrower one (`from_pretrained(...,
+        dtype=torch.bfloat16)`). Weights are generated in the hypernetwork's dtype, then cast.
         """
         if (width is None) == (widths is None):
             raise TypeError("sample_model takes either width or widths (one per layer)")
+        dtype = self._sampled_dtype(dtype)
         num_samples = self.config.num_samples if num_samples is None else num_samples
         if widths is None:
             width = self.check_width(width)
@@ -534,6 +546,7 @@ class NeuMetaModel(PreTrainedModel):
         network.tie_weights()
         if widths is not None:
             network.config.neumeta_layer_widths = widths
+        network.to(dtype).config.dtype = dtype_name(dtype)
         network.preprocessor = self.preprocessor  # saved beside it (`publishing.save_preprocessor`)
         # Rendered by save_pretrained / push_to_hub (`publishing.attach_card` again replaces it with a card that has
         # measured metrics). It shows the pictures a local hypernetwork directory holds, copied beside it.
@@ -545,6 +558,20 @@ class NeuMetaModel(PreTrainedModel):
         )
         attach_card(network, card, pictures)
         return network.eval()
+
+    def _sampled_dtype(self, dtype: torch.dtype | str | None) -> torch.dtype:
+        """`sample_model`'s `dtype`: as given (a torch dtype or its name), else the hypernetwork's own when below
+        float32, else the base network's (`family_config["dtype"]`, float32 when a config saved before it was
+        recorded has none)."""
+        if dtype is None:
+            base = self.config.family_config.get("dtype") or "float32"
+            return self.dtype if self.dtype.itemsize < 4 else getattr(torch, base)
+        chosen = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+        if not isinstance(chosen, torch.dtype) or not chosen.is_floating_point:
+            raise ValueError(
+                f"dtype must be a floating-point torch dtype or its name (bfloat16, float16, float32), got {dtype!r}"
+            )
+        return chosen
 
     def width_for_budget(self, max_parameters: int) -> int:
         """The widest width of the trained range whose network has at most `max_parameters` parameters (a

@@ -545,3 +545,25 @@ def test_the_default_inr_is_no_larger_than_the_network_it_generates(model_type):
     wider = nm.NeuMetaModel.from_base_model(base, hidden_size=2 * default.config.hidden_size)
     assert sum(p.numel() for p in wider.inr.parameters()) > base.num_parameters()  # the widest that fits
     assert nm.NeuMetaModel.from_base_model(base, hidden_size=256).config.hidden_size == 256
+
+
+@pytest.mark.parametrize("model_type", ["vit", "llama"])
+def test_a_bfloat16_base_gives_bfloat16_networks(model_type, tmp_path):
+    """Issue 25: a bfloat16 base gave float32 sampled networks (whose configs said bfloat16). Now they keep the
+    base's dtype through save and load, the full width is the base bit for bit, and `dtype=` (CLI `--dtype`)
+    chooses otherwise."""
+    base = random_stock(model_type).to(torch.bfloat16)
+    hyper = nm.NeuMetaModel.from_base_model(base, width_range=(16, FULL_WIDTH), smooth=False, **SMALL_INR)
+    hyper.save_pretrained(tmp_path / "hyper")
+    hyper = nm.NeuMetaModel.from_pretrained(tmp_path / "hyper")
+    assert hyper.dtype == torch.float32  # generated in float32, then cast
+    full = hyper.sample_model(FULL_WIDTH)
+    assert full.dtype == torch.bfloat16
+    for name, tensor in base.state_dict().items():
+        assert torch.equal(full.state_dict()[name], tensor), name
+    hyper.sample_model(24).save_pretrained(tmp_path / "w24")
+    reloaded = MODEL_CLASSES[model_type].from_pretrained(tmp_path / "w24")
+    assert reloaded.dtype == torch.bfloat16 and reloaded.config.dtype == torch.bfloat16
+    assert hyper.sample_model(24, dtype="float32").dtype == torch.float32
+    with pytest.raises(ValueError, match="floating-point torch dtype"):
+        hyper.sample_model(24, dtype="int8")
