@@ -58,7 +58,7 @@ from neumeta_hf.evaluation import evaluate_score, sweep  # noqa: E402
 from neumeta_hf.nested import NestedNetwork  # noqa: E402
 from neumeta_hf.progress import progress_bar  # noqa: E402
 from neumeta_hf.pruning import first_channels, prune_l1  # noqa: E402
-from neumeta_hf.targets import config_at_width, network_width, target, task_for  # noqa: E402
+from neumeta_hf.targets import config_at_width, multiply_accumulates, network_width, target, task_for  # noqa: E402
 from neumeta_hf.tasks import PICTURES, BenchmarkTargets, metric_name, task_of_metric  # noqa: E402
 from training.recipe import TrainConfig, load_config  # noqa: E402
 from training.train_base import network_settings  # noqa: E402
@@ -501,7 +501,12 @@ def set_up(args) -> tuple[Bench, dict[str, Method]]:
     low, high = config.hypernetwork.width_range
     train, validation, test, info = load_splits(config.data)
     base_config = model_class.config_class(**{**info.family_kwargs(), **config.base.family_config})
-    macs = {w: multiply_accumulates(model_class, base_config, w) for w in range(low, high + 1)}
+
+    def network_at(width):  # structure only: what multiply_accumulates needs
+        with torch.device("meta"):
+            return model_class(config_at_width(base_config, width))
+
+    macs = {w: multiply_accumulates(network_at(w)) for w in range(low, high + 1)}
     bench = Bench(
         config, recipe, overrides, full_width,
         widths=[w for w in recipe.individual_widths if w != full_width],
@@ -576,25 +581,6 @@ def score_targets(report: dict) -> dict:
         name: check(report, values, passes[f"lever_{name}"]) for name, values in report["levers"].items()
     }
     return report
-
-
-def multiply_accumulates(model_class, config, width: int) -> int:
-    """Multiply-accumulates of one forward pass of the width-`width` network on one image (its convolutions and
-    linear layers: a transformer's attention products are left out)."""
-    network = model_class(config_at_width(config, width)).eval()
-    total = []
-
-    def count(module, inputs, output):
-        kernel = module.weight[0].numel()  # inputs per output value
-        total.append(output[0].numel() * kernel)
-
-    layers = [m for m in network.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-    handles = [layer.register_forward_hook(count) for layer in layers]
-    with torch.no_grad():
-        network(torch.zeros(1, config.num_channels, config.image_size, config.image_size))
-    for handle in handles:
-        handle.remove()
-    return sum(total)
 
 
 class Runs:

@@ -106,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-parameters", type=positive_integer, metavar="N",
         help="the widest network of the trained range with at most N parameters (prints the width chosen)",
     )
+    chosen.add_argument(
+        "--max-macs", type=positive_integer, metavar="N",
+        help="the widest network of the trained range with at most N multiply-accumulates per example (one image, "
+        "or one token of a text model; prints the width chosen)",
+    )
     sample.add_argument(
         "--num-samples", type=positive_integer, default=None, help="generations averaged, at least 1 (default: config)"
     )
@@ -170,18 +175,21 @@ def load_hypernetwork(parser: argparse.ArgumentParser, source: str) -> NeuMetaMo
 
 
 def run_sample(args, parser):
-    if args.max_parameters is not None:  # the width comes from the hypernetwork: load it first
+    budget = {"max_parameters": args.max_parameters, "max_macs": args.max_macs}
+    budget = {name: value for name, value in budget.items() if value is not None}
+    if budget:  # the width comes from the hypernetwork: load it first
         hyper = load_hypernetwork(parser, args.source)
         try:
-            args.width = [hyper.width_for_budget(args.max_parameters)]
+            args.width = [hyper.width_for_budget(**budget)]
         except ValueError as error:
             parser.error(str(error))
-        print(f"--max-parameters {args.max_parameters:,}: width {args.width[0]} is the widest that fits")
+        (name, value), = budget.items()
+        print(f"--{name.replace('_', '-')} {value:,}: width {args.width[0]} is the widest that fits")
     directories = {width: args.output / f"width-{width}" for width in args.width}
     existing = [str(directory) for directory in directories.values() if directory.exists()]
     if existing and not args.overwrite:
         parser.error(f"output directories already exist: {', '.join(existing)}; pass --overwrite to write over them")
-    if args.max_parameters is None:
+    if not budget:
         hyper = load_hypernetwork(parser, args.source)
     for width, directory in progress_bar(
         directories.items(), desc="sampling", unit="network", disable=len(directories) == 1

@@ -25,7 +25,7 @@ from .publishing import (
     attach_card, base_card_license, load_preprocessor, looks_like_hub_id, push_hypernetwork, sampled_network_card,
 )
 from .smoothing import smooth_channels
-from .targets import target
+from .targets import multiply_accumulates, target
 from .tasks import PICTURES
 
 logger = logging.get_logger(__name__)
@@ -573,22 +573,30 @@ class NeuMetaModel(PreTrainedModel):
             )
         return chosen
 
-    def width_for_budget(self, max_parameters: int) -> int:
-        """The widest width of the trained range whose network has at most `max_parameters` parameters (a
-        ValueError naming the smallest network's size when none fits)."""
+    def width_for_budget(self, max_parameters: int | None = None, max_macs: int | None = None) -> int:
+        """The widest width of the trained range whose network fits the budget: at most `max_parameters`
+        parameters and at most `max_macs` multiply-accumulates per example (`targets.multiply_accumulates`: one
+        image, or one token of a text model). A ValueError names the smallest network's figures when none fits."""
+        budgets = {"max_parameters": max_parameters, "max_macs": max_macs}
+        if all(value is None for value in budgets.values()):
+            raise TypeError("width_for_budget needs max_parameters, max_macs or both")
+        measures = {  # from meta networks: structure, no storage
+            "max_parameters": lambda width: sum(p.numel() for p in self.spec.skeleton(width).parameters()),
+            "max_macs": lambda width: multiply_accumulates(self.spec.skeleton(width)),
+        }
+        measures = {name: measure for name, measure in measures.items() if budgets[name] is not None}
+
+        def fits(width):
+            return all(measure(width) <= budgets[name] for name, measure in measures.items())
+
         low, high = self.config.width_range
-
-        def size(width):  # from a meta network: structure, no storage
-            return sum(p.numel() for p in self.spec.skeleton(width).parameters())
-
-        if size(low) > max_parameters:
-            raise ValueError(
-                f"max_parameters={max_parameters:,}: the smallest network of the trained range (width {low}) has "
-                f"{size(low):,} parameters"
-            )
-        while low < high:  # the size grows with the width: bisect for the widest that fits
+        if not fits(low):
+            figures = ", ".join(f"{name}={budgets[name]:,}" for name in measures)
+            sizes = ", ".join(f"{measure(low):,} {name.removeprefix('max_')}" for name, measure in measures.items())
+            raise ValueError(f"{figures}: the smallest network of the trained range (width {low}) has {sizes}")
+        while low < high:  # parameters and MACs grow with the width: bisect for the widest that fits
             middle = (low + high + 1) // 2
-            low, high = (middle, high) if size(middle) <= max_parameters else (low, middle - 1)
+            low, high = (middle, high) if fits(middle) else (low, middle - 1)
         return low
 
     def _generator(self, seed: int) -> torch.Generator:

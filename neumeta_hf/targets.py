@@ -410,6 +410,32 @@ def example_inputs(config: PreTrainedConfig, batch_size: int = 8, generator: tor
     return {"input_ids": torch.randint(0, config.vocab_size, (batch_size, 12), generator=generator)}
 
 
+def multiply_accumulates(network: PreTrainedModel) -> int:
+    """Multiply-accumulates of one forward pass on one example -- an image, or one token of a text model --
+    over the convolutions and linear layers (attention's own products are left out). Runs on the meta device
+    too, without storage: what a budget in MACs (`NeuMetaModel.width_for_budget`) is checked against."""
+    device = next(network.parameters()).device
+    inputs = {name: value[:, :1].to(device) if name == "input_ids" else value.to(device)
+              for name, value in example_inputs(network.config, batch_size=1).items()}  # fmt: skip
+    counts = []
+
+    def count(module, inputs, output):
+        # Inputs per output value: a Linear's or Conv2d's weight[0]; GPT-2's Conv1D stores its weight transposed.
+        transposed = isinstance(module, transformers.pytorch_utils.Conv1D)
+        per_output = module.weight.shape[0] if transposed else module.weight[0].numel()
+        counts.append(output.numel() * per_output)
+
+    kinds = (torch.nn.Linear, torch.nn.Conv2d, transformers.pytorch_utils.Conv1D)
+    handles = [module.register_forward_hook(count) for module in network.modules() if isinstance(module, kinds)]
+    try:
+        with torch.no_grad():
+            network.eval()(**inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return sum(counts)
+
+
 def image_normalisation(config: PreTrainedConfig) -> tuple[list[float], list[float]]:
     """(mean, std) per input channel that an image model expects: a family's, or what neumeta-hf's training wrote
     into a stock model's config; 0.5 (the stock image processor's default) where nothing was recorded."""

@@ -3,6 +3,7 @@ import json
 import pytest
 
 import neumeta_hf as nm
+from neumeta_hf.targets import multiply_accumulates
 from neumeta_hf.cli import main, parse_widths
 
 
@@ -25,9 +26,10 @@ def saved_hyper(mlp_hyper, tmp_path_factory):
     [
         (["sample", "{hyper}", "--width", "3.5"], "invalid widths '3.5'"),
         (["sample", "{hyper}", "--width", "0,8"], "widths must be positive"),
-        (["sample", "{hyper}"], "one of the arguments --width --max-parameters is required"),
+        (["sample", "{hyper}"], "one of the arguments --width --max-parameters --max-macs is required"),
         (["sample", "{hyper}", "--width", "20", "--max-parameters", "9000"], "not allowed with argument --width"),
         (["sample", "{hyper}", "--max-parameters", "10"], "max_parameters=10: the smallest network of the trained"),
+        (["sample", "{hyper}", "--max-macs", "10"], "max_macs=10: the smallest network of the trained range"),
         (["sample", "{hyper}", "--width", "20", "--num-samples", "0"], "--num-samples: must be an integer of at"),
         (["sample", "{missing}", "--width", "20"], "cannot load a hypernetwork from"),
         (["info"], "the following arguments are required: SOURCE"),
@@ -57,10 +59,12 @@ def test_sample_writes_one_loadable_directory_per_width(saved_hyper, tmp_path, c
     assert "width 24:" in capsys.readouterr().out
 
 
-def test_sample_by_parameter_budget_picks_the_widest_that_fits(mlp_hyper, saved_hyper, tmp_path, capsys):
-    budget = mlp_hyper.spec.skeleton(40).num_parameters()
-    main(["sample", str(saved_hyper), "--max-parameters", str(budget), "--output", str(tmp_path)])
-    assert f"--max-parameters {budget:,}: width 40 is the widest that fits" in capsys.readouterr().out
+@pytest.mark.parametrize("flag", ["--max-parameters", "--max-macs"])
+def test_sample_by_budget_picks_the_widest_that_fits(mlp_hyper, saved_hyper, tmp_path, capsys, flag):
+    network = mlp_hyper.spec.skeleton(40)
+    budget = network.num_parameters() if flag == "--max-parameters" else multiply_accumulates(network)
+    main(["sample", str(saved_hyper), flag, str(budget), "--output", str(tmp_path)])
+    assert f"{flag} {budget:,}: width 40 is the widest that fits" in capsys.readouterr().out
     assert [path.name for path in tmp_path.iterdir()] == ["width-40"]
 
 

@@ -7,6 +7,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModel
 
 import neumeta_hf as nm
+from neumeta_hf.targets import multiply_accumulates
 
 
 def test_generated_tensors_have_the_shapes_of_the_width(mlp_hyper):
@@ -179,3 +180,18 @@ def test_width_for_budget_is_the_widest_network_that_fits(mlp_hyper):
     assert mlp_hyper.sample_model(mlp_hyper.width_for_budget(sizes[39])).num_parameters() == sizes[39]
     with pytest.raises(ValueError, match=f"the smallest network of the trained range \\(width 16\\) has {sizes[16]:,}"):
         mlp_hyper.width_for_budget(sizes[16] - 1)
+
+
+def test_width_for_budget_in_multiply_accumulates(mlp_hyper):
+    """Issue 25: a budget in multiply-accumulates per example (the MLP: its linear layers' weights), alone or with
+    one in parameters, where the tighter one decides."""
+    macs = {w: multiply_accumulates(mlp_hyper.spec.skeleton(w)) for w in (16, 39, 40)}
+    assert macs[40] == sum(m.weight.numel() for m in mlp_hyper.sample_model(40).modules() if isinstance(m, torch.nn.Linear))
+    assert mlp_hyper.width_for_budget(max_macs=macs[40]) == 40
+    assert mlp_hyper.width_for_budget(max_macs=macs[40] - 1) == 39
+    assert mlp_hyper.width_for_budget(max_parameters=10**9, max_macs=macs[39]) == 39
+    assert mlp_hyper.width_for_budget(max_parameters=mlp_hyper.spec.skeleton(39).num_parameters(), max_macs=10**9) == 39
+    with pytest.raises(ValueError, match=f"max_macs=15: the smallest network .* has {macs[16]:,} macs"):
+        mlp_hyper.width_for_budget(max_macs=15)
+    with pytest.raises(TypeError, match="needs max_parameters, max_macs or both"):
+        mlp_hyper.width_for_budget()
