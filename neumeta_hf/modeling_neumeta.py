@@ -160,8 +160,8 @@ class NeuMetaModel(PreTrainedModel):
         **config_overrides,
     ) -> "NeuMetaModel":
         """A hypernetwork around a trained full-width network: one of neumeta-hf's families, or a stock
-        transformers model whose `model_type` has a width rule (`neumeta_hf.targets.WIDTH_RULES`: ViT, BERT,
-        Llama, GPT-2), whose feed-forward width then varies.
+        transformers model whose `model_type` has a width rule (`neumeta_hf.targets.WIDTH_RULES`: ViT, DeiT,
+        BERT, RoBERTa, DistilBERT, Llama, Mistral, Qwen2/3, Gemma, GPT-2), whose feed-forward width then varies.
 
         `base_model` is the network, or a local directory or Hub id to load it from (its class from its
         config); a stock model's image processor or tokenizer found there travels with the hypernetwork and

@@ -169,7 +169,8 @@ class WidthRule:
         members: tensor name inside the layer -> the axis indexed by the feed-forward hidden units. Names a
             model lacks (optional biases) are skipped. The first is the units' producer (their input weights).
         default_width: the width when `width_field` is None in a config (GPT-2: 4 x n_embd).
-        image_processor: for a vision type, the transformers image processor class that feeds it.
+        image_processor: for a vision type, the transformers image processor class that feeds it, with
+            `processor_options` (DeiT's would centre-crop to 224 pixels).
     """
 
     width_field: str
@@ -177,31 +178,43 @@ class WidthRule:
     members: dict[str, int]
     default_width: Callable[[PreTrainedConfig], int] | None = field(default=None, compare=False)
     image_processor: str | None = None
+    processor_options: dict = field(default_factory=dict)
 
 
+# Shared by the model types with the same feed-forward layout (and the same tensor names).
+_VISION_MLP = {"mlp.fc1.weight": 0, "mlp.fc1.bias": 0, "mlp.fc2.weight": 1}
+_BERT_FFN = WidthRule(
+    "intermediate_size",
+    r"encoder\.layer\.(\d+)\.",
+    {"intermediate.dense.weight": 0, "intermediate.dense.bias": 0, "output.dense.weight": 1},
+)
+_GATED_MLP = WidthRule(  # Llama's SwiGLU block: gate and up projections, then down
+    "intermediate_size",
+    r"layers\.(\d+)\.",
+    {
+        "mlp.gate_proj.weight": 0,
+        "mlp.gate_proj.bias": 0,
+        "mlp.up_proj.weight": 0,
+        "mlp.up_proj.bias": 0,
+        "mlp.down_proj.weight": 1,
+    },
+)
 WIDTH_RULES: dict[str, WidthRule] = {
-    "vit": WidthRule(
-        "intermediate_size",
-        r"layers\.(\d+)\.",
-        {"mlp.fc1.weight": 0, "mlp.fc1.bias": 0, "mlp.fc2.weight": 1},
-        image_processor="ViTImageProcessor",
+    "vit": WidthRule("intermediate_size", r"layers\.(\d+)\.", _VISION_MLP, image_processor="ViTImageProcessor"),
+    "deit": WidthRule(
+        "intermediate_size", r"layers\.(\d+)\.", _VISION_MLP, image_processor="DeiTImageProcessor",
+        processor_options={"do_center_crop": False},
+    ),  # fmt: skip
+    "bert": _BERT_FFN,
+    "roberta": _BERT_FFN,
+    "distilbert": WidthRule(
+        "hidden_dim", r"transformer\.layer\.(\d+)\.", {"ffn.lin1.weight": 0, "ffn.lin1.bias": 0, "ffn.lin2.weight": 1}
     ),
-    "bert": WidthRule(
-        "intermediate_size",
-        r"encoder\.layer\.(\d+)\.",
-        {"intermediate.dense.weight": 0, "intermediate.dense.bias": 0, "output.dense.weight": 1},
-    ),
-    "llama": WidthRule(
-        "intermediate_size",
-        r"layers\.(\d+)\.",
-        {
-            "mlp.gate_proj.weight": 0,
-            "mlp.gate_proj.bias": 0,
-            "mlp.up_proj.weight": 0,
-            "mlp.up_proj.bias": 0,
-            "mlp.down_proj.weight": 1,
-        },
-    ),
+    "llama": _GATED_MLP,
+    "mistral": _GATED_MLP,
+    "qwen2": _GATED_MLP,
+    "qwen3": _GATED_MLP,
+    "gemma": _GATED_MLP,
     # GPT-2's Conv1D layers store their weights transposed ([in, out]): c_fc's hidden units are its columns.
     "gpt2": WidthRule(
         "n_inner",
@@ -262,6 +275,8 @@ class StockTarget(Target):
         from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
         name = MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES.get(self.model_type)
+        if isinstance(name, tuple):  # DeiT's: its classifier, then the one with a distillation head
+            name = name[0]
         if name is None:
             vision = [t for t in WIDTH_RULES if t in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES]
             raise ValueError(
@@ -320,7 +335,8 @@ class StockTarget(Target):
         processor_class = getattr(transformers, self.rule.image_processor)  # needs Pillow: imported when used
         mean, std = image_normalisation(config)
         size = {"height": config.image_size, "width": config.image_size}
-        processor_class(size=size, image_mean=mean, image_std=std).save_pretrained(directory)
+        processor = processor_class(size=size, image_mean=mean, image_std=std, **self.rule.processor_options)
+        processor.save_pretrained(directory)
 
 
 FAMILIES: dict[str, type[NeuMetaFamilyModel]] = {}

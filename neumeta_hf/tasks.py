@@ -116,8 +116,9 @@ class Task:
         return {}
 
     def function_output(self, outputs) -> torch.Tensor:
-        """What must not change when hidden channels are permuted."""
-        return outputs.logits
+        """What must not change when hidden channels are permuted: the logits, or a headless model's (`BertModel`)
+        last hidden states."""
+        return outputs["logits"] if "logits" in outputs else outputs.last_hidden_state
 
     def evaluate(self, model, dataset, batch_size: int = 512, device=None) -> dict[str, float]:
         raise NotImplementedError(f"neumeta-hf does not evaluate {self.name} networks")

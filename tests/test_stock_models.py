@@ -18,34 +18,56 @@ from neumeta_hf import targets
 from neumeta_hf.pruning import first_channels, prune_l1
 
 FULL_WIDTH = 64
-MODEL_TYPES = ["vit", "bert", "llama", "gpt2"]
+MODEL_TYPES = ["vit", "bert", "llama", "gpt2"]  # the thorough tests' types, one per feed-forward layout
+# Every other supported type shares one of their layouts, and headless models their rules: the width-rule,
+# sampling and reloading tests cover them (a case is a model type, or a type and "-headless").
+MORE_CASES = ["deit", "roberta", "distilbert", "mistral", "qwen2", "qwen3", "gemma", "bert-headless", "vit-headless"]
 
 
-def tiny_config(model_type: str, **overrides):
+def tiny_config(case: str, **overrides):
     """A stock config with hidden size 32, 2 layers and feed-forward width 64."""
-    if model_type == "vit":
-        return ViTConfig(**{"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-                            "intermediate_size": FULL_WIDTH, "image_size": 8, "patch_size": 4, "num_channels": 3,
-                            "num_labels": 3} | overrides)  # fmt: skip
-    if model_type == "bert":
-        return BertConfig(**{"vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-                             "intermediate_size": FULL_WIDTH, "max_position_embeddings": 32, "num_labels": 3}
-                          | overrides)  # fmt: skip
-    if model_type == "llama":
-        return LlamaConfig(**{"vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-                              "num_key_value_heads": 1, "intermediate_size": FULL_WIDTH,
-                              "max_position_embeddings": 32} | overrides)  # fmt: skip
+    model_type = case.removesuffix("-headless")
+    if model_type in ("vit", "deit"):
+        config_class = {"vit": ViTConfig, "deit": transformers.DeiTConfig}[model_type]
+        return config_class(**{"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                               "intermediate_size": FULL_WIDTH, "image_size": 8, "patch_size": 4, "num_channels": 3,
+                               "num_labels": 3} | overrides)  # fmt: skip
+    if model_type in ("bert", "roberta"):
+        config_class = {"bert": BertConfig, "roberta": transformers.RobertaConfig}[model_type]
+        return config_class(**{"vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                               "intermediate_size": FULL_WIDTH, "max_position_embeddings": 32, "num_labels": 3}
+                            | overrides)  # fmt: skip
+    if model_type == "distilbert":
+        return transformers.DistilBertConfig(**{"vocab_size": 64, "dim": 32, "n_layers": 2, "n_heads": 2,
+                                                "hidden_dim": FULL_WIDTH, "max_position_embeddings": 32,
+                                                "num_labels": 3} | overrides)  # fmt: skip
+    if model_type in GATED_MLP_CONFIGS:
+        return GATED_MLP_CONFIGS[model_type](**{"vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 2,
+                                                "num_attention_heads": 2, "num_key_value_heads": 1,
+                                                "intermediate_size": FULL_WIDTH, "max_position_embeddings": 32}
+                                             | overrides)  # fmt: skip
     if model_type == "gpt2":
         return GPT2Config(**{"vocab_size": 64, "n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 32,
                              "n_inner": FULL_WIDTH} | overrides)  # fmt: skip
     raise AssertionError(model_type)
 
 
+GATED_MLP_CONFIGS = {"llama": LlamaConfig, "mistral": transformers.MistralConfig, "qwen2": transformers.Qwen2Config,
+                     "qwen3": transformers.Qwen3Config, "gemma": transformers.GemmaConfig}  # fmt: skip
 MODEL_CLASSES = {
     "vit": transformers.ViTForImageClassification,
     "bert": transformers.BertForSequenceClassification,
     "llama": transformers.LlamaForCausalLM,
     "gpt2": transformers.GPT2LMHeadModel,
+    "deit": transformers.DeiTForImageClassification,
+    "roberta": transformers.RobertaForSequenceClassification,
+    "distilbert": transformers.DistilBertForSequenceClassification,
+    "mistral": transformers.MistralForCausalLM,
+    "qwen2": transformers.Qwen2ForCausalLM,
+    "qwen3": transformers.Qwen3ForCausalLM,
+    "gemma": transformers.GemmaForCausalLM,
+    "bert-headless": transformers.BertModel,
+    "vit-headless": transformers.ViTModel,
 }
 
 # Written out here rather than read from WIDTH_RULES, so that a wrong rule fails: {layer prefix: {tensor: axis}}.
@@ -56,15 +78,24 @@ EXPECTED_MEMBERS = {
     "llama": ("model.layers.{}.mlp.", {"gate_proj.weight": 0, "up_proj.weight": 0, "down_proj.weight": 1}),
     # GPT-2's Conv1D stores weights as [in, out]: c_fc's hidden units are its columns.
     "gpt2": ("transformer.h.{}.mlp.", {"c_fc.weight": 1, "c_fc.bias": 0, "c_proj.weight": 0}),
+    "deit": ("deit.layers.{}.mlp.", {"fc1.weight": 0, "fc1.bias": 0, "fc2.weight": 1}),
+    "roberta": ("roberta.encoder.layer.{}.", {"intermediate.dense.weight": 0, "intermediate.dense.bias": 0,
+                                              "output.dense.weight": 1}),
+    "distilbert": ("distilbert.transformer.layer.{}.ffn.", {"lin1.weight": 0, "lin1.bias": 0, "lin2.weight": 1}),
+    "bert-headless": ("encoder.layer.{}.", {"intermediate.dense.weight": 0, "intermediate.dense.bias": 0,
+                                            "output.dense.weight": 1}),
+    "vit-headless": ("layers.{}.mlp.", {"fc1.weight": 0, "fc1.bias": 0, "fc2.weight": 1}),
 }
+for gated in ("mistral", "qwen2", "qwen3", "gemma"):
+    EXPECTED_MEMBERS[gated] = EXPECTED_MEMBERS["llama"]
 LLAMA_MLP_BIAS = {"gate_proj.weight": 0, "gate_proj.bias": 0, "up_proj.weight": 0, "up_proj.bias": 0,
                   "down_proj.weight": 1}  # fmt: skip
 # The tensor that maps the hidden units back to the model width (its bias does not follow the width).
 DOWN_PROJECTION = {"vit": "mlp.fc2.weight", "bert": "output.dense.weight", "llama": "mlp.down_proj.weight",
                    "gpt2": "mlp.c_proj.weight"}  # fmt: skip
 # The permutation tests also cover Llama's optional feed-forward biases.
-PERMUTATION_CASES = [(t, {}) for t in MODEL_TYPES] + [("llama", {"mlp_bias": True})]
-PERMUTATION_IDS = MODEL_TYPES + ["llama-mlp_bias"]
+PERMUTATION_CASES = [(t, {}) for t in MODEL_TYPES + MORE_CASES] + [("llama", {"mlp_bias": True})]
+PERMUTATION_IDS = MODEL_TYPES + MORE_CASES + ["llama-mlp_bias"]
 
 
 def random_stock(model_type: str, seed: int = 0, **overrides):
@@ -84,7 +115,8 @@ def inputs_of(config, double=False, seed=0):
 
 @torch.no_grad()
 def logits(model, inputs):
-    return model(**inputs).logits
+    """The logits, or a headless model's last hidden states."""
+    return targets.task_for(model.config, type(model)).function_output(model(**inputs))
 
 
 @functools.cache
@@ -133,7 +165,11 @@ def test_channel_groups_are_each_layers_feed_forward_units(model_type, overrides
         assert {m[:2] for m in group.members} == {(prefix.format(layer) + name, axis) for name, axis in members.items()}
         assert all(m.stop is None and state[m.tensor].shape[m.axis] == FULL_WIDTH for m in group.members)
     assert targets.network_width(model.config) == FULL_WIDTH
-    assert isinstance(targets.target(model_type), targets.StockTarget)
+    assert isinstance(targets.target(model.config.model_type), targets.StockTarget)
+
+
+def test_the_width_rule_tests_cover_every_supported_type():
+    assert {tiny_config(case).model_type for case, _ in PERMUTATION_CASES} == set(targets.WIDTH_RULES)
 
 
 def permute(model, order_seed=1, skip=None):
@@ -177,7 +213,7 @@ def test_gpt2_default_width_is_four_times_the_embedding():
 # ------------------------------------------------------------------------------------------------- sampling
 
 
-@pytest.mark.parametrize("model_type", MODEL_TYPES)
+@pytest.mark.parametrize("model_type", MODEL_TYPES + MORE_CASES)
 def test_sampled_networks_are_the_stock_class_and_full_width_is_the_base(model_type):
     base, hyper = stock_hyper(model_type)
     assert hyper.config.smoothing is not None  # the units were permuted, and the function checked
@@ -324,7 +360,7 @@ def test_mix_and_match_errors():
 )  # fmt: skip
 def test_unsupported_model_type_lists_the_supported_ones(model_class, config):
     model = model_class(config).eval()
-    supported = "stock transformers model types with a width rule: vit, bert, llama, gpt2"
+    supported = "stock transformers model types with a width rule: vit, deit, bert, roberta, distilbert, llama, mistral"
     with pytest.raises(ValueError, match=f"{config.model_type}.*{supported}.*WIDTH_RULES"):
         nm.NeuMetaModel.from_base_model(model, width_range=(16, 64), **SMALL_INR)
     # The pruning baselines and the channel groups refuse it alike (not an AttributeError about `width`).
@@ -399,6 +435,28 @@ def test_round_trip_and_sampled_network_without_custom_code(model_type, tmp_path
     assert f"{AUTO_CLASSES[model_type].__name__}.from_pretrained" in readme
     reloaded = AUTO_CLASSES[model_type].from_pretrained(tmp_path / "net")
     assert type(reloaded) is type(network) and reloaded.config.neumeta_layer_widths == [24, 41]
+    assert torch.equal(logits(reloaded, inputs), logits(network, inputs))
+
+
+@pytest.mark.parametrize("case", MORE_CASES)
+def test_more_types_and_headless_models_save_and_reload_with_transformers_alone(case, tmp_path):
+    """Issue 25: Qwen2, Mistral, RoBERTa, DistilBERT and DeiT were "Unknown family" and headless models
+    (`BertModel`, `ViTModel`) crashed on the missing logits. Each now samples a network of its own class that
+    saves without code (a vision type with its image processor), names its Auto class, and reloads unchanged."""
+    network = sampled(case, 24)
+    network.save_pretrained(tmp_path)
+    names = {path.name for path in tmp_path.iterdir()}
+    assert not any(name.endswith(".py") for name in names)
+    assert ("preprocessor_config.json" in names) == (network.config.model_type in ("vit", "deit"))
+    if case == "deit":  # its stock processor would centre-crop to 224 pixels
+        processor = json.loads((tmp_path / "preprocessor_config.json").read_text())
+        assert processor["do_center_crop"] is False and processor["size"] == {"height": 8, "width": 8}
+    auto_class = targets.task_for(network.config, type(network)).auto_class
+    assert auto_class is (transformers.AutoModel if case.endswith("-headless") else auto_class)
+    assert f"{auto_class.__name__}.from_pretrained" in (tmp_path / "README.md").read_text()
+    reloaded = auto_class.from_pretrained(tmp_path)
+    assert type(reloaded) is type(network) and targets.network_width(reloaded.config) == 24
+    inputs = inputs_of(network.config)
     assert torch.equal(logits(reloaded, inputs), logits(network, inputs))
 
 
