@@ -1,5 +1,6 @@
 """An in-process fake of the Hugging Face Hub's HTTP API, enough for create_repo, upload_folder (regular
-uploads through preupload + ndjson commit) and the downloads of from_pretrained. It records what arrived."""
+uploads through preupload + ndjson commit), the downloads of from_pretrained and folder listings. It records what
+arrived."""
 
 import base64
 import hashlib
@@ -73,6 +74,14 @@ class FakeHub:
                 return _reply(request, 404, {"error": "entry not found"}, {"X-Error-Code": "EntryNotFound"})
             headers = {"ETag": f'"{hashlib.sha1(data).hexdigest()}"', "X-Repo-Commit": COMMIT}
             return _reply(request, 200, data, headers, "application/octet-stream")
+        if path.startswith("/api/models/") and "/tree/" in path:  # list_repo_tree: the files in one folder
+            repo, rest = path[len("/api/models/") :].split("/tree/")
+            folder = rest.partition("/")[2].strip("/")
+            entries = [{"type": "file", "path": name, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
+                       for name, data in self.repo_files(repo).items() if name.rpartition("/")[0] == folder]  # fmt: skip
+            if not entries:
+                return _reply(request, 404, {"error": "entry not found"}, {"X-Error-Code": "EntryNotFound"})
+            return _reply(request, 200, entries)
         if path.startswith("/api/models/"):
             repo = path[len("/api/models/") :].split("/revision/")[0]
             siblings = [{"rfilename": name} for name in self.repo_files(repo)]

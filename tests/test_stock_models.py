@@ -625,3 +625,72 @@ def test_a_bfloat16_base_gives_bfloat16_networks(model_type, tmp_path):
     assert hyper.sample_model(24, dtype="float32").dtype == torch.float32
     with pytest.raises(ValueError, match="floating-point torch dtype"):
         hyper.sample_model(24, dtype="int8")
+
+
+PUSH_SAMPLED = """
+import sys
+import neumeta_hf as nm
+
+nm.NeuMetaModel.from_pretrained(sys.argv[1]).sample_model(24).push_to_hub(sys.argv[2])
+"""
+# A stranger with transformers alone (neumeta_hf blocked) runs a pushed network from the Hub through `pipeline`:
+# a ViT on an image with the processor that arrived, a Llama generating with the tokenizer that arrived.
+STRANGER_USES_PUSHED = BLOCK_NEUMETA + r"""
+import numpy as np, torch
+from PIL import Image
+from transformers import pipeline
+
+repo = sys.argv[1]
+if repo.endswith("vit"):
+    classify = pipeline("image-classification", model=repo)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8))
+    pixels = classify.image_processor(image, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        logits = classify.model(pixel_values=pixels).logits[0].tolist()
+    print(json.dumps({"mean": list(classify.image_processor.image_mean), "logits": logits,
+                      "top": classify(image, top_k=1)[0]["label"]}))
+else:
+    generate = pipeline("text-generation", model=repo)
+    tokens = generate("w3 w5", max_new_tokens=4, do_sample=False, return_tensors=True)[0]["generated_token_ids"]
+    print(json.dumps({"tokens": list(tokens), "ids": generate.tokenizer("w3 w5")["input_ids"]}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", ["vit", "llama"])
+def test_a_pushed_network_works_for_a_stranger_with_the_bases_processor_or_tokenizer(model_type, hub, tmp_path):  # noqa: F811
+    """Issue 25: a sampled network pushed to the Hub, loaded in a clean environment through `pipeline`, is fed by
+    its base's own image processor (its statistics, not 0.5) or tokenizer, and computes what the network sampled
+    here computes."""
+    base = random_stock(model_type)
+    base.save_pretrained(tmp_path / "base")
+    if model_type == "vit":
+        processor = transformers.ViTImageProcessor(size={"height": 8, "width": 8}, image_mean=[0.2, 0.3, 0.4],
+                                                   image_std=[0.5, 0.6, 0.7])  # fmt: skip
+    else:
+        processor = word_tokenizer(base.config.vocab_size)
+    processor.save_pretrained(tmp_path / "base")
+    hyper = trained_like(nm.NeuMetaModel.from_base_model(tmp_path / "base", width_range=(16, FULL_WIDTH), **SMALL_INR))
+    hyper.save_pretrained(tmp_path / "hyper")
+    repo = f"user/{model_type}"
+    pushed = run([str(tmp_path / "hyper"), repo], hub, tmp_path, code=PUSH_SAMPLED)
+    assert pushed.returncode == 0, pushed.stderr[-3000:]
+    assert hub.commits(repo) == 1
+    stranger = run([repo], hub, tmp_path, code=STRANGER_USES_PUSHED)
+    assert stranger.returncode == 0, stranger.stderr[-3000:]
+    seen = json.loads(stranger.stdout.strip().splitlines()[-1])
+
+    network = nm.NeuMetaModel.from_pretrained(tmp_path / "hyper").sample_model(24)
+    if model_type == "vit":
+        from PIL import Image
+
+        assert seen["mean"] == [0.2, 0.3, 0.4]
+        image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8))
+        with torch.no_grad():
+            expected = network(**processor(image, return_tensors="pt")).logits[0]
+        torch.testing.assert_close(torch.tensor(seen["logits"]), expected, rtol=0, atol=1e-5)
+        assert seen["top"] == network.config.id2label[int(expected.argmax())]
+    else:
+        assert seen["ids"] == [3, 5]
+        expected = network.generate(torch.tensor([[3, 5]]), max_new_tokens=4, do_sample=False)[0]
+        assert seen["tokens"] == expected.tolist()
