@@ -12,7 +12,7 @@ from packaging.version import Version
 from transformers import PreTrainedConfig
 
 from .families.configuration_common import MORPH_MODES
-from .targets import FAMILIES, target, target_config
+from .targets import FAMILIES, target, target_config, use_layout
 from .version import __version__
 
 VERSION_KEY = "neumeta_hf_version"  # in config.json: the library version that wrote it
@@ -21,6 +21,8 @@ ANCHOR_CHANNELS = ("resampled", "first")
 
 # Fields a saved hypernetwork must carry: their defaults suit a config built in code, not a damaged file.
 REQUIRED_FIELDS = ("family", "family_config", "width_range", "train_widths")
+# Fields whose absence from an older config means what their default says (nothing recorded): loaded silently.
+OPTIONAL_FIELDS = ("trained_steps", "base_model", "width_layout", "license")
 
 
 def as_integer(value, name: str, hint: str = "") -> int:
@@ -89,6 +91,8 @@ class NeuMetaConfig(PreTrainedConfig):
         trained_steps: the optimiser steps its INR has had: 0 from `from_base_model` (untrained: what the card,
             `info` and `push` say), set by training; None in a config saved before it was recorded (unknown).
         base_model: the Hub id the base network was loaded from (the card's `base_model`), when it was.
+        width_layout: for a stock model type without a width rule, the shared layout (`targets.LAYOUTS`)
+            `from_base_model` found its feed-forward blocks to follow; loading registers the type with it again.
         license: the licence of the weights it generates, on its card and every sampled network's: the base's card's
             (read by `from_base_model`), or what the recipe sets; None: neumeta-hf's default (`mit`).
     """
@@ -117,9 +121,12 @@ class NeuMetaConfig(PreTrainedConfig):
     smoothing: dict | None = None
     trained_steps: int | None = None
     base_model: str | None = None
+    width_layout: str | None = None
     license: str | None = None
 
     def __post_init__(self, **kwargs):
+        if self.width_layout is not None:
+            use_layout(self.family, self.width_layout)
         kind = target(self.family)
         if self.morph not in MORPH_MODES:
             raise ValueError(f"morph must be one of {MORPH_MODES}, got {self.morph!r}")
@@ -224,7 +231,7 @@ def _check_version(written_by: str | None, config_dict: dict):
     if unknown:
         warnings.warn(f"config.json has fields neumeta-hf {__version__} does not know: {', '.join(unknown)} (saved "
                       f"by {writer}); they are kept as attributes and have no effect", stacklevel=3)  # fmt: skip
-    lacking = [name for name in own if name not in config_dict and name not in ("trained_steps", "base_model", "license")]
+    lacking = [name for name in own if name not in config_dict and name not in OPTIONAL_FIELDS]
     if lacking:
         defaults = ", ".join(f"{name}={getattr(NeuMetaConfig, name)!r}" for name in lacking)
         warnings.warn(f"config.json (saved by {writer}) lacks {', '.join(lacking)}: using this version's defaults "

@@ -25,7 +25,7 @@ from .publishing import (
     attach_card, base_card_license, load_preprocessor, looks_like_hub_id, push_hypernetwork, sampled_network_card,
 )
 from .smoothing import smooth_channels
-from .targets import multiply_accumulates, target
+from .targets import architecture_class, discover_layout, is_known, multiply_accumulates, target
 from .tasks import PICTURES
 
 logger = logging.get_logger(__name__)
@@ -175,9 +175,15 @@ class NeuMetaModel(PreTrainedModel):
         if isinstance(base_model, (str, os.PathLike)):
             source = os.fspath(base_model)
             base_config = AutoConfig.from_pretrained(source)
-            base_model = target(base_config.model_type).network_class(base_config).from_pretrained(source)
-            if preprocessor is None and not target(base_config.model_type).needs_remote_code:
+            kind = target(base_config.model_type) if is_known(base_config.model_type) else None  # None: stock
+            model_class = kind.network_class(base_config) if kind else architecture_class(base_config)
+            base_model = model_class.from_pretrained(source)
+            if preprocessor is None and not (kind and kind.needs_remote_code):
                 preprocessor = load_preprocessor(source)
+        layout = None
+        if not is_known(base_model.config.model_type):
+            layout = discover_layout(base_model)
+            target(base_model.config.model_type)  # none fits: the error that lists what is supported
         base = fold_batch_norm(base_model)
         config = NeuMetaConfig(
             family=base.config.model_type,
@@ -187,7 +193,7 @@ class NeuMetaModel(PreTrainedModel):
             morph=morph,
             # A Hub id only: a local path means nothing elsewhere (and would be published with the config).
             **{"trained_steps": 0, "base_model": base_model.name_or_path if looks_like_hub_id(base_model.name_or_path) else None,
-               "license": base_card_license(base_model.name_or_path), **config_overrides},
+               "license": base_card_license(base_model.name_or_path), "width_layout": layout, **config_overrides},
         )
         if "hidden_size" not in config_overrides:
             config.hidden_size = fitting_hidden_size(config, base.num_parameters())

@@ -15,7 +15,8 @@ stock model type is one `WIDTH_RULES` entry: the config field, a regular express
 parameter names (the layer index as its group), `{name inside the layer: axis}` for every tensor whose rows or
 columns are the feed-forward hidden units, and for a vision type its stock image processor.
 `tests/test_stock_models.py` checks a rule by permuting those units, which must leave the model's function
-unchanged.
+unchanged. A type without an entry whose feed-forward blocks follow a layout other types share (`LAYOUTS`:
+Llama's gated MLP, BERT's feed-forward) is found out by the same check (`discover_layout`) and served by it.
 """
 
 import copy
@@ -260,15 +261,7 @@ class StockTarget(Target):
         return narrower
 
     def network_class(self, config):
-        """The transformers class named first in `config.architectures` (which `base_config_values` records)."""
-        names = config.architectures or []
-        model_class = getattr(transformers, names[0], None) if names else None
-        if model_class is None or getattr(model_class, "config_class", None) is not type(config):
-            raise ValueError(
-                f"the {config.model_type} config names no model class of that type in `architectures` (got "
-                f"{names}); set it, e.g. config.architectures = ['ViTForImageClassification']"
-            )
-        return model_class
+        return architecture_class(config)
 
     def trainable_network_class(self):
         """The type's `AutoModelForImageClassification` class (ViT); a text-only type is a ValueError."""
@@ -339,8 +332,78 @@ class StockTarget(Target):
         processor.save_pretrained(directory)
 
 
+def architecture_class(config: PreTrainedConfig) -> type[PreTrainedModel]:
+    """The transformers class named first in a stock config's `architectures` (which `base_config_values`
+    records)."""
+    names = config.architectures or []
+    model_class = getattr(transformers, names[0], None) if names else None
+    if model_class is None or getattr(model_class, "config_class", None) is not type(config):
+        raise ValueError(
+            f"the {config.model_type} config names no model class of that type in `architectures` (got "
+            f"{names}); set it, e.g. config.architectures = ['ViTForImageClassification']"
+        )
+    return model_class
+
+
 FAMILIES: dict[str, type[NeuMetaFamilyModel]] = {}
 _TARGETS: dict[str, Target] = {model_type: StockTarget(model_type, rule) for model_type, rule in WIDTH_RULES.items()}
+# The feed-forward layouts that several model types share, by name. A stock type without a WIDTH_RULES entry
+# whose model follows one of them (`discover_layout`) is served by it; its hypernetwork records the layout's name
+# (`NeuMetaConfig.width_layout`), so that loading it registers the type again (`use_layout`).
+LAYOUTS: dict[str, WidthRule] = {"gated-mlp": _GATED_MLP, "bert-ffn": _BERT_FFN}
+
+
+def is_known(model_type: str) -> bool:
+    return model_type in _TARGETS
+
+
+def use_layout(model_type: str, layout: str) -> None:
+    """Serve stock `model_type` with the `LAYOUTS` entry `layout` (a type with its own entry keeps it)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown width_layout {layout!r}; known layouts: {', '.join(LAYOUTS)}")
+    if model_type not in _TARGETS:
+        _TARGETS[model_type] = StockTarget(model_type, LAYOUTS[layout])
+
+
+@torch.no_grad()
+def discover_layout(model: PreTrainedModel) -> str | None:
+    """The `LAYOUTS` entry a stock model of a type without a width rule follows, registered for its type (None,
+    and nothing registered, when none fits): its config has the layout's width field, every layer has each of the
+    layout's weights with that many hidden units, and permuting the units at random keeps its function."""
+    from .smoothing import check_same_function  # smoothing builds on this module
+
+    model_type, state = model.config.model_type, model.state_dict()
+    for name, rule in LAYOUTS.items():
+        width, candidate = getattr(model.config, rule.width_field, None), StockTarget(model_type, rule)
+        try:
+            groups = candidate.channel_groups(model)
+        except ValueError:  # no tensor of the layout
+            continue
+        weights = [member for member in rule.members if not member.endswith(".bias")]
+        complete = all(
+            all(any(m.tensor.endswith(weight) for m in group.members) for weight in weights)
+            and all(state[m.tensor].shape[m.axis] == width for m in group.members)
+            for group in groups
+        )
+        if not complete:
+            continue
+        previous = _TARGETS.get(model_type)
+        _TARGETS[model_type] = candidate  # the function check asks the target for the model's task
+        permuted = copy.deepcopy(model)
+        tensors = permuted.state_dict()
+        for group in groups:
+            order = torch.randperm(width, generator=torch.Generator().manual_seed(0))
+            for member in group.members:
+                tensors[member.tensor].copy_(tensors[member.tensor].index_select(member.axis, order))
+        try:
+            check_same_function(model, permuted)
+            return name
+        except RuntimeError:  # a coupled tensor the layout does not name: not this layout
+            if previous is None:
+                del _TARGETS[model_type]
+            else:
+                _TARGETS[model_type] = previous
+    return None
 
 
 def register_family(model_class: type[NeuMetaFamilyModel]) -> None:
@@ -362,9 +425,10 @@ def target(model_type: str) -> Target:
     if model_type not in _TARGETS:
         raise ValueError(
             f"Unknown family {model_type!r}; known families: {', '.join(FAMILIES)}; stock transformers model types "
-            f"with a width rule: {', '.join(WIDTH_RULES)}. To support another stock model type, add one entry to "
-            "neumeta_hf.targets.WIDTH_RULES (its width config field, layer prefix pattern and the tensors that "
-            "follow the width; see the module's docstring)."
+            f"with a width rule: {', '.join(WIDTH_RULES)}, and any whose feed-forward blocks follow one of the "
+            f"layouts {', '.join(LAYOUTS)} (found by from_base_model). To support another stock model type, add one "
+            "entry to neumeta_hf.targets.WIDTH_RULES (its width config field, layer prefix pattern and the tensors "
+            "that follow the width; see the module's docstring)."
         )
     return _TARGETS[model_type]
 

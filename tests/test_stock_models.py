@@ -3,6 +3,7 @@ and per layer (mix'n'match), pruning baselines, errors, and sampled networks tha
 transformers alone."""
 
 import copy
+import dataclasses
 import functools
 import json
 
@@ -694,3 +695,43 @@ def test_a_pushed_network_works_for_a_stranger_with_the_bases_processor_or_token
         assert seen["ids"] == [3, 5]
         expected = network.generate(torch.tensor([[3, 5]]), max_new_tokens=4, do_sample=False)[0]
         assert seen["tokens"] == expected.tolist()
+
+
+@pytest.mark.parametrize(
+    "model_class, config_class, layout",
+    [
+        (transformers.OlmoForCausalLM, transformers.OlmoConfig, "gated-mlp"),
+        (transformers.ErnieForSequenceClassification, transformers.ErnieConfig, "bert-ffn"),
+    ],
+)
+def test_a_type_without_a_rule_is_served_by_the_layout_its_blocks_follow(model_class, config_class, layout, tmp_path):
+    """Issue 25: any type whose MLP is gate/up/down (or BERT's feed-forward) was "Unknown family". from_base_model
+    now finds the shared layout it follows (checked by permuting its units), records it, and the saved
+    hypernetwork loads and samples in the stock class; a layout that leaves out a coupled tensor is not taken."""
+    kwargs = {"vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+              "intermediate_size": FULL_WIDTH, "max_position_embeddings": 32}  # fmt: skip
+    torch.manual_seed(0)
+    base = model_class(config_class(**kwargs)).eval()
+    assert base.config.model_type not in targets.WIDTH_RULES
+    base.save_pretrained(tmp_path / "base")
+    hyper = nm.NeuMetaModel.from_base_model(tmp_path / "base", width_range=(16, FULL_WIDTH), **SMALL_INR)
+    assert hyper.config.width_layout == layout
+    inputs = inputs_of(base.config)
+    torch.testing.assert_close(logits(hyper.sample_model(FULL_WIDTH), inputs), logits(base, inputs), rtol=0, atol=1e-4)
+    hyper.save_pretrained(tmp_path / "hyper")
+    network = nm.NeuMetaModel.from_pretrained(tmp_path / "hyper").sample_model(24)
+    assert type(network) is model_class and network.config.intermediate_size == 24
+
+
+def test_a_layout_that_misses_a_coupled_tensor_is_not_taken(monkeypatch):
+    rule = targets.LAYOUTS["gated-mlp"]
+    without_down = dataclasses.replace(rule, members={k: v for k, v in rule.members.items() if "down" not in k})
+    monkeypatch.setattr(targets, "LAYOUTS", {"gated-mlp": without_down})
+    monkeypatch.delitem(targets._TARGETS, "olmo", raising=False)  # as another test may have registered it
+    torch.manual_seed(0)
+    base = transformers.OlmoForCausalLM(transformers.OlmoConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=FULL_WIDTH,
+    )).eval()  # fmt: skip
+    assert targets.discover_layout(base) is None and not targets.is_known("olmo")
+    with pytest.raises(ValueError, match="Unknown family 'olmo'.*layouts gated-mlp"):
+        nm.NeuMetaModel.from_base_model(base, width_range=(16, FULL_WIDTH), **SMALL_INR)
