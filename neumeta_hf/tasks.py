@@ -4,8 +4,9 @@ differently for it.
 A `Task` says
 * the Auto class that loads such a network and the pipeline tag its card carries;
 * the output the network returns: a `ModelOutput` with `logits` whose axis 1 runs over the classes
-  (`[N, classes]` for image classification, `[N, classes, H, W]` per pixel for semantic segmentation), or a
-  VAE's negative ELBO, reconstruction and posterior for image generation;
+  (`[N, classes]` for image classification, `[N, classes, H, W]` per pixel for semantic segmentation), a
+  VAE's negative ELBO, reconstruction and posterior for image generation, or a causal language model's
+  next-token `logits` `[N, T, vocabulary]` for text generation;
 * the task loss against the data's `labels` and the distillation loss between a generated network and the base
   (KL divergence of the class distributions at every output position; for a VAE, of posteriors and decoders),
   with any inputs the two must share (`shared_inputs`: a VAE's latent noise);
@@ -35,7 +36,8 @@ from .families.modeling_common import IGNORE_INDEX, class_cross_entropy
 
 METRICS_DIR = Path(__file__).parent / "metrics"  # `evaluate.load("accuracy")` would need the Hub
 # How metrics read in tables and plots, where their key does not say it already.
-METRIC_NAMES = {"mean_iou": "mean IoU", "top5_accuracy": "top-5 accuracy", "nll": "negative log-likelihood"}
+METRIC_NAMES = {"mean_iou": "mean IoU", "top5_accuracy": "top-5 accuracy", "nll": "negative log-likelihood",
+                "nll_per_token": "negative log-likelihood per token"}
 
 
 def metric_name(metric: str) -> str:
@@ -281,6 +283,40 @@ class ImageGeneration(Task):
         return torch.Generator(device).manual_seed(0)
 
 
+class TextGeneration(Task):
+    """Causal language modelling by a stock transformers model whose output `logits` are [N, T, vocabulary]: each
+    position predicts the next token. Perplexity is token-weighted over every token of a block but its first;
+    lower is better."""
+
+    metrics = ("perplexity", "nll_per_token")
+    higher_is_better = False
+    scale, unit = 1.0, ""
+
+    def loss(self, output, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of each position's prediction against the next token (`targets`: the blocks' labels)."""
+        return class_cross_entropy(output.logits[:, :-1].transpose(1, 2), targets[:, 1:], self.ignore_index)
+
+    def distillation(self, output, teacher_output, temperature: float) -> torch.Tensor:
+        """Per-token KL(teacher || student) over the vocabulary, temperature-softened, averaged over tokens."""
+        student, teacher = output.logits.transpose(1, 2), teacher_output.logits.transpose(1, 2)
+        return super().distillation(type(output)(logits=student), type(output)(logits=teacher), temperature)
+
+    @torch.no_grad()
+    def evaluate(self, model, dataset, batch_size: int = 32, device=None) -> dict[str, float]:
+        """Perplexity and negative log-likelihood per token (nats) on a dataset of `input_ids` blocks and their
+        `labels`."""
+        device = device or next(model.parameters()).device
+        metric = self.load_metric("perplexity")
+        for batch in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
+            logits = model(input_ids=batch["input_ids"].to(device)).logits[:, :-1].float()
+            labels = batch["labels"][:, 1:].to(device)
+            nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=self.ignore_index, reduction="none")
+            tokens = (labels != self.ignore_index).sum(1)
+            metric.add_batch(nll=nll.sum(1).double().cpu().tolist(), tokens=tokens.cpu().tolist())
+        scores = metric.compute()
+        return {name: scores[name] for name in self.metrics}
+
+
 TASKS: dict[str, Task] = {
     task.name: task
     for task in (
@@ -288,7 +324,7 @@ TASKS: dict[str, Task] = {
         SemanticSegmentation("image-segmentation", "AutoModelForSemanticSegmentation"),
         ImageGeneration("unconditional-image-generation", "AutoModel"),
         Task("text-classification", "AutoModelForSequenceClassification"),
-        Task("text-generation", "AutoModelForCausalLM"),
+        TextGeneration("text-generation", "AutoModelForCausalLM"),
         Task("fill-mask", "AutoModelForMaskedLM"),
     )
 }

@@ -85,8 +85,8 @@ def load_text_splits(config: TextDataConfig) -> tuple[dict[str, datasets.Dataset
     if empty:
         raise ValueError(f"{config.name!r}: no documents fall in the {', '.join(empty)} split(s) (`split_of` puts one "
                          "document in ten in each of validation and test): give it more documents")  # fmt: skip
-    key = json.dumps({split: _digest(texts) for split, texts in documents.items()}
-                     | {"vocab_size": config.vocab_size, "block_size": config.block_size, "tokenizer": config.tokenizer})
+    settings = {"vocab_size": config.vocab_size, "block_size": config.block_size, "tokenizer": config.tokenizer}
+    key = json.dumps({split: _digest(texts) for split, texts in documents.items()} | settings)
     cache = cache_path(config.cache_dir, f"text-{Path(config.name).name}", key)
     tokenizer_dir = cache.with_name(cache.name + "-tokenizer")
     if config.tokenizer:

@@ -83,7 +83,8 @@ def test_a_saved_dataset_keeps_its_test_split_and_gets_a_validation_split(tmp_pa
     ],
 )
 def test_bad_text_settings_are_named(change, message, tmp_path):
-    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["a b c"] * 3})}).save_to_disk(str(tmp_path / "d"))
+    source = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["a b c"] * 3})})
+    source.save_to_disk(str(tmp_path / "d"))
     with pytest.raises(ValueError, match=message):
         load_text_splits(TextDataConfig(name=str(tmp_path / "d"), cache_dir=str(tmp_path / "c"), **change))
 
@@ -107,3 +108,57 @@ def test_the_embedded_default_is_shakespeare_split_by_whole_works(tmp_path):
     # 31 works train, 4 validation (A Midsummer Night's Dream, Richard III, the Sonnets, Twelfth Night), 7 test:
     # 1.19 M, 160 K and 314 K tokens in blocks of 256.
     assert {split: len(splits[split]) for split in SPLITS} == {"train": 4644, "validation": 625, "test": 1228}
+
+
+# ------------------------------------------------------------------------------------------ text generation task
+
+
+def tiny_llama(vocab_size: int, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=1, intermediate_size=64, max_position_embeddings=64)  # fmt: skip
+    return LlamaForCausalLM(config)
+
+
+def test_the_text_generation_task_scores_next_token_predictions(text_directory, tmp_path):
+    """Its loss is transformers' own causal-LM loss, its distillation zero between a model and itself, its
+    perplexity the exponential of the mean next-token loss; and a short real training run brings validation
+    perplexity far below the uniform guess (the vocabulary size)."""
+    from neumeta_hf.targets import task_for
+
+    config = TextDataConfig(name=str(text_directory), block_size=64, vocab_size=512, cache_dir=str(tmp_path / "c"))
+    splits, tokenizer = load_text_splits(config)
+    model = tiny_llama(len(tokenizer))
+    task = task_for(model.config, type(model))
+    assert task.name == "text-generation" and task.main_metric == "perplexity" and not task.higher_is_better
+    batch = splits["train"][:8]
+    output = model(input_ids=batch["input_ids"], labels=batch["labels"])
+    torch.testing.assert_close(task.loss(output, batch["labels"]), output.loss)
+    assert float(task.distillation(output, output, 2.0).detach()) == pytest.approx(0.0, abs=1e-6)
+    other = tiny_llama(len(tokenizer), seed=1)(input_ids=batch["input_ids"])
+    assert float(task.distillation(output, other, 2.0).detach()) > 0
+    with torch.no_grad():
+        mean_loss = model(input_ids=splits["validation"][:]["input_ids"], labels=splits["validation"][:]["labels"]).loss
+    untrained = task.evaluate(model.eval(), splits["validation"], batch_size=5)
+    assert untrained["perplexity"] == pytest.approx(float(mean_loss.exp()), rel=1e-4)
+
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    loader = torch.utils.data.DataLoader(splits["train"], batch_size=16, shuffle=True,
+                                         generator=torch.Generator().manual_seed(0))  # fmt: skip
+    for step, batch in zip(range(150), loader):
+        task.loss(model(input_ids=batch["input_ids"]), batch["labels"]).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    trained = task.evaluate(model.eval(), splits["validation"])
+    assert trained["perplexity"] < 0.5 * untrained["perplexity"] and trained["perplexity"] < 0.25 * len(tokenizer)
+
+
+def test_perplexity_is_token_weighted():
+    from neumeta_hf.tasks import Task
+
+    metric = Task.load_metric("perplexity")
+    scores = metric.compute(nll=[2.0, 4.0], tokens=[1, 2])  # 6 nats over 3 tokens
+    assert scores == {"perplexity": pytest.approx(2.718281828**2), "nll_per_token": 2.0, "num_tokens": 3}
