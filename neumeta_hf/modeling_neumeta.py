@@ -3,6 +3,7 @@
 import functools
 import hashlib
 import os
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -664,10 +665,28 @@ class NeuMetaModel(PreTrainedModel):
         )  # fmt: skip
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """`PreTrainedModel.save_pretrained`, plus the base's preprocessor (image processor or tokenizer)."""
-        super().save_pretrained(save_directory, *args, **kwargs)
-        if self.preprocessor is not None and kwargs.get("is_main_process", True):
-            self.preprocessor.save_pretrained(save_directory)
+        """`PreTrainedModel.save_pretrained`, plus the base's preprocessor (image processor or tokenizer).
+
+        Written into a sibling directory first and moved into place file by file once complete, so that a failed
+        write (a full disk) leaves what `save_directory` held before intact, and says so, with the size needed."""
+        if not kwargs.get("is_main_process", True) or kwargs.get("push_to_hub"):  # the Hub repo is named after it
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        target = Path(save_directory)
+        partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+        try:
+            super().save_pretrained(partial, *args, **kwargs)
+            if self.preprocessor is not None:
+                self.preprocessor.save_pretrained(partial)
+        except (OSError, SafetensorError) as error:
+            shutil.rmtree(partial, ignore_errors=True)
+            size = sum(tensor.numel() * tensor.element_size() for tensor in self.state_dict().values())
+            kept = "what it held before is intact" if target.exists() else "nothing was written there"
+            raise OSError(f"saving the hypernetwork to {target} failed ({error}); {kept}. It needs about "
+                          f"{size / 1e6:.1f} MB free on that disk") from error  # fmt: skip
+        target.mkdir(parents=True, exist_ok=True)
+        for path in partial.iterdir():
+            os.replace(path, target / path.name)
+        partial.rmdir()
 
     # ------------------------------------------------------------------------------------------------ loading
 

@@ -517,3 +517,38 @@ def test_a_damaged_cache_is_converted_again_not_trained_on(tmp_path, caplog):
         again = load_splits(config)[0][:]["pixel_values"]
     assert "is damaged (its files differ from the checksums recorded" in caplog.text
     assert torch.equal(again, expected)
+
+
+SAVE_WITH_A_FILE_SIZE_LIMIT = r"""
+import json, resource, signal, sys
+import torch
+import neumeta_hf as nm
+
+# A write past the limit fails with EFBIG as on a full disk (the signal that would kill the process is ignored).
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+hyper = nm.NeuMetaModel.from_pretrained(sys.argv[1])
+with torch.no_grad():
+    hyper.inr.output_bias.add_(1.0)  # other weights than the saved ones
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), resource.RLIM_INFINITY))
+try:
+    hyper.save_pretrained(sys.argv[1])
+except OSError as error:
+    print(json.dumps({"error": str(error)}))
+"""
+
+
+def test_a_save_that_fails_for_space_leaves_the_earlier_save_intact_and_says_so(saved, tmp_path):
+    """Round 2: a full disk while saving gave a bare `SafetensorError`, with the earlier file half overwritten."""
+    import subprocess
+    import sys
+
+    before = {path.name: path.read_bytes() for path in saved.iterdir()}
+    limit = (saved / "model.safetensors").stat().st_size // 2
+    result = subprocess.run([sys.executable, "-c", SAVE_WITH_A_FILE_SIZE_LIMIT, str(saved), str(limit)],
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    error = json.loads(result.stdout.strip().splitlines()[-1])["error"]
+    assert f"saving the hypernetwork to {saved} failed" in error and "what it held before is intact" in error
+    assert re.search(r"It needs about [\d.]+ MB free", error)
+    assert {path.name: path.read_bytes() for path in saved.iterdir()} == before
+    assert sorted(p.name for p in saved.parent.iterdir()) == ["hyper"]  # no partial directory left behind
