@@ -75,7 +75,7 @@ def sweep(
     if isinstance(widths, (dict, set, str, bytes)):  # a dict would give its keys, a set an arbitrary order
         raise TypeError(f"widths must be a list of integer widths (or None: the trained range), got {widths!r}")
     task = task_for(hyper.spec.family_config)
-    check_labels(dataset, hyper.base_network.config.num_labels, ignore_index=task.ignore_index)
+    check_labels(dataset, task.label_count(hyper.base_network.config), ignore_index=task.ignore_index)
     low, high = hyper.config.width_range
     widths = list(widths or range(low, high + 1))
     results = []

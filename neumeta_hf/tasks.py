@@ -117,6 +117,10 @@ class Task:
         from must share in a step (a VAE's posterior noise); none for discriminative tasks."""
         return {}
 
+    def label_count(self, config) -> int:
+        """How many values a label may take (checked against the data before a sweep or training): the classes."""
+        return config.num_labels
+
     def function_output(self, outputs) -> torch.Tensor:
         """What must not change when hidden channels are permuted: the logits, or a headless model's (`BertModel`)
         last hidden states."""
@@ -291,6 +295,10 @@ class TextGeneration(Task):
     metrics = ("perplexity", "nll_per_token")
     higher_is_better = False
     scale, unit = 1.0, ""
+
+    def label_count(self, config) -> int:
+        """Labels are next tokens: any id of the vocabulary."""
+        return config.vocab_size
 
     def loss(self, output, targets: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of each position's prediction against the next token (`targets`: the blocks' labels)."""

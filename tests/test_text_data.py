@@ -162,3 +162,22 @@ def test_perplexity_is_token_weighted():
     metric = Task.load_metric("perplexity")
     scores = metric.compute(nll=[2.0, 4.0], tokens=[1, 2])  # 6 nats over 3 tokens
     assert scores == {"perplexity": pytest.approx(2.718281828**2), "nll_per_token": 2.0, "num_tokens": 3}
+
+
+def test_a_llama_hypernetwork_sweeps_perplexity_over_feed_forward_widths(text_directory, tmp_path):
+    """`sweep` on text blocks: perplexity (lower is better) at each width, the full width's the base's."""
+    import neumeta_hf as nm
+    from neumeta_hf.evaluation import sweep, write_sweep
+    from neumeta_hf.tasks import get_task
+
+    config = TextDataConfig(name=str(text_directory), block_size=64, vocab_size=512, cache_dir=str(tmp_path / "c"))
+    splits, tokenizer = load_text_splits(config)
+    base = tiny_llama(len(tokenizer)).eval()
+    hyper = nm.NeuMetaModel.from_base_model(base, width_range=(16, 64), hidden_size=32)
+    result = sweep(hyper, splits["test"], widths=[16, 40, 64])
+    assert result["metric"] == "perplexity" and result["higher_is_better"] is False
+    scores = {r["width"]: r["perplexity"] for r in result["results"]}
+    expected = get_task("text-generation").evaluate(base, splits["test"])["perplexity"]
+    assert scores[64] == pytest.approx(expected, rel=1e-4) and all(s > 1 for s in scores.values())
+    write_sweep(result, tmp_path / "sweep")
+    assert "| 40 | yes | " in (tmp_path / "sweep" / "sweep.md").read_text()
