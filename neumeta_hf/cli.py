@@ -138,13 +138,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = commands.add_parser(
         "sweep",
-        help="the task's metric (accuracy, mean IoU, NLL) of sampled networks across widths",
+        help="the task's metric (accuracy, mean IoU, NLL, perplexity) of sampled networks across widths",
         description="Evaluate sampled networks over widths on a dataset's test split with their task's metrics; "
         "writes sweep.json, sweep.md and sweep.png, and the task's pictures (segmentation: predictions.png; "
         "generation: samples.png, reconstructions.png).",
     )
     sweep.add_argument("source", metavar="SOURCE", help="hypernetwork directory or Hub id")
-    sweep.add_argument("--dataset", required=True, help="digits, fashion_mnist, digits_scenes, an IDX or saved-dataset dir, or a Hub id")
+    sweep.add_argument("--dataset", required=True, help="digits, fashion_mnist, digits_scenes, an IDX or saved-dataset "
+                       "dir, or a Hub id; for a language model: shakespeare, a directory of .txt files, a saved or Hub "
+                       "text dataset (test split, tokenised by the hypernetwork's tokenizer)")
+    sweep.add_argument("--block-size", type=positive_integer, default=256,
+                       help="language models: tokens per evaluated block, at most the model's context (default: 256)")
     sweep.add_argument("--widths", type=parse_widths, default=None, help="default: every width in the trained range")
     sweep.add_argument(
         "--num-samples", type=positive_integer, default=None, help="generations averaged, at least 1 (default: config)"
@@ -212,7 +216,6 @@ def run_sample(args, parser):
 
 
 def run_sweep(args, parser):
-    from .data import DataConfig, load_splits
     from .evaluation import evaluate_score, sweep, write_pictures, write_sweep
     from .targets import task_for
 
@@ -220,7 +223,45 @@ def run_sweep(args, parser):
     family = hyper.base_network.config
     task = task_for(family, type(hyper.base_network))
     if not task.metrics:
-        parser.error(f"sweep measures image models on image data; {type(hyper.base_network).__name__} is not one")
+        parser.error(f"sweep measures image models and causal language models; {type(hyper.base_network).__name__} "
+                     "is neither")  # fmt: skip
+    test_split = text_test_split if task.name == "text-generation" else image_test_split
+    test = test_split(args, parser, hyper)
+    try:
+        # The network the hypernetwork was built from, as the plot's and the table's reference line.
+        base_score = evaluate_score(hyper.base_network, test)
+        result = sweep(hyper, test, args.widths, num_samples=args.num_samples, dataset_name=args.dataset,
+                       base_score=base_score)  # fmt: skip
+    except (ValueError, MemoryError) as error:  # labels of another task, or a width too large
+        parser.error(f"cannot sweep {args.dataset!r}: {error}")
+    paths = write_sweep(result, args.output)
+    paths += [Path(args.output) / name for name in write_pictures(hyper, test, args.output)]
+    for row in result["results"]:
+        print(f"width {row['width']:>4}: {task.main_metric} {row[task.main_metric]:.4f}")
+    print("wrote " + ", ".join(str(p) for p in paths))
+
+
+def text_test_split(args, parser, hyper: NeuMetaModel):
+    """The test blocks of a text dataset, tokenised by the tokenizer the hypernetwork carries from its base."""
+    from .text_data import TextDataConfig, load_text_splits
+
+    if hyper.preprocessor is None or not hasattr(hyper.preprocessor, "eos_token_id"):
+        parser.error("this hypernetwork carries no tokenizer (its base had none); build it with from_base_model "
+                     "on a directory or Hub id that holds the base's tokenizer")  # fmt: skip
+    config = hyper.base_network.config
+    context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 256
+    try:
+        data = TextDataConfig(name=args.dataset, block_size=min(args.block_size, context))
+        splits, _ = load_text_splits(data, tokenizer=hyper.preprocessor)
+    except (OSError, ValueError) as error:
+        parser.error(f"cannot load text dataset {args.dataset!r}: {error}")
+    return splits["test"]
+
+
+def image_test_split(args, parser, hyper: NeuMetaModel):
+    from .data import DataConfig, load_splits
+
+    family = hyper.base_network.config
     # A stock vision model trained elsewhere may not record its normalisation: the data's own is used then.
     data = DataConfig(
         name=args.dataset, image_mean=getattr(family, "image_mean", None), image_std=getattr(family, "image_std", None)
@@ -234,18 +275,7 @@ def run_sweep(args, parser):
             f"dataset {args.dataset!r} has {info.num_channels}x{info.image_size}x{info.image_size} images, the "
             f"hypernetwork's networks take {family.num_channels}x{family.image_size}x{family.image_size}"
         )
-    try:
-        # The network the hypernetwork was built from, as the plot's and the table's reference line.
-        base_score = evaluate_score(hyper.base_network, test)
-        result = sweep(hyper, test, args.widths, num_samples=args.num_samples, dataset_name=args.dataset,
-                       base_score=base_score)  # fmt: skip
-    except (ValueError, MemoryError) as error:  # labels of another task, or a width too large
-        parser.error(f"cannot sweep {args.dataset!r}: {error}")
-    paths = write_sweep(result, args.output)
-    paths += [Path(args.output) / name for name in write_pictures(hyper, test, args.output)]
-    for row in result["results"]:
-        print(f"width {row['width']:>4}: {task.main_metric} {row[task.main_metric]:.4f}")
-    print("wrote " + ", ".join(str(p) for p in paths))
+    return test
 
 
 def find_sweep(source: str, hyper: NeuMetaModel) -> Path | None:

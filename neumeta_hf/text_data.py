@@ -75,8 +75,11 @@ def split_of(name: str) -> str:
     return "test" if bucket == 0 else "validation" if bucket == 1 else "train"
 
 
-def load_text_splits(config: TextDataConfig) -> tuple[dict[str, datasets.Dataset], PreTrainedTokenizerFast]:
-    """({"train", "validation", "test"}: token-block datasets in torch format, the tokenizer)."""
+def load_text_splits(
+    config: TextDataConfig, tokenizer=None
+) -> tuple[dict[str, datasets.Dataset], PreTrainedTokenizerFast]:
+    """({"train", "validation", "test"}: token-block datasets in torch format, the tokenizer). `tokenizer` (an
+    object, e.g. the one a hypernetwork carries from its base) takes the place of `config.tokenizer`."""
     for field, value in (("block_size", config.block_size), ("vocab_size", config.vocab_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 2:
             raise ValueError(f"data.{field} must be an integer of at least 2, got {value!r}")
@@ -85,11 +88,15 @@ def load_text_splits(config: TextDataConfig) -> tuple[dict[str, datasets.Dataset
     if empty:
         raise ValueError(f"{config.name!r}: no documents fall in the {', '.join(empty)} split(s) (`split_of` puts one "
                          "document in ten in each of validation and test): give it more documents")  # fmt: skip
-    settings = {"vocab_size": config.vocab_size, "block_size": config.block_size, "tokenizer": config.tokenizer}
+    given = tokenizer.backend_tokenizer.to_str() if tokenizer is not None else config.tokenizer
+    settings = {"vocab_size": config.vocab_size, "block_size": config.block_size, "tokenizer": given}
     key = json.dumps({split: _digest(texts) for split, texts in documents.items()} | settings)
     cache = cache_path(config.cache_dir, f"text-{Path(config.name).name}", key)
     tokenizer_dir = cache.with_name(cache.name + "-tokenizer")
-    if config.tokenizer:
+    if tokenizer is not None:
+        if tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has no end-of-text (eos) token to end documents with")
+    elif config.tokenizer:
         tokenizer = AutoTokenizer.from_pretrained(config.tokenizer)
         if tokenizer.eos_token_id is None:
             raise ValueError(f"the tokenizer {config.tokenizer!r} has no end-of-text (eos) token to end documents with")

@@ -181,3 +181,25 @@ def test_a_llama_hypernetwork_sweeps_perplexity_over_feed_forward_widths(text_di
     assert scores[64] == pytest.approx(expected, rel=1e-4) and all(s > 1 for s in scores.values())
     write_sweep(result, tmp_path / "sweep")
     assert "| 40 | yes | " in (tmp_path / "sweep" / "sweep.md").read_text()
+
+
+def test_the_cli_sweeps_a_language_model_on_text_with_its_own_tokenizer(text_directory, tmp_path, capsys):
+    """`neumeta-hf sweep` refused text models; it now reads a text dataset's test split, tokenised by the
+    tokenizer the hypernetwork carries from its base, and reports perplexity per width."""
+    import neumeta_hf as nm
+    from neumeta_hf.cli import main
+
+    config = TextDataConfig(name=str(text_directory), block_size=32, vocab_size=512, cache_dir=str(tmp_path / "c"))
+    _, tokenizer = load_text_splits(config)
+    base = tiny_llama(len(tokenizer))
+    base.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    nm.NeuMetaModel.from_base_model(tmp_path / "base", width_range=(16, 64), hidden_size=32).save_pretrained(
+        tmp_path / "hyper")
+    argv = ["sweep", str(tmp_path / "hyper"), "--dataset", str(text_directory), "--widths", "16,48",
+            "--block-size", "32", "--output", str(tmp_path / "out")]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "width   16: perplexity " in out and "width   48: perplexity " in out
+    result = json.loads((tmp_path / "out" / "sweep.json").read_text())
+    assert result["metric"] == "perplexity" and [r["width"] for r in result["results"]] == [16, 48]
