@@ -104,6 +104,32 @@ def plot_segmentations(
     return Path(path)
 
 
+def plot_text_rows(rows: dict[str, str], path, width: int = 88) -> Path:
+    """Texts one under another, each with its label on the left, wrapped at `width` characters in a fixed-width
+    font: the same prompt continued by networks of several widths, to read side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    # Whitespace runs read as one space; other control characters (a poor model's byte tokens) as a dot.
+    def readable(text):
+        return "".join(c if c.isprintable() else "·" for c in " ".join(text.split()))
+
+    wrapped = {label: textwrap.fill(readable(text), width) or "(nothing)" for label, text in rows.items()}
+    lines = [text.count("\n") + 1 for text in wrapped.values()]
+    figure = plt.figure(figsize=(width * 0.075 + 1.6, 0.2 * (sum(lines) + 1.2 * len(lines)) + 0.2))
+    top = 1.0
+    for (label, text), count in zip(wrapped.items(), lines):
+        share = (count + 1.2) / (sum(lines) + 1.2 * len(lines))
+        figure.text(0.01, top - 0.1 * share, textwrap.fill(label, 16), va="top", fontsize="small", weight="bold")
+        figure.text(0.18, top - 0.1 * share, text, va="top", family="monospace", fontsize="small")
+        top -= share
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return Path(path)
+
+
 def plot_image_grid(rows: dict, path, title: str | None = None) -> Path:
     """Images side by side, one figure row per entry, its label on the left: samples decoded from the same latents
     by networks of several widths (a row per width), or test images and their reconstructions (a row for the

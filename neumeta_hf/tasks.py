@@ -295,6 +295,11 @@ class TextGeneration(Task):
     metrics = ("perplexity", "nll_per_token")
     higher_is_better = False
     scale, unit = 1.0, ""
+    prompt_tokens, continuation_tokens = 16, 40
+    pictures: ClassVar[dict[str, str]] = {
+        "continuations.png": "The opening of a test text continued greedily by networks sampled at 75%, 50% and 25% "
+        "compression and at full width",
+    }
 
     def label_count(self, config) -> int:
         """Labels are next tokens: any id of the vocabulary."""
@@ -323,6 +328,24 @@ class TextGeneration(Task):
             metric.add_batch(nll=nll.sum(1).double().cpu().tolist(), tokens=tokens.cpu().tolist())
         scores = metric.compute()
         return {name: scores[name] for name in self.metrics}
+
+    @torch.no_grad()
+    def draw_pictures(self, networks, batch, config, directory):
+        """`continuations.png`: the first `prompt_tokens` of the first block of `batch`, then each network's greedy
+        continuation, decoded by the tokenizer the networks carry (none without one)."""
+        from .plots import plot_text_rows
+
+        tokenizer = getattr(next(iter(networks.values())), "preprocessor", None)
+        if tokenizer is None:
+            return []
+        prompt = batch["input_ids"][:1, : self.prompt_tokens]
+        rows = {"prompt": tokenizer.decode(prompt[0])}
+        for caption, network in networks.items():
+            generated = network.generate(prompt, max_new_tokens=self.continuation_tokens, do_sample=False,
+                                         pad_token_id=tokenizer.eos_token_id)  # fmt: skip
+            rows[caption] = tokenizer.decode(generated[0, prompt.shape[1] :])
+        plot_text_rows(rows, directory / "continuations.png")
+        return ["continuations.png"]
 
 
 TASKS: dict[str, Task] = {

@@ -203,3 +203,18 @@ def test_the_cli_sweeps_a_language_model_on_text_with_its_own_tokenizer(text_dir
     assert "width   16: perplexity " in out and "width   48: perplexity " in out
     result = json.loads((tmp_path / "out" / "sweep.json").read_text())
     assert result["metric"] == "perplexity" and [r["width"] for r in result["results"]] == [16, 48]
+
+
+def test_a_language_model_sweep_draws_continuations_of_one_prompt(text_directory, tmp_path):
+    import neumeta_hf as nm
+    from neumeta_hf.evaluation import write_pictures
+    from neumeta_hf.publishing import hypernetwork_card
+
+    config = TextDataConfig(name=str(text_directory), block_size=32, vocab_size=512, cache_dir=str(tmp_path / "c"))
+    splits, tokenizer = load_text_splits(config)
+    hyper = nm.NeuMetaModel.from_base_model(tiny_llama(len(tokenizer)), width_range=(16, 64), hidden_size=32,
+                                            preprocessor=tokenizer)  # fmt: skip
+    assert write_pictures(hyper, splits["test"], tmp_path) == ["continuations.png"]
+    assert (tmp_path / "continuations.png").stat().st_size > 10_000
+    card = hypernetwork_card(hyper, pictures=["continuations.png"]).text
+    assert "![" in card and "continuations.png" in card and "continued greedily" in card
