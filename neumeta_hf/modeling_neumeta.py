@@ -486,14 +486,15 @@ class NeuMetaModel(PreTrainedModel):
 
     def forward(
         self,
-        pixel_values: torch.Tensor,
+        inputs: torch.Tensor,
         width: int,
         labels: torch.Tensor | None = None,
         noise: float | None = None,
         generator: torch.Generator | None = None,
         **network_inputs,
     ) -> NeuMetaOutput:
-        """Run a batch through the width-`width` network built from freshly generated tensors.
+        """Run a batch of `inputs` (pixel values, or a language model's token ids: the network's first argument)
+        through the width-`width` network built from freshly generated tensors.
 
         Differentiable end to end: one backward pass reaches the INR; the frozen tensors take no gradient.
         Coordinate noise (default `config.coordinate_noise` in training mode, none in eval mode) is applied.
@@ -506,7 +507,7 @@ class NeuMetaModel(PreTrainedModel):
         outputs = functional_call(
             self.spec.meta_network(width),
             {**self.frozen_tensors(), **weights},
-            (pixel_values,),
+            (inputs,),
             {"labels": labels, **network_inputs},
         )
         return NeuMetaOutput(loss=outputs.loss, logits=outputs.logits, network_output=outputs, weights=weights)

@@ -217,7 +217,7 @@ def train_nested(
     seed: int = 0,
 ) -> list[float]:
     """Train `nested` with the sandwich rule over its trained widths, every width distilled from `teacher` at
-    `temperature` (the task's distillation loss), on `dataset` (`pixel_values`, and `labels` for in-place
+    `temperature` (the task's distillation loss), on `dataset` (the task's inputs, and `labels` for in-place
     distillation); returns the loss per step. `teacher` None: in-place distillation (US-Nets), the full width
     learns the labels and the other widths its predictions of the same step."""
     task = task_for(nested.network.config, type(nested.network))
@@ -237,18 +237,18 @@ def train_nested(
     progress = progress_bar(total=steps, desc="nested stage", unit="step")
     while len(losses) < steps:
         for batch in loader:
-            pixel_values = batch["pixel_values"].to(device)
-            shared = task.shared_inputs(nested.network.config, pixel_values, generator)
-            full = nested(max(widths), pixel_values, **shared)
+            inputs = batch[task.input_name].to(device)
+            shared = task.shared_inputs(nested.network.config, inputs, generator)
+            full = nested(max(widths), inputs, **shared)
             if teacher is None:
                 loss, target = task.loss(full, batch["labels"].to(device)), _detached(full)
             else:
                 with torch.no_grad():
-                    target = teacher(pixel_values, **shared)
+                    target = teacher(inputs, **shared)
                 loss = task.distillation(full, target, temperature)
             narrower = [min(widths)] + [rng.choice(widths) for _ in range(random_widths)]
             loss = loss + sum(
-                task.distillation(nested(width, pixel_values, **shared), target, temperature) for width in narrower
+                task.distillation(nested(width, inputs, **shared), target, temperature) for width in narrower
             )
             optimizer.zero_grad()
             loss.backward()

@@ -3,7 +3,7 @@ training-speed benchmark all step with it.
 
 For a batch and a width w, the width-w network is generated and run, and its loss is
 
-    task loss (the target's task: cross-entropy per image or per pixel, `neumeta_hf.tasks`)
+    task loss (the target's task: cross-entropy per image, pixel or token, `neumeta_hf.tasks`)
     + l2_weight x sum of the generated tensors' L2 norms
     + reconstruction_weight x magnitude-weighted MSE to the permuted base tensors     (w = full width)
     + distillation_weight x KL(teacher || generated) of the softened class distributions  (w < full width)
@@ -37,24 +37,24 @@ class Objective:
         """The objective from any settings object with these fields (a recipe's `training` section)."""
         return cls(**{field.name: getattr(settings, field.name) for field in fields(cls)})
 
-    def step_loss(self, model, hyper, teacher, pixel_values, targets, width: int, smallest_width: int, generator):
-        """(loss, detached terms) of one training step at `width`, plus the sandwich rule's smallest and full
-        widths when `sandwich` is set. `model` runs the batch (the hypernetwork, or its distributed wrapper);
+    def step_loss(self, model, hyper, teacher, inputs, targets, width: int, smallest_width: int, generator):
+        """(loss, detached terms) of one training step on a batch of `inputs` (the task's `input_name`: pixel
+        values or token ids) at `width`, plus the sandwich rule's smallest and full widths when `sandwich` is set. `model` runs the batch (the hypernetwork, or its distributed wrapper);
         `hyper` is the hypernetwork itself; `teacher` the network distilled from (the base, or the recipe's
         `training.teacher`)."""
         task = task_for(hyper.spec.family_config)
         full_width = hyper.config.full_width
-        shared = task.shared_inputs(hyper.spec.family_config, pixel_values, generator)
+        shared = task.shared_inputs(hyper.spec.family_config, inputs, generator)
         teacher_output = None
         if self.distillation_weight and (self.distills(width, full_width) or self.sandwich):
             with torch.no_grad():
-                teacher_output = teacher(pixel_values, **shared)
-        inputs = (pixel_values, targets, teacher_output, shared)
-        loss, terms = self.width_loss(model, hyper, *inputs, width, generator)
+                teacher_output = teacher(inputs, **shared)
+        batch = (inputs, targets, teacher_output, shared)
+        loss, terms = self.width_loss(model, hyper, *batch, width, generator)
         if not self.sandwich:
             return loss, terms
         if width != smallest_width:
-            smallest_loss, _ = self.width_loss(model, hyper, *inputs, smallest_width, generator)
+            smallest_loss, _ = self.width_loss(model, hyper, *batch, smallest_width, generator)
             loss = loss + smallest_loss
             terms["smallest_width_loss"] = smallest_loss.detach()
         if width != full_width and self.reconstruction_weight:
@@ -62,7 +62,7 @@ class Objective:
             loss = loss + self.reconstruction_weight * reconstruction
             terms["reconstruction_loss"] = reconstruction.detach()
         elif width != full_width:
-            full_loss, _ = self.width_loss(model, hyper, *inputs, full_width, generator)
+            full_loss, _ = self.width_loss(model, hyper, *batch, full_width, generator)
             loss = loss + full_loss
             terms["full_width_loss"] = full_loss.detach()
         return loss, terms
@@ -71,7 +71,7 @@ class Objective:
         """Whether the width-`width` network is distilled: every width but a reconstructed full width."""
         return bool(self.distillation_weight) and (width != full_width or not self.reconstruction_weight)
 
-    def width_loss(self, model, hyper, pixel_values, targets, teacher_output, shared: dict, width: int, generator):
+    def width_loss(self, model, hyper, inputs, targets, teacher_output, shared: dict, width: int, generator):
         """(loss, detached terms) of the width-`width` network generated for this batch: task loss (against
         `targets`: the labels, or class probabilities) + L2 of the generated tensors + reconstruction at full
         width, and + distillation towards `teacher_output` (the teacher's, run with the same `shared` inputs)
@@ -80,7 +80,7 @@ class Objective:
         full_width = hyper.config.full_width
         # The full width is fitted exactly (reconstruction loss), so it is generated without noise.
         noise = 0.0 if width == full_width else None
-        output = model(pixel_values=pixel_values, width=width, noise=noise, generator=generator, **shared)
+        output = model(inputs, width=width, noise=noise, generator=generator, **shared)
         task_loss = task.loss(output.network_output, targets)
         terms = {"task_loss": task_loss.detach()}
         loss = task_loss + self.l2_weight * sum(tensor.norm() for tensor in output.weights.values())

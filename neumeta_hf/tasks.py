@@ -71,8 +71,9 @@ class Task:
     pictures: ClassVar[dict[str, str]] = {}  # what `draw_pictures` writes: file name -> the caption cards give it
     targets: BenchmarkTargets | None = None
 
-    def __init__(self, name: str, auto_class_name: str):
-        self.name, self.auto_class_name = name, auto_class_name
+    def __init__(self, name: str, auto_class_name: str, input_name: str = "pixel_values"):
+        # The batch column a network of this task is fed with (its first argument): images, or token ids.
+        self.name, self.auto_class_name, self.input_name = name, auto_class_name, input_name
 
     def __repr__(self):
         return f"{type(self).__name__}({self.name!r})"
@@ -112,9 +113,10 @@ class Task:
         )
         return divergence / positions * temperature**2
 
-    def shared_inputs(self, config, pixel_values: torch.Tensor, generator: torch.Generator | None = None) -> dict:
+    def shared_inputs(self, config, inputs: torch.Tensor, generator: torch.Generator | None = None) -> dict:
         """Extra inputs of a network with `config` that the generated network and the base network it distils
-        from must share in a step (a VAE's posterior noise); none for discriminative tasks."""
+        from must share in a step on a batch of `inputs` (a VAE's posterior noise); none for discriminative
+        tasks."""
         return {}
 
     def label_count(self, config) -> int:
@@ -235,10 +237,10 @@ class ImageGeneration(Task):
         pixels = pixels - F.binary_cross_entropy_with_logits(teacher_output.logits, teacher_pixels, reduction="none")
         return (posterior + pixels.flatten(1).sum(1)).mean()
 
-    def shared_inputs(self, config, pixel_values: torch.Tensor, generator: torch.Generator | None = None) -> dict:
+    def shared_inputs(self, config, inputs: torch.Tensor, generator: torch.Generator | None = None) -> dict:
         """The posterior noise both networks decode with in a distillation step."""
-        shape = (pixel_values.shape[0], config.latent_size)
-        noise = torch.randn(shape, generator=generator, device=pixel_values.device, dtype=pixel_values.dtype)
+        shape = (inputs.shape[0], config.latent_size)
+        noise = torch.randn(shape, generator=generator, device=inputs.device, dtype=inputs.dtype)
         return {"latent_noise": noise}
 
     def function_output(self, outputs) -> torch.Tensor:
@@ -354,9 +356,9 @@ TASKS: dict[str, Task] = {
         ImageClassification("image-classification", "AutoModelForImageClassification"),
         SemanticSegmentation("image-segmentation", "AutoModelForSemanticSegmentation"),
         ImageGeneration("unconditional-image-generation", "AutoModel"),
-        Task("text-classification", "AutoModelForSequenceClassification"),
-        TextGeneration("text-generation", "AutoModelForCausalLM"),
-        Task("fill-mask", "AutoModelForMaskedLM"),
+        Task("text-classification", "AutoModelForSequenceClassification", "input_ids"),
+        TextGeneration("text-generation", "AutoModelForCausalLM", "input_ids"),
+        Task("fill-mask", "AutoModelForMaskedLM", "input_ids"),
     )
 }
 

@@ -529,16 +529,16 @@ def training_loop(run: Run, training: Training, hyper: NeuMetaModel, num_labels:
 def training_step(run: Run, training: Training, hyper, batch, micro_step: int, width: int, num_labels: int):
     """One forward-backward pass (an optimizer step when the gradients sync); returns (loss, its terms)."""
     settings, accelerator = run.config.training, run.accelerator
-    pixel_values = batch["pixel_values"].to(accelerator.device)
+    inputs = batch[task_for(hyper.spec.family_config).input_name].to(accelerator.device)
     targets = labels = batch["labels"].to(accelerator.device)
     step_seed = run.config.seed * 7919 + micro_step
     noise_generator = torch.Generator(accelerator.device).manual_seed(step_seed)
     if settings.mixup_alpha:  # each process mixes its own shard of the batch: a draw of its own
         seed = step_seed * accelerator.num_processes + accelerator.process_index
-        pixel_values, targets = mixup(pixel_values, labels, num_labels, settings.mixup_alpha, seed)
+        inputs, targets = mixup(inputs, labels, num_labels, settings.mixup_alpha, seed)
     with accelerator.accumulate(training.model):
         loss, terms = training.objective.step_loss(
-            training.model, hyper, training.teacher, pixel_values, targets, width, training.widths[0], noise_generator
+            training.model, hyper, training.teacher, inputs, targets, width, training.widths[0], noise_generator
         )
         finite = accelerator.gather(torch.isfinite(loss.detach()).reshape(1).float()).min() > 0
         if not finite:

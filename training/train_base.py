@@ -357,6 +357,7 @@ def train_network(model, train, settings: BaseConfig, accelerator: Accelerator, 
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: schedule_factor(step, total, scheduler_name, settings.milestones)
     )
+    input_name = task_for(model.config, type(model)).input_name  # pixel values, or token ids
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     model.train()
     progress = progress_bar(
@@ -365,9 +366,9 @@ def train_network(model, train, settings: BaseConfig, accelerator: Accelerator, 
     for epoch in progress:
         for batch in loader:
             if slimmable:
-                loss = slimmable(model, batch["pixel_values"], batch["labels"])
+                loss = slimmable(model, batch[input_name], batch["labels"])
             else:
-                loss = model(batch["pixel_values"], labels=batch["labels"]).loss
+                loss = model(batch[input_name], labels=batch["labels"]).loss
             if accelerator.gather(torch.isfinite(loss.detach()).reshape(1).float()).min() == 0:
                 raise FloatingPointError(
                     f"Base network training: the loss became {loss.item()} in epoch {epoch}; lower "
@@ -395,8 +396,8 @@ class SlimmableObjective:
         self.rng = random.Random(seed)
         self.skeletons = {}  # width -> network on the meta device (structure only, for functional_call)
 
-    def __call__(self, model, pixel_values, labels) -> torch.Tensor:
-        full = model(pixel_values, labels=labels)
+    def __call__(self, model, inputs, labels) -> torch.Tensor:
+        full = model(inputs, labels=labels)
         teacher = full.logits.detach().softmax(1)  # class probabilities, per image or per pixel
         loss = full.loss
         for width in (self.low, self.rng.randint(self.low, self.high), self.rng.randint(self.low, self.high)):
@@ -404,7 +405,7 @@ class SlimmableObjective:
                 with torch.device("meta"):
                     self.skeletons[width] = type(model)(config_at_width(model.config, width))
             skeleton = self.skeletons[width]
-            logits = functional_call(skeleton, nested_weights(model, skeleton), (pixel_values,)).logits
+            logits = functional_call(skeleton, nested_weights(model, skeleton), (inputs,)).logits
             loss = loss + F.cross_entropy(logits, teacher)
         return loss
 
