@@ -88,21 +88,20 @@ def load_text_splits(
     if empty:
         raise ValueError(f"{config.name!r}: no documents fall in the {', '.join(empty)} split(s) (`split_of` puts one "
                          "document in ten in each of validation and test): give it more documents")  # fmt: skip
-    given = tokenizer.backend_tokenizer.to_str() if tokenizer is not None else config.tokenizer
+    if tokenizer is None and config.tokenizer:
+        tokenizer = AutoTokenizer.from_pretrained(config.tokenizer)
+    if tokenizer is not None and tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no end-of-text (eos) token to end documents with")
+    # The blocks depend on the tokenizer's whole definition (vocabulary and merges), not on where it came from.
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    given = backend.to_str() if backend else json.dumps(tokenizer.get_vocab(), sort_keys=True) if tokenizer else None
     settings = {"vocab_size": config.vocab_size, "block_size": config.block_size, "tokenizer": given}
     key = json.dumps({split: _digest(texts) for split, texts in documents.items()} | settings)
     cache = cache_path(config.cache_dir, f"text-{Path(config.name).name}", key)
     tokenizer_dir = cache.with_name(cache.name + "-tokenizer")
-    if tokenizer is not None:
-        if tokenizer.eos_token_id is None:
-            raise ValueError("the tokenizer has no end-of-text (eos) token to end documents with")
-    elif config.tokenizer:
-        tokenizer = AutoTokenizer.from_pretrained(config.tokenizer)
-        if tokenizer.eos_token_id is None:
-            raise ValueError(f"the tokenizer {config.tokenizer!r} has no end-of-text (eos) token to end documents with")
-    elif (tokenizer_dir / "tokenizer.json").exists():
+    if tokenizer is None and (tokenizer_dir / "tokenizer.json").exists():
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    else:
+    elif tokenizer is None:
         tokenizer = train_tokenizer(documents["train"].values(), config.vocab_size)
         tokenizer.save_pretrained(tokenizer_dir)
     splits = cached_splits(cache, lambda: {
