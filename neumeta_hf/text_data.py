@@ -93,8 +93,10 @@ def load_text_splits(
     if tokenizer is not None and tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no end-of-text (eos) token to end documents with")
     # The blocks depend on the tokenizer's whole definition (vocabulary and merges), not on where it came from.
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    given = backend.to_str() if backend else json.dumps(tokenizer.get_vocab(), sort_keys=True) if tokenizer else None
+    given = None
+    if tokenizer is not None:
+        backend = getattr(tokenizer, "backend_tokenizer", None)  # a fast tokenizer: its whole definition
+        given = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
     settings = {"vocab_size": config.vocab_size, "block_size": config.block_size, "tokenizer": given}
     key = json.dumps({split: _digest(texts) for split, texts in documents.items()} | settings)
     cache = cache_path(config.cache_dir, f"text-{Path(config.name).name}", key)
