@@ -31,7 +31,7 @@ from transformers import PreTrainedModel
 from .progress import progress_bar
 from .pruning import nested_weights
 from .publishing import save_network
-from .targets import config_at_width, network_class, network_width, target, target_config, task_for
+from .targets import config_at_width, network_class, network_width, reorder_channels, target, target_config, task_for
 
 AFFINE_FILE = "width_affine.safetensors"
 
@@ -48,10 +48,7 @@ def importance_order(model: PreTrainedModel) -> PreTrainedModel:
         if not group.scales:
             continue
         importance = sum(weight.abs().flatten(1).sum(1) for weight in kind.filters(ordered, group, state))
-        order = importance.argsort(descending=True, stable=True)
-        for member in group.members:
-            channels = member.of(state[member.tensor])
-            channels.copy_(channels.index_select(member.axis, order))
+        reorder_channels(state, group, importance.argsort(descending=True, stable=True))
     return ordered
 
 

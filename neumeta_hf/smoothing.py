@@ -14,7 +14,7 @@ import torch
 from transformers import PreTrainedModel
 
 from .families import ChannelGroup
-from .targets import example_inputs, task_for
+from .targets import example_inputs, reorder_channels, task_for
 
 # fast-tsp takes integer distances up to 65,535; the longest edge becomes that many units.
 _DISTANCE_RESOLUTION = 65_535
@@ -93,9 +93,7 @@ def smooth_channels(model: PreTrainedModel, groups: tuple[ChannelGroup, ...]) ->
         cities = group_cities(state, group)
         order = shortest_path(cities)
         report["groups"][group.name] = [total_variation(cities), total_variation(cities, order)]
-        for member in group.members:
-            channels = member.of(state[member.tensor])
-            channels.copy_(channels.index_select(member.axis, order))
+        reorder_channels(state, group, order)
     check_same_function(reference, model)
     report["total_variation_before"] = sum(before for before, _ in report["groups"].values())
     report["total_variation_after"] = sum(after for _, after in report["groups"].values())

@@ -392,9 +392,7 @@ def discover_layout(model: PreTrainedModel) -> str | None:
         permuted = copy.deepcopy(model)
         tensors = permuted.state_dict()
         for group in groups:
-            order = torch.randperm(width, generator=torch.Generator().manual_seed(0))
-            for member in group.members:
-                tensors[member.tensor].copy_(tensors[member.tensor].index_select(member.axis, order))
+            reorder_channels(tensors, group, torch.randperm(width, generator=torch.Generator().manual_seed(0)))
         try:
             check_same_function(model, permuted)
             return name
@@ -468,6 +466,13 @@ def channel_groups(model: PreTrainedModel) -> list[ChannelGroup]:
     return target(model.config.model_type).channel_groups(model)
 
 
+def reorder_channels(state: dict[str, torch.Tensor], group: ChannelGroup, order: torch.Tensor) -> None:
+    """Put the channels of `group` in `order`, in place, in every member slice of `state` (name -> tensor)."""
+    for member in group.members:
+        channels = member.of(state[member.tensor])
+        channels.copy_(channels.index_select(member.axis, order))
+
+
 def task_for(config: PreTrainedConfig, model_class: type | None = None) -> Task:
     """The `Task` of a target network; a stock model with an unknown head compares logits only."""
     name = target(config.model_type).task_name(config, model_class)
@@ -499,7 +504,7 @@ def multiply_accumulates(network: PreTrainedModel) -> int:
               for name, value in example_inputs(network.config, batch_size=1).items()}  # fmt: skip
     counts = []
 
-    def count(module, inputs, output):
+    def count(module, args, output):
         # Inputs per output value: a Linear's or Conv2d's weight[0]; GPT-2's Conv1D stores its weight transposed.
         transposed = isinstance(module, transformers.pytorch_utils.Conv1D)
         per_output = module.weight.shape[0] if transposed else module.weight[0].numel()
