@@ -34,6 +34,11 @@ logger = logging.get_logger(__name__)
 HIDDEN_SIZES = (256, 128, 64, 32, 16, 8)  # from_base_model's choices of INR width, the paper's first
 
 
+def non_finite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """The names of the tensors holding a NaN or an infinity (integer tensors never do)."""
+    return [name for name, tensor in tensors.items() if not tensor.isfinite().all()]
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     """A torch dtype as transformers configs write it ("bfloat16")."""
     return str(dtype).removeprefix("torch.")
@@ -184,8 +189,7 @@ class NeuMetaModel(PreTrainedModel):
         if any(tensor.is_meta for tensor in base_model.state_dict().values()):
             raise ValueError("the base network is on the meta device (shapes without weights): load it with "
                              "from_pretrained, or give it weights (to_empty, then load_state_dict) first")  # fmt: skip
-        damaged = [name for name, tensor in base_model.state_dict().items()
-                   if tensor.is_floating_point() and not tensor.isfinite().all()]  # fmt: skip
+        damaged = non_finite_tensors(base_model.state_dict())
         if damaged:
             raise ValueError(f"the base network's {', '.join(damaged)} contain NaN or infinite values: it cannot be "
                              "morphed (its function is undefined); check how it was trained or saved")  # fmt: skip
@@ -287,7 +291,7 @@ class NeuMetaModel(PreTrainedModel):
             num_samples = 1
         noise = self.config.coordinate_noise if noise is None else noise
         weights = self._generate(width, num_samples, noise, generator, first_noise_free=True)
-        damaged = [name for name, tensor in weights.items() if not tensor.isfinite().all()]
+        damaged = non_finite_tensors(weights)
         if damaged:
             raise RuntimeError(
                 f"generated tensors {', '.join(damaged)} of width {width} contain NaN or infinite values: the "
@@ -726,7 +730,7 @@ class NeuMetaModel(PreTrainedModel):
                 f"The checkpoint does not match its config ({details}). It was saved with a different "
                 "configuration or is damaged; load it with the config.json it was saved with."
             )
-        damaged = [name for name, tensor in model.state_dict().items() if not tensor.isfinite().all()]
+        damaged = non_finite_tensors(model.state_dict())
         if damaged:
             raise ValueError(f"{weights} is damaged: tensors {', '.join(damaged)} contain NaN or infinite values")
         model.base_network.requires_grad_(False)

@@ -33,6 +33,7 @@ if __package__ in (None, ""):  # run by path (accelerate launch training/train_b
 from neumeta_hf import NeuMetaConfig  # noqa: E402
 from neumeta_hf.data import DataInfo, load_splits  # noqa: E402
 from neumeta_hf.evaluation import check_labels, evaluate_score  # noqa: E402
+from neumeta_hf.modeling_neumeta import non_finite_tensors  # noqa: E402
 from neumeta_hf.nested import AFFINE_FILE, NestedNetwork, importance_order, train_nested  # noqa: E402
 from neumeta_hf.progress import progress_bar  # noqa: E402
 from neumeta_hf.pruning import nested_weights, prune_l1  # noqa: E402
@@ -285,7 +286,7 @@ def load_trained_network(key: str, path: str, family: str) -> PreTrainedModel:
     model = target(family).trainable_network_class().from_pretrained(path)
     if model.config.model_type != family:
         raise ValueError(f"{key} {path!r} is a {model.config.model_type!r} network, but base.family is {family!r}")
-    broken = [name for name, tensor in model.state_dict().items() if not torch.isfinite(tensor).all()]
+    broken = non_finite_tensors(model.state_dict())
     if broken:
         raise ValueError(
             f"{key} {path!r} holds non-finite values in {', '.join(broken)}: it diverged or is damaged; retrain it "
