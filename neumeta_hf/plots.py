@@ -118,10 +118,11 @@ def plot_text_rows(rows: dict[str, str], path, width: int = 88) -> Path:
 
     wrapped = {label: textwrap.fill(readable(text), width) or "(nothing)" for label, text in rows.items()}
     lines = [text.count("\n") + 1 for text in wrapped.values()]
-    figure = plt.figure(figsize=(width * 0.075 + 1.6, 0.2 * (sum(lines) + 1.2 * len(lines)) + 0.2))
+    height = sum(lines) + 1.2 * len(lines)  # in text lines: each entry's lines and a gap
+    figure = plt.figure(figsize=(width * 0.075 + 1.6, 0.2 * height + 0.2))
     top = 1.0
     for (label, text), count in zip(wrapped.items(), lines):
-        share = (count + 1.2) / (sum(lines) + 1.2 * len(lines))
+        share = (count + 1.2) / height
         figure.text(0.01, top - 0.1 * share, textwrap.fill(label, 16), va="top", fontsize="small", weight="bold")
         figure.text(0.18, top - 0.1 * share, text, va="top", family="monospace", fontsize="small")
         top -= share

@@ -25,7 +25,7 @@ TEMPLATES = Path(__file__).parent / "model_cards"  # a link to the top-level mod
 DEFAULT_LICENSE = "mit"
 # What a failed Hub call raises: the Hub's refusals, offline mode (an OSError), an invalid repo id (a ValueError)
 # and connection failures, which raise the HTTP client's own error, the base class of HfHubHTTPError.
-UPLOAD_ERRORS = (OSError, ValueError, *HfHubHTTPError.__bases__)
+HUB_ERRORS = (OSError, ValueError, *HfHubHTTPError.__bases__)
 
 # ------------------------------------------------------------------------------------------------------ cards
 
@@ -49,7 +49,7 @@ def base_card_license(source: str | None) -> str | None:
         return None
     try:
         return ModelCard.load(readme if readme.is_file() else source).data.license
-    except UPLOAD_ERRORS:
+    except HUB_ERRORS:
         return None
 
 
@@ -292,7 +292,7 @@ def upload_in_one_commit(directory, repo_id: str, commit_message: str, private: 
         with waiting_at_most(hub_timeout()):
             repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
             return api.upload_folder(repo_id=repo_id, folder_path=directory, commit_message=commit_message)
-    except UPLOAD_ERRORS as error:
+    except HUB_ERRORS as error:
         reason = (str(error).strip() or type(error).__name__).splitlines()[0].rstrip(".")
         if "Timeout" in type(error).__name__:
             reason = (f"the Hub did not answer ({hub_timeout():g} s per request, each retried by huggingface_hub: "

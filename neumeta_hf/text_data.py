@@ -148,8 +148,9 @@ def _documents(config: TextDataConfig) -> dict[str, dict[str, str]]:
     if config.name == SHAKESPEARE:
         return _by_name(shakespeare_texts(config.cache_dir))
     directory = Path(config.name)
-    if directory.is_dir() and sorted(directory.glob("*.txt")):
-        return _by_name({path.stem: path.read_text(encoding="utf-8") for path in sorted(directory.glob("*.txt"))})
+    files = sorted(directory.glob("*.txt")) if directory.is_dir() else []
+    if files:
+        return _by_name({path.stem: path.read_text(encoding="utf-8") for path in files})
     source = load_saved_dataset(directory) if directory.is_dir() else datasets.load_dataset(config.name)
     if isinstance(source, datasets.Dataset):
         source = datasets.DatasetDict({"train": source})
@@ -157,7 +158,7 @@ def _documents(config: TextDataConfig) -> dict[str, dict[str, str]]:
         raise ValueError(f"{config.name!r} needs a 'train' split with a {config.text_column!r} column "
                          f"(data.text_column); it has {({s: source[s].column_names for s in source})}")  # fmt: skip
     documents = {split: {} for split in SPLITS}
-    for split in set(SPLITS) & set(source):
+    for split in (split for split in SPLITS if split in source):
         for index, text in enumerate(source[split][config.text_column]):
             name = f"{split}/{index}"
             # The dataset's own validation and test splits are kept; `split_of` carves those it lacks out of
