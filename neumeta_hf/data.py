@@ -162,6 +162,8 @@ class DataInfo:
     name: str = ""
     augment: bool = False
     task: str = CLASSIFICATION
+    # Image networks build their processor from their config (`targets`), so the data hand them none.
+    preprocessor = None
 
     def family_kwargs(self) -> dict:
         """Fields of a family config that follow from the data."""
@@ -177,7 +179,12 @@ class DataInfo:
 def load_splits(config: DataConfig) -> tuple[datasets.Dataset, datasets.Dataset | None, datasets.Dataset, DataInfo]:
     """(train, validation, test, info): every split yields `pixel_values` float32 [C, H, W] normalised (binary
     for `config.binarize`), and `labels` (int64; [H, W] per-pixel class indices for segmentation, 255 ignored);
-    validation is None when `config.validation_size` is 0."""
+    validation is None when `config.validation_size` is 0. A `text_data.TextDataConfig` gives token blocks
+    instead (`text_data.load_text_data`)."""
+    from . import text_data  # which imports this module
+
+    if isinstance(config, text_data.TextDataConfig):
+        return text_data.load_text_data(config)
     task = config.task
     train, test, labels = _raw_splits(config)
     if config.max_train_samples:

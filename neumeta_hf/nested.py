@@ -15,6 +15,7 @@ A width outside the trained ones has no affine of its own: `NestedNetwork.networ
 nearest trained widths' values channel by channel (what a table can do; the hypernetwork generates them instead).
 """
 
+import contextlib
 import copy
 import json
 import math
@@ -29,7 +30,7 @@ from torch.func import functional_call
 from transformers import PreTrainedModel
 
 from .progress import progress_bar
-from .pruning import nested_weights
+from .pruning import nested_weights, unlisted_buffers
 from .publishing import save_network
 from .targets import config_at_width, network_class, network_width, reorder_channels, target, target_config, task_for
 
@@ -167,7 +168,9 @@ class NestedNetwork(nn.Module):
         return group.members[0].length(structure[group.members[0].tensor].shape)
 
     def forward(self, width: int, *args, **kwargs):
-        return functional_call(self.skeleton(width), self.width_tensors(width), args, kwargs)
+        skeleton = self.skeleton(width)
+        tensors = self.width_tensors(width) | unlisted_buffers(self.network, skeleton)
+        return functional_call(skeleton, tensors, args, kwargs)
 
     @torch.no_grad()
     def network_at(self, width: int) -> PreTrainedModel:
@@ -212,11 +215,13 @@ def train_nested(
     random_widths: int = 2,
     temperature: float = 1.0,
     seed: int = 0,
+    autocast=contextlib.nullcontext,
 ) -> list[float]:
     """Train `nested` with the sandwich rule over its trained widths, every width distilled from `teacher` at
     `temperature` (the task's distillation loss), on `dataset` (the task's inputs, and `labels` for in-place
     distillation); returns the loss per step. `teacher` None: in-place distillation (US-Nets), the full width
-    learns the labels and the other widths its predictions of the same step."""
+    learns the labels and the other widths its predictions of the same step. `autocast`: a context for the
+    forward passes (mixed precision, e.g. `Accelerator.autocast`)."""
     task = task_for(nested.network.config, type(nested.network))
     widths = sorted({*nested.affine.widths, nested.full_width})  # the full width has no affine row
     rng = random.Random(seed)
@@ -236,17 +241,18 @@ def train_nested(
         for batch in loader:
             inputs = batch[task.input_name].to(device)
             shared = task.shared_inputs(nested.network.config, inputs, generator)
-            full = nested(max(widths), inputs, **shared)
-            if teacher is None:
-                loss, target = task.loss(full, batch["labels"].to(device)), _detached(full)
-            else:
-                with torch.no_grad():
-                    target = teacher(inputs, **shared)
-                loss = task.distillation(full, target, temperature)
             narrower = [min(widths)] + [rng.choice(widths) for _ in range(random_widths)]
-            loss = loss + sum(
-                task.distillation(nested(width, inputs, **shared), target, temperature) for width in narrower
-            )
+            with autocast():
+                full = nested(max(widths), inputs, **shared)
+                if teacher is None:
+                    loss, target = task.loss(full, batch["labels"].to(device)), _detached(full)
+                else:
+                    with torch.no_grad():
+                        target = teacher(inputs, **shared)
+                    loss = task.distillation(full, target, temperature)
+                loss = loss + sum(
+                    task.distillation(nested(width, inputs, **shared), target, temperature) for width in narrower
+                )
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -69,10 +69,19 @@ def nested_weights(model: PreTrainedModel, narrower: PreTrainedModel) -> dict[st
             return None
         return tuple(b - a for _, a, b in spans), tuple(b - a for _, a, b in narrow_layout[(name, axis)])
 
-    return {
-        name: leading_channels(state[name], tensor.shape, (segments(name, 0), segments(name, 1)))
-        for name, tensor in narrow_state.items()
-    }
+    cut = {}  # id of a shared tensor -> its cut: tied names get the same object, as functional_call requires
+    for name, tensor in narrow_state.items():
+        if id(state[name]) not in cut:
+            cut[id(state[name])] = leading_channels(state[name], tensor.shape, (segments(name, 0), segments(name, 1)))
+    return {name: cut[id(state[name])] for name in narrow_state}
+
+
+def unlisted_buffers(model: PreTrainedModel, narrower: PreTrainedModel) -> dict[str, torch.Tensor]:
+    """`model`'s buffers that `narrower.state_dict()` leaves out -- non-persistent ones, which no width changes
+    (Llama's rotary frequencies) -- for a `functional_call` on a `narrower` built on the meta device, which lacks
+    their values."""
+    listed = set(narrower.state_dict())
+    return {name: buffer for name, buffer in model.named_buffers() if name not in listed}
 
 
 @torch.no_grad()

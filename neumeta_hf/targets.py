@@ -264,18 +264,25 @@ class StockTarget(Target):
         return architecture_class(config)
 
     def trainable_network_class(self):
-        """The type's `AutoModelForImageClassification` class (ViT); a text-only type is a ValueError."""
-        from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+        """The class the training scripts train for this type: its `AutoModelForImageClassification` class (ViT),
+        else its `AutoModelForCausalLM` class (Llama, GPT-2); a type with neither is a ValueError."""
+        from transformers.models.auto.modeling_auto import (
+            MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+            MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
+        )
 
         name = MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES.get(self.model_type)
         if isinstance(name, tuple):  # DeiT's: its classifier, then the one with a distillation head
             name = name[0]
+        name = name or MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(self.model_type)
         if name is None:
-            vision = [t for t in WIDTH_RULES if t in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES]
+            trainable = [t for t in WIDTH_RULES if t in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+                         or t in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES]  # fmt: skip
             raise ValueError(
-                f"{self.model_type} has no image classification model; the training scripts train image "
-                f"classifiers (families, or stock types {', '.join(vision)}). Build a hypernetwork around a trained "
-                f"{self.model_type} model with NeuMetaModel.from_base_model instead"
+                f"{self.model_type} has no image classification or causal language model; the training scripts "
+                f"train image classifiers and language models (families, or stock types {', '.join(trainable)}). "
+                f"Build a hypernetwork around a trained {self.model_type} model with NeuMetaModel.from_base_model "
+                "instead"
             )
         return getattr(transformers, name)
 

@@ -68,6 +68,7 @@ class Task:
     higher_is_better = True  # of the main metric
     scale, unit = 100.0, "%"  # the main metric in tables and plots: fractions shown in %
     ignore_index: int = -100  # a label that counts for no class
+    class_axis = 1  # of the logits: [N, classes, ...]; a language model's are [N, tokens, vocabulary]
     pictures: ClassVar[dict[str, str]] = {}  # what `draw_pictures` writes: file name -> the caption cards give it
     targets: BenchmarkTargets | None = None
 
@@ -296,8 +297,12 @@ class TextGeneration(Task):
 
     metrics = ("perplexity", "nll_per_token")
     higher_is_better = False
+    class_axis = -1
     scale, unit = 1.0, ""
     prompt_tokens, continuation_tokens = 16, 40
+    # Blocks per evaluation batch at most: the logits are [blocks, tokens, vocabulary], 1 GB for 32 blocks of 256
+    # tokens over 32k tokens, where an image batch of 512 is a few MB.
+    max_eval_blocks = 32
     pictures: ClassVar[dict[str, str]] = {
         "continuations.png": "The opening of a test text continued greedily by networks sampled at 75%, 50% and 25% "
         "compression and at full width",
@@ -313,7 +318,7 @@ class TextGeneration(Task):
 
     def distillation(self, output, teacher_output, temperature: float) -> torch.Tensor:
         """Per-token KL(teacher || student) over the vocabulary, temperature-softened, averaged over tokens."""
-        student, teacher = output.logits.transpose(1, 2), teacher_output.logits.transpose(1, 2)
+        student, teacher = (o.logits.movedim(self.class_axis, 1) for o in (output, teacher_output))
         return super().distillation(type(output)(logits=student), type(output)(logits=teacher), temperature)
 
     @torch.no_grad()
@@ -322,6 +327,7 @@ class TextGeneration(Task):
         `labels`."""
         device = device or next(model.parameters()).device
         metric = self.load_metric("perplexity")
+        batch_size = min(batch_size, self.max_eval_blocks)
         for batch in torch.utils.data.DataLoader(dataset, batch_size=batch_size):
             logits = model(input_ids=batch["input_ids"].to(device)).logits[:, :-1].float()
             labels = batch["labels"][:, 1:].to(device)

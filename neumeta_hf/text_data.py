@@ -68,6 +68,35 @@ class TextDataConfig:
     cache_dir: str | None = None
 
 
+@dataclass
+class TextDataInfo:
+    """What a language model needs to know about its text (the counterpart of `data.DataInfo`): the tokenizer,
+    which travels with the network as its preprocessor, and the block length."""
+
+    tokenizer: PreTrainedTokenizerFast
+    block_size: int
+    name: str = SHAKESPEARE
+    task: str = "text-generation"
+
+    @property
+    def preprocessor(self) -> PreTrainedTokenizerFast:
+        return self.tokenizer
+
+    def family_kwargs(self) -> dict:
+        """Fields of a model config that follow from the tokenizer: its vocabulary and special tokens."""
+        eos = self.tokenizer.eos_token_id
+        bos = eos if self.tokenizer.bos_token_id is None else self.tokenizer.bos_token_id
+        pad = eos if self.tokenizer.pad_token_id is None else self.tokenizer.pad_token_id
+        return {"vocab_size": len(self.tokenizer), "bos_token_id": bos, "eos_token_id": eos, "pad_token_id": pad}
+
+
+def load_text_data(config: TextDataConfig):
+    """(train, validation, test, info): `data.load_splits`' shape for text (`load_text_splits`)."""
+    splits, tokenizer = load_text_splits(config)
+    info = TextDataInfo(tokenizer, config.block_size, config.name)
+    return splits["train"], splits["validation"], splits["test"], info
+
+
 def split_of(name: str) -> str:
     """The split a document belongs to, from its name alone: one in ten is test, one in ten validation (CRC-32, so
     the same on every machine and independent of which other documents exist)."""

@@ -22,7 +22,8 @@ from transformers import PreTrainedConfig
 from neumeta_hf import NeuMetaConfig
 from neumeta_hf.configuration_neumeta import check_num_samples
 from neumeta_hf.data import DataConfig
-from neumeta_hf.targets import target
+from neumeta_hf.targets import target, task_for
+from neumeta_hf.text_data import TextDataConfig
 
 
 @dataclass
@@ -129,7 +130,7 @@ class TrainConfig:
     output_dir: str = "outputs/run"
     overwrite_output_dir: bool = False  # replace an earlier run in output_dir (otherwise it is an error)
     seed: int = 0
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataConfig | TextDataConfig = field(default_factory=DataConfig)  # text for language models (`data_config_class`)
     base: BaseConfig = field(default_factory=BaseConfig)
     nested: NestedConfig = field(default_factory=NestedConfig)
     hypernetwork: HypernetworkConfig = field(default_factory=HypernetworkConfig)
@@ -152,9 +153,19 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
             if not isinstance(section, dict):
                 raise ValueError(f"Override {override!r}: {part!r} is not a section")
         section[leaf] = read_yaml(value, f"override {override!r}")
+    data = raw.pop("data", None) or {}  # its fields follow from the base's task
     config = _build(TrainConfig, raw, "")
+    config.data = _build(data_config_class(config.base.family), data, "data.")
     check_recipe(config)
     return config
+
+
+def data_config_class(family: str) -> type:
+    """The `data` section a family's networks train on: text (`TextDataConfig`) for language models, else images
+    (`DataConfig`). An unknown family is a ValueError naming the known ones."""
+    model_class = target(family).trainable_network_class()
+    task = task_for(model_class.config_class(), model_class)
+    return TextDataConfig if task.name == "text-generation" else DataConfig
 
 
 class _RecipeLoader(yaml.SafeLoader):
@@ -230,7 +241,7 @@ _POSITIVE_INTEGERS = (
     "base.epochs", "base.batch_size", "nested.batch_size", "training.max_steps", "training.batch_size",
     "training.gradient_accumulation_steps", "training.checkpoint_every", "training.eval_every",
     "sweep.batch_size", "sweep.num_samples", "sweep.save_width", "data.max_train_samples", "data.max_test_samples",
-    "data.num_channels",
+    "data.num_channels", "data.block_size", "data.vocab_size",
 )  # fmt: skip
 _NON_NEGATIVE_INTEGERS = ("data.validation_size", "nested.random_widths")
 _POSITIVE_NUMBERS = ("base.learning_rate", "nested.epochs", "training.gamma", "nested.learning_rate", "nested.temperature",
@@ -255,7 +266,7 @@ def check_recipe(config: "TrainConfig"):
     """Every value of the recipe in its range, every free-form key a real field: a ValueError naming the key,
     the value and what is allowed. (Checks against the data come later, still before training.)"""
     flat = flatten(config_to_dict(config))
-    for key in _POSITIVE_INTEGERS:
+    for key in (key for key in _POSITIVE_INTEGERS if key in flat):  # image or text data: each has its own keys
         value = flat[key]
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{key} must be a positive integer, got {value!r}")
@@ -265,7 +276,7 @@ def check_recipe(config: "TrainConfig"):
                 check_num_samples(flat[key])
             except (TypeError, ValueError) as error:
                 raise ValueError(f"{key}: {error}") from None
-    for key in _NON_NEGATIVE_INTEGERS:
+    for key in (key for key in _NON_NEGATIVE_INTEGERS if key in flat):
         value = flat[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{key} must be a non-negative integer, got {value!r}")
@@ -310,12 +321,14 @@ def check_recipe(config: "TrainConfig"):
         raise ValueError(f"data.name must name a dataset (digits, fashion_mnist, a directory or a Hub id), got "
                          f"{config.data.name!r}")
     for key in ("data.image_mean", "data.image_std"):
-        value = flat[key]
+        value = flat.get(key)
         if value is not None and (not isinstance(value, list) or not value or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value
         )):
             raise ValueError(f"{key} must be a list of numbers, one per image channel, got {value!r}")
-    if config.data.image_std is not None and min(config.data.image_std) <= 0:
+    if isinstance(config.data, TextDataConfig) and config.training.mixup_alpha:
+        raise ValueError("training.mixup_alpha blends images; a language model's tokens cannot be blended: set it to 0")
+    if getattr(config.data, "image_std", None) is not None and min(config.data.image_std) <= 0:
         raise ValueError(f"data.image_std must be positive (images are divided by it), got {config.data.image_std}")
 
     # The defaults that follow the method: the paper's permutes channels; the nested pipeline keeps them in

@@ -68,7 +68,7 @@ from training.recipe import (  # noqa: E402
     schedule_factor,
 )
 from training.train_base import (  # noqa: E402
-    adopt_base_normalisation,
+    adopt_base_preprocessing,
     build_base_network,
     build_nested_network,
     check_against_data,
@@ -364,7 +364,7 @@ def set_up(config: TrainConfig) -> Run:
     earlier = claim_output_dir(config, accelerator, resuming)
     checkpoints = output / "checkpoints"
     resume_from = find_checkpoint(settings.resume_from_checkpoint, checkpoints, identity) if resuming else None
-    adopt_base_normalisation(config)
+    adopt_base_preprocessing(config)
     train_set, validation_set, test_set, info = load_splits(config.data)
     if resuming and config.base.pretrained is None and (output / "base" / "config.json").exists():
         config.base.pretrained = str(output / "base")  # a resumed run reuses the base it trained

@@ -36,9 +36,10 @@ from neumeta_hf.evaluation import check_labels, evaluate_score  # noqa: E402
 from neumeta_hf.modeling_neumeta import non_finite_tensors  # noqa: E402
 from neumeta_hf.nested import AFFINE_FILE, NestedNetwork, importance_order, train_nested  # noqa: E402
 from neumeta_hf.progress import progress_bar  # noqa: E402
-from neumeta_hf.pruning import nested_weights, prune_l1  # noqa: E402
+from neumeta_hf.pruning import nested_weights, prune_l1, unlisted_buffers  # noqa: E402
 from neumeta_hf.publishing import load_preprocessor, save_network  # noqa: E402
 from neumeta_hf.targets import config_at_width, network_width, target, task_for  # noqa: E402
+from neumeta_hf.text_data import TextDataConfig  # noqa: E402
 from training.recipe import BaseConfig, TrainConfig, load_config, schedule_factor  # noqa: E402
 
 # What a run writes into its output directory (train.py; train_base.py writes only base/).
@@ -159,14 +160,22 @@ def check_against_data(config: TrainConfig, train, validation, test, info: DataI
     model_class = target(config.base.family).trainable_network_class()
     if config.base.pretrained:
         base_config = model_class.config_class.from_pretrained(config.base.pretrained)
+    else:
+        base_config = model_class.config_class(**{**info.family_kwargs(), **config.base.family_config})
+    if isinstance(config.data, TextDataConfig):
+        context = getattr(base_config, "max_position_embeddings", None)  # GPT-2's n_positions answers to it too
+        if context is not None and config.data.block_size > context:
+            raise ValueError(
+                f"data.block_size={config.data.block_size} tokens is longer than the base network's context of "
+                f"{context} positions; lower data.block_size (or give the base a longer context)"
+            )
+    elif config.base.pretrained:
         expected = (base_config.num_channels, base_config.image_size)
         if expected != (info.num_channels, info.image_size):
             raise ValueError(
                 f"base.pretrained {config.base.pretrained!r} takes {expected[0]}x{expected[1]}x{expected[1]} images, "
                 f"but data {config.data.name!r} has {info.num_channels}x{info.image_size}x{info.image_size}"
             )
-    else:
-        base_config = model_class.config_class(**{**info.family_kwargs(), **config.base.family_config})
     base_config.architectures = [model_class.__name__]
     task = task_for(base_config)
     if info.task != task.name:
@@ -180,7 +189,7 @@ def check_against_data(config: TrainConfig, train, validation, test, info: DataI
     for split, dataset in (("training", train), ("validation", validation), ("test", test)):
         if dataset is not None:
             where = f"data {config.data.name!r} ({split} split)"
-            check_labels(dataset, base_config.num_labels, where, ignore_index=task.ignore_index)
+            check_labels(dataset, task.label_count(base_config), where, ignore_index=task.ignore_index)
     per_step = config.training.batch_size * accelerator.num_processes * config.training.gradient_accumulation_steps
     batches = [("training.batch_size", per_step)]
     if not config.base.pretrained:
@@ -248,12 +257,18 @@ def check_base_family(config: TrainConfig):
                          f"base.family={saved} (or name a {family!r} network)")  # fmt: skip
 
 
-def adopt_base_normalisation(config: TrainConfig):
-    """With `base.pretrained` and no data.image_mean / data.image_std of the recipe's own: the normalisation the
-    base was trained with -- its image processor's, else what neumeta-hf's training recorded in its config -- so
-    that its data are fed as it expects (not the training split's own statistics)."""
+def adopt_base_preprocessing(config: TrainConfig):
+    """With `base.pretrained`, feed its data as the base expects, unless the recipe says otherwise: text through
+    the base's own tokenizer (data.tokenizer); images normalised as the base was trained (data.image_mean /
+    data.image_std) -- its image processor's, else what neumeta-hf's training recorded in its config -- not by the
+    training split's own statistics."""
     data, path = config.data, config.base.pretrained
-    if not path or data.image_mean is not None or data.image_std is not None:
+    if not path:
+        return
+    if isinstance(data, TextDataConfig):
+        data.tokenizer = data.tokenizer or path
+        return
+    if data.image_mean is not None or data.image_std is not None:
         return
     preprocessor = load_preprocessor(path) if not target(config.base.family).needs_remote_code else None
     expects = preprocessor if getattr(preprocessor, "do_normalize", False) else None
@@ -313,6 +328,8 @@ def build_base_network(
         model = model_class(family_config)
         nested = width_range(config, model) if config.base.slimmable else None
         model = train_network(model, train, config.base, accelerator, config.seed, nested)
+        if info.preprocessor is not None:  # the tokenizer the text was cut with travels with the network
+            model.preprocessor = info.preprocessor
     model.eval()
     return model, evaluate_score(model, test)
 
@@ -337,7 +354,7 @@ def build_nested_network(config: TrainConfig, base: PreTrainedModel, train, acce
     teacher = base if settings.teacher == "base" else None  # None: in-place
     train_nested(
         nested, teacher, train, settings.epochs, settings.batch_size, settings.learning_rate, settings.weight_decay,
-        settings.random_widths, settings.temperature, config.seed,
+        settings.random_widths, settings.temperature, config.seed, accelerator.autocast,
     )  # fmt: skip
     return nested
 
@@ -399,15 +416,17 @@ class SlimmableObjective:
 
     def __call__(self, model, inputs, labels) -> torch.Tensor:
         full = model(inputs, labels=labels)
-        teacher = full.logits.detach().softmax(1)  # class probabilities, per image or per pixel
+        axis = task_for(model.config, type(model)).class_axis
+        teacher = full.logits.detach().movedim(axis, 1).softmax(1)  # class probabilities, per image, pixel or token
         loss = full.loss
         for width in (self.low, self.rng.randint(self.low, self.high), self.rng.randint(self.low, self.high)):
             if width not in self.skeletons:
                 with torch.device("meta"):
                     self.skeletons[width] = type(model)(config_at_width(model.config, width))
             skeleton = self.skeletons[width]
-            logits = functional_call(skeleton, nested_weights(model, skeleton), (inputs,)).logits
-            loss = loss + F.cross_entropy(logits, teacher)
+            tensors = nested_weights(model, skeleton) | unlisted_buffers(model, skeleton)
+            logits = functional_call(skeleton, tensors, (inputs,)).logits
+            loss = loss + F.cross_entropy(logits.movedim(axis, 1), teacher)
         return loss
 
 
@@ -421,9 +440,9 @@ def main(argv=None):
         check_base_family(config)
     except (ValueError, OSError) as error:  # a bad recipe: say what is wrong, exit 2, no traceback
         parser.error(str(error))
-    accelerator = Accelerator()
+    accelerator = Accelerator(mixed_precision=config.training.mixed_precision)  # as train.py trains the base
     earlier = claim_output_dir(config, accelerator, resuming=False, outputs=BASE_OUTPUTS)
-    adopt_base_normalisation(config)
+    adopt_base_preprocessing(config)
     train, validation, test, info = load_splits(config.data)
     check_against_data(config, train, validation, test, info, accelerator)
     replace_earlier_run(earlier, accelerator)
