@@ -69,6 +69,7 @@ class Task:
     scale, unit = 100.0, "%"  # the main metric in tables and plots: fractions shown in %
     ignore_index: int = -100  # a label that counts for no class
     class_axis = 1  # of the logits: [N, classes, ...]; a language model's are [N, tokens, vocabulary]
+    relative_gain = False  # differences of the main metric in its own units (see `gain`)
     pictures: ClassVar[dict[str, str]] = {}  # what `draw_pictures` writes: file name -> the caption cards give it
     targets: BenchmarkTargets | None = None
 
@@ -88,8 +89,10 @@ class Task:
         return metric_name(self.main_metric)
 
     def gain(self, value: float, reference: float) -> float:
-        """How much better `value` is than `reference` (negative: worse), whichever way the main metric runs."""
-        return value - reference if self.higher_is_better else reference - value
+        """How much better `value` is than `reference` (negative: worse), whichever way the main metric runs; a
+        fraction of `reference` where the metric compares by ratios (`relative_gain`: perplexity)."""
+        difference = value - reference if self.higher_is_better else reference - value
+        return difference / reference if self.relative_gain else difference
 
     @property
     def auto_class(self):
@@ -298,6 +301,10 @@ class TextGeneration(Task):
     metrics = ("perplexity", "nll_per_token")
     higher_is_better = False
     class_axis = -1
+    relative_gain = True  # perplexities compare by ratio: 2 % worse reads the same at 30 as at 300
+    # Issue 24: within 2 % of the individual network's perplexity, no width 1 % worse than its neighbours' mean,
+    # the full width within 0.5 % of the base.
+    targets = BenchmarkTargets(individual=0.02, smoothness=0.01, full_width=0.005)
     scale, unit = 1.0, ""
     prompt_tokens, continuation_tokens = 16, 40
     # Blocks per evaluation batch at most: the logits are [blocks, tokens, vocabulary], 1 GB for 32 blocks of 256

@@ -79,11 +79,11 @@ def test_quality_benchmark_runs_every_method_and_writes_the_report(tmp_path):
     assert again["methods"]["individual"] == methods["individual"]
 
 
-def task_targets_met(quality, metric: str, neumeta: dict, individual: dict, pruned: dict) -> list[bool]:
-    """Whether each segmentation / generation target is met (widths 8-32, width 16 unseen)."""
+def task_targets_met(quality, metric: str, neumeta: dict, individual: dict, pruned: dict, **methods) -> list[bool]:
+    """Whether each segmentation / generation / language-model target is met (widths 8-32, width 16 unseen)."""
     report = {
         "metric": metric, "full_width": 32, "seen_widths": [8, 24, 32],
-        "methods": {"individual": individual, "pruned_l1": pruned},
+        "methods": {"individual": individual, "pruned_l1": pruned, **methods},
         "training_passes": {"individual": {32: 100}},
     }  # fmt: skip
     return [target["met"] for target in quality.check_task_targets(report, neumeta, 150)]
@@ -107,6 +107,21 @@ def test_generation_targets_compare_likelihoods_where_lower_is_better():
     assert task_targets_met(quality, "nll", good, individual, pruned) == [True] * 5
     bad = {8: 255.0, 16: 290.0, 24: 243.0, 32: 241.5}  # 5 and 1.5 nats above individual, worse than pruning at 16
     assert task_targets_met(quality, "nll", bad, individual, pruned) == [False, False, False, False, True]
+
+
+def test_language_model_targets_compare_perplexities_by_ratio():
+    """Issue 24: within 2 % of the individual LM's perplexity, 0.5 % of the base's at full width, at or below the
+    MatFormer-style nested network, no unseen width 1 % above its neighbours' mean."""
+    quality = load_quality_benchmark()
+    individual, pruned = {8: 60.0, 32: 40.0}, {8: 90.0, 16: 70.0, 24: 50.0}
+    matformer = {8: 62.0, 16: 52.0, 24: 45.0, 32: 40.5}
+    # full width, individual 8, individual 32, MatFormer, pruning, unseen 16, cost
+    good = {8: 61.1, 16: 50.0, 24: 44.0, 32: 40.15}  # 1.8 % and 0.4 % above: within the ratios
+    met = task_targets_met(quality, "perplexity", good, individual, pruned, base=40.0, slimmable=matformer)
+    assert met == [True] * 7
+    bad = {8: 61.5, 16: 55.0, 24: 44.0, 32: 40.3}  # 2.5 % and 0.75 % above, worse than MatFormer at 16, a bump
+    met = task_targets_met(quality, "perplexity", bad, individual, pruned, base=40.0, slimmable=matformer)
+    assert met == [False, False, True, False, True, False, True]
 
 
 def test_costs_count_every_stage_the_method_and_its_levers_train():
