@@ -159,11 +159,14 @@ RECIPES = {  # each with its reference widths (the individual networks) and the 
     "fashion_mnist_scenes_unet": Recipe(
         "training/configs/fashion_mnist_scenes_unet.yaml", (8, 16, 24, 32), slimmable=False
     ),
-    # A stock Llama on Shakespeare, feed-forward widths 256-1024: individual networks at 75%, 50% and 25%
+    # A stock Llama (or GPT-2) on Shakespeare, feed-forward widths 256-1024: individual networks at 75%, 50% and 25%
     # compression (and the base); the slimmable baseline is MatFormer-style nested training of the same widths. The
     # plain method keeps the recipe's hyper-parameters (not tuned for it).
     "shakespeare_llama": Recipe(
         "training/configs/shakespeare_llama.yaml", (256, 512, 768, 1024), plain=("nested.enabled=false",)
+    ),
+    "shakespeare_gpt2": Recipe(
+        "training/configs/shakespeare_gpt2.yaml", (256, 512, 768, 1024), plain=("nested.enabled=false",)
     ),
     # The VAE: widths at 75%, 50% and 25% compression; the slimmable baseline trains classifiers only.
     "fashion_mnist_vae": Recipe("training/configs/fashion_mnist_vae.yaml", (8, 16, 24, 32), slimmable=False),

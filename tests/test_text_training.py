@@ -6,14 +6,16 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+import torch
 import transformers
 from conftest import REPO
 
 import neumeta_hf as nm
+from neumeta_hf.nested import NestedNetwork
 from neumeta_hf.text_data import TextDataConfig
 from training import train as train_script
 from training.recipe import load_config
-from training.train_base import adopt_base_preprocessing
+from training.train_base import SlimmableObjective, adopt_base_preprocessing
 
 RECIPE = REPO / "training" / "configs" / "shakespeare_llama.yaml"
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -107,3 +109,31 @@ def test_a_pretrained_language_model_is_fed_through_its_own_tokenizer(tmp_path):
     config = load_config(RECIPE, [f"base.pretrained={tmp_path}", "data.tokenizer=gpt2"])
     adopt_base_preprocessing(config)
     assert config.data.tokenizer == "gpt2"
+
+
+TIED_LANGUAGE_MODELS = {  # tied input and output embeddings: one tensor under two names
+    "llama": lambda: transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=50, hidden_size=16, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=16, tie_word_embeddings=True)),
+    "gpt2": lambda: transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=50, n_embd=16, n_inner=64, n_layer=2, n_head=2, n_positions=16)),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("model_type", sorted(TIED_LANGUAGE_MODELS))
+def test_nested_widths_of_a_language_model_compute_their_standalone_networks(model_type):
+    """The nested stage and the MatFormer baseline run a width through `functional_call` on a meta skeleton: tied
+    embeddings were handed over as two tensors (refused), Llama's rotary frequencies (a non-persistent buffer)
+    not at all (a meta tensor)."""
+    torch.manual_seed(0)
+    base = TIED_LANGUAGE_MODELS[model_type]().eval()
+    base.config.architectures = [type(base).__name__]  # what a saved network records
+    nested = NestedNetwork(base, [16, 32])
+    tokens = torch.randint(0, 50, (3, 12))
+    with torch.no_grad():
+        through_skeleton = nested(24, tokens).logits
+        standalone = nested.network_at(24)(tokens).logits
+    torch.testing.assert_close(through_skeleton, standalone)
+    loss = SlimmableObjective((16, 64), seed=0)(base.train(), tokens, tokens)
+    loss.backward()
+    assert torch.isfinite(loss) and base.get_input_embeddings().weight.grad.abs().sum() > 0

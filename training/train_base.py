@@ -328,8 +328,8 @@ def build_base_network(
         model = model_class(family_config)
         nested = width_range(config, model) if config.base.slimmable else None
         model = train_network(model, train, config.base, accelerator, config.seed, nested)
-        if info.preprocessor is not None:  # the tokenizer the text was cut with travels with the network
-            model.preprocessor = info.preprocessor
+    if info.preprocessor is not None and not config.base.pretrained:  # the tokenizer that cut the text goes along
+        model.preprocessor = info.preprocessor
     model.eval()
     return model, evaluate_score(model, test)
 
