@@ -26,7 +26,7 @@ from .publishing import (
     attach_card, base_card_license, load_preprocessor, looks_like_hub_id, push_hypernetwork, sampled_network_card,
 )
 from .smoothing import smooth_channels
-from .targets import architecture_class, discover_layout, is_known, multiply_accumulates, target
+from .targets import architecture_class, discover_layout, is_known, multiply_accumulates, target, task_for
 from .tasks import PICTURES
 
 logger = logging.get_logger(__name__)
@@ -490,20 +490,27 @@ class NeuMetaModel(PreTrainedModel):
 
     def forward(
         self,
-        inputs: torch.Tensor,
-        width: int,
+        inputs: torch.Tensor | None = None,
+        width: int | None = None,
         labels: torch.Tensor | None = None,
         noise: float | None = None,
         generator: torch.Generator | None = None,
         **network_inputs,
     ) -> NeuMetaOutput:
-        """Run a batch of `inputs` (pixel values, or a language model's token ids: the network's first argument)
-        through the width-`width` network built from freshly generated tensors.
+        """Run a batch of `inputs` (pixel values, or a language model's token ids: the network's first argument,
+        also accepted by its own name, `pixel_values=` / `input_ids=`, as the network takes it) through the
+        width-`width` network built from freshly generated tensors.
 
         Differentiable end to end: one backward pass reaches the INR; the frozen tensors take no gradient.
         Coordinate noise (default `config.coordinate_noise` in training mode, none in eval mode) is applied.
         `network_inputs` go to the network's forward as they are (e.g. a VAE's posterior noise).
         """
+        input_name = task_for(self.spec.family_config, self.spec.model_class).input_name
+        if inputs is None:
+            inputs = network_inputs.pop(input_name, None)
+        if inputs is None or width is None:
+            raise TypeError(f"forward needs the inputs (first, or as {input_name}=) and width=, e.g. "
+                            f"hyper({input_name}=batch, width={self.config.width_range[0]})")  # fmt: skip
         width = self.check_width(width)
         if noise is None:
             noise = self.config.coordinate_noise if self.training else 0.0

@@ -180,7 +180,10 @@ def _documents(config: TextDataConfig) -> dict[str, dict[str, str]]:
     files = sorted(directory.glob("*.txt")) if directory.is_dir() else []
     if files:
         return _by_name({path.stem: path.read_text(encoding="utf-8") for path in files})
-    source = load_saved_dataset(directory) if directory.is_dir() else datasets.load_dataset(config.name)
+    if directory.is_dir():
+        source = load_saved_dataset(directory)
+    else:  # every file checked against the dataset's recorded checksums, as for image datasets
+        source = datasets.load_dataset(config.name, verification_mode="all_checks")
     if isinstance(source, datasets.Dataset):
         source = datasets.DatasetDict({"train": source})
     if "train" not in source or config.text_column not in source["train"].column_names:

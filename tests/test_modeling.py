@@ -102,6 +102,10 @@ def test_forward_trains_the_inr_with_one_backward_and_no_gradient_for_frozen_ten
     hyper.eval()
     with torch.no_grad():
         torch.testing.assert_close(hyper(x, width=24).logits, hyper.sample_model(24)(x).logits)
+        # The inputs by the network's own name, as transformers models are called.
+        torch.testing.assert_close(hyper(pixel_values=x, width=24).logits, hyper(x, width=24).logits)
+    with pytest.raises(TypeError, match="forward needs the inputs \\(first, or as pixel_values=\\) and width="):
+        hyper(pixel_values=x)
 
 
 def test_save_and_load_reproduce_generation_exactly(mlp_hyper, tmp_path):
