@@ -22,7 +22,7 @@ from neumeta_hf.data import load_splits  # noqa: E402
 from neumeta_hf.evaluation import evaluate_model  # noqa: E402
 from neumeta_hf.progress import progress_bar  # noqa: E402
 from neumeta_hf.targets import task_for  # noqa: E402
-from neumeta_hf.text_data import TextDataConfig  # noqa: E402
+from neumeta_hf.text_data import TextDataConfig, load_text_splits  # noqa: E402
 from training.recipe import load_config  # noqa: E402
 
 
@@ -48,10 +48,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     hyper = NeuMetaModel.from_pretrained(args.hypernetwork).eval()
     config = load_config(args.recipe)
-    if isinstance(config.data, TextDataConfig):
-        config.data.tokenizer = None  # the blocks must be cut by the tokenizer the networks carry
-        from neumeta_hf.text_data import load_text_splits
-
+    if isinstance(config.data, TextDataConfig):  # cut by the tokenizer the networks carry
         test = load_text_splits(config.data, tokenizer=hyper.preprocessor)[0]["test"]
     else:
         test = load_splits(config.data)[2]
