@@ -3,7 +3,7 @@
     python benchmarks/quality.py                        # Fashion-MNIST, LeNet widths 8-32
     python benchmarks/quality.py --recipe digits_mlp    # the embedded default: digits, MLP widths 32-64
     python benchmarks/quality.py --recipe fashion_mnist_vit  # a stock ViT, feed-forward widths 16-256
-    python benchmarks/quality.py --recipe shakespeare_llama  # a stock Llama on Shakespeare, widths 256-1024
+    python benchmarks/quality.py --recipe shakespeare_llama  # a stock Llama on Shakespeare, widths 128-512
 
 Runs, as subprocesses of this one (two at a time on two cores, one thread each):
   base                 the full-width network, trained with the recipe's `base` settings (train_base.py);
@@ -163,10 +163,10 @@ RECIPES = {  # each with its reference widths (the individual networks) and the 
     # compression (and the base); the slimmable baseline is MatFormer-style nested training of the same widths. The
     # plain method keeps the recipe's hyper-parameters (not tuned for it).
     "shakespeare_llama": Recipe(
-        "training/configs/shakespeare_llama.yaml", (256, 512, 768, 1024), plain=("nested.enabled=false",)
+        "training/configs/shakespeare_llama.yaml", (128, 256, 384, 512), plain=("nested.enabled=false",)
     ),
     "shakespeare_gpt2": Recipe(
-        "training/configs/shakespeare_gpt2.yaml", (256, 512, 768, 1024), plain=("nested.enabled=false",)
+        "training/configs/shakespeare_gpt2.yaml", (128, 256, 384, 512), plain=("nested.enabled=false",)
     ),
     # The VAE: widths at 75%, 50% and 25% compression; the slimmable baseline trains classifiers only.
     "fashion_mnist_vae": Recipe("training/configs/fashion_mnist_vae.yaml", (8, 16, 24, 32), slimmable=False),
