@@ -243,13 +243,12 @@ def run_sweep(args, parser):
 
 def text_test_split(args, parser, hyper: NeuMetaModel):
     """The test blocks of a text dataset, tokenised by the tokenizer the hypernetwork carries from its base."""
-    from .text_data import TextDataConfig, load_text_splits
+    from .text_data import TextDataConfig, context_length, load_text_splits
 
     if hyper.preprocessor is None or not hasattr(hyper.preprocessor, "eos_token_id"):
         parser.error("this hypernetwork carries no tokenizer (its base had none); build it with from_base_model "
                      "on a directory or Hub id that holds the base's tokenizer")  # fmt: skip
-    config = hyper.base_network.config
-    context = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 256
+    context = context_length(hyper.base_network.config) or args.block_size
     try:
         data = TextDataConfig(name=args.dataset, block_size=min(args.block_size, context))
         splits, _ = load_text_splits(data, tokenizer=hyper.preprocessor)

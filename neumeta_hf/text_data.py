@@ -142,6 +142,12 @@ def load_text_splits(
     return {split: splits[split].with_format("torch") for split in SPLITS}, tokenizer
 
 
+def context_length(model_config) -> int | None:
+    """The most positions a language model's config takes (None where it has no fixed context): Llama's
+    `max_position_embeddings`, which GPT-2's config maps to its `n_positions`."""
+    return getattr(model_config, "max_position_embeddings", None)
+
+
 def train_tokenizer(texts, vocab_size: int) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer (GPT-2's scheme: every byte is a symbol, so no text is out of vocabulary)
     trained on `texts`, with `END_OF_TEXT` as its end-of-sequence and padding token."""

@@ -39,7 +39,7 @@ from neumeta_hf.progress import progress_bar  # noqa: E402
 from neumeta_hf.pruning import nested_weights, prune_l1, unlisted_buffers  # noqa: E402
 from neumeta_hf.publishing import load_preprocessor, save_network  # noqa: E402
 from neumeta_hf.targets import config_at_width, network_width, target, task_for  # noqa: E402
-from neumeta_hf.text_data import TextDataConfig  # noqa: E402
+from neumeta_hf.text_data import TextDataConfig, context_length  # noqa: E402
 from training.recipe import BaseConfig, TrainConfig, load_config, schedule_factor  # noqa: E402
 
 # What a run writes into its output directory (train.py; train_base.py writes only base/).
@@ -163,7 +163,7 @@ def check_against_data(config: TrainConfig, train, validation, test, info: DataI
     else:
         base_config = model_class.config_class(**{**info.family_kwargs(), **config.base.family_config})
     if isinstance(config.data, TextDataConfig):
-        context = getattr(base_config, "max_position_embeddings", None)  # GPT-2's n_positions answers to it too
+        context = context_length(base_config)
         if context is not None and config.data.block_size > context:
             raise ValueError(
                 f"data.block_size={config.data.block_size} tokens is longer than the base network's context of "
