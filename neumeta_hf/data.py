@@ -96,8 +96,8 @@ class DataConfig:
         augment: random crop (4-pixel padding) and horizontal flip on training images (the same on a scene's
             mask); "auto" turns both on for 32x32 colour images (flipping digits or clothes icons does not
             help) and the crop alone for segmentation data.
-        cache_dir: where converted IDX data and composed scenes are cached as Arrow (default: under
-            ~/.cache/neumeta_hf).
+        cache_dir: where converted IDX data and composed scenes are cached as Arrow (default: `cache_root()`,
+            $NEUMETA_HF_CACHE or ~/.cache/neumeta_hf).
         max_train_samples, max_test_samples: keep only the first N examples (quick runs and tests).
         validation_size: examples held out of the training split as a validation split (stratified by label,
             always the same ones): what every decision during training (evaluation, checkpoint choice,
@@ -561,11 +561,17 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
 
 
+def cache_root(cache_dir: str | None = None) -> Path:
+    """Where converted datasets are cached: `cache_dir` when given, else $NEUMETA_HF_CACHE, else
+    ~/.cache/neumeta_hf."""
+    return Path(cache_dir or os.environ.get("NEUMETA_HF_CACHE") or Path.home() / ".cache" / "neumeta_hf")
+
+
 def cache_path(cache_dir: str | None, name: str, key: str) -> Path:
     """Where the cache of `name` converted with everything in `key` lives. When there is none yet but caches of
     `name` made from other sources are there (its files changed since), say that it is converted again."""
     digest = hashlib.sha1(key.encode()).hexdigest()[:10]
-    cache = Path(cache_dir or Path.home() / ".cache" / "neumeta_hf") / f"{name}-{digest}"
+    cache = cache_root(cache_dir) / f"{name}-{digest}"
     stale = [path for path in cache.parent.glob(f"{name}-{'?' * len(digest)}") if path.is_dir()]
     if not cache.exists() and stale:
         logger.warning("%s: no cache of these source files yet (the cached %s are of other files, or of an "

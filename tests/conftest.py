@@ -1,8 +1,16 @@
+import atexit
 import os
+import shutil
+import tempfile
 
 # The Hub is unreachable here: nothing in the suite may try it (set before any HF library is imported).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# What the suite converts, composes or fetches is cached in a directory of its own, removed at the end, never in
+# the user's cache (~/.cache/neumeta_hf), which tests would otherwise fill with caches of their temporary files.
+CACHE = tempfile.mkdtemp(prefix="neumeta-hf-test-cache-")
+os.environ["NEUMETA_HF_CACHE"] = CACHE
+atexit.register(shutil.rmtree, CACHE, ignore_errors=True)
 
 import json  # noqa: E402
 import subprocess  # noqa: E402

@@ -208,6 +208,15 @@ def test_idx_directory_is_read_and_cached(tmp_path):
     assert (tmp_path / "cache").exists()
 
 
+def test_without_cache_dir_the_cache_is_under_neumeta_hf_cache(tmp_path, monkeypatch):
+    """$NEUMETA_HF_CACHE moves the default cache (the suite points it away from the user's ~/.cache)."""
+    (tmp_path / "idx").mkdir()
+    write_idx_dataset(tmp_path / "idx", np.zeros((6, 8, 8), dtype=np.uint8), np.arange(6, dtype=np.uint8))
+    monkeypatch.setenv("NEUMETA_HF_CACHE", str(tmp_path / "elsewhere"))
+    load_splits(DataConfig(name=str(tmp_path / "idx"), image_mean=[0.0], image_std=[1.0]))
+    assert [path.name.split("-")[0] for path in (tmp_path / "elsewhere").iterdir()] == ["idx"]
+
+
 def test_single_channel_images_repeat_to_three_channels_on_request():
     train, _, test, info = load_splits(DataConfig(name="digits", num_channels=3, max_train_samples=50))
     pixels = train[:4]["pixel_values"]
