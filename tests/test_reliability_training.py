@@ -194,6 +194,27 @@ def test_latest_takes_the_newest_complete_checkpoint_of_this_recipe(tmp_path):
         train_script.find_checkpoint("latest", checkpoints, run_identity(quick_config(tmp_path, "seed=5")))
 
 
+def test_a_checkpoint_that_lost_a_file_is_skipped_by_latest_and_refused_by_name(tmp_path, capsys):
+    """Round 2: resuming when the newest checkpoint had lost a file picked it anyway and died inside accelerate.
+    A checkpoint's run.json lists its files; `latest` falls back to the previous complete one, saying so."""
+    checkpoints = tmp_path / "checkpoints"
+    ours = run_identity(quick_config(tmp_path))
+    for step in (30, 60):
+        _fake_checkpoint(checkpoints / f"step_{step}", step, ours)
+        (checkpoints / f"step_{step}" / "model.safetensors").write_bytes(b"x" * 100)
+        run = json.loads((checkpoints / f"step_{step}" / "run.json").read_text())
+        (checkpoints / f"step_{step}" / "run.json").write_text(json.dumps({**run, "files": {"model.safetensors": 100}}))
+    (checkpoints / "step_60" / "model.safetensors").write_bytes(b"x" * 40)  # cut short
+    path, run = train_script.find_checkpoint("latest", checkpoints, ours)
+    assert path == checkpoints / "step_30"
+    assert "step_60 has lost model.safetensors (missing or cut short)" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="step_60 has lost model.safetensors .*name an earlier checkpoint"):
+        train_script.find_checkpoint(str(checkpoints / "step_60"), checkpoints, ours)
+    (checkpoints / "step_30" / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="No complete checkpoint of this recipe"):
+        train_script.find_checkpoint("latest", checkpoints, ours)
+
+
 class _Payload:
     """Unpickling this creates a file: proof that a checkpoint ran code."""
 
@@ -236,7 +257,11 @@ def test_non_finite_loss_names_a_good_checkpoint_and_a_lower_rate_resumes(tmp_pa
         train_script.train(resumed)  # accelerate refuses the unexpected file without loading it
     assert not marker.exists()
     planted.unlink()
-    (checkpoints / "step_30" / "random_states_0.pkl").write_bytes(pickle.dumps(_Payload(marker)))
+    random_states = checkpoints / "step_30" / "random_states_0.pkl"
+    random_states.write_bytes(pickle.dumps(_Payload(marker)))
+    listed = json.loads((checkpoints / "step_30" / "run.json").read_text())
+    listed["files"][random_states.name] = random_states.stat().st_size  # planted with run.json's list to match
+    (checkpoints / "step_30" / "run.json").write_text(json.dumps(listed))
     reset_accelerate_state()
     printed = []
     monkeypatch.setattr(Accelerator, "print", lambda self, *a, **k: printed.append(" ".join(map(str, a))))

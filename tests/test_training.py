@@ -118,8 +118,7 @@ def test_a_pretrained_stock_base_is_fed_and_published_with_its_own_image_process
 
 @pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path, fresh_accelerate_state, monkeypatch):
-    # fast-tsp is time-boxed and unseeded: under load two fresh runs may permute channels differently; without the
-    # permutation both runs start from the same hypernetwork and must end on the same weights. The smallest
+    # Without the permutation both runs start from the same hypernetwork and must end on the same weights. The smallest
     # width is trained at every step as well (sandwich), which must resume just as exactly.
     deterministic = ["hypernetwork.smooth=false", "training.sandwich=true"]
     train_script.train(quick_config(tmp_path / "straight", *deterministic))
@@ -138,6 +137,10 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, fresh_accelerate_
         train_script.train(quick_config(tmp_path / "resumed", *deterministic))
     monkeypatch.setattr(train_script, "step_width", real_step_width)
     reset_accelerate_state()
+    (checkpoint,) = (tmp_path / "resumed" / "checkpoints").glob("step_*")
+    listed = json.loads((checkpoint / "run.json").read_text())["files"]  # what `latest` checks is still there
+    assert {"model.safetensors", "optimizer.bin", "ema.safetensors"} <= set(listed) and not train_script.lost_files(
+        checkpoint, {"files": listed})
     train_script.train(quick_config(tmp_path / "resumed", *deterministic, "training.resume_from_checkpoint=latest"))
     resumed = load_file(tmp_path / "resumed" / "hypernetwork" / "model.safetensors")
     records = [json.loads(line) for line in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]

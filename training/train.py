@@ -211,7 +211,9 @@ def save_checkpoint(accelerator: Accelerator, ema: EMA, directory: Path, step: i
     accelerator.save_state(str(partial))
     if accelerator.is_main_process:
         ema.save(partial / "ema.safetensors")
-        (partial / RUN_FILE).write_text(json.dumps({"step": step, **run}, indent=1) + "\n")
+        # What a complete checkpoint holds: a file lost or cut short later makes `latest` fall back a checkpoint.
+        files = {str(f.relative_to(partial)): f.stat().st_size for f in sorted(partial.rglob("*")) if f.is_file()}
+        (partial / RUN_FILE).write_text(json.dumps({"step": step, **run, "files": files}, indent=1) + "\n")
         if final.exists():  # written before by this run, then resumed from an earlier checkpoint
             shutil.rmtree(final)
         partial.rename(final)
@@ -219,12 +221,24 @@ def save_checkpoint(accelerator: Accelerator, ema: EMA, directory: Path, step: i
     return final
 
 
+def lost_files(path: Path, run: dict) -> list[str]:
+    """The files checkpoint `path` was written with (its run.json lists them) that are gone or cut short."""
+    return [name for name, size in run.get("files", {}).items()
+            if not (path / name).is_file() or (path / name).stat().st_size != size]  # fmt: skip
+
+
 def complete_checkpoints(directory: Path) -> list[tuple[int, Path, dict]]:
-    """(step, path, run.json) of every complete checkpoint in `directory`, newest first."""
+    """(step, path, run.json) of every complete checkpoint in `directory`, newest first. One that has lost a
+    file since it was written is left out, with a warning."""
     found = []
     for path in directory.glob("step_*"):
         if re.fullmatch(r"step_\d+", path.name) and (path / RUN_FILE).is_file():
             run = json.loads((path / RUN_FILE).read_text())
+            lost = lost_files(path, run)
+            if lost:
+                print(f"Warning: checkpoint {path} has lost {', '.join(lost)} (missing or cut short) since it was "
+                      "written; it is skipped, an earlier complete checkpoint is used", file=sys.stderr)  # fmt: skip
+                continue
             found.append((run["step"], path, run))
     return sorted(found, key=lambda item: item[0], reverse=True)
 
@@ -249,6 +263,12 @@ def find_checkpoint(resume: str, directory: Path, recipe: dict) -> tuple[Path, d
         state = "does not exist" if not path.exists() else f"is not a complete checkpoint (no {RUN_FILE})"
         raise FileNotFoundError(f"training.resume_from_checkpoint: {path} {state}")
     run = json.loads((path / RUN_FILE).read_text())
+    lost = lost_files(path, run)
+    if lost:
+        raise FileNotFoundError(
+            f"training.resume_from_checkpoint: {path} has lost {', '.join(lost)} (missing or cut short) since it "
+            "was written; name an earlier checkpoint, or resume from `latest`, which skips damaged ones"
+        )
     if run["recipe_hash"] != expected:
         differences = [
             f"{key}={run['recipe'].get(key)!r} there, {recipe.get(key)!r} here"
