@@ -321,6 +321,7 @@ def test_overwrite_deletes_nothing_until_every_check_has_passed(tmp_path, fresh_
         ("seed=-1", "seed must be an integer from 0 to 2**32 - 1, got -1"),
         ("seed=18446744073709551617", "seed must be an integer from 0 to 2**32 - 1, got 18446744073709551617"),
         ("seed=one", "seed must be a number, got 'one'"),
+        ("training.max_steps='120.7'", "training.max_steps must be a whole number, got '120.7'"),  # was cut to 120
         ("training.milestones=[-0.5]", "training.milestones must be a list of fractions of training between 0 and 1"),
         ("base.milestones=0.5", "base.milestones must be a list of fractions of training between 0 and 1, got 0.5"),
         ("hypernetwork.train_widths=[]", "hypernetwork.train_widths must be a non-empty list"),

@@ -442,7 +442,12 @@ def _coerce(value, hint, key: str):
     numeric = [t for t in allowed if t in (int, float)]
     if isinstance(value, str) and numeric:
         try:
-            return numeric[0](float(value)) if numeric[0] is int else float(value)
+            number = float(value)
         except ValueError:
             raise ValueError(f"{key} must be a number, got {value!r}") from None
+        if numeric[0] is int:
+            if not number.is_integer():  # int() would cut "120.7" to 120 without a word
+                raise ValueError(f"{key} must be a whole number, got {value!r}")
+            return int(number)
+        return number
     return value
