@@ -32,6 +32,7 @@ import re
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -236,8 +237,8 @@ def complete_checkpoints(directory: Path) -> list[tuple[int, Path, dict]]:
             run = json.loads((path / RUN_FILE).read_text())
             lost = lost_files(path, run)
             if lost:
-                print(f"Warning: checkpoint {path} has lost {', '.join(lost)} (missing or cut short) since it was "
-                      "written; it is skipped, an earlier complete checkpoint is used", file=sys.stderr)  # fmt: skip
+                warnings.warn(f"checkpoint {path} has lost {', '.join(lost)} (missing or cut short) since it was "
+                              "written; it is skipped, an earlier complete checkpoint is used", stacklevel=2)  # fmt: skip
                 continue
             found.append((run["step"], path, run))
     return sorted(found, key=lambda item: item[0], reverse=True)
