@@ -628,6 +628,9 @@ class NeuMetaModel(PreTrainedModel):
         return low
 
     def _generator(self, seed: int) -> torch.Generator:
+        seed = as_integer(seed, "seed", " from 0 to 2**64 - 1 (the coordinate noise's random generator)")
+        if not 0 <= seed < 2**64:
+            raise ValueError(f"seed must be an integer from 0 to 2**64 - 1, got {seed}")
         return torch.Generator(self.output_scale.device).manual_seed(seed)
 
     def _check_layer_widths(self, widths) -> list[int]:
@@ -637,8 +640,11 @@ class NeuMetaModel(PreTrainedModel):
                 "widths (one per layer) is for stock transformers models, whose layers' feed-forward widths are "
                 f"independent; {self.config.family}'s channel groups are coupled: pass one width"
             )
-        if isinstance(widths, (str, bytes)) or len(widths) != len(groups):
-            raise ValueError(f"widths needs one width per layer ({len(groups)}), got {widths!r}")
+        if isinstance(widths, (str, bytes, dict, set)):  # a dict would give its keys, a set an arbitrary order
+            raise TypeError(f"widths must be a list of integer widths, one per layer, got {widths!r}")
+        given, widths = widths, list(widths)  # any sequence or iterable, a generator included
+        if len(widths) != len(groups):
+            raise ValueError(f"widths needs one width per layer ({len(groups)}), got {given!r}")
         return [self.check_width(width) for width in widths]
 
     def _mixed_weights(self, widths: list[int], num_samples: int, seed: int) -> dict[str, torch.Tensor]:

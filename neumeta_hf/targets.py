@@ -20,7 +20,10 @@ Llama's gated MLP, BERT's feed-forward) is found out by the same check (`discove
 """
 
 import copy
+import dataclasses
+import difflib
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -156,6 +159,11 @@ class FamilyTarget(Target):
         return self.model_class.task
 
     def hypernetwork_config(self, values, morph):
+        unknown = unknown_fields(self.config_class, values)
+        if unknown:  # our own families: every field is known, so an unknown key is a typo or another family's
+            raise ValueError(f"family_config has no field {unknown[0]!r} for {self.model_type}."
+                             f"{_close_match(unknown[0], self.config_class)} Its own fields (beside PreTrainedConfig's): "
+                             f"{', '.join(sorted(own_fields(self.config_class)))}")  # fmt: skip
         return self.config_class.from_dict({**values, "morph": morph})
 
 
@@ -318,6 +326,11 @@ class StockTarget(Target):
     def hypernetwork_config(self, values, morph):
         if morph != "all":
             raise ValueError(f"a stock {self.model_type} model morphs its feed-forward width in every layer: use morph='all'")
+        unknown = unknown_fields(self.config_class, values)
+        if unknown:  # a warning: configs saved by other transformers versions may carry fields this one dropped
+            warnings.warn(f"family_config has field(s) {', '.join(unknown)} that {self.config_class.__name__} does "
+                          f"not know; they are kept but change nothing.{_close_match(unknown[0], self.config_class)}",
+                          stacklevel=4)  # fmt: skip
         config = self.config_class.from_dict(dict(values))
         self.network_class(config)  # its architectures name the model class
         # Stored explicitly (GPT-2 leaves n_inner None for 4 x n_embd), so that the full width reads it.
@@ -449,6 +462,29 @@ def family_model_class(family: str) -> type[NeuMetaFamilyModel]:
 
 def check_model_type(model_type: str) -> None:
     target(model_type)
+
+
+# What `PreTrainedConfig.to_dict` writes or `from_dict` reads beyond a config class's fields, and the input
+# normalisation neumeta-hf's training writes into a stock image model's config (`image_normalisation` reads it).
+_SERIALISATION_KEYS = {"model_type", "transformers_version", "_name_or_path", "auto_map", "num_labels", "torch_dtype",
+                       "output_attentions", "image_mean", "image_std"}  # fmt: skip
+
+
+def unknown_fields(config_class: type[PreTrainedConfig], values: dict) -> list[str]:
+    """The keys of `values` that `config_class` has no field for. transformers keeps such keys as attributes
+    without a word, so a misspelt field would leave the real one at its default."""
+    known = {f.name for f in dataclasses.fields(config_class)} | set(config_class.attribute_map) | _SERIALISATION_KEYS
+    return sorted(set(values) - known)
+
+
+def own_fields(config_class: type[PreTrainedConfig]) -> set[str]:
+    """The fields a config class adds to transformers' `PreTrainedConfig`."""
+    return {f.name for f in dataclasses.fields(config_class)} - {f.name for f in dataclasses.fields(PreTrainedConfig)}
+
+
+def _close_match(key: str, config_class: type[PreTrainedConfig]) -> str:
+    close = difflib.get_close_matches(key, [f.name for f in dataclasses.fields(config_class)], n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 def target_config(model_type: str, values: dict) -> PreTrainedConfig:

@@ -368,20 +368,54 @@ def test_a_sweep_is_shown_only_beside_the_hypernetwork_it_measured(mlp_hyper, tm
     assert "sweep" not in facts
 
 
-def test_a_hypernetwork_loaded_in_bfloat16_samples_a_bfloat16_network(mlp_hyper, tmp_path):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_hypernetwork_loaded_in_half_precision_samples_a_network_in_it(mlp_hyper, tmp_path, dtype):
     """Round 2 (and the ecosystem round): `from_pretrained(..., dtype=torch.bfloat16)` then `sample_model` failed
     with `expected m1 and m2 to have the same dtype`."""
     from conftest import inputs_for, trained_like
 
     trained = trained_like(mlp_hyper)
     trained.save_pretrained(tmp_path)
-    half = nm.NeuMetaModel.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    half = nm.NeuMetaModel.from_pretrained(tmp_path, dtype=dtype)
     network = half.sample_model(24)
-    assert network.dtype == torch.bfloat16
+    assert network.dtype == dtype
     x = inputs_for(network.config)
     expected = trained.sample_model(24)(x).logits
-    actual = network(x.bfloat16()).logits.float()
+    actual = network(x.to(dtype)).logits.float()
     assert float((actual - expected).abs().max() / expected.abs().max()) < 0.05
+
+
+def test_unknown_family_config_keys_are_named_not_ignored(saved, recwarn):
+    """Round 2: `family_config={"widht": 16}` left the width at its default without a word (transformers keeps
+    unknown keys as attributes), in code and in a saved config.json alike."""
+    with pytest.raises(ValueError, match="family_config has no field 'widht' for neumeta-mlp. Did you mean 'width'?"):
+        nm.NeuMetaConfig(family="neumeta-mlp", family_config={"widht": 16})
+    edit_config(saved, lambda config: config["family_config"].update(hiden_layers=2))
+    with pytest.raises(ValueError, match="no field 'hiden_layers' for neumeta-mlp"):
+        nm.NeuMetaModel.from_pretrained(saved)
+    assert not recwarn.list  # the fields a saved config carries are all known
+
+
+def test_unknown_stock_config_keys_are_warned_about():
+    """A stock config may carry fields another transformers version wrote: kept, with a warning naming them."""
+    from transformers import LlamaConfig
+
+    stock = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                        vocab_size=40, architectures=["LlamaForCausalLM"])  # fmt: skip
+    values = stock.to_dict() | {"intermediat_size": 48}
+    with pytest.warns(UserWarning, match="intermediat_size that LlamaConfig does not know.*'intermediate_size'"):
+        config = nm.NeuMetaConfig(family="llama", family_config=values)
+    assert config.full_width == values["intermediate_size"]
+
+
+@pytest.mark.parametrize(
+    "seed, error", [(None, TypeError), ("3", TypeError), (1.5, TypeError), (True, TypeError), (-1, ValueError),
+                    (2**64, ValueError)],  # fmt: skip
+)
+def test_a_seed_that_is_not_a_generator_seed_is_named(mlp_hyper, seed, error):
+    """Round 2: `sample_model(seed=None)` died in torch with `manual_seed expected a long`."""
+    with pytest.raises(error, match="seed must be an integer from 0 to 2\\*\\*64 - 1"):
+        mlp_hyper.sample_model(24, num_samples=2, seed=seed)
 
 
 # ------------------------------------------------------------------------- round 2: unclear errors made clear

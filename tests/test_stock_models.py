@@ -335,6 +335,10 @@ def test_mix_and_match_errors():
         hyper.sample_model(widths=[24, 0])
     with pytest.raises(TypeError, match="width must be an integer"):
         hyper.sample_model(widths=[24, 2.5])
+    with pytest.raises(TypeError, match="widths must be a list of integer widths, one per layer, got {0: 24"):
+        hyper.sample_model(widths={0: 24, 1: 32})  # the dict's keys would have been taken for widths
+    generated = hyper.sample_model(widths=(w for w in [24, 32]))  # a generator is as good as a list
+    assert generated.config.neumeta_layer_widths == [24, 32]
     with pytest.raises(TypeError, match="either width or widths"):
         hyper.sample_model(24, widths=[24, 24])
     with pytest.raises(TypeError, match="either width or widths"):

@@ -163,19 +163,22 @@ def test_two_cpu_processes_train_one_hypernetwork(tmp_path):
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(free_port()),
-        str(REPO / "training" / "train.py"), "--config", DIGITS, f"output_dir={tmp_path}", *QUICK,
+        "--main_process_port", str(free_port()), "--log_dir", str(tmp_path / "ranks"), "--tee", "3",
+        str(REPO / "training" / "train.py"), "--config", DIGITS, f"output_dir={tmp_path / 'run'}", *QUICK,
         "training.max_steps=20",
         "training.checkpoint_every=20",
         "training.sandwich=true",  # two forwards through the DDP wrapper and one generation outside it per step
     ]  # fmt: skip
     environment = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
-    # Both ranks write to these streams: show enough of each to see which rank failed first, and why.
-    assert result.returncode == 0, f"stdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-12000:]}"
-    first = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[0])
+    # The launcher's streams mix both ranks; each rank's own stderr (--tee into --log_dir) shows which failed, and why.
+    ranks = sorted((tmp_path / "ranks").glob("**/stderr.log"))
+    per_rank = "".join(f"\nrank {log.parent.name} stderr:\n{log.read_text()[-6000:]}" for log in ranks)
+    assert result.returncode == 0, f"launcher stderr:\n{result.stderr[-3000:]}{per_rank}"
+    assert len(ranks) == 2
+    first = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[0])
     assert first["config"]["num_processes"] == 2
-    hyper = nm.NeuMetaModel.from_pretrained(tmp_path / "hypernetwork")
+    hyper = nm.NeuMetaModel.from_pretrained(tmp_path / "run" / "hypernetwork")
     assert hyper.sample_model(33).fc2.weight.shape == (33, 33)
 
 

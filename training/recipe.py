@@ -17,12 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from transformers import PreTrainedConfig
 
 from neumeta_hf import NeuMetaConfig
 from neumeta_hf.configuration_neumeta import check_num_samples
 from neumeta_hf.data import DataConfig
-from neumeta_hf.targets import target, task_for
+from neumeta_hf.targets import own_fields, target, task_for
 from neumeta_hf.text_data import TextDataConfig
 
 
@@ -359,22 +358,16 @@ def check_recipe(config: "TrainConfig"):
                          "and this recipe has none: leave hypernetwork.config.width_affine unset (true), or "
                          "training.train_corrections true")  # fmt: skip
     model_class = target(config.base.family).trainable_network_class()  # an unknown family names the known ones
-    family_fields = _own_fields(model_class.config_class) | {"id2label", "label2id", "num_labels"}
+    family_fields = own_fields(model_class.config_class) | {"id2label", "label2id", "num_labels"}
     _check_keys("base.family_config", config.base.family_config, family_fields)
     hypernetwork_config = config.hypernetwork.config
-    hypernetwork_fields = _own_fields(NeuMetaConfig) - set(_HYPERNETWORK_OWN_KEYS)
+    hypernetwork_fields = own_fields(NeuMetaConfig) - set(_HYPERNETWORK_OWN_KEYS)
     _check_keys("hypernetwork.config", hypernetwork_config, hypernetwork_fields | set(_HYPERNETWORK_OWN_KEYS))
     for key in sorted(set(hypernetwork_config) & set(_HYPERNETWORK_OWN_KEYS)):
         where = _HYPERNETWORK_OWN_KEYS[key]
         raise ValueError(
             f"hypernetwork.config.{key} cannot be set here" + (f": use {where}" if where else " (it is measured)")
         )
-
-
-def _own_fields(config_class) -> set[str]:
-    """The fields a config class adds to transformers' `PreTrainedConfig`."""
-    common = {f.name for f in dataclasses.fields(PreTrainedConfig)}
-    return {f.name for f in dataclasses.fields(config_class)} - common
 
 
 def _check_keys(where: str, values, valid: set[str]):
