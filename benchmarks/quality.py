@@ -58,7 +58,7 @@ from neumeta_hf.data import FASHION_MNIST_DIR, load_splits  # noqa: E402
 from neumeta_hf.evaluation import evaluate_score, sweep  # noqa: E402
 from neumeta_hf.nested import NestedNetwork  # noqa: E402
 from neumeta_hf.progress import progress_bar  # noqa: E402
-from neumeta_hf.pruning import first_channels, prune_l1  # noqa: E402
+from neumeta_hf.pruning import first_channels, has_batch_norm, prune_l1  # noqa: E402
 from neumeta_hf.targets import config_at_width, multiply_accumulates, network_width, target, task_for  # noqa: E402
 from neumeta_hf.tasks import PICTURES, BenchmarkTargets, metric_name, task_of_metric  # noqa: E402
 from training.recipe import TrainConfig, load_config  # noqa: E402
@@ -73,8 +73,8 @@ class Recipe:
     # Where the recipe's default is the nested pipeline: the overrides that make it the paper's plain method, with
     # the hyper-parameters measured for it (method "neumeta_plain", beside the default "neumeta").
     plain: tuple[str, ...] | None = None
-    # The slimmable baseline and the nested stage need a network without BatchNorm (per-width statistics are not
-    # implemented yet).
+    # The slimmable baseline and the nested stage (the VAE's slimmable training, of posterior and decoder, is not
+    # written yet).
     slimmable: bool = True
     # Tighter targets than the task's defaults, where an issue states them for this recipe (None: the task's).
     targets: BenchmarkTargets | None = None
@@ -155,9 +155,14 @@ RECIPES = {  # each with its reference widths (the individual networks) and the 
         plain=("nested.enabled=false", "training.epochs=2", "training.learning_rate=3.0e-3"),
         targets=BenchmarkTargets(individual=0.003, smoothness=0.003, full_width=0.001),  # issue 22
     ),
-    # Reference widths at 75%, 50% and 25% compression; the U-Net has BatchNorm, so no slimmable baseline.
+    # Reference widths at 75%, 50% and 25% compression. The U-Net has BatchNorm: the slimmable U-Net's widths are
+    # calibrated (CALIBRATION_BATCHES); the pipeline folds it and generates every width's scales and shifts.
     "fashion_mnist_scenes_unet": Recipe(
-        "training/configs/fashion_mnist_scenes_unet.yaml", (8, 16, 24, 32), slimmable=False
+        "training/configs/fashion_mnist_scenes_unet.yaml", (8, 16, 24, 32),
+        plain=("nested.enabled=false", "training.epochs=8", "training.learning_rate=3.0e-3"),
+        # Issue 23: within 1.0 of the individual line, unseen widths within 1.0 of their neighbours' mean, the
+        # full width within 0.3 of the base.
+        targets=BenchmarkTargets(individual=0.010, smoothness=0.010, full_width=0.003, pruning_margin_at_quarter=0.10),
     ),
     # A stock Llama (or GPT-2) on Shakespeare, feed-forward widths 256-1024: individual networks at 75%, 50% and 25%
     # compression (and the base); the slimmable baseline is MatFormer-style nested training of the same widths. The
@@ -195,6 +200,7 @@ class Bench:
     work: Path | None = None
     runs: "Runs | None" = None
     model_class: type | None = None
+    train: object = None
     validation: object = None
     test: object = None
     info: object = None
@@ -383,10 +389,33 @@ def nested_passes(bench: Bench, recipe: TrainConfig | None = None) -> int:
     return round(bench.base_passes + recipe.nested.epochs * bench.examples * per_example)
 
 
-def slimmable_scores(bench: Bench) -> dict[int, float]:
-    slimmable = bench.trained("slimmable")
-    return {w: evaluate_score(first_channels(slimmable, w), bench.test)
-            for w in progress_bar(bench.everywhere, desc="slimmable")}  # fmt: skip
+# US-Nets' BatchNorm calibration of a slimmable network with BatchNorm: every width's statistics recomputed from
+# this many batches of training images (the recipe's base.batch_size), the same batches for every width. The
+# slimmable baseline uses the most; the others are the same network with less calibration data.
+CALIBRATION_BATCHES = (100, 10, 1)
+
+
+def slimmable_method(batches: int | None = None) -> Method:
+    """The slimmable network cut to every width; with BatchNorm, calibrated on `batches` training batches."""
+
+    def scores(bench: Bench) -> dict[int, float]:
+        slimmable = bench.trained("slimmable")
+        calibration = calibration_batches(bench, batches) if has_batch_norm(slimmable) else None
+        return {w: evaluate_score(first_channels(slimmable, w, calibration), bench.test)
+                for w in progress_bar(bench.everywhere, desc=f"slimmable, {batches} calibration batches")}  # fmt: skip
+
+    if batches == CALIBRATION_BATCHES[0]:
+        return Method("slimmable", scores, submit_slimmable, slimmable_passes, colour="tab:green")
+    return Method(f"slimmable_calibrated_{batches}", scores, passes=slimmable_passes, colour="tab:olive", style=":")
+
+
+def calibration_batches(bench: Bench, count: int) -> list[torch.Tensor]:
+    """The first `count` batches of the training split shuffled with a fixed seed: inputs only."""
+    generator = torch.Generator().manual_seed(0)
+    loader = torch.utils.data.DataLoader(bench.train, batch_size=bench.config.base.batch_size, shuffle=True,
+                                         generator=generator)  # fmt: skip
+    input_name = task_for(bench.base.config, type(bench.base)).input_name
+    return [batch[input_name] for batch, _ in zip(loader, range(count))]
 
 
 # The benchmark's methods, in table order. Adding a method is one entry here (or in ABLATIONS / LEVERS).
@@ -396,7 +425,7 @@ BASELINES = {
     "pruned_l1": Method("pruned_l1", pruned_scores, colour="tab:orange"),
     "pruned_l1_finetuned": Method("pruned_l1_finetuned", finetuned_scores, submit_finetuned, finetuned_passes,
                                   colour="tab:brown"),
-    "slimmable": Method("slimmable", slimmable_scores, submit_slimmable, slimmable_passes, colour="tab:green"),
+    "slimmable": slimmable_method(CALIBRATION_BATCHES[0]),
     "nested": Method("nested", nested_scores, submit_nested, nested_passes, colour="tab:purple"),
     "neumeta": neumeta_method("neumeta", "neumeta", Lever("recipe", ()), "methods", colour="black", fresh=True),
 }  # fmt: skip
@@ -408,10 +437,23 @@ def plain_method(overrides: tuple[str, ...]) -> Method:
     return neumeta_method("neumeta_plain", "neumeta_plain", Lever("base", overrides), "methods", colour="tab:gray")
 
 
+def has_batch_norm_config(recipe: Recipe) -> bool:
+    """Whether the recipe's base network has BatchNorm (built on the meta device to look)."""
+    config = load_config(REPO / recipe.config)
+    model_class = target(config.base.family).trainable_network_class()
+    with torch.device("meta"):
+        return has_batch_norm(model_class(model_class.config_class(**config.base.family_config)))
+
+
 def chosen_methods(recipe: Recipe, ablations: bool, levers: dict[str, Lever]) -> dict[str, Method]:
     """The methods a benchmark run measures: the baselines the recipe has, NeuMeta, the ablations (with
     `ablations`) and `levers`."""
-    methods = {name: method for name, method in BASELINES.items() if name not in ("slimmable", "nested") or recipe.slimmable}
+    methods = {}
+    for name, method in BASELINES.items():
+        if name not in ("slimmable", "nested") or recipe.slimmable:
+            methods[name] = method
+        if name == "slimmable" and recipe.slimmable and has_batch_norm_config(recipe):  # with less calibration
+            methods |= {f"slimmable_calibrated_{count}": slimmable_method(count) for count in CALIBRATION_BATCHES[1:]}
     if recipe.plain is not None:  # the paper's plain method beside the recipe's nested pipeline
         methods["neumeta_plain"] = plain_method(recipe.plain)
     if ablations:
@@ -526,7 +568,7 @@ def set_up(args) -> tuple[Bench, dict[str, Method]]:
         method_epochs=method_epochs(config, len(train)),
         share={w: macs[w] / macs[full_width] for w in macs},
         work=work, runs=Runs(REPO / recipe.config, overrides, work, args.jobs, reuse=args.reuse),
-        model_class=model_class, validation=validation, test=test, info=info,
+        model_class=model_class, train=train, validation=validation, test=test, info=info,
     )  # fmt: skip
     return bench, chosen_methods(recipe, args.ablations, levers)
 

@@ -27,10 +27,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 from torch.func import functional_call
+from torch.nn.modules.batchnorm import _BatchNorm
 from transformers import PreTrainedModel
 
+from .folding import fold_batch_norm
 from .progress import progress_bar
-from .pruning import nested_weights, unlisted_buffers
+from .pruning import calibrate_batch_norm, has_batch_norm, nested_weights, unlisted_buffers
 from .publishing import save_network
 from .targets import config_at_width, network_class, network_width, reorder_channels, target, target_config, task_for
 
@@ -45,10 +47,14 @@ def importance_order(model: PreTrainedModel) -> PreTrainedModel:
     ordered = copy.deepcopy(model)
     kind = target(model.config.model_type)
     state = dict(ordered.named_parameters()) | dict(ordered.named_buffers())
+    # With BatchNorm, a channel's filter is the folded one: its statistics and affine scale what it contributes.
+    folded = fold_batch_norm(model)
+    folded_state, folded_groups = _tensors_of(folded), {g.name: g for g in kind.channel_groups(folded)}
     for group in kind.channel_groups(ordered):
         if not group.scales:
             continue
-        importance = sum(weight.abs().flatten(1).sum(1) for weight in kind.filters(ordered, group, state))
+        filters = kind.filters(folded, folded_groups[group.name], folded_state)
+        importance = sum(weight.abs().flatten(1).sum(1) for weight in filters)
         reorder_channels(state, group, importance.argsort(descending=True, stable=True))
     return ordered
 
@@ -75,6 +81,29 @@ def fold_scale_and_shift(skeleton: PreTrainedModel, tensors: dict, values) -> di
             tensor = tensor * scale.view(view)
             tensors[member.tensor] = tensor + shift if tensor.dim() == 1 else tensor
     return tensors
+
+
+def scale_batch_norm(skeleton: PreTrainedModel, tensors: dict, values) -> dict[str, torch.Tensor]:
+    """`tensors` of the BatchNorm network `skeleton` describes with a scale and a shift per channel of each scaling
+    group applied to the group's BatchNorm output: its weight scaled, its bias scaled then shifted (a private
+    BatchNorm affine per width). `values` as in `fold_scale_and_shift`. Returns a new dict, differentiable."""
+    kind = target(skeleton.config.model_type)
+    structure = _tensors_of(skeleton)
+    tensors = dict(tensors)
+    for group in kind.channel_groups(skeleton):
+        if not group.scales:
+            continue
+        (norm,) = _norm_layers(skeleton, group, structure)  # one per group, as `NestedNetwork` checked
+        scale, shift = values(group.name, tensors[f"{norm}.weight"].shape[0])
+        tensors[f"{norm}.weight"] = tensors[f"{norm}.weight"] * scale
+        tensors[f"{norm}.bias"] = tensors[f"{norm}.bias"] * scale + shift
+    return tensors
+
+
+def _norm_layers(network, group, structure) -> list[str]:
+    """The BatchNorm layers among a channel group's members, by module name."""
+    layers = {m.tensor.rpartition(".")[0] for m in group.members if m.tensor in structure}
+    return sorted(name for name in layers if isinstance(network.get_submodule(name), _BatchNorm))
 
 
 def _tensors_of(network) -> dict[str, torch.Tensor]:
@@ -137,6 +166,18 @@ class NestedNetwork(nn.Module):
         self.groups = [g for g in self.kind.channel_groups(network) if g.scales]
         sizes = {g.name: g.members[0].length(state[g.members[0].tensor].shape) for g in self.groups}
         self.affine = WidthAffine(sizes, widths, network_width(network.config))
+        # With BatchNorm, each width's scale and shift act on its BatchNorm's affine (a private BatchNorm per
+        # width, as in slimmable networks) and training normalises by batch statistics; `folded` then turns the
+        # stage into the plain form, whose per-width scales and shifts need no statistics.
+        self.batch_norm = has_batch_norm(network)
+        for group in self.groups if self.batch_norm else ():
+            norms = _norm_layers(network, group, state)
+            if len(norms) != 1:
+                raise ValueError(
+                    f"channel group {group.name!r} of {network.config.model_type} has {len(norms)} BatchNorm layers: "
+                    "the nested stage gives a BatchNorm network's widths one scale and shift per channel group, so it "
+                    "needs one BatchNorm per group (a residual stream has several); use nested.enabled=false"
+                )
         self._skeletons: dict[int, PreTrainedModel] = {}
 
     @property
@@ -153,9 +194,10 @@ class NestedNetwork(nn.Module):
 
     def width_tensors(self, width: int) -> dict[str, torch.Tensor]:
         """Every tensor of the width-`width` network, differentiable: the shared tensors' first channels with
-        the width's scale and shift folded in (`fold_scale_and_shift`)."""
+        the width's scale and shift folded in (`fold_scale_and_shift`; with BatchNorm, `scale_batch_norm`)."""
         skeleton = self.skeleton(width)
-        return fold_scale_and_shift(
+        apply = scale_batch_norm if self.batch_norm else fold_scale_and_shift
+        return apply(
             skeleton, nested_weights(self.network, skeleton),
             lambda group, size: self.affine.values(group, width, size, lambda w: self.group_size(group, w)),
         )  # fmt: skip
@@ -169,16 +211,51 @@ class NestedNetwork(nn.Module):
 
     def forward(self, width: int, *args, **kwargs):
         skeleton = self.skeleton(width)
+        # BatchNorm trains on batch statistics (the running ones, views of the shared buffers, are recomputed
+        # per width by `folded`); other layers keep eval behaviour, as the stage always ran them.
+        skeleton.train(self.training and self.batch_norm)
         tensors = self.width_tensors(width) | unlisted_buffers(self.network, skeleton)
         return functional_call(skeleton, tensors, args, kwargs)
 
     @torch.no_grad()
-    def network_at(self, width: int) -> PreTrainedModel:
-        """The standalone width-`width` network in eval mode (a trained width's own affine, else interpolated)."""
+    def network_at(self, width: int, calibration: list[torch.Tensor] | None = None) -> PreTrainedModel:
+        """The standalone width-`width` network in eval mode (a trained width's own affine, else interpolated).
+        With BatchNorm, its statistics are computed from `calibration`, batches of inputs (required)."""
         config = config_at_width(self.network.config, width)
         network = network_class(config)(config).to(self.network.device)
         network.load_state_dict({name: t.detach().clone() for name, t in self.width_tensors(width).items()})
+        if self.batch_norm:
+            if calibration is None:
+                raise ValueError("a nested network with BatchNorm needs calibration= batches for its statistics; "
+                                 "use .folded(batches) for one that needs none")  # fmt: skip
+            calibrate_batch_norm(network, calibration)
         return network.eval()
+
+    @torch.no_grad()
+    def folded(self, calibration: list[torch.Tensor]) -> "NestedNetwork":
+        """This stage without BatchNorm: every trained width's statistics computed from `calibration` (batches of
+        inputs; US-Nets' calibration, done once here) and folded with its affine into the producing layers, as a
+        plain nested network whose per-width scales and shifts compute each width exactly."""
+        full = self.network_at(self.full_width, calibration)
+        folded = NestedNetwork(fold_batch_norm(full), self.affine.widths).to(self.network.device)
+        structure = _tensors_of(self.network)
+        for row, width in enumerate(self.affine.widths):
+            network = self.network_at(width, calibration)
+            plain = fold_batch_norm(network)
+            for group in self.groups:
+                (norm,) = _norm_layers(self.network, group, structure)  # one per group, as __init__ checked
+                conv = norm.removesuffix("norm") + "conv"  # the naming `fold_batch_norm` relies on
+                size = network.get_submodule(norm).num_features
+                scale, _ = self.affine.values(group.name, width, size)
+                # Width w's folded filter is the shared one's times scale * sigma_full / sigma_w (BatchNorm's weight
+                # cancels, so a near-zero one divides nothing); its bias follows from the two folded biases.
+                sigma = lambda net: (net.get_submodule(norm).running_var[:size] + net.get_submodule(norm).eps).sqrt()  # noqa: E731
+                ratio = scale * sigma(full) / sigma(network)
+                shift = plain.get_submodule(conv).bias - ratio * folded.network.get_submodule(conv).bias[:size]
+                key = _key(group.name)
+                folded.affine.log_scale[key][row, :size] = ratio.log()
+                folded.affine.shift[key][row, :size] = shift
+        return folded.eval()
 
     def save_pretrained(self, directory):
         """The shared network -- the full width, a plain network that loads as one (with its model code and

@@ -4,10 +4,14 @@
   permutes) by the L1 norm of their filters, as in Li et al., "Pruning Filters for Efficient ConvNets" (2017);
   no fine-tuning follows here (`training/train_base.py` fine-tunes with `base.prune_from`).
 * `first_channels` / `nested_weights`: the width-w network as the first w channels of every scaling group, the
-  sub-network of a universally slimmable network (Yu & Huang, "Universally Slimmable Networks", ICCV 2019).
+  sub-network of a universally slimmable network (Yu & Huang, "Universally Slimmable Networks", ICCV 2019), its
+  BatchNorm statistics recomputed from a few batches (`calibrate_batch_norm`, their "BN calibration").
 """
 
+from collections.abc import Iterable
+
 import torch
+from torch.nn.modules.batchnorm import _BatchNorm
 from transformers import PreTrainedModel
 
 from .morph import axis_layout, leading_channels
@@ -52,11 +56,6 @@ def nested_weights(model: PreTrainedModel, narrower: PreTrainedModel) -> dict[st
     width, full_width = network_width(narrower.config), network_width(model.config)
     if width > full_width:
         raise ValueError(f"A nested network can only be narrower: width {width} > the network's width {full_width}")
-    if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        raise ValueError(
-            f"{model.config.model_type} has BatchNorm, whose statistics differ per width: nested (slimmable) "
-            "networks need per-width recalibration, which is not implemented; use a family without BatchNorm"
-        )
     # Tied tensors (GPT-2's output layer is its embedding) under every name: `narrower.state_dict()` lists them all.
     state = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
     wide_layout = axis_layout(channel_groups(model), state)
@@ -85,9 +84,44 @@ def unlisted_buffers(model: PreTrainedModel, narrower: PreTrainedModel) -> dict[
 
 
 @torch.no_grad()
-def first_channels(model: PreTrainedModel, width: int) -> PreTrainedModel:
+def first_channels(model: PreTrainedModel, width: int, calibration: Iterable[torch.Tensor] | None = None) -> PreTrainedModel:
     """The standalone width-`width` network made of `model`'s first channels (a slimmable network's member, or a
-    MatFormer sub-model of a stock transformers model)."""
+    MatFormer sub-model of a stock transformers model). A network with BatchNorm needs `calibration`, batches of
+    inputs from which each width's statistics are computed (`calibrate_batch_norm`): the full width's running
+    statistics are wrong for every other width (given, they are recomputed at the full width too)."""
     nested = type(model)(config_at_width(model.config, width)).to(model.device, model.dtype)
     nested.load_state_dict({name: tensor.clone() for name, tensor in nested_weights(model, nested).items()})
+    if calibration is not None and has_batch_norm(model):
+        calibrate_batch_norm(nested, calibration)
+    elif has_batch_norm(model) and width != network_width(model.config):
+        raise ValueError(
+            f"{model.config.model_type} has BatchNorm, whose statistics differ per width: pass calibration= "
+            f"batches of training inputs to recompute them for width {width} (US-Nets), or fold BatchNorm and "
+            "train the nested stage, whose per-width scales and shifts need no data"
+        )
     return nested.eval()
+
+
+def has_batch_norm(model: torch.nn.Module) -> bool:
+    return any(isinstance(module, _BatchNorm) for module in model.modules())
+
+
+@torch.no_grad()
+def calibrate_batch_norm(network: torch.nn.Module, batches: Iterable[torch.Tensor]) -> torch.nn.Module:
+    """US-Nets' BatchNorm calibration: every BatchNorm's running statistics replaced by their plain average over
+    `batches` (inputs, run in training mode without gradients); returns `network` in eval mode."""
+    norms = [module for module in network.modules() if isinstance(module, _BatchNorm)]
+    momenta = [norm.momentum for norm in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over the batches, not an exponential one
+    network.train()
+    count = 0
+    for inputs in batches:
+        network(inputs.to(next(network.parameters()).device))
+        count += 1
+    if count == 0:
+        raise ValueError("calibrate_batch_norm needs at least one batch of inputs")
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    return network.eval()

@@ -17,7 +17,7 @@ from neumeta_hf.nested import (
     importance_order,
     train_nested,
 )
-from neumeta_hf.pruning import first_channels, nested_weights
+from neumeta_hf.pruning import first_channels, has_batch_norm, nested_weights
 from training import train as train_script
 from training.recipe import load_config
 
@@ -226,3 +226,51 @@ def test_a_width_between_two_trained_ones_interpolates_their_rows_channel_by_cha
     torch.testing.assert_close(scale.log()[:8], torch.full((8,), 0.4))  # halfway between the two rows
     torch.testing.assert_close(scale.log()[8:], torch.full((4,), 0.6))  # only width 16 has these: its values
     torch.testing.assert_close(affine.values("g", 32, 32)[0], torch.ones(32))  # the full width: the identity
+
+
+
+def test_a_batch_norm_stage_folds_into_plain_widths_that_compute_its_calibrated_networks():
+    """Issue 23: with BatchNorm, each width's scale and shift act on a BatchNorm of its own during the stage;
+    `folded` computes every trained width's statistics once from data and folds them, so that the plain nested
+    network computes, at every trained width, what the calibrated BatchNorm network computes -- and sampling it
+    needs no data. Importance ordering of a BatchNorm network keeps its function."""
+    base = random_base(nm.NeuMetaUNetConfig(image_size=16, num_classes=3))
+    x = inputs_for(base.config).double()
+    ordered = importance_order(base)
+    torch.testing.assert_close(ordered.double()(x).logits, base.double()(x).logits, rtol=1e-9, atol=1e-9)
+    nested = NestedNetwork(ordered.float(), [8, 16, 24])
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for values in (*nested.affine.log_scale.values(), *nested.affine.shift.values()):
+            values.normal_(0, 0.3, generator=generator)
+    batches = [inputs_for(base.config, n=8, seed=seed) for seed in range(3)]
+    with pytest.raises(ValueError, match="needs calibration= batches"):
+        nested.network_at(16)
+    folded = nested.folded(batches)
+    assert not has_batch_norm(folded.network) and folded.affine.widths == [8, 16, 24]
+    x = x.float()
+    for width in (8, 16, 24, 32):
+        expected = nested.network_at(width, batches)(x).logits
+        torch.testing.assert_close(folded.network_at(width)(x).logits, expected, rtol=1e-4, atol=1e-4)
+    nested.train()  # training normalises each width by its batch's statistics
+    inputs = batches[0]
+    outputs = {}
+    handle = nested.skeleton(8).enc1.conv1.norm.register_forward_hook(lambda m, a, out: outputs.update(out=out))
+    nested(8, inputs)
+    handle.remove()
+    size = nested.skeleton(8).enc1.conv1.norm.num_features
+    scale, shift = (value.view(1, -1, 1, 1) for value in nested.affine.values("enc1.hidden", 8, size))
+    norm = nested.network.enc1.conv1.norm
+    gamma, beta = norm.weight[:size].view(1, -1, 1, 1), norm.bias[:size].view(1, -1, 1, 1)
+    normalised = ((outputs["out"] - shift) / scale - beta) / gamma  # the width's affine and the shared one undone
+    torch.testing.assert_close(normalised.mean((0, 2, 3)), torch.zeros(size), atol=1e-4, rtol=0)
+    torch.testing.assert_close(normalised.var((0, 2, 3), unbiased=False), torch.ones(size), atol=1e-2, rtol=0)
+
+
+
+def test_a_batch_norm_network_with_several_norms_in_a_group_is_refused_before_training():
+    """A residual stream's channels pass through several BatchNorm layers, which one scale and shift per width
+    and channel cannot stand for: refused when the stage is built, naming the group and the way out."""
+    with pytest.raises(ValueError, match="channel group 'stream0' of neumeta-resnet-cifar has 2 BatchNorm layers.*"
+                                         "nested.enabled=false"):  # fmt: skip
+        NestedNetwork(random_base(nm.NeuMetaResNetCifarConfig(depth=8)), [16, 32])

@@ -196,3 +196,16 @@ def test_rescore_checks_a_committed_report_against_its_recipes_targets(tmp_path,
     report.write_text(json.dumps(committed))
     with pytest.raises(SystemExit, match="older quality.py .* lacks metric"):
         quality.main(["--rescore", str(report)])
+
+
+def test_a_slimmable_batch_norm_network_is_measured_with_each_amount_of_calibration_data():
+    """US-Nets recompute a width's BatchNorm statistics from training batches: the U-Net's slimmable baseline is
+    measured with 100, 10 and 1 of them; a network without BatchNorm has nothing to calibrate."""
+    quality = load_quality_benchmark()
+    unet = quality.chosen_methods(quality.RECIPES["fashion_mnist_scenes_unet"], False, {})
+    assert [name for name in unet if name.startswith("slimmable")] == [
+        "slimmable", "slimmable_calibrated_10", "slimmable_calibrated_1"
+    ]
+    assert "nested" in unet and "neumeta_plain" in unet  # the pipeline is the U-Net's method, the paper's beside it
+    lenet = quality.chosen_methods(quality.RECIPES["fashion_mnist_lenet"], False, {})
+    assert [name for name in lenet if name.startswith("slimmable")] == ["slimmable"]

@@ -31,9 +31,23 @@ def test_a_nested_network_is_the_first_channels_of_every_layer(config):
         first_channels(base, 70)
 
 
-def test_batch_norm_families_are_refused_for_nested_networks():
-    with pytest.raises(ValueError, match="has BatchNorm, whose statistics differ per width"):
-        first_channels(random_base(nm.NeuMetaResNetCifarConfig(depth=8)), 32)
+def test_a_batch_norm_network_narrower_than_full_needs_calibration_which_recomputes_its_statistics():
+    base = random_base(nm.NeuMetaResNetCifarConfig(depth=8))
+    with pytest.raises(ValueError, match="has BatchNorm, whose statistics differ per width: pass calibration="):
+        first_channels(base, 8)
+    assert torch.equal(first_channels(base, 64).stem.norm.running_var, base.stem.norm.running_var)  # full width
+    batches = [inputs_for(base.config, seed=seed) for seed in range(3)]
+    network = first_channels(base, 8, calibration=batches)
+    assert not network.training and network.stem.norm.momentum == base.stem.norm.momentum
+    # US-Nets' calibration: the plain average over the batches of each batch's statistics, at this width's channels.
+    outputs = [network.stem.conv(x) for x in batches]
+    expected_mean = torch.stack([out.mean((0, 2, 3)) for out in outputs]).mean(0)
+    expected_var = torch.stack([out.var((0, 2, 3)) for out in outputs]).mean(0)  # unbiased, as BatchNorm keeps it
+    torch.testing.assert_close(network.stem.norm.running_mean, expected_mean.detach())
+    torch.testing.assert_close(network.stem.norm.running_var, expected_var.detach())
+    assert not torch.equal(network.stem.norm.running_mean, base.stem.norm.running_mean[:8])
+    with pytest.raises(ValueError, match="at least one batch"):
+        first_channels(base, 8, calibration=[])
 
 
 def test_first_channel_anchor_starts_as_the_nested_network_at_every_width():

@@ -196,6 +196,8 @@ def check_against_data(config: TrainConfig, train, validation, test, info: DataI
         batches.append(("base.batch_size", config.base.batch_size * accelerator.num_processes))
     if config.nested.enabled and not config.nested.pretrained:
         batches.append(("nested.batch_size", config.nested.batch_size))
+        with torch.device("meta"):  # a structure the stage cannot give per-width scales refused now, not after the base
+            NestedNetwork(model_class(base_config), config.hypernetwork.train_widths or [])
         if accelerator.num_processes > 1:
             raise ValueError("the nested stage trains in one process; launch without --num_processes, or give its "
                              "output from an earlier run with nested.pretrained=DIR")  # fmt: skip
@@ -356,7 +358,17 @@ def build_nested_network(config: TrainConfig, base: PreTrainedModel, train, acce
         nested, teacher, train, settings.epochs, settings.batch_size, settings.learning_rate, settings.weight_decay,
         settings.random_widths, settings.temperature, config.seed, accelerator.autocast,
     )  # fmt: skip
+    if nested.batch_norm:  # each width's statistics, computed once here, folded in: sampling needs no data
+        nested = nested.folded(calibration_batches(train, settings.batch_size, settings.calibration_batches, config.seed))
     return nested
+
+
+def calibration_batches(dataset, batch_size: int, count: int, seed: int) -> list[torch.Tensor]:
+    """The inputs of the first `count` batches of `dataset` shuffled with `seed`."""
+    input_name = "input_ids" if "input_ids" in dataset.column_names else "pixel_values"
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True,
+                                         generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    return [batch[input_name] for batch, _ in zip(loader, range(count))]
 
 
 def train_network(model, train, settings: BaseConfig, accelerator: Accelerator, seed: int, nested_widths=None):
