@@ -32,6 +32,7 @@ from transformers import PreTrainedModel
 
 from .folding import fold_batch_norm
 from .progress import progress_bar
+from .families.modeling_common import ChannelSlice
 from .pruning import calibrate_batch_norm, has_batch_norm, nested_weights, unlisted_buffers
 from .publishing import save_network
 from .targets import config_at_width, network_class, network_width, reorder_channels, target, target_config, task_for
@@ -61,42 +62,33 @@ def importance_order(model: PreTrainedModel) -> PreTrainedModel:
 
 def fold_scale_and_shift(skeleton: PreTrainedModel, tensors: dict, values) -> dict[str, torch.Tensor]:
     """`tensors` of the network `skeleton` describes (its structure; any device) with a scale and a shift per
-    channel of each scaling group folded into the group's producing layers -- weights scaled along their output
-    axis, biases scaled, then shifted -- as if applied to the layer's outputs. `values(group_name, size)` gives
-    (scale, shift), each [size]; producers not in `tensors` are left out. Returns a new dict, differentiable."""
+    channel of each scaling group folded into the layer that sets the group's outputs, as if applied to them: the
+    group's producing layers -- weights scaled along their output axis, biases scaled, then shifted -- or, in a
+    network with BatchNorm, the group's BatchNorm weight and bias (a private BatchNorm affine per width).
+    `values(group_name, size)` gives (scale, shift), each [size]; layers not in `tensors` are left out. Returns a
+    new dict, differentiable."""
     kind = target(skeleton.config.model_type)
     structure = _tensors_of(skeleton)
+    batch_norm = has_batch_norm(skeleton)
     tensors = dict(tensors)
     for group in kind.channel_groups(skeleton):
         if not group.scales:
             continue
         size = group.members[0].length(structure[group.members[0].tensor].shape)
         scale, shift = values(group.name, size)
-        for member in kind.producers(skeleton, group, structure):
+        if batch_norm:  # one BatchNorm per group, as `NestedNetwork` checks
+            (norm,) = _norm_layers(skeleton, group, structure)
+            layers = [ChannelSlice(f"{norm}.weight", 0), ChannelSlice(f"{norm}.bias", 0)]
+        else:
+            layers = kind.producers(skeleton, group, structure)
+        for member in layers:
             if member.tensor not in tensors:
                 continue
             tensor = tensors[member.tensor]
             view = [1] * tensor.dim()
             view[member.axis] = size
             tensor = tensor * scale.view(view)
-            tensors[member.tensor] = tensor + shift if tensor.dim() == 1 else tensor
-    return tensors
-
-
-def scale_batch_norm(skeleton: PreTrainedModel, tensors: dict, values) -> dict[str, torch.Tensor]:
-    """`tensors` of the BatchNorm network `skeleton` describes with a scale and a shift per channel of each scaling
-    group applied to the group's BatchNorm output: its weight scaled, its bias scaled then shifted (a private
-    BatchNorm affine per width). `values` as in `fold_scale_and_shift`. Returns a new dict, differentiable."""
-    kind = target(skeleton.config.model_type)
-    structure = _tensors_of(skeleton)
-    tensors = dict(tensors)
-    for group in kind.channel_groups(skeleton):
-        if not group.scales:
-            continue
-        (norm,) = _norm_layers(skeleton, group, structure)  # one per group, as `NestedNetwork` checked
-        scale, shift = values(group.name, tensors[f"{norm}.weight"].shape[0])
-        tensors[f"{norm}.weight"] = tensors[f"{norm}.weight"] * scale
-        tensors[f"{norm}.bias"] = tensors[f"{norm}.bias"] * scale + shift
+            tensors[member.tensor] = tensor + shift if member.tensor.endswith(".bias") else tensor
     return tensors
 
 
@@ -194,10 +186,9 @@ class NestedNetwork(nn.Module):
 
     def width_tensors(self, width: int) -> dict[str, torch.Tensor]:
         """Every tensor of the width-`width` network, differentiable: the shared tensors' first channels with
-        the width's scale and shift folded in (`fold_scale_and_shift`; with BatchNorm, `scale_batch_norm`)."""
+        the width's scale and shift folded in (`fold_scale_and_shift`)."""
         skeleton = self.skeleton(width)
-        apply = scale_batch_norm if self.batch_norm else fold_scale_and_shift
-        return apply(
+        return fold_scale_and_shift(
             skeleton, nested_weights(self.network, skeleton),
             lambda group, size: self.affine.values(group, width, size, lambda w: self.group_size(group, w)),
         )  # fmt: skip

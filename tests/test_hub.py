@@ -9,8 +9,9 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import LOAD_WITHOUT_NEUMETA, card_metadata, inputs_for, run, save_as_trained
+from conftest import LOAD_WITHOUT_NEUMETA, card_metadata, inputs_for, run, save_as_trained, trained_like
 
+import neumeta_hf as nm
 from neumeta_hf.evaluation import sweep, write_sweep
 
 
@@ -39,6 +40,21 @@ def test_push_hypernetwork_uploads_weights_card_and_sweep_in_one_commit(hub, tra
     text = files["README.md"].decode()
     assert "| 17 | no |" in text and "![accuracy against width](sweep.png)" in text
     assert 'NeuMetaModel.from_pretrained("me/neumeta-mlp")' in text
+
+
+@pytest.mark.slow
+def test_a_hypernetwork_beside_another_runs_sweep_is_pushed_without_its_figures(hub, trained_directory, tmp_path):
+    """Reliability round 2: a hypernetwork copied beside another run's sweep.json was pushed with that run's
+    table. The sweep names the weights it measured; push leaves out one that does not match, and says so."""
+    other = trained_like(nm.NeuMetaModel.from_pretrained(trained_directory))
+    torch.nn.init.normal_(other.inr.output_weight, generator=torch.Generator().manual_seed(1), std=0.1)
+    other.save_pretrained(trained_directory)  # another run's weights where the sweep's were
+    result = run(["push", str(trained_directory), "me/copied"], hub, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "was measured on another hypernetwork" in result.stderr and "its figures are left out" in result.stderr
+    files = hub.repo_files("me/copied")
+    assert "sweep.json" not in files and "sweep.png" not in files
+    assert "| 17 | no |" not in files["README.md"].decode()
 
 
 @pytest.mark.slow

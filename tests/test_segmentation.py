@@ -15,11 +15,12 @@ import neumeta_hf as nm
 from training import train as train_script
 
 SCENES = str(REPO / "training" / "configs" / "fashion_mnist_scenes_unet.yaml")
-# The shipped recipe on scenes of scikit-learn digits (always available), 16x16 with 8x8 items, shortened, and
-# morphing the bottleneck only (the paper's setting): whole-network morphing needs far longer training.
+# The shipped recipe (the pipeline: a BatchNorm nested stage folded, then generated per-width scales and shifts)
+# on scenes of scikit-learn digits (always available), 16x16 with 8x8 items, shortened, and morphing the
+# bottleneck only (the paper's setting): whole-network morphing needs far longer training.
 QUICK_SCENES = [
     "hypernetwork.morph=last", "data.name=digits_scenes", "data.scene_size=16", "data.item_size=8", "data.num_train_scenes=1500",
-    "data.num_test_scenes=40", "data.validation_size=100", "base.epochs=8", "training.epochs=null",
+    "data.num_test_scenes=40", "data.validation_size=100", "base.epochs=8", "nested.epochs=2", "training.epochs=null",
     "training.max_steps=60", "training.warmup_steps=10", "training.checkpoint_every=60",
     "training.eval_every=60", "sweep.widths=[8,21,32]", "sweep.save_width=21",
 ]  # fmt: skip
