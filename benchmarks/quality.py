@@ -58,7 +58,7 @@ from neumeta_hf.data import FASHION_MNIST_DIR, load_splits  # noqa: E402
 from neumeta_hf.evaluation import evaluate_score, sweep  # noqa: E402
 from neumeta_hf.nested import NestedNetwork  # noqa: E402
 from neumeta_hf.progress import progress_bar  # noqa: E402
-from neumeta_hf.pruning import first_channels, has_batch_norm, prune_l1  # noqa: E402
+from neumeta_hf.pruning import calibration_batches, first_channels, has_batch_norm, prune_l1  # noqa: E402
 from neumeta_hf.targets import config_at_width, multiply_accumulates, network_width, target, task_for  # noqa: E402
 from neumeta_hf.tasks import PICTURES, BenchmarkTargets, metric_name, task_of_metric  # noqa: E402
 from training.recipe import TrainConfig, load_config  # noqa: E402
@@ -400,22 +400,16 @@ def slimmable_method(batches: int | None = None) -> Method:
 
     def scores(bench: Bench) -> dict[int, float]:
         slimmable = bench.trained("slimmable")
-        calibration = calibration_batches(bench, batches) if has_batch_norm(slimmable) else None
+        calibration = None
+        if has_batch_norm(slimmable):
+            input_name = task_for(slimmable.config, type(slimmable)).input_name
+            calibration = calibration_batches(bench.train, input_name, bench.config.base.batch_size, batches)
         return {w: evaluate_score(first_channels(slimmable, w, calibration), bench.test)
                 for w in progress_bar(bench.everywhere, desc=f"slimmable, {batches} calibration batches")}  # fmt: skip
 
     if batches == CALIBRATION_BATCHES[0]:
         return Method("slimmable", scores, submit_slimmable, slimmable_passes, colour="tab:green")
     return Method(f"slimmable_calibrated_{batches}", scores, passes=slimmable_passes, colour="tab:olive", style=":")
-
-
-def calibration_batches(bench: Bench, count: int) -> list[torch.Tensor]:
-    """The first `count` batches of the training split shuffled with a fixed seed: inputs only."""
-    generator = torch.Generator().manual_seed(0)
-    loader = torch.utils.data.DataLoader(bench.train, batch_size=bench.config.base.batch_size, shuffle=True,
-                                         generator=generator)  # fmt: skip
-    input_name = task_for(bench.base.config, type(bench.base)).input_name
-    return [batch[input_name] for batch, _ in zip(loader, range(count))]
 
 
 # The benchmark's methods, in table order. Adding a method is one entry here (or in ABLATIONS / LEVERS).

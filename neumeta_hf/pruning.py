@@ -106,6 +106,14 @@ def has_batch_norm(model: torch.nn.Module) -> bool:
     return any(isinstance(module, _BatchNorm) for module in model.modules())
 
 
+def calibration_batches(dataset, input_name: str, batch_size: int, count: int, seed: int = 0) -> list[torch.Tensor]:
+    """The inputs (column `input_name`) of the first `count` batches of `dataset` shuffled with `seed`: the data
+    that `calibrate_batch_norm` computes a width's statistics from."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True,
+                                         generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    return [batch[input_name] for batch, _ in zip(loader, range(count))]
+
+
 @torch.no_grad()
 def calibrate_batch_norm(network: torch.nn.Module, batches: Iterable[torch.Tensor]) -> torch.nn.Module:
     """US-Nets' BatchNorm calibration: every BatchNorm's running statistics replaced by their plain average over

@@ -36,7 +36,7 @@ from neumeta_hf.evaluation import check_labels, evaluate_score  # noqa: E402
 from neumeta_hf.modeling_neumeta import non_finite_tensors  # noqa: E402
 from neumeta_hf.nested import AFFINE_FILE, NestedNetwork, importance_order, train_nested  # noqa: E402
 from neumeta_hf.progress import progress_bar  # noqa: E402
-from neumeta_hf.pruning import nested_weights, prune_l1, unlisted_buffers  # noqa: E402
+from neumeta_hf.pruning import calibration_batches, nested_weights, prune_l1, unlisted_buffers  # noqa: E402
 from neumeta_hf.publishing import load_preprocessor, save_network  # noqa: E402
 from neumeta_hf.targets import config_at_width, network_width, target, task_for  # noqa: E402
 from neumeta_hf.text_data import TextDataConfig, context_length  # noqa: E402
@@ -359,16 +359,10 @@ def build_nested_network(config: TrainConfig, base: PreTrainedModel, train, acce
         settings.random_widths, settings.temperature, config.seed, accelerator.autocast,
     )  # fmt: skip
     if nested.batch_norm:  # each width's statistics, computed once here, folded in: sampling needs no data
-        nested = nested.folded(calibration_batches(train, settings.batch_size, settings.calibration_batches, config.seed))
+        input_name = task_for(base.config, type(base)).input_name
+        batches = calibration_batches(train, input_name, settings.batch_size, settings.calibration_batches, config.seed)
+        nested = nested.folded(batches)
     return nested
-
-
-def calibration_batches(dataset, batch_size: int, count: int, seed: int) -> list[torch.Tensor]:
-    """The inputs of the first `count` batches of `dataset` shuffled with `seed`."""
-    input_name = "input_ids" if "input_ids" in dataset.column_names else "pixel_values"
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True,
-                                         generator=torch.Generator().manual_seed(seed))  # fmt: skip
-    return [batch[input_name] for batch, _ in zip(loader, range(count))]
 
 
 def train_network(model, train, settings: BaseConfig, accelerator: Accelerator, seed: int, nested_widths=None):
