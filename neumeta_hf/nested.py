@@ -48,13 +48,14 @@ def importance_order(model: PreTrainedModel) -> PreTrainedModel:
     ordered = copy.deepcopy(model)
     kind = target(model.config.model_type)
     state = dict(ordered.named_parameters()) | dict(ordered.named_buffers())
-    # With BatchNorm, a channel's filter is the folded one: its statistics and affine scale what it contributes.
-    folded = fold_batch_norm(model)
-    folded_state, folded_groups = _tensors_of(folded), {g.name: g for g in kind.channel_groups(folded)}
+    # Importance is read from the unordered model (a row's L1 norm does not depend on the order of its inputs);
+    # with BatchNorm, from its folded copy: statistics and affine scale what a channel contributes.
+    reference = fold_batch_norm(model) if has_batch_norm(model) else model
+    reference_state, reference_groups = _tensors_of(reference), {g.name: g for g in kind.channel_groups(reference)}
     for group in kind.channel_groups(ordered):
         if not group.scales:
             continue
-        filters = kind.filters(folded, folded_groups[group.name], folded_state)
+        filters = kind.filters(reference, reference_groups[group.name], reference_state)
         importance = sum(weight.abs().flatten(1).sum(1) for weight in filters)
         reorder_channels(state, group, importance.argsort(descending=True, stable=True))
     return ordered
@@ -96,6 +97,12 @@ def _norm_layers(network, group, structure) -> list[str]:
     """The BatchNorm layers among a channel group's members, by module name."""
     layers = {m.tensor.rpartition(".")[0] for m in group.members if m.tensor in structure}
     return sorted(name for name in layers if isinstance(network.get_submodule(name), _BatchNorm))
+
+
+def _deviation(network, norm: str, size: int) -> torch.Tensor:
+    """The standard deviation BatchNorm layer `norm` of `network` divides its first `size` channels by."""
+    layer = network.get_submodule(norm)
+    return (layer.running_var[:size] + layer.eps).sqrt()
 
 
 def _tensors_of(network) -> dict[str, torch.Tensor]:
@@ -240,8 +247,7 @@ class NestedNetwork(nn.Module):
                 scale, _ = self.affine.values(group.name, width, size)
                 # Width w's folded filter is the shared one's times scale * sigma_full / sigma_w (BatchNorm's weight
                 # cancels, so a near-zero one divides nothing); its bias follows from the two folded biases.
-                sigma = lambda net: (net.get_submodule(norm).running_var[:size] + net.get_submodule(norm).eps).sqrt()  # noqa: E731
-                ratio = scale * sigma(full) / sigma(network)
+                ratio = scale * _deviation(full, norm, size) / _deviation(network, norm, size)
                 shift = plain.get_submodule(conv).bias - ratio * folded.network.get_submodule(conv).bias[:size]
                 key = _key(group.name)
                 folded.affine.log_scale[key][row, :size] = ratio.log()

@@ -91,14 +91,15 @@ def first_channels(model: PreTrainedModel, width: int, calibration: Iterable[tor
     statistics are wrong for every other width (given, they are recomputed at the full width too)."""
     nested = type(model)(config_at_width(model.config, width)).to(model.device, model.dtype)
     nested.load_state_dict({name: tensor.clone() for name, tensor in nested_weights(model, nested).items()})
-    if calibration is not None and has_batch_norm(model):
-        calibrate_batch_norm(nested, calibration)
-    elif has_batch_norm(model) and width != network_width(model.config):
-        raise ValueError(
-            f"{model.config.model_type} has BatchNorm, whose statistics differ per width: pass calibration= "
-            f"batches of training inputs to recompute them for width {width} (US-Nets), or fold BatchNorm and "
-            "train the nested stage, whose per-width scales and shifts need no data"
-        )
+    if has_batch_norm(model):
+        if calibration is not None:
+            calibrate_batch_norm(nested, calibration)
+        elif width != network_width(model.config):
+            raise ValueError(
+                f"{model.config.model_type} has BatchNorm, whose statistics differ per width: pass calibration= "
+                f"batches of training inputs to recompute them for width {width} (US-Nets), or fold BatchNorm and "
+                "train the nested stage, whose per-width scales and shifts need no data"
+            )
     return nested.eval()
 
 
