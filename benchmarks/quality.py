@@ -73,9 +73,6 @@ class Recipe:
     # Where the recipe's default is the nested pipeline: the overrides that make it the paper's plain method, with
     # the hyper-parameters measured for it (method "neumeta_plain", beside the default "neumeta").
     plain: tuple[str, ...] | None = None
-    # The slimmable baseline and the nested stage (the VAE's slimmable training, of posterior and decoder, is not
-    # written yet).
-    slimmable: bool = True
     # Tighter targets than the task's defaults, where an issue states them for this recipe (None: the task's).
     targets: BenchmarkTargets | None = None
 
@@ -173,8 +170,12 @@ RECIPES = {  # each with its reference widths (the individual networks) and the 
     "shakespeare_gpt2": Recipe(
         "training/configs/shakespeare_gpt2.yaml", (128, 256, 384, 512), plain=("nested.enabled=false",)
     ),
-    # The VAE: widths at 75%, 50% and 25% compression; the slimmable baseline trains classifiers only.
-    "fashion_mnist_vae": Recipe("training/configs/fashion_mnist_vae.yaml", (8, 16, 24, 32), slimmable=False),
+    # The VAE: widths at 75%, 50% and 25% compression; the slimmable VAE distils its posterior and decoded pixels
+    # in place. Issue 23: within 1.0 nat of the individual line, the full width within 0.2 nats of the base.
+    "fashion_mnist_vae": Recipe(
+        "training/configs/fashion_mnist_vae.yaml", (8, 16, 24, 32),
+        targets=BenchmarkTargets(individual=1.0, smoothness=1.0, full_width=0.2),
+    ),
 }
 # The pruned networks' fine-tuning: a fixed, stated budget (not tuned on the test split).
 FINETUNE_EPOCHS = 2
@@ -440,14 +441,11 @@ def has_batch_norm_config(recipe: Recipe) -> bool:
 
 
 def chosen_methods(recipe: Recipe, ablations: bool, levers: dict[str, Lever]) -> dict[str, Method]:
-    """The methods a benchmark run measures: the baselines the recipe has, NeuMeta, the ablations (with
+    """The methods a benchmark run measures: every baseline, NeuMeta, the ablations (with
     `ablations`) and `levers`."""
-    methods = {}
-    for name, method in BASELINES.items():
-        if name not in ("slimmable", "nested") or recipe.slimmable:
-            methods[name] = method
-        if name == "slimmable" and recipe.slimmable and has_batch_norm_config(recipe):  # with less calibration
-            methods |= {f"slimmable_calibrated_{count}": slimmable_method(count) for count in CALIBRATION_BATCHES[1:]}
+    methods = dict(BASELINES)
+    if has_batch_norm_config(recipe):  # the slimmable network with less calibration data too
+        methods |= {f"slimmable_calibrated_{count}": slimmable_method(count) for count in CALIBRATION_BATCHES[1:]}
     if recipe.plain is not None:  # the paper's plain method beside the recipe's nested pipeline
         methods["neumeta_plain"] = plain_method(recipe.plain)
     if ablations:
@@ -800,11 +798,13 @@ def check_task_targets(report: dict, neumeta: dict[int, float], passes: int) -> 
     for width, reference in sorted(methods["individual"].items()):
         target(f"width {width}: at most {allow(spec.individual)} {worse} the individual network",
                f"{show(neumeta[width])} vs {show(reference)}", gain(neumeta[width], reference) >= -spec.individual)  # fmt: skip
-    if "slimmable" in methods:
-        short = [f"{w} ({show(neumeta[w])} vs {show(v)})" for w, v in sorted(methods["slimmable"].items())
-                 if gain(neumeta[w], v) < 0]  # fmt: skip
-        target(f"at or better than slimmable ({report.get('slimmable_kind')}) at every width",
-               f"worse at {len(short)}: " + ", ".join(short), not short)  # fmt: skip
+    for name in ("slimmable", "pruned_l1_finetuned"):
+        if name in methods:
+            short = [f"{w} ({show(neumeta[w])} vs {show(v)})" for w, v in sorted(methods[name].items())
+                     if gain(neumeta[w], v) < 0]  # fmt: skip
+            kind = f" ({report.get('slimmable_kind')})" if name == "slimmable" else ""
+            target(f"at or better than {name}{kind} at every width it is measured at ({len(methods[name])})",
+                   f"worse at {len(short)}: " + ", ".join(short), not short)  # fmt: skip
     pruned = methods["pruned_l1"]
     if spec.pruning_margin_at_quarter is not None:
         quarter = round(full / 4)

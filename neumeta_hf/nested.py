@@ -319,7 +319,7 @@ def train_nested(
             with autocast():
                 full = nested(max(widths), inputs, **shared)
                 if teacher is None:
-                    loss, target = task.loss(full, batch["labels"].to(device)), _detached(full)
+                    loss, target = task.loss(full, batch["labels"].to(device)), detached(full)
                 else:
                     with torch.no_grad():
                         target = teacher(inputs, **shared)
@@ -344,6 +344,6 @@ def train_nested(
     return losses
 
 
-def _detached(output):
+def detached(output):
     """A model output with every tensor cut from the graph: a teacher that is not trained through."""
     return type(output)(**{key: value.detach() if torch.is_tensor(value) else value for key, value in output.items()})

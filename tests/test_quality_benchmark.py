@@ -107,6 +107,10 @@ def test_generation_targets_compare_likelihoods_where_lower_is_better():
     assert task_targets_met(quality, "nll", good, individual, pruned) == [True] * 5
     bad = {8: 255.0, 16: 290.0, 24: 243.0, 32: 241.5}  # 5 and 1.5 nats above individual, worse than pruning at 16
     assert task_targets_met(quality, "nll", bad, individual, pruned) == [False, False, False, False, True]
+    # Issue 23: at or below the slimmable VAE and L1 pruning + fine-tuning wherever they are measured.
+    slimmable, finetuned = {8: 250.8, 16: 245.0, 24: 243.5, 32: 240.5}, {8: 251.0, 16: 247.0}
+    met = task_targets_met(quality, "nll", good, individual, pruned, slimmable=slimmable, pruned_l1_finetuned=finetuned)
+    assert met == [True, True, False, True, True, True, True]  # 246.0 above the slimmable VAE's 245.0 at 16
 
 
 def test_language_model_targets_compare_perplexities_by_ratio():
@@ -207,5 +211,7 @@ def test_a_slimmable_batch_norm_network_is_measured_with_each_amount_of_calibrat
         "slimmable", "slimmable_calibrated_10", "slimmable_calibrated_1"
     ]
     assert "nested" in unet and "neumeta_plain" in unet  # the pipeline is the U-Net's method, the paper's beside it
+    vae = quality.chosen_methods(quality.RECIPES["fashion_mnist_vae"], False, {})
+    assert [name for name in vae if name.startswith("slimmable")] == ["slimmable"] and "nested" in vae
     lenet = quality.chosen_methods(quality.RECIPES["fashion_mnist_lenet"], False, {})
     assert [name for name in lenet if name.startswith("slimmable")] == ["slimmable"]

@@ -37,9 +37,10 @@ class BaseConfig:
     learning_rate: float = 3e-3
     weight_decay: float = 1e-4
     milestones: list[float] = field(default_factory=list)  # fractions of training; empty: cosine decay
-    # Universally slimmable training (US-Nets): each step the full width on the labels, and the smallest width of
-    # hypernetwork.width_range and two random widths distilled from the full width's predictions; width w is
-    # then the first w channels of every layer. One process, families without BatchNorm.
+    # Universally slimmable training (US-Nets): each step the full width on the task's loss, and the smallest width
+    # of hypernetwork.width_range and two random widths distilled from the full width's outputs (the task's
+    # distillation: class predictions, or a VAE's posterior and pixels); width w is then the first w channels of
+    # every layer. One process; with BatchNorm, each width's statistics are recomputed before use.
     slimmable: bool = False
     prune_from: str | None = None  # a trained network, L1-pruned to family_config.width, then fine-tuned
 

@@ -22,7 +22,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from torch.func import functional_call
 from transformers import PretrainedConfig, PreTrainedModel
@@ -34,7 +33,7 @@ from neumeta_hf import NeuMetaConfig  # noqa: E402
 from neumeta_hf.data import DataInfo, load_splits  # noqa: E402
 from neumeta_hf.evaluation import check_labels, evaluate_score  # noqa: E402
 from neumeta_hf.modeling_neumeta import non_finite_tensors  # noqa: E402
-from neumeta_hf.nested import AFFINE_FILE, NestedNetwork, importance_order, train_nested  # noqa: E402
+from neumeta_hf.nested import AFFINE_FILE, NestedNetwork, detached, importance_order, train_nested  # noqa: E402
 from neumeta_hf.progress import progress_bar  # noqa: E402
 from neumeta_hf.pruning import calibration_batches, nested_weights, prune_l1, unlisted_buffers  # noqa: E402
 from neumeta_hf.publishing import load_preprocessor, save_network  # noqa: E402
@@ -411,19 +410,22 @@ def train_network(model, train, settings: BaseConfig, accelerator: Accelerator, 
 
 class SlimmableObjective:
     """The sandwich rule with in-place distillation (US-Nets; for a stock transformers model, MatFormer-style nested
-    feed-forward widths): cross-entropy of the full width to the labels,
-    plus that of the smallest and two random widths of `widths` (the first channels of the same weights) to the
-    full width's predictions. Widths are drawn from `seed`."""
+    feed-forward widths): the task loss of the full width, plus the task's distillation of the smallest and two
+    random widths of `widths` (the first channels of the same weights) from the full width's outputs of the same
+    step -- class predictions, or a VAE's posterior and decoded pixels, decoding the same posterior noise. Widths
+    and noise are drawn from `seed`."""
 
     def __init__(self, widths: tuple[int, int], seed: int):
         self.low, self.high = widths
         self.rng = random.Random(seed)
+        self.generator = torch.Generator().manual_seed(seed)
         self.skeletons = {}  # width -> network on the meta device (structure only, for functional_call)
 
     def __call__(self, model, inputs, labels) -> torch.Tensor:
-        full = model(inputs, labels=labels)
-        axis = task_for(model.config, type(model)).class_axis
-        teacher = full.logits.detach().movedim(axis, 1).softmax(1)  # class probabilities, per image, pixel or token
+        task = task_for(model.config, type(model))
+        shared = task.shared_inputs(model.config, inputs, self.generator)
+        full = model(inputs, labels=labels, **shared)
+        teacher = detached(full)
         loss = full.loss
         for width in (self.low, self.rng.randint(self.low, self.high), self.rng.randint(self.low, self.high)):
             if width not in self.skeletons:
@@ -431,8 +433,8 @@ class SlimmableObjective:
                     self.skeletons[width] = type(model)(config_at_width(model.config, width))
             skeleton = self.skeletons[width]
             tensors = nested_weights(model, skeleton) | unlisted_buffers(model, skeleton)
-            logits = functional_call(skeleton, tensors, (inputs,)).logits
-            loss = loss + F.cross_entropy(logits.movedim(axis, 1), teacher)
+            output = functional_call(skeleton, tensors, (inputs,), shared)
+            loss = loss + task.distillation(output, teacher, temperature=1.0)
         return loss
 
 
