@@ -174,6 +174,7 @@ RECIPES = {  # each with its reference widths (the individual networks) and the 
     # in place. Issue 23: within 1.0 nat of the individual line, the full width within 0.2 nats of the base.
     "fashion_mnist_vae": Recipe(
         "training/configs/fashion_mnist_vae.yaml", (8, 16, 24, 32),
+        plain=("nested.enabled=false", "training.epochs=4", "training.learning_rate=3.0e-3"),
         targets=BenchmarkTargets(individual=1.0, smoothness=1.0, full_width=0.2),
     ),
 }
@@ -380,11 +381,13 @@ def nested_scores(bench: Bench) -> dict[int, float]:
 
 def nested_passes(bench: Bench, recipe: TrainConfig | None = None) -> int:
     """The base, then the nested stage's steps (under `recipe`, default the benchmark's nested stage): the full
-    width, the smallest and `random_widths` of the trained widths, and the base teacher's forward-only pass (a
-    third; none with in-place distillation, whose teacher is the full width's own pass)."""
+    width, the smallest and `random_widths` of the trained widths (of every width with `nested.every_width`), and
+    the base teacher's forward-only pass (a third; none with in-place distillation, whose teacher is the full
+    width's own pass)."""
     recipe = recipe or load_config(REPO / bench.recipe.config, list(NESTED) + bench.overrides)
     low, high = recipe.hypernetwork.width_range
-    widths = recipe.hypernetwork.train_widths or list(range(low, high + 1))
+    every = list(range(low, high + 1))
+    widths = every if recipe.nested.every_width else recipe.hypernetwork.train_widths or every
     teacher = 1 / 3 if recipe.nested.teacher == "base" else 0
     per_example = teacher + 1 + bench.share[low] + recipe.nested.random_widths * sum(bench.share[w] for w in widths) / len(widths)
     return round(bench.base_passes + recipe.nested.epochs * bench.examples * per_example)

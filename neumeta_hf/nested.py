@@ -9,7 +9,8 @@ width-w network at every width, before the hypernetwork learns over it.
   each group's producing layer, before its activation (where BatchNorm's affine sits, one per width as in
   slimmable networks). Both fold into the producing weights and biases, so every width is a plain network.
 * `train_nested`: the sandwich rule -- each step the full width, the smallest and `random_widths` others of the
-  trained widths -- every width distilled from a fixed teacher (the base network), AdamW with a cosine schedule.
+  trained widths (or of every width of the range, as US-Nets draw them) -- every width distilled from a fixed
+  teacher (the base network) or in place from the full width, AdamW with a cosine schedule.
 
 A width outside the trained ones has no affine of its own: `NestedNetwork.network_at` interpolates the two
 nearest trained widths' values channel by channel (what a table can do; the hypernetwork generates them instead).
@@ -290,14 +291,18 @@ def train_nested(
     temperature: float = 1.0,
     seed: int = 0,
     autocast=contextlib.nullcontext,
+    every_width: bool = False,
 ) -> list[float]:
     """Train `nested` with the sandwich rule over its trained widths, every width distilled from `teacher` at
     `temperature` (the task's distillation loss), on `dataset` (the task's inputs, and `labels` for in-place
     distillation); returns the loss per step. `teacher` None: in-place distillation (US-Nets), the full width
     learns the labels and the other widths its predictions of the same step. `autocast`: a context for the
-    forward passes (mixed precision, e.g. `Accelerator.autocast`)."""
+    forward passes (mixed precision, e.g. `Accelerator.autocast`). `every_width`: the random widths are drawn
+    from every width between the smallest trained one and the full one (an untrained width runs with its
+    neighbours' interpolated scales and shifts), not only from the trained widths."""
     task = task_for(nested.network.config, type(nested.network))
     widths = sorted({*nested.affine.widths, nested.full_width})  # the full width has no affine row
+    drawn = list(range(widths[0], widths[-1] + 1)) if every_width else widths
     rng = random.Random(seed)
     generator = torch.Generator().manual_seed(seed)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
@@ -315,9 +320,9 @@ def train_nested(
         for batch in loader:
             inputs = batch[task.input_name].to(device)
             shared = task.shared_inputs(nested.network.config, inputs, generator)
-            narrower = [min(widths)] + [rng.choice(widths) for _ in range(random_widths)]
+            narrower = [widths[0]] + [rng.choice(drawn) for _ in range(random_widths)]
             with autocast():
-                full = nested(max(widths), inputs, **shared)
+                full = nested(widths[-1], inputs, **shared)
                 if teacher is None:
                     loss, target = task.loss(full, batch["labels"].to(device)), detached(full)
                 else:

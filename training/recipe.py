@@ -65,6 +65,7 @@ class NestedConfig:
     teacher: str = "base"
     warm_start: bool = True  # false: the shared weights start from a fresh initialisation, not the base's
     random_widths: int = 2  # each step trains the full width, the smallest and this many random ones
+    every_width: bool = False  # the random ones drawn from every width of the range, not only the trained ones
     # A base with BatchNorm: each trained width's statistics are computed from this many training batches at the
     # end of the stage and folded in with its scale and shift (sampled networks need no data).
     calibration_batches: int = 20
