@@ -16,6 +16,7 @@ Normalisation statistics come from the training split unless given, and travel i
 image processor. Images (and masks) are stored as uint8 and converted on access, so the Arrow cache stays small.
 """
 
+import contextlib
 import gzip
 import hashlib
 import importlib.util
@@ -584,28 +585,37 @@ def _file_signature(paths) -> list:
     return [(Path(path).name, Path(path).stat().st_size, Path(path).stat().st_mtime_ns) for path in sorted(paths)]
 
 
-def _checksums(directory: Path) -> dict[str, str]:
-    """SHA-256 of every file under `directory` but the checksum file itself, by relative path."""
-    return {
-        str(path.relative_to(directory)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(directory.rglob("*")) if path.is_file() and path.name != CHECKSUM_FILE
-    }  # fmt: skip
+def _checksums(directory: Path, names=None) -> dict[str, str]:
+    """SHA-256 of the files `names` (relative paths; default: every file under `directory` but the checksum file
+    itself), by relative path; a missing one has none."""
+    if names is None:
+        names = [str(path.relative_to(directory)) for path in sorted(directory.rglob("*"))
+                 if path.is_file() and path.name != CHECKSUM_FILE]  # fmt: skip
+    paths = {name: directory / name for name in names}
+    return {name: hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+            for name, path in paths.items()}  # fmt: skip
 
 
 def cached_splits(cache: Path, build: Callable[[], dict[str, datasets.Dataset]]) -> datasets.DatasetDict:
     """The splits cached in `cache`; built by `build` and saved there first when the cache is missing, or when
-    its files are not those it recorded (`datasets` records no checksums of saved Arrow files: a damaged one
-    would be read, and trained on, without a word)."""
+    the files it recorded are not as written (`datasets` records no checksums of saved Arrow files: a damaged one
+    would be read, and trained on, without a word). Files added beside them (`datasets` writes the results of
+    `map` and `flatten_indices` next to the data it read) are not checked."""
     if cache.exists():
-        recorded = cache / CHECKSUM_FILE
-        if not recorded.exists():
+        recorded_file = cache / CHECKSUM_FILE
+        recorded = json.loads(recorded_file.read_text()) if recorded_file.exists() else None
+        if recorded is None:
             logger.warning("%s was written before neumeta-hf recorded its checksums; converting again", cache)
-        elif json.loads(recorded.read_text()) != _checksums(cache):
+        elif recorded != _checksums(cache, recorded):
             logger.warning("%s is damaged (its files differ from the checksums recorded when it was written); "
                            "converting the source again", cache)  # fmt: skip
         else:
             return datasets.load_from_disk(str(cache))
-        shutil.rmtree(cache)
+        # Moved aside first (one atomic rename): another process reading or replacing it keeps its files.
+        aside = cache.with_name(f"{cache.name}.replaced-{os.getpid()}")
+        with contextlib.suppress(FileNotFoundError):
+            cache.rename(aside)
+        shutil.rmtree(aside, ignore_errors=True)
     _save_cache(build(), cache)
     return datasets.load_from_disk(str(cache))
 

@@ -31,6 +31,23 @@ print(json.dumps({"module": type(model).__module__, "width": model.config.width,
 """
 
 
+def test_a_pretrained_vae_base_is_fed_binarised_pixels_as_it_was_trained(tmp_path):
+    """Found running the VAE benchmark: with base.pretrained, every stage after the base took the base's saved
+    normalisation (mean 0, std 1) into data.image_mean, which binarised data refuses -- the nested stage, the
+    hypernetwork and the plain method all stopped before training."""
+    from neumeta_hf.data import load_splits
+    from neumeta_hf.publishing import save_network
+    from training.recipe import load_config
+    from training.train_base import adopt_base_preprocessing
+
+    save_network(nm.NeuMetaVAEModel(nm.NeuMetaVAEConfig(image_size=8)), tmp_path / "base")
+    config = load_config(VAE, [f"output_dir={tmp_path / 'run'}", *QUICK_VAE, f"base.pretrained={tmp_path / 'base'}"])
+    adopt_base_preprocessing(config)
+    assert config.data.image_mean is None and config.data.image_std is None
+    train, _, _, _ = load_splits(config.data)
+    assert set(train[:16]["pixel_values"].unique().tolist()) == {0.0, 1.0}
+
+
 @pytest.mark.slow
 def test_sampled_vae_generates_images_through_the_hub_without_neumeta_hf(hub, tmp_path, fresh_accelerate_state):  # noqa: F811
     from training.recipe import load_config

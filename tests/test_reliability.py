@@ -553,6 +553,26 @@ def test_a_damaged_cache_is_converted_again_not_trained_on(tmp_path, caplog):
     assert torch.equal(again, expected)
 
 
+def test_files_datasets_adds_beside_a_cache_do_not_make_it_damaged(tmp_path, caplog):
+    """Found running the VAE benchmark: `datasets` writes the results of `map` and `flatten_indices` next to the
+    Arrow files it read, so the next process found the cache "damaged" and deleted it under the others reading
+    it (FileNotFoundError in two of the benchmark's runs). Only the files the cache recorded are checked."""
+    from neumeta_hf.data import DataConfig, load_splits
+
+    source, cache = tmp_path / "idx", tmp_path / "cache"
+    source.mkdir()
+    write_idx_dataset(source, np.arange(20 * 64, dtype=np.uint8).reshape(20, 8, 8), np.arange(20, dtype=np.uint8) % 10)
+    config = DataConfig(name=str(source), cache_dir=str(cache), validation_size=0)
+    load_splits(config)
+    arrow = next(cache.rglob("train/data-*.arrow"))
+    written = arrow.stat().st_mtime_ns
+    datasets.load_from_disk(str(arrow.parent.parent))["train"].map(lambda example: example)  # a cache-*.arrow beside
+    assert list(cache.rglob("train/cache-*.arrow"))
+    with caplog.at_level("WARNING", logger="neumeta_hf.data"):
+        load_splits(config)
+    assert "damaged" not in caplog.text and arrow.stat().st_mtime_ns == written  # read, not converted again
+
+
 SAVE_WITH_A_FILE_SIZE_LIMIT = r"""
 import json, resource, signal, sys
 import torch

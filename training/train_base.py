@@ -262,14 +262,14 @@ def adopt_base_preprocessing(config: TrainConfig):
     """With `base.pretrained`, feed its data as the base expects, unless the recipe says otherwise: text through
     the base's own tokenizer (data.tokenizer); images normalised as the base was trained (data.image_mean /
     data.image_std) -- its image processor's, else what neumeta-hf's training recorded in its config -- not by the
-    training split's own statistics."""
+    training split's own statistics. Binarised images are fed as drawn, as the base was."""
     data, path = config.data, config.base.pretrained
     if not path:
         return
     if isinstance(data, TextDataConfig):
         data.tokenizer = data.tokenizer or path
         return
-    if data.image_mean is not None or data.image_std is not None:
+    if data.image_mean is not None or data.image_std is not None or data.binarize:
         return
     preprocessor = load_preprocessor(path) if not target(config.base.family).needs_remote_code else None
     expects = preprocessor if getattr(preprocessor, "do_normalize", False) else None
