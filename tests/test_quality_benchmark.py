@@ -1,3 +1,4 @@
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -164,6 +165,14 @@ def test_costs_count_every_stage_the_method_and_its_levers_train():
     assert passes["lever_no_warm_start"] == passes["neumeta"]
     assert passes["lever_inplace_distillation"] == passes["neumeta"] - round(7 * examples / 3)
     assert "pruned_l1" not in passes  # it trains nothing
+    # A slimmable stage (the U-Net's): in place, its random widths drawn from every width of the range. Shares
+    # that grow like a convolution's (quadratically) tell every width's mean from the even widths'.
+    square = {w: (w / 32) ** 2 for w in range(8, 33)}
+    bench = dataclasses.replace(bench, share=square)
+    even, every = (sum(square[w] for w in widths) / len(widths) for widths in (range(8, 33, 2), range(8, 33)))
+    for overrides, drawn in (([], even), (["nested.every_width=true"], every)):
+        stage = load_config(REPO / recipe.config, ["nested.teacher=inplace", *overrides])
+        assert quality.nested_passes(bench, stage) == round(base + 7 * examples * (1 + square[8] + 2 * drawn))
 
 
 def test_report_from_an_earlier_benchmark_renders_with_the_method_table(tmp_path):

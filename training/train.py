@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.tracking import GeneralTracker, on_main_process
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import ProjectConfiguration
 from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import PreTrainedModel
@@ -76,6 +76,7 @@ from training.train_base import (  # noqa: E402
     check_base_family,
     claim_output_dir,
     load_trained_network,
+    make_reproducible,
     release_output_dir,
     replace_earlier_run,
 )
@@ -379,7 +380,7 @@ def set_up(config: TrainConfig) -> Run:
         log_with=trackers,
         project_config=ProjectConfiguration(project_dir=str(output), logging_dir=str(output)),
     )
-    set_seed(config.seed)
+    make_reproducible(config.seed)
     identity = run_identity(config)  # before the base network's place is filled in below
     resuming = settings.resume_from_checkpoint is not None
     earlier = claim_output_dir(config, accelerator, resuming)

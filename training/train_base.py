@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import set_seed
 from torch.func import functional_call
 from transformers import PretrainedConfig, PreTrainedModel
 
@@ -258,6 +259,15 @@ def check_base_family(config: TrainConfig):
                          f"base.family={saved} (or name a {family!r} network)")  # fmt: skip
 
 
+def make_reproducible(seed: int):
+    """Seed every generator and use deterministic kernels: with several CPU threads the hypernetwork's backward
+    otherwise accumulates in an order that varies from run to run, so the same recipe gave networks differing in
+    their last bits. Where an op has no deterministic version (some CUDA kernels) this warns rather than stops."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what deterministic cuBLAS needs
+    set_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def adopt_base_preprocessing(config: TrainConfig):
     """With `base.pretrained`, feed its data as the base expects, unless the recipe says otherwise: text through
     the base's own tokenizer (data.tokenizer); images normalised as the base was trained (data.image_mean /
@@ -449,6 +459,7 @@ def main(argv=None):
     except (ValueError, OSError) as error:  # a bad recipe: say what is wrong, exit 2, no traceback
         parser.error(str(error))
     accelerator = Accelerator(mixed_precision=config.training.mixed_precision)  # as train.py trains the base
+    make_reproducible(config.seed)
     earlier = claim_output_dir(config, accelerator, resuming=False, outputs=BASE_OUTPUTS)
     adopt_base_preprocessing(config)
     train, validation, test, info = load_splits(config.data)
