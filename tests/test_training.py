@@ -154,8 +154,8 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, fresh_accelerate_
 def test_the_demo_recipe_run_twice_gives_bit_identical_stages_and_sweep(tmp_path):
     # `make demo` shortened, every stage kept (base, nested stage, hypernetwork with mixup and sampling averaged over
     # noisy generations), run twice as a user runs it -- two processes, on this machine's threads: the same
-    # networks and the same figures. (Two runs inside one process with two threads differ in the last bits of the
-    # hypernetwork; a process is the unit a user repeats.)
+    # networks and the same figures. (Without deterministic kernels, two threads gave hypernetworks differing in
+    # their last bits.)
     shortened = ["base.epochs=2", "nested.epochs=3", "training.max_steps=40", "training.warmup_steps=5",
                  "training.checkpoint_every=40", "training.eval_every=40", "hypernetwork.config.hidden_size=32",
                  "hypernetwork.config.num_samples=3", "sweep.widths=[32,33,64]"]  # fmt: skip
