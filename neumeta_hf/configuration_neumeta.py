@@ -92,10 +92,12 @@ class NeuMetaConfig(PreTrainedConfig):
             interpolated to w (any base; blends neighbouring channels), or "first", its first w channels as they
             are (a base trained universally slimmable, `base.slimmable` in the recipes, whose first w channels
             already form a good width-w network).
-        width_affine: also generate a scale and a shift per width and channel of every scaling group, folded
-            into the group's producing layers (`inr.WidthAffineINR`), tapered to zero at the full width: the
-            per-width parameters of a nested network (`anchor_channels="first"` on the nested stage's network,
-            fitted to its table by `NeuMetaModel.fit_width_affine`), generated for every width, unseen ones too.
+        width_affine: also give every width a scale and a shift per channel of every scaling group, folded into
+            the group's producing layers: the per-width parameters of a nested network (`anchor_channels="first"`
+            on the nested stage's network), its table (`NeuMetaModel.adopt_width_affine`; unseen widths between
+            two trained ones interpolate them) corrected by a generated log scale and shift
+            (`inr.WidthAffineINR`, tapered to zero at the full width), so that every width, unseen ones too,
+            gets its own.
         fold_fixed_axes: a weight with one axis that follows the width and one that does not (a feed-forward
             layer's input or output side, a first convolution, a classifier) gets one INR row per channel of the
             scaling axis, generating the whole fixed axis at once, instead of one row per (out, in) pair as in the

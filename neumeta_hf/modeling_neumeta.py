@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from torch.func import functional_call
 from transformers import AutoConfig, PreTrainedModel
@@ -20,7 +19,7 @@ from .configuration_neumeta import MAX_WIDTH, NeuMetaConfig, as_integer, check_n
 from .folding import fold_batch_norm
 from .inr import FourierFeatures, NeuMetaINR, WidthAffineINR
 from .morph import Coordinates, MorphSpec, leading_channels, resample_channels
-from .nested import fold_scale_and_shift
+from .nested import WidthAffine, fold_scale_and_shift
 from .progress import progress_bar
 from .publishing import (
     attach_card, base_card_license, load_preprocessor, looks_like_hub_id, push_hypernetwork, sampled_network_card,
@@ -121,6 +120,10 @@ class NeuMetaModel(PreTrainedModel):
         self.base_network = self.spec.model_class(self.spec.family_config)
         self.base_network.requires_grad_(False)
         self.inr = build_inr(self.spec, config, config.hidden_size)
+        # With width_affine: the nested stage's per-width scales and shifts (`adopt_width_affine`), frozen; the
+        # INR generates a correction to them, so that a trained width starts as the stage made it and an unseen
+        # one between its two trained neighbours.
+        self.width_affine_table = self._build_width_affine_table() if config.width_affine else None
         # Per generated tensor: the size of one unit of the INR's raw output (see calibrate_output_scale).
         self.register_buffer("output_scale", torch.ones(len(self.spec.tensors)))
         # What the base came with to feed it (a stock model's image processor or tokenizer): saved beside the
@@ -143,8 +146,11 @@ class NeuMetaModel(PreTrainedModel):
                 init.normal_(weight, std=(2.0 / weight.shape[0]) ** 0.5)
             init.normal_(module.group_embedding, std=0.1)
             init.zeros_(module.hidden_bias)
-            init.normal_(module.output_weight, std=1e-3)  # near the identity: no scale, no shift
+            init.zeros_(module.output_weight)  # no correction: the table's scales and shifts
             init.zeros_(module.output_bias)
+        elif isinstance(module, WidthAffine):
+            for table in (*module.log_scale.values(), *module.shift.values()):
+                init.zeros_(table)  # the identity: what a hypernetwork saved before the table had
         elif isinstance(module, FourierFeatures):
             # Non-persistent buffers: from_pretrained builds on the meta device and never loads them.
             init.copy_(module.frequencies, FourierFeatures.values(len(module.frequencies)))
@@ -332,68 +338,59 @@ class NeuMetaModel(PreTrainedModel):
         total = {name: tensor / num_samples for name, tensor in total.items()} if num_samples > 1 else total
         return self._fold_width_affine(total, width) if self.inr.width_affine is not None else total
 
-    def width_affine_values(self, group: str, width: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scale, shift) of a scaling group's first `size` channels at `width` (`config.width_affine`)."""
-        values = self._width_affine_raw(group, width, size)
-        return values[:, 0].exp(), values[:, 1]
+    def _build_width_affine_table(self) -> WidthAffine:
+        full_shapes = self.spec.shapes(self.config.full_width)
+        sizes = {g.name: g.members[0].length(full_shapes[g.members[0].tensor]) for g in self.spec.scaling_groups}
+        low, high = self.config.width_range
+        table = WidthAffine(sizes, self.config.train_widths or list(range(low, high + 1)), self.config.full_width)
+        return table.requires_grad_(False)
 
-    def _width_affine_raw(self, group: str, width: int, size: int) -> torch.Tensor:
-        """[size, 2]: log scale and shift of a group's first `size` channels at `width`."""
-        return self._width_affine_rows(*self._width_affine_coordinates([(group, width, size)]))
+    def _group_size(self, group_index: int, width: int) -> int:
+        member = self.spec.scaling_groups[group_index].members[0]
+        return member.length(self.spec.shapes(width)[member.tensor])
+
+    def width_affine_values(self, group: str, width: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, shift) of a scaling group's first `size` channels at `width` (`config.width_affine`): the
+        nested stage's (its table's row, or its two nearest rows interpolated), corrected by the generated log
+        scale and shift."""
+        index = [g.name for g in self.spec.scaling_groups].index(group)
+        scale, shift = self.width_affine_table.values(group, width, size, lambda w: self._group_size(index, w))
+        correction = self._width_affine_rows(*self._width_affine_coordinates([(group, width, size)]))
+        return scale * correction[:, 0].exp(), shift + correction[:, 1]
 
     def _width_affine_coordinates(self, blocks: list[tuple[str, int, int]]) -> tuple[torch.Tensor, ...]:
         """Every channel of every (group, width, size) block, stacked: its group's index, its position over the
         group's full-width size and its width."""
         names = [g.name for g in self.spec.scaling_groups]
-        full_shapes = self.spec.shapes(self.config.full_width)
         groups, positions, widths = [], [], []
         for group, width, size in blocks:
             index = names.index(group)
-            member = self.spec.scaling_groups[index].members[0]
-            positions.append(torch.arange(size) / member.length(full_shapes[member.tensor]))
+            positions.append(torch.arange(size) / self._group_size(index, self.config.full_width))
             groups += [index] * size
             widths += [width] * size
         device = self.output_scale.device
         return torch.tensor(groups, device=device), torch.cat(positions).to(device), torch.tensor(widths, device=device)
 
     def _width_affine_rows(self, groups, positions, widths) -> torch.Tensor:
-        """[rows, 2]: the generated log scale and shift at those coordinates, tapered linearly from the smallest
-        width of the range to nothing at the full width (which stays the network the hypernetwork was built
-        around)."""
+        """[rows, 2]: the generated log-scale and shift corrections at those coordinates, tapered linearly from
+        the smallest width of the range to nothing at the full width (which stays the network the hypernetwork
+        was built around)."""
         low, full = self.config.width_range[0], self.config.full_width
         taper = (full - widths).float() / max(1, full - low)
         return self.inr.width_affine(groups, positions, widths.float() / full) * taper[:, None]
 
-    @torch.enable_grad()
-    def fit_width_affine(self, nested, steps: int = 2000, learning_rate: float = 1e-2) -> float:
-        """Fit the generated per-width scales and shifts (`config.width_affine`) to the table of a nested stage
-        (`nested.NestedNetwork`, whose shared network this hypernetwork was built around) at its trained widths:
-        least squares on log scale and shift over every channel of every trained width at once, Adam with a
-        cosine-decayed learning rate. Returns the final mean squared error."""
-        if self.inr.width_affine is None:
-            raise ValueError("fit_width_affine needs a hypernetwork built with width_affine=True")
-        blocks, values = [], []
-        for width in nested.affine.widths:
-            shapes = self.spec.shapes(width)
-            for group in self.spec.scaling_groups:
-                size = group.members[0].length(shapes[group.members[0].tensor])
-                scale, shift = nested.affine.values(group.name, width, size)
-                blocks.append((group.name, width, size))
-                values.append(torch.stack([scale.log(), shift], 1).detach())
-        if not blocks or steps < 1:
-            raise ValueError(f"fit_width_affine: nothing to fit (trained widths below the full one: "
-                             f"{nested.affine.widths}, steps: {steps})")  # fmt: skip
-        table = torch.cat(values).to(self.output_scale.device, torch.float32)
-        coordinates = self._width_affine_coordinates(blocks)
-        optimizer = torch.optim.Adam(self.inr.width_affine.parameters(), lr=learning_rate)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-        for _ in range(steps):
-            loss = F.mse_loss(self._width_affine_rows(*coordinates), table)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-        return float(loss.detach())
+    @torch.no_grad()
+    def adopt_width_affine(self, nested):
+        """Take the per-width scales and shifts of a nested stage (`nested.NestedNetwork`, whose shared network
+        this hypernetwork was built around) as the table the generated corrections apply to."""
+        if self.width_affine_table is None:
+            raise ValueError("adopt_width_affine needs a hypernetwork built with width_affine=True")
+        if nested.affine.widths != self.width_affine_table.widths:
+            raise ValueError(
+                f"the nested stage was trained at widths {nested.affine.widths}, the hypernetwork's train_widths are "
+                f"{self.width_affine_table.widths} (less the full width): build it with the stage's widths"
+            )
+        self.width_affine_table.load_state_dict(nested.affine.state_dict())
 
     def _fold_width_affine(self, weights: dict, width: int) -> dict:
         values = lambda group, size: self.width_affine_values(group, width, size)  # noqa: E731

@@ -187,10 +187,11 @@ def test_training_only_the_generated_scales_and_shifts_leaves_the_weight_correct
     assert min(r["accuracy"] for r in result["results"]) > 0.5
 
 
-def test_generated_scales_and_shifts_fit_the_nested_table_and_vanish_at_full_width(tmp_path):
-    """The hypernetwork's generated per-width scale and shift: nothing at the full width (the nested network
-    itself), the nested stage's table at its trained widths once fitted, and at a width between them the values
-    of the smooth rule the table was drawn from; saved and loaded with the hypernetwork."""
+def test_per_width_scales_and_shifts_start_at_the_nested_table_and_vanish_at_full_width(tmp_path):
+    """The hypernetwork's per-width scale and shift: nothing at the full width (the nested network itself), the
+    nested stage's table at its trained widths once adopted, and at a width between them its neighbours'
+    interpolated -- the values of the smooth rule the table was drawn from; a generated correction moves them;
+    saved and loaded with the hypernetwork."""
     torch.manual_seed(0)  # the INR's initialisation
     nested = NestedNetwork(importance_order(random_base(nm.NeuMetaLeNetConfig())), [8, 16, 24, 32])
 
@@ -221,14 +222,20 @@ def test_generated_scales_and_shifts_fit_the_nested_table_and_vanish_at_full_wid
         return float((hyper.sample_model(width)(x).logits - expected).abs().max() / expected.abs().max())
 
     assert gap(32) == 0  # the full width is the nested network, untouched
-    before = gap(8)
-    assert before > 0.05  # untrained: (almost) no scale and shift, so not the table's
-    assert hyper.fit_width_affine(nested) < 1e-3
-    assert gap(8) < before / 5 and gap(16) < 0.05 and gap(12) < 0.05, (before, gap(8), gap(16), gap(12))
+    assert gap(8) > 0.05  # no table yet: no scale and shift, so not the rule's
+    hyper.adopt_width_affine(nested)
+    assert gap(8) < 1e-5 and gap(16) < 1e-5, (gap(8), gap(16))
+    with torch.no_grad():  # between them, the nested stage's own interpolation
+        torch.testing.assert_close(hyper.sample_model(12)(x).logits, nested.network_at(12)(x).logits)
+    with torch.no_grad():
+        hyper.inr.width_affine.output_bias.fill_(0.1)  # a correction, as training makes: every width but the full
+    assert gap(8) > 0.05 and gap(12) > 0.05 and gap(32) == 0
     hyper.save_pretrained(tmp_path)
     loaded = nm.NeuMetaModel.from_pretrained(tmp_path)
     assert loaded.config.width_affine
     torch.testing.assert_close(loaded.sample_model(12)(x).logits, hyper.sample_model(12)(x).logits)
+    with pytest.raises(ValueError, match=r"trained at widths \[8, 16\], the hypernetwork's train_widths are \[8, 16, 24\]"):
+        loaded.adopt_width_affine(NestedNetwork(nested.network, [8, 16, 32]))
 
 
 def test_a_width_between_two_trained_ones_interpolates_their_rows_channel_by_channel():

@@ -423,7 +423,7 @@ def nested_stage(run: Run, base: PreTrainedModel) -> NestedNetwork | None:
 def hypernetwork_stage(run: Run, base: PreTrainedModel, nested: NestedNetwork | None) -> NeuMetaModel:
     """(3) The hypernetwork around the base network (BatchNorm folded, channels permuted), or around the nested
     stage's shared network (unpermuted, anchored on each width's first channels; with
-    hypernetwork.config.width_affine, its per-width scales and shifts generated, fitted first to the stage's)."""
+    hypernetwork.config.width_affine, the stage's per-width scales and shifts with generated corrections)."""
     settings = run.config.hypernetwork
     hyper = NeuMetaModel.from_base_model(
         base if nested is None else nested.network,
@@ -435,8 +435,7 @@ def hypernetwork_stage(run: Run, base: PreTrainedModel, nested: NestedNetwork | 
         **settings.config,  # with nested.enabled: anchor_channels first, width_affine (recipe defaults)
     )
     if hyper.config.width_affine:
-        error = hyper.fit_width_affine(nested)
-        run.accelerator.print(f"Generated per-width scales and shifts fitted to the nested stage's: error {error:.2e}")
+        hyper.adopt_width_affine(nested)
     return hyper
 
 
