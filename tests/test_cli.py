@@ -37,6 +37,7 @@ def saved_hyper(mlp_hyper, tmp_path_factory):
         # Round 2: 1:1000000000 hung before loading (a billion-entry list), 1:100000 started 100,000 networks.
         (["sample", "{hyper}", "--width", "1:1000000000"], "that is 1,000,000,000 widths, more than 1,000 in one"),
         (["sample", "{hyper}", "--width", "99999999999999999999"], "is beyond any network that could exist"),
+        (["sample", "{hyper}", "--width", "1:100000"], "that is 100,000 widths, more than 1,000 in one command"),
         (["sweep", "{hyper}", "--dataset", "digits", "--widths", "1:100000"], "that is 100,000 widths"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
     ],

@@ -297,12 +297,13 @@ def test_overwrite_deletes_nothing_until_every_check_has_passed(tmp_path, fresh_
     (run / "hypernetwork").mkdir(parents=True)
     (run / "hypernetwork" / "model.safetensors").write_text("the finished hypernetwork")
     (run / "log.jsonl").write_text("{}\n")
-    broken = [
-        f"data.name={tmp_path / 'no-such-dataset'}",  # not reachable
-        "hypernetwork.train_widths=[32,70]",  # outside the width range: found against the data's network
-    ]
-    for override in broken:
-        with pytest.raises((ValueError, FileNotFoundError, OSError)):
+    broken = {
+        f"data.name={tmp_path / 'no-such-dataset'}": "no-such-dataset",  # not reachable
+        # Outside the width range: found against the data's network.
+        "hypernetwork.train_widths=[32,70]": r"train_widths \[70\] lie outside width_range \[32, 64\]",
+    }
+    for override, message in broken.items():
+        with pytest.raises((ValueError, FileNotFoundError, OSError), match=message):
             train_script.train(quick_config(run, "overwrite_output_dir=true", override))
         assert (run / "hypernetwork" / "model.safetensors").read_text() == "the finished hypernetwork"
         assert (run / "log.jsonl").exists()
