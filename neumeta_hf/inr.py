@@ -55,7 +55,7 @@ class NeuMetaINR(nn.Module):
         affine_groups: int = 0,
     ):
         super().__init__()
-        # With `affine_groups` scaling groups: their per-width scale and shift as well (`WidthAffineINR`).
+        # With `affine_groups` scaling groups: a correction of their per-width scales and shifts (`WidthAffineINR`).
         self.width_affine = (
             WidthAffineINR(affine_groups, hidden_size, num_frequencies, size_frequencies) if affine_groups else None
         )
@@ -123,9 +123,9 @@ class NeuMetaINR(nn.Module):
 
 
 class WidthAffineINR(nn.Module):
-    """(scaling group, channel position, width) -> (log scale, shift) of that channel at that width: the
-    per-width parameters of a nested network (`nested.WidthAffine`, a table over the trained widths) generated
-    from coordinates instead, so that every width, unseen ones included, gets its own. Fourier features of the
+    """(scaling group, channel position, width) -> a correction of that channel's log scale and shift at that
+    width: of the per-width parameters of a nested network (`nested.WidthAffine`, a table over the trained
+    widths, interpolated between them), so that every width, unseen ones included, gets its own. Fourier features of the
     channel position (its index over the group's full size; `num_frequencies`) and of the width (over the full
     width; `size_frequencies`, few, so that neighbouring widths stay close), plus a learned embedding per group,
     feed a small residual ReLU MLP. The caller tapers the output to zero at the full width."""
@@ -144,7 +144,7 @@ class WidthAffineINR(nn.Module):
 
     def forward(self, groups: torch.Tensor, positions: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
         """Per row: its group's index, channel position in [0, 1) and width in (0, 1] -> [rows, 2]: log scale
-        and shift. Rows of any groups and widths at once (the fit to a table takes all of them in one call)."""
+        and shift corrections. Rows of any groups and widths at once."""
         features = torch.cat([self.position_features(positions[:, None]), self.width_features(widths[:, None])], -1)
         hidden = (features.to(self.input_weight.dtype) @ self.input_weight + self.group_embedding[groups]).relu()
         hidden = hidden + (hidden @ self.hidden_weight + self.hidden_bias).relu()

@@ -148,9 +148,6 @@ class NeuMetaModel(PreTrainedModel):
             init.zeros_(module.hidden_bias)
             init.zeros_(module.output_weight)  # no correction: the table's scales and shifts
             init.zeros_(module.output_bias)
-        elif isinstance(module, WidthAffine):
-            for table in (*module.log_scale.values(), *module.shift.values()):
-                init.zeros_(table)  # the identity: what a hypernetwork saved before the table had
         elif isinstance(module, FourierFeatures):
             # Non-persistent buffers: from_pretrained builds on the meta device and never loads them.
             init.copy_(module.frequencies, FourierFeatures.values(len(module.frequencies)))
@@ -734,6 +731,13 @@ class NeuMetaModel(PreTrainedModel):
             for kind, keys in info.items()
             if keys and kind in ("missing_keys", "unexpected_keys", "mismatched_keys")
         }
+        if model.width_affine_table is not None and problems.get("missing_keys") == _table_keys(model):
+            # Saved before the hypernetwork kept the nested stage's table: its INR generated the whole scales and
+            # shifts, which a table of identities (zero log scales and shifts) keeps as they were.
+            with torch.no_grad():
+                for table in model.width_affine_table.parameters():
+                    table.zero_()
+            del problems["missing_keys"]
         if problems:
             details = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in problems.items())
             raise ValueError(
@@ -744,9 +748,15 @@ class NeuMetaModel(PreTrainedModel):
         if damaged:
             raise ValueError(f"{weights} is damaged: tensors {', '.join(damaged)} contain NaN or infinite values")
         model.base_network.requires_grad_(False)
+        if model.width_affine_table is not None:
+            model.width_affine_table.requires_grad_(False)
         if not target(model.config.family).needs_remote_code:  # a family's processor follows from its config
             model.preprocessor = load_preprocessor(source)
         return (model, info) if wants_info else model
+
+
+def _table_keys(model: NeuMetaModel) -> list[str]:
+    return sorted(f"width_affine_table.{name}" for name, _ in model.width_affine_table.named_parameters())
 
 
 def _refuse_non_float_tensors(weights: str):

@@ -13,7 +13,8 @@ width-w network at every width, before the hypernetwork learns over it.
   teacher (the base network) or in place from the full width, AdamW with a cosine schedule.
 
 A width outside the trained ones has no affine of its own: `NestedNetwork.network_at` interpolates the two
-nearest trained widths' values channel by channel (what a table can do; the hypernetwork generates them instead).
+nearest trained widths' values channel by channel (what a table can do; the hypernetwork adds a generated
+correction).
 """
 
 import contextlib
@@ -270,8 +271,7 @@ class NestedNetwork(nn.Module):
         values = json.loads((Path(directory) / "config.json").read_text())
         network = network_class(target_config(values["model_type"], values)).from_pretrained(directory)
         with safe_open(Path(directory) / AFFINE_FILE, framework="pt") as stored:
-            widths = [int(w) for w in stored.metadata()["widths"].split(",") if w]
-            nested = cls(network, widths)
+            nested = cls(network, trained_widths(directory))
             with torch.no_grad():
                 for key in nested.affine.log_scale:
                     nested.affine.log_scale[key].copy_(stored.get_tensor(f"log_scale.{key}"))
@@ -347,6 +347,12 @@ def train_nested(
     progress.close()
     nested.eval()
     return losses
+
+
+def trained_widths(directory) -> list[int]:
+    """The widths below the full one that the nested stage saved in `directory` has a table row for."""
+    with safe_open(Path(directory) / AFFINE_FILE, framework="pt") as stored:
+        return [int(w) for w in stored.metadata()["widths"].split(",") if w]
 
 
 def detached(output):

@@ -3,6 +3,7 @@ and shift folded in, the stage round-trips through save/load and a short real ru
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from torch.func import functional_call
 from conftest import DIGITS, inputs_for, quick_config, random_base, reset_accelerate_state
 
@@ -141,7 +142,7 @@ def test_recipe_defaults_follow_the_method_and_refuse_what_breaks_the_nesting():
     for extra in (["hypernetwork.smooth=true"], ["hypernetwork.config.anchor_channels=resampled"]):
         with pytest.raises(ValueError, match="nested.enabled: width w is the first w channels"):
             load_config(DIGITS, extra)
-    with pytest.raises(ValueError, match="width_affine generates the nested stage's per-width scales"):
+    with pytest.raises(ValueError, match="width_affine corrects the nested stage's per-width scales"):
         load_config(DIGITS, ["nested.enabled=false", "hypernetwork.config.width_affine=true"])
     with pytest.raises(ValueError, match="training.train_corrections=false trains only the generated per-width"):
         load_config(DIGITS, ["hypernetwork.config.width_affine=false", "training.train_corrections=false"])
@@ -172,8 +173,8 @@ def test_pipeline_with_nested_stage_then_resume_reuses_it(tmp_path, fresh_accele
 def test_training_only_the_generated_scales_and_shifts_leaves_the_weight_corrections_at_zero(
     tmp_path, fresh_accelerate_state
 ):
-    """training.train_corrections=false: every width is the nested network with its own generated scales and
-    shifts, trained by distillation; the INR's weight corrections stay zero, so the full width is the stage's."""
+    """training.train_corrections=false: every width is the nested network with its own scales and shifts, their
+    generated corrections trained by distillation; the INR's weight corrections stay zero, so the full width is the stage's."""
     overrides = ["nested.enabled=true", "nested.epochs=2", "training.max_steps=30", "training.train_corrections=false"]
     result = train_script.train(quick_config(tmp_path, *overrides))
     hyper = nm.NeuMetaModel.from_pretrained(tmp_path / "hypernetwork")
@@ -234,8 +235,35 @@ def test_per_width_scales_and_shifts_start_at_the_nested_table_and_vanish_at_ful
     loaded = nm.NeuMetaModel.from_pretrained(tmp_path)
     assert loaded.config.width_affine
     torch.testing.assert_close(loaded.sample_model(12)(x).logits, hyper.sample_model(12)(x).logits)
+    assert not any(p.requires_grad for p in loaded.width_affine_table.parameters())  # the stage's, never trained
     with pytest.raises(ValueError, match=r"trained at widths \[8, 16\], the hypernetwork's train_widths are \[8, 16, 24\]"):
         loaded.adopt_width_affine(NestedNetwork(nested.network, [8, 16, 32]))
+
+
+def test_a_hypernetwork_saved_before_it_kept_the_table_loads_with_its_scales_and_shifts_as_generated(tmp_path):
+    """Earlier hypernetworks generated the whole per-width scales and shifts: loaded without a table (its keys
+    missing, nothing else), they are an identity table plus the same generated values."""
+    torch.manual_seed(0)
+    nested = NestedNetwork(importance_order(random_base(nm.NeuMetaLeNetConfig())), [8, 16, 24, 32])
+    hyper = nm.NeuMetaModel.from_base_model(
+        nested.network, width_range=(8, 32), smooth=False, anchor_channels="first", width_affine=True,
+        train_widths=[8, 16, 24, 32], hidden_size=32, num_layers=1,
+    )  # fmt: skip
+    with torch.no_grad():
+        hyper.inr.width_affine.output_bias.fill_(0.1)
+    hyper.save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    stored = load_file(weights)
+    save_file({k: v for k, v in stored.items() if not k.startswith("width_affine_table.")}, weights,
+              metadata={"format": "pt"})  # fmt: skip
+    loaded = nm.NeuMetaModel.from_pretrained(tmp_path)
+    x = inputs_for(nested.network.config)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.sample_model(12)(x).logits, hyper.sample_model(12)(x).logits)
+    save_file({k: v for k, v in stored.items() if k != "width_affine_table.shift.conv1"}, weights,
+              metadata={"format": "pt"})  # fmt: skip
+    with pytest.raises(ValueError, match="missing_keys: width_affine_table.shift.conv1"):
+        nm.NeuMetaModel.from_pretrained(tmp_path)  # part of a table: damaged, not old
 
 
 def test_a_width_between_two_trained_ones_interpolates_their_rows_channel_by_channel():

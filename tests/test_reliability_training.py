@@ -14,6 +14,7 @@ from conftest import DIGITS, REPO, quick_config, random_base, reset_accelerate_s
 
 import neumeta_hf as nm
 from neumeta_hf.data import load_splits
+from neumeta_hf.nested import NestedNetwork
 from neumeta_hf.objective import Objective
 from training import train as train_script
 from training import train_base
@@ -98,6 +99,7 @@ def _idx_data(directory, labels):
         ("teacher_labels", ("with 5 labels; the base is a 'neumeta-mlp' network with 10: it must be of the base's "
                             "family and predict the same labels")),
         ("nested_not_nested", "is not a nested stage's output (no width_affine.safetensors)"),
+        ("nested_widths", "was trained at widths [32, 48] (and the full one); hypernetwork.train_widths asks for"),
         ("teacher_missing", "is not a saved NeuMetaMLPForImageClassification"),
     ],
 )  # fmt: skip
@@ -112,7 +114,10 @@ def test_recipe_is_checked_against_the_data_before_anything_trains(case, message
         "teacher_missing": lambda: [f"training.teacher={tmp_path / 'missing'}"],
         "nested_not_nested": lambda: ["nested.enabled=true", "hypernetwork.smooth=false",
                                       f"nested.pretrained={tmp_path / 'mlp'}"],
+        # The hypernetwork's scales and shifts start from the stage's table: one row per trained width.
+        "nested_widths": lambda: ["nested.enabled=true", f"nested.pretrained={tmp_path / 'stage'}"],
     }[case]()
+    NestedNetwork(random_base(nm.NeuMetaMLPConfig()), [32, 48]).save_pretrained(tmp_path / "stage")
     random_base(nm.NeuMetaMLPConfig(num_labels=5)).save_pretrained(tmp_path / "five")
     random_base(nm.NeuMetaMLPConfig()).save_pretrained(tmp_path / "mlp")
     # Datasets this small hold no validation split: the recipe's would be refused before the checks under test.

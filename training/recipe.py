@@ -108,8 +108,8 @@ class OptimConfig:
     # width), e.g. a plain full-width network when the base is a slimmable one.
     teacher: str | None = None
     mixup_alpha: float = 0.0  # > 0: train on mixup-blended images, Beta(alpha, alpha) weights; 0: off
-    # The pipeline's (nested.enabled): false trains only the generated per-width scales and shifts
-    # (hypernetwork.config.width_affine), the INR's weight corrections staying zero, so every width is the nested
+    # The pipeline's (nested.enabled): false trains only the generated corrections of the per-width scales and
+    # shifts (hypernetwork.config.width_affine), the INR's weight corrections staying zero, so every width is the nested
     # network with its own scales and shifts. The plain method trains its INR whatever this says.
     train_corrections: bool = True
     sandwich: bool = False  # each step also trains the smallest width, reconstructs the full one (digits: 2.5x a step)
@@ -336,7 +336,7 @@ def check_recipe(config: "TrainConfig"):
         raise ValueError(f"data.image_std must be positive (images are divided by it), got {config.data.image_std}")
 
     # The defaults that follow the method: the paper's permutes channels; the nested pipeline keeps them in
-    # order, anchors each width on its first channels and generates each width's scales and shifts.
+    # order, anchors each width on its first channels and corrects each width's scales and shifts.
     if config.hypernetwork.smooth is None:
         config.hypernetwork.smooth = not config.nested.enabled
     if config.nested.enabled:
@@ -353,7 +353,7 @@ def check_recipe(config: "TrainConfig"):
         raise ValueError("nested.pretrained is given but nested.enabled is false: set nested.enabled=true to build on "
                          "it, or leave nested.pretrained unset")  # fmt: skip
     if config.hypernetwork.config.get("width_affine") and not config.nested.enabled:
-        raise ValueError("hypernetwork.config.width_affine generates the nested stage's per-width scales and shifts: "
+        raise ValueError("hypernetwork.config.width_affine corrects the nested stage's per-width scales and shifts: "
                          "set nested.enabled=true as well")  # fmt: skip
     if not config.nested.enabled:  # the plain method has only its INR to train (what the resolved recipe says)
         config.training.train_corrections = True

@@ -34,7 +34,9 @@ from neumeta_hf import NeuMetaConfig  # noqa: E402
 from neumeta_hf.data import DataInfo, load_splits  # noqa: E402
 from neumeta_hf.evaluation import check_labels, evaluate_score  # noqa: E402
 from neumeta_hf.modeling_neumeta import non_finite_tensors  # noqa: E402
-from neumeta_hf.nested import AFFINE_FILE, NestedNetwork, detached, importance_order, train_nested  # noqa: E402
+from neumeta_hf.nested import (  # noqa: E402
+    AFFINE_FILE, NestedNetwork, detached, importance_order, train_nested, trained_widths,
+)
 from neumeta_hf.progress import progress_bar  # noqa: E402
 from neumeta_hf.pruning import calibration_batches, nested_weights, prune_l1, unlisted_buffers  # noqa: E402
 from neumeta_hf.publishing import load_preprocessor, save_network  # noqa: E402
@@ -186,6 +188,8 @@ def check_against_data(config: TrainConfig, train, validation, test, info: DataI
     for key, path in (("training.teacher", config.training.teacher), ("nested.pretrained", config.nested.pretrained)):
         if path:  # checked now, not after the base network has trained
             check_trained_network(key, path, model_class, base_config)
+    if config.nested.pretrained and config.hypernetwork.config.get("width_affine"):
+        check_nested_widths(config, base_config)
     for split, dataset in (("training", train), ("validation", validation), ("test", test)):
         if dataset is not None:
             where = f"data {config.data.name!r} ({split} split)"
@@ -240,6 +244,19 @@ def check_trained_network(key: str, path: str, model_class, base_config):
         raise ValueError(
             f"nested.pretrained {path!r} is not a nested stage's output (no {AFFINE_FILE}): name the nested/ "
             "directory of an earlier run, or leave nested.pretrained unset to train the stage"
+        )
+
+
+def check_nested_widths(config: TrainConfig, base_config):
+    """A given nested stage has a table row for each of hypernetwork.train_widths below the full width, which
+    the hypernetwork's per-width scales and shifts (`width_affine`) start from."""
+    low, high = width_range(config, base_config)
+    wanted = sorted(set(config.hypernetwork.train_widths or range(low, high + 1)) - {network_width(base_config)})
+    saved = trained_widths(config.nested.pretrained)
+    if saved != wanted:
+        raise ValueError(
+            f"nested.pretrained {config.nested.pretrained!r} was trained at widths {saved} (and the full one); "
+            f"hypernetwork.train_widths asks for {wanted}: give the stage's widths, or train a stage for these"
         )
 
 
@@ -337,7 +354,7 @@ def build_base_network(
         family_config = model_class.config_class(**{**info.family_kwargs(), **config.base.family_config})
         torch.manual_seed(config.seed)
         model = model_class(family_config)
-        nested = width_range(config, model) if config.base.slimmable else None
+        nested = width_range(config, model.config) if config.base.slimmable else None
         model = train_network(model, train, config.base, accelerator, config.seed, nested)
     if info.preprocessor is not None and not config.base.pretrained:  # the tokenizer that cut the text goes along
         model.preprocessor = info.preprocessor
@@ -345,9 +362,9 @@ def build_base_network(
     return model, evaluate_score(model, test)
 
 
-def width_range(config: TrainConfig, model: PreTrainedModel) -> tuple[int, int]:
-    """hypernetwork.width_range, or its default: a quarter of the full width to the full width."""
-    full_width = network_width(model.config)
+def width_range(config: TrainConfig, base_config) -> tuple[int, int]:
+    """hypernetwork.width_range, or its default: a quarter of the base's full width to the full width."""
+    full_width = network_width(base_config)
     return tuple(config.hypernetwork.width_range or (max(1, full_width // 4), full_width))
 
 
@@ -357,7 +374,7 @@ def build_nested_network(config: TrainConfig, base: PreTrainedModel, train, acce
     settings = config.nested
     if settings.pretrained:
         return NestedNetwork.from_pretrained(settings.pretrained).to(accelerator.device)
-    low, high = width_range(config, base)
+    low, high = width_range(config, base.config)
     widths = config.hypernetwork.train_widths or list(range(low, high + 1))
     torch.manual_seed(config.seed)
     start = importance_order(base) if settings.warm_start else type(base)(base.config)  # fresh: its own init
@@ -477,7 +494,7 @@ def main(argv=None):
         if accelerator.is_main_process:
             nested.save_pretrained(output / "nested")
             watched, split = (test, "test") if validation is None else (validation, "validation")
-            low, high = width_range(config, model)
+            low, high = width_range(config, model.config)
             scores = {w: evaluate_score(nested.network_at(w), watched) for w in sorted({low, (low + high) // 2, high})}
             figures = ", ".join(f"width {w} {score:.4f}" for w, score in scores.items())
             accelerator.print(f"Nested stage: {split} {metric} {figures}; saved to {output / 'nested'}")
