@@ -110,8 +110,8 @@ EVERY_WIDTH = ("hypernetwork.train_widths=null", "hypernetwork.config.coordinate
 # base, a scale and shift per trained width; other widths interpolate the nearest two.
 NESTED = ("nested.enabled=true",)
 # The recipes' pipeline (nested.enabled) builds the hypernetwork on it, with each width's scales and shifts the
-# stage's (interpolated between trained widths) plus a generated correction, so that every width gets its own. Its levers:
-# without them (the table's values frozen in at the trained widths, INR corrections only), and with or without the
+# stage's (interpolated between trained widths) plus a generated correction, so that every width gets its own.
+# Its levers: without them (the table's values frozen in at the trained widths, INR corrections only), and with or without the
 # INR's weight corrections (whichever the recipe does not do).
 NO_WIDTH_AFFINE = ("hypernetwork.config.width_affine=false", "training.train_corrections=true")
 NO_WEIGHT_CORRECTIONS = ("training.train_corrections=false",)

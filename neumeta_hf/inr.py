@@ -125,8 +125,8 @@ class NeuMetaINR(nn.Module):
 class WidthAffineINR(nn.Module):
     """(scaling group, channel position, width) -> a correction of that channel's log scale and shift at that
     width: of the per-width parameters of a nested network (`nested.WidthAffine`, a table over the trained
-    widths, interpolated between them), so that every width, unseen ones included, gets its own. Fourier features of the
-    channel position (its index over the group's full size; `num_frequencies`) and of the width (over the full
+    widths, interpolated between them), so that every width, unseen ones included, gets its own. Fourier features
+    of the channel position (its index over the group's full size; `num_frequencies`) and of the width (over the full
     width; `size_frequencies`, few, so that neighbouring widths stay close), plus a learned embedding per group,
     feed a small residual ReLU MLP. The caller tapers the output to zero at the full width."""
 

@@ -338,9 +338,7 @@ class NeuMetaModel(PreTrainedModel):
     def _build_width_affine_table(self) -> WidthAffine:
         full_shapes = self.spec.shapes(self.config.full_width)
         sizes = {g.name: g.members[0].length(full_shapes[g.members[0].tensor]) for g in self.spec.scaling_groups}
-        low, high = self.config.width_range
-        table = WidthAffine(sizes, self.config.train_widths or list(range(low, high + 1)), self.config.full_width)
-        return table.requires_grad_(False)
+        return WidthAffine(sizes, self.config.train_widths, self.config.full_width).requires_grad_(False)
 
     def _group_size(self, group_index: int, width: int) -> int:
         member = self.spec.scaling_groups[group_index].members[0]

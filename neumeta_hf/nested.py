@@ -271,7 +271,7 @@ class NestedNetwork(nn.Module):
         values = json.loads((Path(directory) / "config.json").read_text())
         network = network_class(target_config(values["model_type"], values)).from_pretrained(directory)
         with safe_open(Path(directory) / AFFINE_FILE, framework="pt") as stored:
-            nested = cls(network, trained_widths(directory))
+            nested = cls(network, _stored_widths(stored))
             with torch.no_grad():
                 for key in nested.affine.log_scale:
                     nested.affine.log_scale[key].copy_(stored.get_tensor(f"log_scale.{key}"))
@@ -352,7 +352,11 @@ def train_nested(
 def trained_widths(directory) -> list[int]:
     """The widths below the full one that the nested stage saved in `directory` has a table row for."""
     with safe_open(Path(directory) / AFFINE_FILE, framework="pt") as stored:
-        return [int(w) for w in stored.metadata()["widths"].split(",") if w]
+        return _stored_widths(stored)
+
+
+def _stored_widths(stored) -> list[int]:
+    return [int(w) for w in stored.metadata()["widths"].split(",") if w]
 
 
 def detached(output):

@@ -174,7 +174,8 @@ def test_training_only_the_generated_scales_and_shifts_leaves_the_weight_correct
     tmp_path, fresh_accelerate_state
 ):
     """training.train_corrections=false: every width is the nested network with its own scales and shifts, their
-    generated corrections trained by distillation; the INR's weight corrections stay zero, so the full width is the stage's."""
+    generated corrections trained by distillation; the INR's weight corrections stay zero, so the full width is
+    the stage's."""
     overrides = ["nested.enabled=true", "nested.epochs=2", "training.max_steps=30", "training.train_corrections=false"]
     result = train_script.train(quick_config(tmp_path, *overrides))
     hyper = nm.NeuMetaModel.from_pretrained(tmp_path / "hypernetwork")
@@ -236,7 +237,8 @@ def test_per_width_scales_and_shifts_start_at_the_nested_table_and_vanish_at_ful
     assert loaded.config.width_affine
     torch.testing.assert_close(loaded.sample_model(12)(x).logits, hyper.sample_model(12)(x).logits)
     assert not any(p.requires_grad for p in loaded.width_affine_table.parameters())  # the stage's, never trained
-    with pytest.raises(ValueError, match=r"trained at widths \[8, 16\], the hypernetwork's train_widths are \[8, 16, 24\]"):
+    mismatch = r"trained at widths \[8, 16\], the hypernetwork's train_widths are \[8, 16, 24\]"
+    with pytest.raises(ValueError, match=mismatch):
         loaded.adopt_width_affine(NestedNetwork(nested.network, [8, 16, 32]))
 
 

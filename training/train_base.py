@@ -250,8 +250,7 @@ def check_trained_network(key: str, path: str, model_class, base_config):
 def check_nested_widths(config: TrainConfig, base_config):
     """A given nested stage has a table row for each of hypernetwork.train_widths below the full width, which
     the hypernetwork's per-width scales and shifts (`width_affine`) start from."""
-    low, high = width_range(config, base_config)
-    wanted = sorted(set(config.hypernetwork.train_widths or range(low, high + 1)) - {network_width(base_config)})
+    wanted = sorted(set(train_widths(config, base_config)) - {network_width(base_config)})
     saved = trained_widths(config.nested.pretrained)
     if saved != wanted:
         raise ValueError(
@@ -368,14 +367,19 @@ def width_range(config: TrainConfig, base_config) -> tuple[int, int]:
     return tuple(config.hypernetwork.width_range or (max(1, full_width // 4), full_width))
 
 
+def train_widths(config: TrainConfig, base_config) -> list[int]:
+    """hypernetwork.train_widths, or its default: every width of the range."""
+    low, high = width_range(config, base_config)
+    return list(config.hypernetwork.train_widths or range(low, high + 1))
+
+
 def build_nested_network(config: TrainConfig, base: PreTrainedModel, train, accelerator: Accelerator) -> NestedNetwork:
     """The nested stage: loaded from `nested.pretrained`, else the base's channels sorted by importance and every
     width of hypernetwork.train_widths (default: the whole range) distilled from the base (`nested.*` settings)."""
     settings = config.nested
     if settings.pretrained:
         return NestedNetwork.from_pretrained(settings.pretrained).to(accelerator.device)
-    low, high = width_range(config, base.config)
-    widths = config.hypernetwork.train_widths or list(range(low, high + 1))
+    widths = train_widths(config, base.config)
     torch.manual_seed(config.seed)
     start = importance_order(base) if settings.warm_start else type(base)(base.config)  # fresh: its own init
     nested = NestedNetwork(start, widths).to(accelerator.device)
