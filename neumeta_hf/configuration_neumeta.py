@@ -98,6 +98,8 @@ class NeuMetaConfig(PreTrainedConfig):
             two trained ones interpolate them) corrected by a generated log scale and shift
             (`inr.WidthAffineINR`, tapered to zero at the full width), so that every width, unseen ones too,
             gets its own.
+        predicted_widths: widths between train_widths whose rows of that table the nested stage predicted rather
+            than trained (a stage with BatchNorm, `nested.NestedNetwork.folded`); set by `adopt_width_affine`.
         fold_fixed_axes: a weight with one axis that follows the width and one that does not (a feed-forward
             layer's input or output side, a first convolution, a classifier) gets one INR row per channel of the
             scaling axis, generating the whole fixed axis at once, instead of one row per (out, in) pair as in the
@@ -135,6 +137,7 @@ class NeuMetaConfig(PreTrainedConfig):
     base_anchor: bool = True
     anchor_channels: str = "resampled"
     width_affine: bool = False
+    predicted_widths: list[int] | None = None
     fold_fixed_axes: bool | None = None
     coordinate_noise: float = 1.0
     num_samples: int = 1
@@ -171,6 +174,11 @@ class NeuMetaConfig(PreTrainedConfig):
         outside = [w for w in self.train_widths if not low <= w <= high]
         if outside:
             raise ValueError(f"train_widths {outside} lie outside width_range {self.width_range}")
+        self.predicted_widths = sorted(_integer_list(self.predicted_widths or [], "predicted_widths"))
+        misplaced = [w for w in self.predicted_widths if not low <= w < high or w in self.train_widths]
+        if misplaced:
+            raise ValueError(f"predicted_widths {misplaced} must lie in width_range {self.width_range}, below its "
+                             "top, and not among train_widths")  # fmt: skip
         check_num_samples(self.num_samples)
         for name in ("hidden_size", "num_layers"):
             if getattr(self, name) < 1:

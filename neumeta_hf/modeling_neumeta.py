@@ -338,7 +338,8 @@ class NeuMetaModel(PreTrainedModel):
     def _build_width_affine_table(self) -> WidthAffine:
         full_shapes = self.spec.shapes(self.config.full_width)
         sizes = {g.name: g.members[0].length(full_shapes[g.members[0].tensor]) for g in self.spec.scaling_groups}
-        return WidthAffine(sizes, self.config.train_widths, self.config.full_width).requires_grad_(False)
+        table = WidthAffine(sizes, self.config.train_widths, self.config.full_width, self.config.predicted_widths or [])
+        return table.requires_grad_(False)
 
     def _group_size(self, group_index: int, width: int) -> int:
         member = self.spec.scaling_groups[group_index].members[0]
@@ -385,6 +386,9 @@ class NeuMetaModel(PreTrainedModel):
                 f"the nested stage was trained at widths {nested.affine.widths}, the hypernetwork's train_widths are "
                 f"{self.width_affine_table.widths} (less the full width): build it with the stage's widths"
             )
+        if nested.affine.predicted != self.width_affine_table.predicted:  # rows the stage predicted when folded
+            self.config.predicted_widths = nested.affine.predicted
+            self.width_affine_table = self._build_width_affine_table().to(self.output_scale.device)
         self.width_affine_table.load_state_dict(nested.affine.state_dict())
 
     def _fold_width_affine(self, weights: dict, width: int) -> dict:

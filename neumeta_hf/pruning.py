@@ -49,15 +49,19 @@ def prune_l1(model: PreTrainedModel, width: int) -> PreTrainedModel:
     return pruned.eval()
 
 
-def nested_weights(model: PreTrainedModel, narrower: PreTrainedModel) -> dict[str, torch.Tensor]:
+def nested_weights(
+    model: PreTrainedModel, narrower: PreTrainedModel, tensors: dict | None = None
+) -> dict[str, torch.Tensor]:
     """Every tensor of `model` cut to its first channels in the shape `narrower` (a network of the same family at
     a smaller width, on any device, the meta device included) has: views, differentiable, for training a slimmable
-    network through `torch.func.functional_call` on `narrower`."""
+    network through `torch.func.functional_call` on `narrower`. `tensors`: cut these instead of `model`'s own of
+    the same names and shapes."""
     width, full_width = network_width(narrower.config), network_width(model.config)
     if width > full_width:
         raise ValueError(f"A nested network can only be narrower: width {width} > the network's width {full_width}")
     # Tied tensors (GPT-2's output layer is its embedding) under every name: `narrower.state_dict()` lists them all.
     state = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
+    state |= tensors or {}
     wide_layout = axis_layout(channel_groups(model), state)
     narrow_state = narrower.state_dict()
     narrow_layout = axis_layout(channel_groups(narrower), narrow_state)

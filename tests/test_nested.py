@@ -17,6 +17,7 @@ from neumeta_hf.nested import (
     fold_scale_and_shift,
     importance_order,
     train_nested,
+    trained_widths,
 )
 from neumeta_hf.pruning import first_channels, has_batch_norm, nested_weights
 from training import train as train_script
@@ -316,6 +317,66 @@ def test_a_batch_norm_stage_folds_into_plain_widths_that_compute_its_calibrated_
     torch.testing.assert_close(normalised.mean((0, 2, 3)), torch.zeros(size), atol=1e-4, rtol=0)
     torch.testing.assert_close(normalised.var((0, 2, 3), unbiased=False), torch.ones(size), atol=1e-2, rtol=0)
 
+
+
+def test_a_folded_batch_norm_stage_predicts_the_widths_between_trained_ones_without_running_them(tmp_path):
+    """Issue 23: a width the stage did not train has statistics of its own, not its neighbours' interpolated.
+    Folding predicts a row for every such width from the full network's statistics: the first layer (whose
+    inputs, the image, are the same at every width) exactly as the width's calibrated network has it, the whole
+    network closer to it than the interpolated rows; kept through save and load, and by a hypernetwork that
+    adopts the stage."""
+    base = random_base(nm.NeuMetaUNetConfig(image_size=16, num_classes=3))
+    nested = NestedNetwork(importance_order(base), [8, 16, 24])
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for values in (*nested.affine.log_scale.values(), *nested.affine.shift.values()):
+            values.normal_(0, 0.3, generator=generator)
+    batches = [inputs_for(nested.network.config, n=8, seed=seed) for seed in range(3)]
+    folded = nested.folded(batches)
+    untrained = [w for w in range(8, 32) if w not in (8, 16, 24)]
+    assert folded.affine.widths == [8, 16, 24] and folded.affine.predicted == untrained
+    interpolating = NestedNetwork(folded.network, [8, 16, 24])  # the trained rows only
+    with torch.no_grad():
+        for key, table in interpolating.affine.log_scale.items():
+            for row, width in enumerate(interpolating.affine.widths):
+                table[row] = folded.affine.log_scale[key][folded.affine.rows.index(width)]
+                interpolating.affine.shift[key][row] = folded.affine.shift[key][folded.affine.rows.index(width)]
+    x = torch.cat(batches)
+
+    def first_layer(network):
+        outputs = {}
+        handle = network.enc1.conv1.register_forward_hook(lambda module, args, out: outputs.update(out=out))
+        network(x)
+        handle.remove()
+        return outputs["out"]
+
+    errors = {"predicted": 0.0, "interpolated": 0.0}
+    with torch.no_grad():
+        for width in (9, 12, 20, 31):
+            calibrated = nested.network_at(width, batches)
+            first = first_layer(calibrated)
+            torch.testing.assert_close(first_layer(folded.network_at(width)), first, rtol=0, atol=1e-4)
+            expected = calibrated(x).logits
+            errors["predicted"] += float((folded.network_at(width)(x).logits - expected).abs().mean())
+            errors["interpolated"] += float((interpolating.network_at(width)(x).logits - expected).abs().mean())
+    assert errors["predicted"] < 0.8 * errors["interpolated"], errors
+
+    folded.save_pretrained(tmp_path / "nested")
+    loaded = NestedNetwork.from_pretrained(tmp_path / "nested")
+    assert loaded.affine.predicted == untrained and trained_widths(tmp_path / "nested") == [8, 16, 24]
+    hyper = nm.NeuMetaModel.from_base_model(
+        folded.network, width_range=(8, 32), smooth=False, anchor_channels="first", width_affine=True,
+        train_widths=[8, 16, 24, 32], hidden_size=32, num_layers=1,
+    )  # fmt: skip
+    hyper.adopt_width_affine(loaded)
+    assert hyper.config.predicted_widths == untrained
+    hyper.save_pretrained(tmp_path / "hyper")
+    reloaded = nm.NeuMetaModel.from_pretrained(tmp_path / "hyper")
+    with torch.no_grad():
+        for width in (12, 16):
+            expected = folded.network_at(width)(x).logits
+            torch.testing.assert_close(loaded.network_at(width)(x).logits, expected)
+            torch.testing.assert_close(reloaded.sample_model(width)(x).logits, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_a_batch_norm_network_with_several_norms_in_a_group_is_refused_before_training():

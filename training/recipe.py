@@ -67,7 +67,8 @@ class NestedConfig:
     random_widths: int = 2  # each step trains the full width, the smallest and this many random ones
     every_width: bool = False  # the random ones drawn from every width of the range, not only the trained ones
     # A base with BatchNorm: each trained width's statistics are computed from this many training batches at the
-    # end of the stage and folded in with its scale and shift (sampled networks need no data).
+    # end of the stage and folded in with its scale and shift, those of the widths between trained ones predicted
+    # from the full network's (sampled networks need no data).
     calibration_batches: int = 20
 
 
