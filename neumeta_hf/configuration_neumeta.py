@@ -175,10 +175,10 @@ class NeuMetaConfig(PreTrainedConfig):
         if outside:
             raise ValueError(f"train_widths {outside} lie outside width_range {self.width_range}")
         self.predicted_widths = sorted(_integer_list(self.predicted_widths or [], "predicted_widths"))
-        misplaced = [w for w in self.predicted_widths if not low <= w < high or w in self.train_widths]
+        misplaced = [w for w in self.predicted_widths if not low <= w < full_width or w in self.train_widths]
         if misplaced:
-            raise ValueError(f"predicted_widths {misplaced} must lie in width_range {self.width_range}, below its "
-                             "top, and not among train_widths")  # fmt: skip
+            raise ValueError(f"predicted_widths {misplaced} must lie between width_range's smallest width {low} and "
+                             f"the full width {full_width}, and not among train_widths")  # fmt: skip
         check_num_samples(self.num_samples)
         for name in ("hidden_size", "num_layers"):
             if getattr(self, name) < 1:

@@ -378,7 +378,8 @@ class NeuMetaModel(PreTrainedModel):
     @torch.no_grad()
     def adopt_width_affine(self, nested):
         """Take the per-width scales and shifts of a nested stage (`nested.NestedNetwork`, whose shared network
-        this hypernetwork was built around) as the table the generated corrections apply to."""
+        this hypernetwork was built around) as the table the generated corrections apply to: its trained widths'
+        rows, and the rows it predicted for widths between them (`config.predicted_widths` follows)."""
         if self.width_affine_table is None:
             raise ValueError("adopt_width_affine needs a hypernetwork built with width_affine=True")
         if nested.affine.widths != self.width_affine_table.widths:
@@ -387,8 +388,8 @@ class NeuMetaModel(PreTrainedModel):
                 f"{self.width_affine_table.widths} (less the full width): build it with the stage's widths"
             )
         if nested.affine.predicted != self.width_affine_table.predicted:  # rows the stage predicted when folded
-            self.config.predicted_widths = nested.affine.predicted
-            self.width_affine_table = self._build_width_affine_table().to(self.output_scale.device)
+            self.config.predicted_widths = list(nested.affine.predicted)
+            self.width_affine_table = self._build_width_affine_table().to(self.output_scale)
         self.width_affine_table.load_state_dict(nested.affine.state_dict())
 
     def _fold_width_affine(self, weights: dict, width: int) -> dict:

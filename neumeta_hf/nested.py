@@ -25,6 +25,7 @@ import functools
 import json
 import math
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -126,7 +127,7 @@ class WidthAffine(nn.Module):
     `NestedNetwork.folded`). The full width has none of its own (it is the shared network itself, the one saved
     as a plain network)."""
 
-    def __init__(self, group_sizes: dict[str, int], widths: list[int], full_width: int, predicted: list[int] = ()):
+    def __init__(self, group_sizes: dict[str, int], widths: list[int], full_width: int, predicted: Sequence[int] = ()):
         super().__init__()
         self.full_width = full_width
         self.widths = sorted(w for w in set(widths) if w != full_width)
@@ -173,7 +174,7 @@ class NestedNetwork(nn.Module):
     """Shared full-width tensors (`network`) and per-width scales and shifts (`affine`): width w is the first
     channels of every scaling group, with width w's affine folded into its producing weights and biases."""
 
-    def __init__(self, network: PreTrainedModel, widths: list[int], predicted: list[int] = ()):
+    def __init__(self, network: PreTrainedModel, widths: list[int], predicted: Sequence[int] = ()):
         super().__init__()
         self.network = network
         self.kind = target(network.config.model_type)
@@ -193,6 +194,7 @@ class NestedNetwork(nn.Module):
                     "the nested stage gives a BatchNorm network's widths one scale and shift per channel group, so it "
                     "needs one BatchNorm per group (a residual stream has several); use nested.enabled=false"
                 )
+            self._producing_layer(group)  # refused now, not when the trained stage is folded
         self._skeletons: dict[int, PreTrainedModel] = {}
 
     @property
@@ -286,47 +288,52 @@ class NestedNetwork(nn.Module):
         did, and the statistics interpolated plus what that interpolation misses of statistics predicted for
         every width from the full network alone: each layer's shared filters applied to the full width's inputs
         to that layer, cut to the channels the width reads (`_layer_statistics`). Exact where a layer's inputs do
-        not depend on the width (the first)."""
+        not depend on the width (the first). It costs about one calibration pass per width, and stores one row
+        per width."""
         if not self.affine.predicted:
             return
         anchors = [*self.affine.widths, self.full_width]
         measured = {}
         for width in anchors:
             measured |= self._layer_statistics([width], calibration, own_inputs=True)
-        predicted = self._layer_statistics(range(anchors[0], self.full_width + 1), calibration, own_inputs=False)
+        from_full = self._layer_statistics(range(anchors[0], self.full_width + 1), calibration, own_inputs=False)
         for width in self.affine.predicted:
             low, high = max(w for w in anchors if w < width), min(w for w in anchors if w > width)
-            row, fraction = self.affine.rows.index(width), (width - low) / (high - low)
+            row = self.affine.rows.index(width)
             for group in self.groups:
-                size, known = self.group_size(group.name, width), self.group_size(group.name, low)
-                # Width w's BatchNorm, with the stage's scale s_w and shift t_w on the shared affine (gamma, beta),
-                # folds to the row r_w = s_w gamma / d_w, shift_w = s_w beta + t_w - r_w m_w, where m_w, d_w are the
-                # mean and deviation of the shared layer's outputs; at the full width s = 1, t = 0, r = 1 and
-                # shift = 0, so gamma = d_full and beta = m_full.
-                beta, log_gamma = measured[(self.full_width, group.name)]
-
-                def stage_affine(w):  # (log s_w, t_w) of a trained width, from its row and its statistics
-                    scale, shift = self.affine.values(group.name, w, self.group_size(group.name, w))
-                    mean, log_deviation = measured[(w, group.name)]
-                    log_s = scale.double().log() + log_deviation - log_gamma[: len(mean)]
-                    return log_s, shift.double() + scale.double() * mean - log_s.exp() * beta[: len(mean)]
-
-                def between(low_value, high_value):
-                    return interpolated(low_value, high_value[:size], fraction, known)
-
-                log_s, shift = map(between, stage_affine(low), stage_affine(high))
-                mean, log_deviation = (  # the neighbours' interpolated, plus what interpolating the guesses misses
-                    between(at_low, at_high) + guess - between(guess_low, guess_high)
-                    for at_low, at_high, guess_low, guess, guess_high in zip(
-                        *(measured[(w, group.name)] for w in (low, high)),
-                        *(predicted[(w, group.name)] for w in (low, width, high)),
-                    )
-                )
-                log_ratio = log_s + log_gamma[:size] - log_deviation
+                size = self.group_size(group.name, width)
+                log_ratio, shift = self._predicted_row(group.name, width, low, high, measured, from_full)
                 self.affine.log_scale[_key(group.name)][row, :size] = log_ratio
-                self.affine.shift[_key(group.name)][row, :size] = (
-                    log_s.exp() * beta[:size] + shift - log_ratio.exp() * mean
-                )
+                self.affine.shift[_key(group.name)][row, :size] = shift
+
+    def _predicted_row(self, group: str, width: int, low: int, high: int, measured: dict, from_full: dict):
+        """(log scale, shift) of `group` at `width` between the trained widths `low` and `high` (`_predict_rows`).
+
+        Width w's BatchNorm, with the stage's scale s_w and shift t_w on the shared affine (gamma, beta), folds to
+        the row r_w = s_w gamma / d_w, shift_w = s_w beta + t_w - r_w m_w, where m_w and d_w are the mean and
+        deviation of the shared layer's outputs (`measured`); at the full width s = 1, t = 0, r = 1 and shift = 0,
+        so gamma = d_full and beta = m_full."""
+        size, known, fraction = self.group_size(group, width), self.group_size(group, low), (width - low) / (high - low)
+        beta, log_gamma = measured[(self.full_width, group)]
+
+        def stage_affine(w):  # (log s_w, t_w) of a trained width, from its row and its statistics
+            row_scale, row_shift = self.affine.values(group, w, self.group_size(group, w))
+            mean, log_deviation = measured[(w, group)]
+            log_s = row_scale.double().log() + log_deviation - log_gamma[: len(mean)]
+            return log_s, row_shift.double() + row_scale.double() * mean - log_s.exp() * beta[: len(mean)]
+
+        def lerp_neighbours(low_value, high_value):
+            return interpolated(low_value, high_value[:size], fraction, known)
+
+        log_s, t = map(lerp_neighbours, stage_affine(low), stage_affine(high))
+        mean, log_deviation = (  # the neighbours' interpolated, plus what interpolating the guesses misses
+            lerp_neighbours(at_low, at_high) + guess - lerp_neighbours(guess_low, guess_high)
+            for at_low, at_high, guess_low, guess, guess_high in zip(
+                *(measured[(w, group)] for w in (low, high)), *(from_full[(w, group)] for w in (low, width, high))
+            )
+        )
+        log_ratio = log_s + log_gamma[:size] - log_deviation
+        return log_ratio, log_s.exp() * beta[:size] + t - log_ratio.exp() * mean
 
     def _layer_statistics(self, widths, calibration, own_inputs: bool) -> dict[tuple[int, str], tuple]:
         """Per (width, group name): the per-channel mean and log standard deviation, over `calibration`, of the
@@ -342,14 +349,14 @@ class NestedNetwork(nn.Module):
             count, total, squares = sums.get(key, (0, 0.0, 0.0))
             sums[key] = count + outputs.shape[1], total + outputs.sum(1), squares + outputs.square().sum(1)
 
-        for width in widths:
-            shared = first_channels(self.network, width)
-            for group in self.groups:
-                name = self._producing_layer(group)
-                channels = None if own_inputs else _input_channels(self.network, shared, name)
-                hook = functools.partial(accumulate, (width, group.name), shared.get_submodule(name), channels)
-                hooks.append(network.get_submodule(name).register_forward_pre_hook(hook))
         try:
+            for width in widths:
+                shared = first_channels(self.network, width)
+                for group in self.groups:
+                    name = self._producing_layer(group)
+                    channels = None if own_inputs else _input_channels(self.network, shared, name)
+                    hook = functools.partial(accumulate, (width, group.name), shared.get_submodule(name), channels)
+                    hooks.append(network.get_submodule(name).register_forward_pre_hook(hook))
             for inputs in calibration:
                 network(inputs.to(self.network.device))
         finally:
@@ -358,13 +365,22 @@ class NestedNetwork(nn.Module):
         statistics = {}
         for key, (count, total, squares) in sums.items():
             mean = total / count
+            # The plain variance, where BatchNorm's running one averages unbiased batch variances plus eps: the
+            # difference cancels in `_predict_rows`, which uses these on both sides of each row.
             statistics[key] = mean, 0.5 * (squares / count - mean.square()).clamp_min(1e-12).log()
         return statistics
 
     def _producing_layer(self, group) -> str:
-        """The module whose outputs a scaling group's scale and shift act on (of a stage without BatchNorm)."""
+        """The module whose outputs a scaling group's scale and shift act on: with BatchNorm, a plain convolution
+        (what `_predict_rows` reads statistics of: input channels on its weight's axis 1, outputs channels first)."""
         members = self.kind.producers(self.network, group, _tensors_of(self.network))
-        return next(m.tensor for m in members if m.tensor.endswith(".weight")).rpartition(".")[0]
+        name = next(m.tensor for m in members if m.tensor.endswith(".weight")).rpartition(".")[0]
+        layer = self.network.get_submodule(name)
+        if self.batch_norm and not (type(layer) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and layer.groups == 1):
+            raise ValueError(f"channel group {group.name!r} of {self.network.config.model_type} is produced by "
+                             f"{type(layer).__name__} {name!r}: a BatchNorm nested stage needs a plain convolution "
+                             "there (groups=1); use nested.enabled=false")  # fmt: skip
+        return name
 
     def save_pretrained(self, directory):
         """The shared network -- the full width, a plain network that loads as one (with its model code and

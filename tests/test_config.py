@@ -23,6 +23,8 @@ def test_unknown_family_lists_the_known_ones():
         ({"width_range": [40, 20]}, "width_range must be"),
         ({"width_range": [0, 20]}, "width_range must be"),
         ({"width_range": [16, 32], "train_widths": [8, 16]}, "train_widths \\[8\\] lie outside"),
+        ({"width_range": [16, 32], "train_widths": [16, 20], "predicted_widths": [18, 20]},
+         "predicted_widths \\[20\\] must lie between .* and not among train_widths"),
         ({"morph": "first"}, "morph must be one of"),
         ({"hidden_size": 100}, "multiple of 8"),
         ({"num_layers": 0}, "num_layers must be at least 1"),

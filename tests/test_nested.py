@@ -354,7 +354,7 @@ def test_a_folded_batch_norm_stage_predicts_the_widths_between_trained_ones_with
     with torch.no_grad():
         for width in (9, 12, 20, 31):
             calibrated = nested.network_at(width, batches)
-            first = first_layer(calibrated)
+            first = first_layer(calibrated)  # its rows taken apart and refolded exactly (interpolating would be too)
             torch.testing.assert_close(first_layer(folded.network_at(width)), first, rtol=0, atol=1e-4)
             expected = calibrated(x).logits
             errors["predicted"] += float((folded.network_at(width)(x).logits - expected).abs().mean())
