@@ -875,7 +875,9 @@ def markdown(report: dict) -> str:
         f"Unseen widths are marked *. `neumeta` is the recipe's method ({report.get('neumeta_method', 'plain')}). "
         f"Recipe `{report['recipe']}`"
         + (f" with `{' '.join(report['overrides'])}`" if report["overrides"] else "")
-        + f"; {report['wall_seconds']['total'] / 60:.1f} minutes in all. Splits: {splits['train']:,} training, "
+        + f"; {report['wall_seconds']['total'] / 60:.1f} minutes in all"
+        + (" for this run, which reused earlier runs' networks (their own seconds below)" if report["reused_runs"] else "")
+        + f". Splits: {splits['train']:,} training, "
         f"{splits['validation']:,} validation (evaluation during training), {splits['test']:,} test (this table "
         f"only). Pruned networks fine-tuned {report['finetuning']}.",
         "",
