@@ -794,6 +794,9 @@ def check_task_targets(report: dict, neumeta: dict[int, float], passes: int) -> 
     def target(text, measured, met):
         targets.append({"target": text, "measured": measured, "met": bool(met)})
 
+    def tally(prefix, cases):  # "worse at 2: 8 (...), 9 (...)", or "worse at none"
+        return f"{prefix} {len(cases)}: " + ", ".join(cases) if cases else f"{prefix} none"
+
     if spec.full_width is not None:
         base = methods["base"]
         target(f"full width at most {allow(spec.full_width)} {worse} the base", f"{show(neumeta[full])} vs "
@@ -807,7 +810,7 @@ def check_task_targets(report: dict, neumeta: dict[int, float], passes: int) -> 
                      if gain(neumeta[w], v) < 0]  # fmt: skip
             kind = f" ({report.get('slimmable_kind')})" if name == "slimmable" else ""
             target(f"at or better than {name}{kind} at every width it is measured at ({len(methods[name])})",
-                   f"worse at {len(short)}: " + ", ".join(short), not short)  # fmt: skip
+                   tally("worse at", short), not short)  # fmt: skip
     pruned = methods["pruned_l1"]
     if spec.pruning_margin_at_quarter is not None:
         quarter = round(full / 4)
@@ -819,7 +822,7 @@ def check_task_targets(report: dict, neumeta: dict[int, float], passes: int) -> 
         short = [f"{w} ({show(neumeta[w])} vs {show(pruned[w])})" for w in sorted(neumeta)
                  if w != full and gain(neumeta[w], pruned[w]) <= 0]  # fmt: skip
         target("better than pruned_l1 at every width below the full one",
-               f"not better at {len(short)}: " + ", ".join(short), not short)  # fmt: skip
+               tally("not better at", short), not short)  # fmt: skip
     rough, measured = [], sorted(neumeta)
     for before, width, after in zip(measured, measured[1:], measured[2:]):
         mean = (neumeta[before] + neumeta[after]) / 2
@@ -827,7 +830,7 @@ def check_task_targets(report: dict, neumeta: dict[int, float], passes: int) -> 
             rough.append(f"{width} ({show(neumeta[width])} vs {show(mean)})")
     unseen = [w for w in measured[1:-1] if w not in seen]
     target(f"unseen widths ({len(unseen)}) at most {allow(spec.smoothness)} {worse} the mean of their "
-           "neighbours", f"{len(rough)} {worse}: " + ", ".join(rough), not rough)  # fmt: skip
+           "neighbours", tally(worse, rough), not rough)  # fmt: skip
     ratio = round(passes / report["training_passes"]["individual"][full], 2)
     target("training cost (stated, no target)", f"{ratio} individually trained full-width networks", True)
     return targets
@@ -868,7 +871,8 @@ def markdown(report: dict) -> str:
     seen = set(report["seen_widths"])
     splits = report["splits"]
     lines = [
-        f"# NeuMeta quality: {report['family']} on {report['dataset']} (test {metric_name(report.get('metric', 'accuracy'))}, {unit})",
+        f"# NeuMeta quality: {report['family']} on {report['dataset']} (test {metric_name(report.get('metric', 'accuracy'))}"
+        + (f", {unit})" if unit else ")"),
         "",
         f"Base network (width {report['full_width']}, {report['base_parameters']:,} parameters): "
         f"{scale * methods['base']:.2f}. INR: {report['inr_parameters']:,} parameters. "
@@ -905,7 +909,7 @@ def markdown(report: dict) -> str:
 # How the plot's legend names the methods (the report keeps their ids).
 LEGEND_NAMES = {
     "individual": "trained individually", "pruned_l1": "L1-pruned", "pruned_l1_finetuned": "L1-pruned + fine-tuned",
-    "slimmable": "slimmable (US-Nets)", "nested": "nested stage alone", "neumeta": "NeuMeta (the recipe's method)",
+    "nested": "nested stage alone", "neumeta": "NeuMeta (the recipe's method)",
     "neumeta_plain": "NeuMeta, the paper's plain method",
 }  # fmt: skip
 
@@ -926,7 +930,7 @@ def plot(report: dict, path: Path):
         widths = sorted(values)
         points = [scale * values[w] for w in widths]
         colour = method.colour or next(colours, "tab:gray")
-        name = LEGEND_NAMES.get(key, name)
+        name = f"slimmable ({report.get('slimmable_kind', 'US-Nets')})" if key == "slimmable" else LEGEND_NAMES.get(key, name)
         if method.style == "points":
             axis.scatter(widths, points, marker="s", color=colour, zorder=4, label=name)
         elif key == "neumeta":  # the method measured: bold, its unseen widths hollow
@@ -941,25 +945,32 @@ def plot(report: dict, path: Path):
     neumeta = methods["neumeta"]
     axis.axhline(scale * methods["base"], color="gray", ls="--", lw=0.8, label="base network")
     # Pruning collapses far away; keep the interesting band readable.
-    if not task.higher_is_better:
-        bottom = min(methods["base"], *neumeta.values())
-        axis.set_ylim(bottom - 2, bottom + 40)
+    if not task.higher_is_better:  # NeuMeta's spread from the base, with room on both sides
+        bottom, top = scale * min(methods["base"], *neumeta.values()), scale * max(neumeta.values())
+        room = max(top - bottom, 1.0)
+        axis.set_ylim(bottom - room / 2, top + 2 * room)
     else:
         top = scale * max(methods["base"], *neumeta.values())
         axis.set_ylim(max(0, min(top - 15, scale * min(neumeta.values()) - 2)), top + 1)  # NeuMeta always in view
     low, high = axis.get_ylim()
-    for line in list(axis.lines):  # a point outside the band: a marker at the edge, with its value
-        for x, y in line.get_xydata():
-            if not low <= y <= high:
-                edge, marker, offset = (low, "v", 4) if y < low else (high, "^", -10)
-                axis.plot([x], [edge], marker=marker, color=line.get_color(), clip_on=False, zorder=5)
-                axis.annotate(f"{y:.1f}", (x, edge), xytext=(6, offset), textcoords="offset points", fontsize="x-small",
-                              color=line.get_color())  # fmt: skip
+    labelled = {"low": 0, "high": 0}  # values at the same edge stacked, not drawn over each other
+    for line in list(axis.lines):  # points outside the band: markers at the edge, the farthest one with its value
+        outside = [(x, y) for x, y in line.get_xydata() if not low <= y <= high]
+        for x, y in outside:
+            edge, marker = (low, "v") if y < low else (high, "^")
+            axis.plot([x], [edge], marker=marker, color=line.get_color(), clip_on=False, zorder=5)
+        if outside:
+            x, y = max(outside, key=lambda point: abs(point[1] - (low + high) / 2))
+            side = "low" if y < low else "high"
+            edge, offset = (low, 4 + 9 * labelled[side]) if y < low else (high, -10 - 9 * labelled[side])
+            labelled[side] += 1
+            axis.annotate(f"{y:.1f}", (x, edge), xytext=(6, offset), textcoords="offset points", fontsize="x-small",
+                          color=line.get_color())  # fmt: skip
     axis.set_xlabel("width")
-    axis.set_ylabel(f"test {task.metric_label} ({unit})")
+    axis.set_ylabel(f"test {task.metric_label}" + (f" ({unit})" if unit else ""))
     axis.set_title(f"{report['family']} on {report['dataset']}")
     axis.grid(alpha=0.3)
-    axis.legend(fontsize="x-small", ncol=2, loc="lower right")
+    axis.legend(fontsize="x-small", ncol=2, loc="best")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
