@@ -660,7 +660,10 @@ class Runs:
         """What a run does: its command and the recipe it resolves to (the command names the file, not its
         contents); for train_base.py, only the settings that decide its networks."""
         recipe = load_config(self.config, arguments)
-        settings = network_settings(recipe) if script == "train_base.py" else asdict(recipe)
+        if script == "train_base.py":
+            settings = network_settings(recipe)
+        else:  # train.py: the whole recipe, but the stage's settings decide nothing in a run without one
+            settings = asdict(recipe) | ({} if recipe.nested.enabled else {"nested": None})
         digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
         return self.command(script, arguments)[1:] + [digest]
 

@@ -418,6 +418,7 @@ def train_nested(
     seed: int = 0,
     autocast=contextlib.nullcontext,
     every_width: bool = False,
+    label_weight: float = 0.0,
 ) -> list[float]:
     """Train `nested` with the sandwich rule over its trained widths, every width distilled from `teacher` at
     `temperature` (the task's distillation loss), on `dataset` (the task's inputs, and `labels` for in-place
@@ -425,7 +426,10 @@ def train_nested(
     learns the labels and the other widths its predictions of the same step. `autocast`: a context for the
     forward passes (mixed precision, e.g. `Accelerator.autocast`). `every_width`: the random widths are drawn
     from every width between the smallest trained one and the full one (an untrained width runs with its
-    neighbours' interpolated scales and shifts), not only from the trained widths."""
+    neighbours' interpolated scales and shifts), not only from the trained widths. `label_weight` (with a
+    teacher): the full width also learns the labels, with this weight beside its distillation."""
+    if label_weight and teacher is None:
+        raise ValueError("label_weight is for a stage with a teacher: in place, the full width learns the labels only")
     task = task_for(nested.network.config, type(nested.network))
     widths = sorted({*nested.affine.widths, nested.full_width})  # the full width has no affine row
     drawn = list(range(widths[0], widths[-1] + 1)) if every_width else widths
@@ -455,6 +459,8 @@ def train_nested(
                     with torch.no_grad():
                         target = teacher(inputs, **shared)
                     loss = task.distillation(full, target, temperature)
+                    if label_weight:
+                        loss = loss + label_weight * task.loss(full, batch["labels"].to(device))
                 loss = loss + sum(
                     task.distillation(nested(width, inputs, **shared), target, temperature) for width in narrower
                 )

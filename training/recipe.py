@@ -63,6 +63,9 @@ class NestedConfig:
     # The teacher of every width: "base" (the fixed base network) or "inplace" (US-Nets: the full width learns
     # the labels, the others its predictions).
     teacher: str = "base"
+    # With teacher "base": the full width also learns the labels, with this weight beside its distillation, so that
+    # it can end better than a base short of convergence (the narrower widths still follow the base).
+    label_weight: float = 0.0
     warm_start: bool = True  # false: the shared weights start from a fresh initialisation, not the base's
     random_widths: int = 2  # each step trains the full width, the smallest and this many random ones
     every_width: bool = False  # the random ones drawn from every width of the range, not only the trained ones
@@ -252,7 +255,7 @@ _NON_NEGATIVE_INTEGERS = ("data.validation_size", "nested.random_widths")
 _POSITIVE_NUMBERS = ("base.learning_rate", "nested.epochs", "training.gamma", "nested.learning_rate", "nested.temperature",
                      "training.learning_rate", "training.epochs", "training.max_grad_norm")
 _NON_NEGATIVE_NUMBERS = (
-    "base.weight_decay", "nested.weight_decay", "training.weight_decay", "training.warmup_steps", "training.l2_weight",
+    "base.weight_decay", "nested.weight_decay", "nested.label_weight", "training.weight_decay", "training.warmup_steps", "training.l2_weight",
     "training.reconstruction_weight", "training.distillation_weight", "training.mixup_alpha",
 )  # fmt: skip
 _WIDTH_LISTS = ("hypernetwork.width_range", "hypernetwork.train_widths", "training.eval_widths", "sweep.widths")
@@ -318,6 +321,9 @@ def check_recipe(config: "TrainConfig"):
     for key, allowed in _CHOICES.items():
         if flat[key] is not None and flat[key] not in allowed:
             raise ValueError(f"{key} must be one of {', '.join(allowed)}, got {flat[key]!r}")
+    if config.nested.label_weight and config.nested.teacher == "inplace":
+        raise ValueError("nested.label_weight is for nested.teacher=base: in place, the full width learns the labels "
+                         "only; set it to 0 or use the base as teacher")  # fmt: skip
     if isinstance(config.seed, bool) or not isinstance(config.seed, int) or not 0 <= config.seed < 2**32:
         raise ValueError(f"seed must be an integer from 0 to 2**32 - 1, got {config.seed!r}")
     if not config.output_dir.strip():

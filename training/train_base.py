@@ -52,10 +52,12 @@ BASE_OUTPUTS = ("base", "nested")  # train_base.py's
 def network_settings(config: TrainConfig) -> dict:
     """The parts of a recipe that decide the networks this script trains (the base and the nested stage): the
     rest (the hypernetwork's own settings and training, the sweep) is only checked here. Two recipes that agree on
-    these give the same networks (e.g. the benchmark reuses a baseline across a change of the hypernetwork)."""
+    these give the same networks (e.g. the benchmark reuses a baseline across a change of the hypernetwork, and a
+    network trained without a nested stage across a change of the stage's settings)."""
     settings = asdict(config)
     hypernetwork = settings["hypernetwork"]
-    return {"seed": config.seed, "data": settings["data"], "base": settings["base"], "nested": settings["nested"],
+    nested = settings["nested"] if config.nested.enabled else None
+    return {"seed": config.seed, "data": settings["data"], "base": settings["base"], "nested": nested,
             "widths": [hypernetwork["width_range"], hypernetwork["train_widths"]]}  # fmt: skip
 
 
@@ -387,6 +389,7 @@ def build_nested_network(config: TrainConfig, base: PreTrainedModel, train, acce
     train_nested(
         nested, teacher, train, settings.epochs, settings.batch_size, settings.learning_rate, settings.weight_decay,
         settings.random_widths, settings.temperature, config.seed, accelerator.autocast, settings.every_width,
+        settings.label_weight,
     )  # fmt: skip
     if nested.batch_norm:  # each width's statistics, computed once here, folded in: sampling needs no data
         input_name = task_for(base.config, type(base)).input_name
