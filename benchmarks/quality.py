@@ -874,8 +874,8 @@ def markdown(report: dict) -> str:
     seen = set(report["seen_widths"])
     splits = report["splits"]
     lines = [
-        f"# NeuMeta quality: {report['family']} on {report['dataset']} (test {metric_name(report.get('metric', 'accuracy'))}"
-        + (f", {unit})" if unit else ")"),
+        f"# NeuMeta quality: {report['family']} on {report['dataset']} "
+        f"(test {metric_name(report.get('metric', 'accuracy'))}" + (f", {unit})" if unit else ")"),
         "",
         f"Base network (width {report['full_width']}, {report['base_parameters']:,} parameters): "
         f"{scale * methods['base']:.2f}. INR: {report['inr_parameters']:,} parameters. "
@@ -933,7 +933,9 @@ def plot(report: dict, path: Path):
         widths = sorted(values)
         points = [scale * values[w] for w in widths]
         colour = method.colour or next(colours, "tab:gray")
-        name = f"slimmable ({report.get('slimmable_kind', 'US-Nets')})" if key == "slimmable" else LEGEND_NAMES.get(key, name)
+        name = LEGEND_NAMES.get(key, name)
+        if key == "slimmable":
+            name = f"slimmable ({report.get('slimmable_kind', 'US-Nets')})"
         if method.style == "points":
             axis.scatter(widths, points, marker="s", color=colour, zorder=4, label=name)
         elif key == "neumeta":  # the method measured: bold, its unseen widths hollow

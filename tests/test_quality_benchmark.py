@@ -224,3 +224,21 @@ def test_a_slimmable_batch_norm_network_is_measured_with_each_amount_of_calibrat
     assert [name for name in vae if name.startswith("slimmable")] == ["slimmable"] and "nested" in vae
     lenet = quality.chosen_methods(quality.RECIPES["fashion_mnist_lenet"], False, {})
     assert [name for name in lenet if name.startswith("slimmable")] == ["slimmable"]
+
+
+def test_reuse_keeps_a_run_without_a_nested_stage_across_a_change_of_the_stages_settings(tmp_path):
+    """--reuse compares a run's command and the recipe it resolves to: a run that trains no nested stage (a
+    baseline, the plain method) is the same run whatever the recipe's nested settings; one that trains it is not."""
+    quality = load_quality_benchmark()
+    recipe = tmp_path / "recipe.yaml"
+    original = (REPO / quality.RECIPES["digits_mlp"].config).read_text()
+    signatures = []
+    for text in (original, original.replace("nested:\n", "nested:\n  label_weight: 0.5\n", 1)):
+        recipe.write_text(text)
+        runs = quality.Runs(recipe, [], tmp_path, jobs=1)
+        signatures.append({(script, enabled): runs.signature(script, [f"nested.enabled={enabled}"])
+                           for script in ("train_base.py", "train.py") for enabled in ("false", "true")})  # fmt: skip
+    before, after = signatures
+    assert load_config(recipe).nested.label_weight == 0.5
+    for key in before:
+        assert (before[key] == after[key]) == (key[1] == "false"), key

@@ -53,7 +53,6 @@ from training.train_base import (
         ("training.l2_weight=.nan", "training.l2_weight must be a non-negative number, got nan"),
         ("training.mixup_alpha=-0.2", "training.mixup_alpha must be a non-negative number, got -0.2"),
         ("nested.label_weight=-1", "nested.label_weight must be a non-negative number, got -1"),
-        ("nested.teacher=inplace nested.label_weight=1", "nested.label_weight is for nested.teacher=base"),
         ("data.image_std=[0]", "data.image_std must be positive (images are divided by it), got [0]"),
         ("data.image_mean=mean", "data.image_mean must be a list of numbers, one per image channel, got 'mean'"),
         ("data.name=''", "data.name must name a dataset"),
@@ -68,8 +67,14 @@ from training.train_base import (
 )  # fmt: skip
 def test_bad_recipe_values_are_refused_when_read(override, message):
     with pytest.raises(ValueError) as error:
-        load_config(DIGITS, ["training.max_steps=120", *override.split()])
+        load_config(DIGITS, ["training.max_steps=120", override])
     assert message in str(error.value)
+
+
+def test_a_label_weight_for_an_in_place_stage_is_refused():
+    """In place, the full width learns the labels only: a label weight there would be silently ignored."""
+    with pytest.raises(ValueError, match="nested.label_weight is for nested.teacher=base"):
+        load_config(DIGITS, ["nested.teacher=inplace", "nested.label_weight=1"])
 
 
 @pytest.mark.parametrize("script", [train_script, train_base])
@@ -346,7 +351,7 @@ def test_overwrite_deletes_nothing_until_every_check_has_passed(tmp_path, fresh_
 def test_booleans_strings_and_schedules_are_checked(override, message):
     """Round 2: a quoted "false" is a non-empty string, which Python takes as true: it deleted a finished run."""
     with pytest.raises(ValueError) as error:
-        load_config(DIGITS, ["training.max_steps=120", *override.split()])
+        load_config(DIGITS, ["training.max_steps=120", override])
     assert message in str(error.value)
 
 

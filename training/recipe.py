@@ -255,8 +255,8 @@ _NON_NEGATIVE_INTEGERS = ("data.validation_size", "nested.random_widths")
 _POSITIVE_NUMBERS = ("base.learning_rate", "nested.epochs", "training.gamma", "nested.learning_rate", "nested.temperature",
                      "training.learning_rate", "training.epochs", "training.max_grad_norm")
 _NON_NEGATIVE_NUMBERS = (
-    "base.weight_decay", "nested.weight_decay", "nested.label_weight", "training.weight_decay", "training.warmup_steps", "training.l2_weight",
-    "training.reconstruction_weight", "training.distillation_weight", "training.mixup_alpha",
+    "base.weight_decay", "nested.weight_decay", "nested.label_weight", "training.weight_decay", "training.warmup_steps",
+    "training.l2_weight", "training.reconstruction_weight", "training.distillation_weight", "training.mixup_alpha",
 )  # fmt: skip
 _WIDTH_LISTS = ("hypernetwork.width_range", "hypernetwork.train_widths", "training.eval_widths", "sweep.widths")
 _CHOICES = {
