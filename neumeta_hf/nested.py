@@ -441,8 +441,8 @@ def train_nested(
     optimizer = torch.optim.AdamW(nested.parameters(), lr=learning_rate, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)))
     device = next(nested.parameters()).device
-    if teacher is not None:
-        teacher = teacher.to(device).eval().requires_grad_(False)
+    if teacher is not None:  # run under no_grad, not frozen: a later stage may be cut from the same network
+        teacher = teacher.to(device).eval()
     nested.train()
     losses = []
     progress = progress_bar(total=steps, desc="nested stage", unit="step")
