@@ -332,8 +332,7 @@ def describe(hyper: NeuMetaModel, source: str) -> dict:
         "train_widths": _widths_in_words(config.train_widths),
         "morph": config.morph,
         "inr": {k: getattr(config, k) for k in ("hidden_size", "num_layers", "num_frequencies", "shared_trunk")},
-        "inr_parameters": sum(p.numel() for p in hyper.inr.parameters()),
-        "full_network_parameters": sum(p.numel() for p in full.parameters()),
+        **hyper.parameter_counts(),
         "generated_parameters_at_full_width": sum(
             p.numel() for name, p in full.named_parameters() if name in set(hyper.spec.names)
         ),

@@ -335,6 +335,18 @@ class NeuMetaModel(PreTrainedModel):
         total = {name: tensor / num_samples for name, tensor in total.items()} if num_samples > 1 else total
         return self._fold_width_affine(total, width) if self.inr.width_affine is not None else total
 
+    def parameter_counts(self) -> dict[str, int]:
+        """What this hypernetwork holds besides the base network it reads, against the full-width network it
+        generates: the INR's parameters, and (with `config.width_affine`) the nested stage's table of per-width
+        scales and shifts, one row per trained or predicted width."""
+        table = self.width_affine_table
+        return {
+            "inr_parameters": sum(p.numel() for p in self.inr.parameters()),
+            "width_table_parameters": sum(p.numel() for p in table.parameters()) if table is not None else 0,
+            "width_table_rows": len(table.rows) if table is not None else 0,
+            "full_network_parameters": sum(p.numel() for p in self.spec.skeleton(self.config.full_width).parameters()),
+        }
+
     def _build_width_affine_table(self) -> WidthAffine:
         full_shapes = self.spec.shapes(self.config.full_width)
         sizes = {g.name: g.members[0].length(full_shapes[g.members[0].tensor]) for g in self.spec.scaling_groups}

@@ -99,8 +99,7 @@ def hypernetwork_card(
         width_field=target(config.family).width_field if stock else None,
         architecture=type(full).__name__ if stock else None,
         inr_description=f"{config.num_layers} x {config.hidden_size}, {config.num_frequencies} Fourier frequencies, {layout}",
-        inr_parameters=sum(p.numel() for p in hyper.inr.parameters()),
-        network_parameters=sum(p.numel() for p in full.parameters()),
+        **hyper.parameter_counts(),
         smoothing=(
             f"total variation {smoothing['total_variation_before']:.4g} -> {smoothing['total_variation_after']:.4g}"
             if smoothing else "not applied"

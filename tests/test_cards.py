@@ -1,5 +1,8 @@
+from conftest import random_base
 from huggingface_hub import ModelCard
 
+import neumeta_hf as nm
+from neumeta_hf.cli import describe
 from neumeta_hf.publishing import hypernetwork_card, sampled_network_card
 
 
@@ -41,8 +44,26 @@ def test_hypernetwork_card_shows_sizes_widths_and_sweep(mlp_hyper, monkeypatch):
     assert card.data.library_name == "neumeta-hf" and "pip install neumeta-hf" in text  # not loadable by transformers alone
     assert "neumeta" in card.data.to_dict()["tags"]
     assert "`sample_model` uses one noise-free generation" in text
+    assert "table" not in text.split("## Sample")[0] and "The INR is" in text  # no nested stage, no table
     monkeypatch.setattr(mlp_hyper.config, "num_samples", 100)  # the fixture is shared: restored afterwards
     assert "`sample_model` averages 100 generations" in hypernetwork_card(mlp_hyper).text
+
+
+def test_the_card_and_info_count_the_per_width_table_beside_the_inr(tmp_path):
+    """A pipeline hypernetwork (width_affine) stores a row of scales and shifts per trained width besides its INR:
+    its size counts toward what the artifact holds against the network it generates."""
+    hyper = nm.NeuMetaModel.from_base_model(
+        random_base(nm.NeuMetaLeNetConfig()), width_range=(8, 32), smooth=False, width_affine=True,
+        train_widths=[8, 16, 24, 32], hidden_size=32, num_layers=1, num_frequencies=4,
+    )  # fmt: skip
+    # Each row: a log scale and a shift per channel of every scaling group, for the 3 widths below the full one.
+    sizes = [table.shape[1] for table in hyper.width_affine_table.log_scale.values()]
+    table = 2 * 3 * sum(sizes)
+    facts = describe(hyper, str(tmp_path))  # no sweep there
+    assert facts["width_table_parameters"] == table > 0 and facts["width_table_rows"] == 3
+    text = hypernetwork_card(hyper).text
+    assert f"plus a table of **{table:,}** per-width scales and shifts (3 widths)" in text
+    assert "The INR and its table are" in text
 
 
 def test_hypernetwork_card_names_the_hub_base_it_was_built_from(mlp_hyper):
