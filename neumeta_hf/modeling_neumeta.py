@@ -21,6 +21,7 @@ from .inr import FourierFeatures, NeuMetaINR, WidthAffineINR
 from .morph import Coordinates, MorphSpec, leading_channels, resample_channels
 from .nested import WidthAffine, fold_scale_and_shift
 from .progress import progress_bar
+from .pruning import mixed_layers
 from .publishing import (
     attach_card, base_card_license, load_preprocessor, looks_like_hub_id, push_hypernetwork, sampled_network_card,
 )
@@ -659,16 +660,9 @@ class NeuMetaModel(PreTrainedModel):
     def _mixed_weights(self, widths: list[int], num_samples: int, seed: int) -> dict[str, torch.Tensor]:
         """Each layer's tensors generated at that layer's width, zero-padded to the widest layer's shapes."""
         generated = {w: self._averaged_weights(w, num_samples, None, self._generator(seed)) for w in set(widths)}
-        shapes = self.spec.shapes(max(widths))
-        weights = {}
-        for tensor in self.spec.tensors:
-            # In a stock model every generated tensor follows exactly one group: its layer's hidden units.
-            (layer,) = tensor.out_groups or tensor.in_groups
-            source = generated[widths[layer]][tensor.name]
-            padded = source.new_zeros(shapes[tensor.name])
-            padded[tuple(slice(0, size) for size in source.shape)] = source
-            weights[tensor.name] = padded
-        return weights
+        # In a stock model every generated tensor follows exactly one group: its layer's hidden units.
+        layer_of = {tensor.name: (tensor.out_groups or tensor.in_groups)[0] for tensor in self.spec.tensors}
+        return mixed_layers(generated, layer_of, widths)
 
     def push_to_hub(
         self,

@@ -39,7 +39,9 @@ from transformers import PreTrainedModel
 from .folding import fold_batch_norm
 from .progress import progress_bar
 from .families.modeling_common import ChannelSlice
-from .pruning import calibrate_batch_norm, first_channels, has_batch_norm, nested_weights, unlisted_buffers
+from .pruning import (
+    calibrate_batch_norm, first_channels, has_batch_norm, mixed_layers, nested_weights, unlisted_buffers,
+)
 from .publishing import save_network
 from .targets import config_at_width, network_class, network_width, reorder_channels, target, target_config, task_for
 
@@ -172,7 +174,8 @@ def interpolated(low: torch.Tensor, high: torch.Tensor, fraction: float, known: 
 
 class NestedNetwork(nn.Module):
     """Shared full-width tensors (`network`) and per-width scales and shifts (`affine`): width w is the first
-    channels of every scaling group, with width w's affine folded into its producing weights and biases."""
+    channels of every scaling group, with width w's affine folded into its producing weights and biases. Where a
+    width is taken, a stock model also takes a list of widths, one per layer (mix'n'match, `mixed_layers`)."""
 
     def __init__(self, network: PreTrainedModel, widths: list[int], predicted: Sequence[int] = ()):
         super().__init__()
@@ -182,6 +185,7 @@ class NestedNetwork(nn.Module):
         self.groups = [g for g in self.kind.channel_groups(network) if g.scales]
         sizes = {g.name: g.members[0].length(state[g.members[0].tensor].shape) for g in self.groups}
         self.affine = WidthAffine(sizes, widths, network_width(network.config), predicted)
+        self._layer_of = {m.tensor: layer for layer, g in enumerate(self.groups) for m in g.members}
         # With BatchNorm, each width's scale and shift act on its BatchNorm's affine (a private BatchNorm per
         # width, as in slimmable networks) and training normalises by batch statistics; `folded` then turns the
         # stage into the plain form, whose per-width scales and shifts need no statistics.
@@ -209,14 +213,29 @@ class NestedNetwork(nn.Module):
                 self._skeletons[width] = network_class(config)(config).eval()
         return self._skeletons[width]
 
-    def width_tensors(self, width: int) -> dict[str, torch.Tensor]:
+    def width_tensors(self, width: int | Sequence[int]) -> dict[str, torch.Tensor]:
         """Every tensor of the width-`width` network, differentiable: the shared tensors' first channels with
-        the width's scale and shift folded in (`fold_scale_and_shift`)."""
+        the width's scale and shift folded in (`fold_scale_and_shift`); for one width per layer, each layer's
+        from its width, zero-padded to the widest."""
+        if not isinstance(width, int):
+            widths = self._layer_widths(width)
+            return mixed_layers({w: self.width_tensors(w) for w in set(widths)}, self._layer_of, widths)
         skeleton = self.skeleton(width)
         return fold_scale_and_shift(
             skeleton, nested_weights(self.network, skeleton),
             lambda group, size: self.affine.values(group, width, size, lambda w: self.group_size(group, w)),
         )  # fmt: skip
+
+    def _layer_widths(self, widths) -> list[int]:
+        if not self.kind.independent_layers:
+            family = self.network.config.model_type
+            raise ValueError(f"one width per layer is for stock transformers models; {family}'s channel groups are "
+                             "coupled: pass one width")  # fmt: skip
+        widths = [int(w) for w in widths]
+        if len(widths) != len(self.groups) or not all(0 < w <= self.full_width for w in widths):
+            raise ValueError(f"widths needs one width per layer ({len(self.groups)}), each from 1 to the full width "
+                             f"{self.full_width}, got {widths}")  # fmt: skip
+        return widths
 
     def group_size(self, group_name: str, width: int) -> int:
         """How many channels scaling group `group_name` has at `width`."""
@@ -225,8 +244,8 @@ class NestedNetwork(nn.Module):
         group = next(g for g in self.kind.channel_groups(skeleton) if g.name == group_name)
         return group.members[0].length(structure[group.members[0].tensor].shape)
 
-    def forward(self, width: int, *args, **kwargs):
-        skeleton = self.skeleton(width)
+    def forward(self, width: int | Sequence[int], *args, **kwargs):
+        skeleton = self.skeleton(width if isinstance(width, int) else max(width))
         # BatchNorm trains on batch statistics (the running ones, views of the shared buffers, are recomputed
         # per width by `folded`); other layers keep eval behaviour, as the stage always ran them.
         skeleton.train(self.training and self.batch_norm)
@@ -234,10 +253,10 @@ class NestedNetwork(nn.Module):
         return functional_call(skeleton, tensors, args, kwargs)
 
     @torch.no_grad()
-    def network_at(self, width: int, calibration: list[torch.Tensor] | None = None) -> PreTrainedModel:
+    def network_at(self, width: int | Sequence[int], calibration: list[torch.Tensor] | None = None) -> PreTrainedModel:
         """The standalone width-`width` network in eval mode (a trained width's own affine, else interpolated).
         With BatchNorm, its statistics are computed from `calibration`, batches of inputs (required)."""
-        config = config_at_width(self.network.config, width)
+        config = config_at_width(self.network.config, width if isinstance(width, int) else max(width))
         network = network_class(config)(config).to(self.network.device)
         network.load_state_dict({name: t.detach().clone() for name, t in self.width_tensors(width).items()})
         if self.batch_norm:
@@ -419,6 +438,7 @@ def train_nested(
     autocast=contextlib.nullcontext,
     every_width: bool = False,
     label_weight: float = 0.0,
+    mix_layers: bool = False,
 ) -> list[float]:
     """Train `nested` with the sandwich rule over its trained widths, every width distilled from `teacher` at
     `temperature` (the task's distillation loss), on `dataset` (the task's inputs, and `labels` for in-place
@@ -427,9 +447,13 @@ def train_nested(
     forward passes (mixed precision, e.g. `Accelerator.autocast`). `every_width`: the random widths are drawn
     from every width between the smallest trained one and the full one (an untrained width runs with its
     neighbours' interpolated scales and shifts), not only from the trained widths. `label_weight` (with a
-    teacher): the full width also learns the labels, with this weight beside its distillation."""
+    teacher): the full width also learns the labels, with this weight beside its distillation. `mix_layers` (stock
+    models, whose layers' widths are independent): the last random width of each step is one width per layer,
+    each drawn on its own, so that mixed networks (mix'n'match) are trained too."""
     if label_weight and teacher is None:
         raise ValueError("label_weight is for a stage with a teacher: in place, the full width learns the labels only")
+    if mix_layers and not random_widths:
+        raise ValueError("mix_layers replaces the last random width of each step: it needs random_widths >= 1")
     task = task_for(nested.network.config, type(nested.network))
     widths = sorted({*nested.affine.widths, nested.full_width})  # the full width has no affine row
     drawn = list(range(widths[0], widths[-1] + 1)) if every_width else widths
@@ -451,6 +475,8 @@ def train_nested(
             inputs = batch[task.input_name].to(device)
             shared = task.shared_inputs(nested.network.config, inputs, generator)
             narrower = [widths[0]] + [rng.choice(drawn) for _ in range(random_widths)]
+            if mix_layers:
+                narrower[-1] = [rng.choice(drawn) for _ in nested.groups]
             with autocast():
                 full = nested(widths[-1], inputs, **shared)
                 if teacher is None:

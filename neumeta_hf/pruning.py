@@ -8,7 +8,7 @@
   BatchNorm statistics recomputed from a few batches (`calibrate_batch_norm`, their "BN calibration").
 """
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -77,6 +77,21 @@ def nested_weights(
         if id(state[name]) not in cut:
             cut[id(state[name])] = leading_channels(state[name], tensor.shape, (segments(name, 0), segments(name, 1)))
     return {name: cut[id(state[name])] for name in narrow_state}
+
+
+def mixed_layers(per_width: dict[int, dict[str, torch.Tensor]], layer_of: dict[str, int], widths: Sequence[int]):
+    """The tensors of a network whose layer l has width `widths[l]` (MatFormer's mix'n'match), from each width's
+    own tensors (`per_width`, every width in `widths`) and the layer each width-dependent tensor belongs to
+    (`layer_of`), in the shapes of the widest layer's network: a layer's tensors are its width's, zero-padded --
+    hidden units with zero weights in and out compute nothing -- and the others are the widest's (they do not
+    depend on the width; tied ones stay one object). Differentiable."""
+    widest = per_width[max(widths)]
+    mixed = {}
+    for name, tensor in widest.items():
+        source = tensor if name not in layer_of else per_width[widths[layer_of[name]]][name]
+        padding = [pad for size, full in zip(source.shape[::-1], tensor.shape[::-1]) for pad in (0, full - size)]
+        mixed[name] = torch.nn.functional.pad(source, padding) if any(padding) else source
+    return mixed
 
 
 def unlisted_buffers(model: PreTrainedModel, narrower: PreTrainedModel) -> dict[str, torch.Tensor]:

@@ -77,6 +77,17 @@ def test_a_label_weight_for_an_in_place_stage_is_refused():
         load_config(DIGITS, ["nested.teacher=inplace", "nested.label_weight=1"])
 
 
+def test_mixed_layer_widths_are_refused_where_layers_are_coupled_or_no_random_width_is_drawn():
+    """nested.mix_layers draws one width per layer: the families' channel groups are coupled, and with no random
+    width there is no draw for it to replace."""
+    with pytest.raises(ValueError, match="neumeta-mlp's channel groups are coupled: set it to false"):
+        load_config(DIGITS, ["nested.enabled=true", "nested.mix_layers=true"])
+    llama = str(REPO / "training" / "configs" / "shakespeare_llama.yaml")
+    with pytest.raises(ValueError, match="it needs nested.random_widths of at least 1"):
+        load_config(llama, ["nested.mix_layers=true", "nested.random_widths=0"])
+    assert load_config(llama, ["nested.mix_layers=true"]).nested.mix_layers
+
+
 @pytest.mark.parametrize("script", [train_script, train_base])
 def test_a_bad_recipe_on_the_command_line_exits_2_with_the_message(script, capsys):
     with pytest.raises(SystemExit) as stop:

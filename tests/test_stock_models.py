@@ -16,6 +16,7 @@ from transformers import BertConfig, GPT2Config, GPTNeoXConfig, LlamaConfig, T5C
 
 import neumeta_hf as nm
 from neumeta_hf import targets
+from neumeta_hf.nested import NestedNetwork, importance_order
 from neumeta_hf.pruning import first_channels, prune_l1
 
 FULL_WIDTH = 64
@@ -739,3 +740,32 @@ def test_a_layout_that_misses_a_coupled_tensor_is_not_taken(monkeypatch):
     assert targets.discover_layout(base) is None and not targets.is_known("olmo")
     with pytest.raises(ValueError, match="Unknown family 'olmo'.*layouts gated-mlp"):
         nm.NeuMetaModel.from_base_model(base, width_range=(16, FULL_WIDTH), **SMALL_INR)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
+def test_a_nested_stage_runs_one_width_per_layer_as_the_hypernetwork_built_on_it_samples_it(model_type):
+    """A nested stage's mixed network (one width per layer, each layer with its own width's scales and shifts) is
+    the one its hypernetwork samples with `widths=` before any correction is trained, whether run through the
+    stage's differentiable forward (what `mix_layers` trains) or as a standalone network."""
+    base = random_stock(model_type)
+    base.config.architectures = [type(base).__name__]  # as a saved or trained model's config names it
+    torch.manual_seed(0)
+    nested = NestedNetwork(importance_order(base), [16, 32, 48, FULL_WIDTH])
+    with torch.no_grad():  # each trained width's own scales and shifts, as a trained stage has
+        for table in [*nested.affine.log_scale.values(), *nested.affine.shift.values()]:
+            table.normal_(0.0, 0.2)
+    hyper = nm.NeuMetaModel.from_base_model(
+        nested.network, width_range=(16, FULL_WIDTH), smooth=False, anchor_channels="first", width_affine=True,
+        train_widths=[16, 32, 48, FULL_WIDTH], **SMALL_INR,
+    )  # fmt: skip
+    hyper.adopt_width_affine(nested)
+    inputs = inputs_of(nested.network.config)
+    mixed = [24, 48]
+    expected = logits(hyper.sample_model(widths=mixed), inputs)
+    torch.testing.assert_close(logits(nested.network_at(mixed), inputs), expected, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        through_stage = targets.task_for(nested.network.config).function_output(nested.eval()(mixed, **inputs))
+    torch.testing.assert_close(through_stage, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(expected, logits(nested.network_at(24), inputs), atol=1e-3)
+    with pytest.raises(ValueError, match=r"one width per layer \(2\)"):
+        nested.network_at([24, 32, 40])

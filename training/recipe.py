@@ -69,6 +69,9 @@ class NestedConfig:
     warm_start: bool = True  # false: the shared weights start from a fresh initialisation, not the base's
     random_widths: int = 2  # each step trains the full width, the smallest and this many random ones
     every_width: bool = False  # the random ones drawn from every width of the range, not only the trained ones
+    # Stock models: the last random width of each step is one width per layer, each drawn on its own, so that
+    # mixed networks (sample_model(widths=[...]), MatFormer's mix'n'match) are trained too.
+    mix_layers: bool = False
     # A base with BatchNorm: each trained width's statistics are computed from this many training batches at the
     # end of the stage and folded in with its scale and shift, those of the widths between trained ones predicted
     # from the full network's (sampled networks need no data).
@@ -370,6 +373,12 @@ def check_recipe(config: "TrainConfig"):
                          "and this recipe has none: leave hypernetwork.config.width_affine unset (true), or "
                          "training.train_corrections true")  # fmt: skip
     model_class = target(config.base.family).trainable_network_class()  # an unknown family names the known ones
+    if config.nested.mix_layers and not target(config.base.family).independent_layers:
+        raise ValueError(f"nested.mix_layers trains networks with one width per layer, which stock transformers models "
+                         f"have; {config.base.family}'s channel groups are coupled: set it to false")  # fmt: skip
+    if config.nested.mix_layers and not config.nested.random_widths:
+        raise ValueError("nested.mix_layers replaces the last random width of each step with one width per layer: "
+                         "it needs nested.random_widths of at least 1")  # fmt: skip
     family_fields = own_fields(model_class.config_class) | {"id2label", "label2id", "num_labels"}
     _check_keys("base.family_config", config.base.family_config, family_fields)
     hypernetwork_config = config.hypernetwork.config

@@ -389,7 +389,7 @@ def build_nested_network(config: TrainConfig, base: PreTrainedModel, train, acce
     train_nested(
         nested, teacher, train, settings.epochs, settings.batch_size, settings.learning_rate, settings.weight_decay,
         settings.random_widths, settings.temperature, config.seed, accelerator.autocast, settings.every_width,
-        settings.label_weight,
+        settings.label_weight, settings.mix_layers,
     )  # fmt: skip
     if nested.batch_norm:  # each width's statistics, computed once here, folded in: sampling needs no data
         input_name = task_for(base.config, type(base)).input_name
