@@ -59,7 +59,9 @@ from neumeta_hf.evaluation import evaluate_score, sweep  # noqa: E402
 from neumeta_hf.nested import NestedNetwork  # noqa: E402
 from neumeta_hf.progress import progress_bar  # noqa: E402
 from neumeta_hf.pruning import calibration_batches, first_channels, has_batch_norm, prune_l1  # noqa: E402
-from neumeta_hf.targets import config_at_width, multiply_accumulates, network_width, target, task_for  # noqa: E402
+from neumeta_hf.targets import (  # noqa: E402
+    channel_groups, config_at_width, multiply_accumulates, network_width, target, task_for,
+)
 from neumeta_hf.tasks import PICTURES, BenchmarkTargets, metric_name, task_of_metric  # noqa: E402
 from training.recipe import TrainConfig, load_config  # noqa: E402
 from training.train_base import network_settings  # noqa: E402
@@ -383,13 +385,20 @@ def nested_passes(bench: Bench, recipe: TrainConfig | None = None) -> int:
     """The base, then the nested stage's steps (under `recipe`, default the benchmark's nested stage): the full
     width, the smallest and `random_widths` of the trained widths (of every width with `nested.every_width`), and
     the base teacher's forward-only pass (a third; none with in-place distillation, whose teacher is the full
-    width's own pass)."""
+    width's own pass). With `nested.mix_layers` the last random width is one per layer, and the network runs at
+    its widest layer's width: that draw costs the expected share of the widest of one draw per layer."""
     recipe = recipe or load_config(REPO / bench.recipe.config, list(NESTED) + bench.overrides)
     low, high = recipe.hypernetwork.width_range
     every = list(range(low, high + 1))
     widths = every if recipe.nested.every_width else recipe.hypernetwork.train_widths or every
     teacher = 1 / 3 if recipe.nested.teacher == "base" else 0
-    per_example = teacher + 1 + bench.share[low] + recipe.nested.random_widths * sum(bench.share[w] for w in widths) / len(widths)
+    draws = sorted(bench.share[w] for w in widths)
+    mean_draw = sum(draws) / len(draws)
+    random = recipe.nested.random_widths * mean_draw
+    if recipe.nested.mix_layers:  # P(the widest of L draws is the k-th smallest) = ((k + 1)^L - k^L) / n^L
+        layers, n = sum(1 for g in channel_groups(bench.base) if g.scales), len(draws)
+        random += sum(share * ((k + 1) ** layers - k**layers) / n**layers for k, share in enumerate(draws)) - mean_draw
+    per_example = teacher + 1 + bench.share[low] + random
     return round(bench.base_passes + recipe.nested.epochs * bench.examples * per_example)
 
 

@@ -4,6 +4,7 @@ import json
 import sys
 
 import pytest
+import transformers
 from conftest import REPO
 
 from training.recipe import load_config
@@ -173,6 +174,15 @@ def test_costs_count_every_stage_the_method_and_its_levers_train():
     for overrides, drawn in (([], even), (["nested.every_width=true"], every)):
         stage = load_config(REPO / recipe.config, ["nested.teacher=inplace", *overrides])
         assert quality.nested_passes(bench, stage) == round(base + 7 * examples * (1 + square[8] + 2 * drawn))
+    # One width per layer (nested.mix_layers, a stock model's): the last random draw runs at its widest layer's
+    # width; here two layers, so its expected share is the mean over every pair of widths of the wider one's.
+    llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2))
+    stage = load_config(REPO / recipe.config, ["nested.teacher=inplace"])
+    stage.nested.mix_layers = True  # the recipe refuses it for LeNet; the cost rule only needs the layer count
+    widest = sum(square[max(a, b)] for a in range(8, 33, 2) for b in range(8, 33, 2)) / 13**2
+    expected = round(base + 7 * examples * (1 + square[8] + even + widest))
+    assert quality.nested_passes(dataclasses.replace(bench, base=llama), stage) == expected
 
 
 def test_report_from_an_earlier_benchmark_renders_with_the_method_table(tmp_path):
