@@ -26,7 +26,9 @@ from .publishing import (
     attach_card, base_card_license, load_preprocessor, looks_like_hub_id, push_hypernetwork, sampled_network_card,
 )
 from .smoothing import smooth_channels
-from .targets import architecture_class, discover_layout, is_known, multiply_accumulates, target, task_for
+from .targets import (
+    architecture_class, discover_layout, is_known, layer_widths, multiply_accumulates, target, task_for,
+)
 from .tasks import PICTURES
 
 logger = logging.get_logger(__name__)
@@ -644,18 +646,8 @@ class NeuMetaModel(PreTrainedModel):
         return torch.Generator(self.output_scale.device).manual_seed(seed)
 
     def _check_layer_widths(self, widths) -> list[int]:
-        groups = self.spec.scaling_groups
-        if not target(self.config.family).independent_layers:
-            raise ValueError(
-                "widths (one per layer) is for stock transformers models, whose layers' feed-forward widths are "
-                f"independent; {self.config.family}'s channel groups are coupled: pass one width"
-            )
-        if isinstance(widths, (str, bytes, dict, set)):  # a dict would give its keys, a set an arbitrary order
-            raise TypeError(f"widths must be a list of integer widths, one per layer, got {widths!r}")
-        given, widths = widths, list(widths)  # any sequence or iterable, a generator included
-        if len(widths) != len(groups):
-            raise ValueError(f"widths needs one width per layer ({len(groups)}), got {given!r}")
-        return [self.check_width(width) for width in widths]
+        layers = len(self.spec.scaling_groups)
+        return [self.check_width(width) for width in layer_widths(self.config.family, widths, layers)]
 
     def _mixed_weights(self, widths: list[int], num_samples: int, seed: int) -> dict[str, torch.Tensor]:
         """Each layer's tensors generated at that layer's width, zero-padded to the widest layer's shapes."""

@@ -43,7 +43,9 @@ from .pruning import (
     calibrate_batch_norm, first_channels, has_batch_norm, mixed_layers, nested_weights, unlisted_buffers,
 )
 from .publishing import save_network
-from .targets import config_at_width, network_class, network_width, reorder_channels, target, target_config, task_for
+from .targets import (
+    config_at_width, layer_widths, network_class, network_width, reorder_channels, target, target_config, task_for,
+)
 
 AFFINE_FILE = "width_affine.safetensors"
 
@@ -227,14 +229,9 @@ class NestedNetwork(nn.Module):
         )  # fmt: skip
 
     def _layer_widths(self, widths) -> list[int]:
-        if not self.kind.independent_layers:
-            family = self.network.config.model_type
-            raise ValueError(f"one width per layer is for stock transformers models; {family}'s channel groups are "
-                             "coupled: pass one width")  # fmt: skip
-        widths = [int(w) for w in widths]
-        if len(widths) != len(self.groups) or not all(0 < w <= self.full_width for w in widths):
-            raise ValueError(f"widths needs one width per layer ({len(self.groups)}), each from 1 to the full width "
-                             f"{self.full_width}, got {widths}")  # fmt: skip
+        widths = layer_widths(self.network.config.model_type, widths, len(self.groups))
+        if not all(isinstance(w, int) and 0 < w <= self.full_width for w in widths):
+            raise ValueError(f"each width must be an integer from 1 to the full width {self.full_width}, got {widths}")
         return widths
 
     def group_size(self, group_name: str, width: int) -> int:

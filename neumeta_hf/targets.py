@@ -505,6 +505,23 @@ def config_at_width(config: PreTrainedConfig, width: int) -> PreTrainedConfig:
     return target(config.model_type).config_at_width(config, width)
 
 
+def layer_widths(model_type: str, widths, layers: int) -> list:
+    """`widths` (any sequence or iterable, a generator included) as a list of one width per layer, MatFormer's
+    mix'n'match: refused for a model whose layers' widths are coupled, or with other than `layers` widths. Each
+    width is the caller's to check against its range."""
+    if not target(model_type).independent_layers:
+        raise ValueError(
+            "widths (one per layer) is for stock transformers models, whose layers' feed-forward widths are "
+            f"independent; {model_type}'s channel groups are coupled: pass one width"
+        )
+    if isinstance(widths, (str, bytes, dict, set)):  # a dict would give its keys, a set an arbitrary order
+        raise TypeError(f"widths must be a list of integer widths, one per layer, got {widths!r}")
+    given, widths = widths, list(widths)
+    if len(widths) != layers:
+        raise ValueError(f"widths needs one width per layer ({layers}), got {given!r}")
+    return widths
+
+
 def channel_groups(model: PreTrainedModel) -> list[ChannelGroup]:
     return target(model.config.model_type).channel_groups(model)
 
