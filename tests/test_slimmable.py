@@ -69,9 +69,9 @@ def test_slimmable_training_makes_every_width_work_and_pruned_fine_tuning_recove
     config = quick_config(tmp_path, "base.slimmable=true", "base.epochs=8", "data.validation_size=300")
     train, validation, test, info = load_splits(config.data)
     assert (len(train), len(validation)) == (1438 - 300, 300)
-    slimmable, _ = train_base.build_base_network(config, train, test, info, Accelerator())
+    slimmable = train_base.build_base_network(config, train, info, Accelerator())
     plain = quick_config(tmp_path, "base.epochs=8", "data.validation_size=300")
-    full_only, _ = train_base.build_base_network(plain, train, test, info, Accelerator())
+    full_only = train_base.build_base_network(plain, train, info, Accelerator())
     # Trained at the narrow widths too, the slimmable network's first 32 channels work; the plain network's do not.
     nested = evaluate_score(first_channels(slimmable, 32), validation)
     assert nested > 0.85 and nested > evaluate_score(first_channels(full_only, 32), validation) + 0.05
@@ -79,7 +79,7 @@ def test_slimmable_training_makes_every_width_work_and_pruned_fine_tuning_recove
     full_only.save_pretrained(tmp_path / "plain")
     finetune = quick_config(tmp_path, f"base.prune_from={tmp_path / 'plain'}", "base.family_config.width=16",
                             "base.epochs=2", "base.learning_rate=1e-3", "data.validation_size=300")  # fmt: skip
-    tuned, _ = train_base.build_base_network(finetune, train, test, info, Accelerator())
+    tuned = train_base.build_base_network(finetune, train, info, Accelerator())
     assert tuned.config.width == 16
     assert evaluate_score(tuned, validation) > evaluate_score(prune_l1(full_only, 16), validation)
 
@@ -92,7 +92,7 @@ def test_a_slimmable_vae_distils_posterior_and_pixels_into_its_narrow_widths(tmp
     def trained(*extra):
         config = load_config(VAE, [f"output_dir={tmp_path}", *QUICK_VAE, "base.epochs=8", *extra])
         train, validation, test, info = load_splits(config.data)
-        model, _ = train_base.build_base_network(config, train, test, info, Accelerator())
+        model = train_base.build_base_network(config, train, info, Accelerator())
         return model, validation
 
     slimmable, validation = trained("base.slimmable=true")

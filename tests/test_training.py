@@ -76,6 +76,22 @@ def test_short_training_run_learns_and_writes_every_output(tmp_path, fresh_accel
     assert hyper.sample_model(40).config.width == 40
 
 
+def test_train_base_reports_the_base_on_the_validation_split(tmp_path, capsys, fresh_accelerate_state):
+    """train_base.py runs while a recipe is being chosen, so what it prints is what choices are made by: the
+    validation split's score, the test split staying unread until a final table (it printed the test score)."""
+    from neumeta_hf.evaluation import evaluate_score
+    from training import train_base
+
+    overrides = [f"output_dir={tmp_path}", "base.epochs=2", "nested.enabled=false"]
+    train_base.main(["--config", str(DIGITS), *overrides])
+    config = load_config(DIGITS, overrides)
+    _, validation, test, _ = load_splits(config.data)
+    base = nm.NeuMetaMLPForImageClassification.from_pretrained(tmp_path / "base")
+    score, unread = evaluate_score(base, validation), evaluate_score(base, test)
+    assert score != unread  # so that the line below tells the two splits apart
+    assert f"width 64): validation accuracy {score:.4f}; saved to" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_stock_vit_trains_end_to_end_and_samples_stock_networks(tmp_path, fresh_accelerate_state):
     from transformers import AutoModelForImageClassification, ViTForImageClassification

@@ -52,7 +52,7 @@ if __package__ in (None, ""):  # run by path (accelerate launch training/train.p
 
 from neumeta_hf import NeuMetaModel  # noqa: E402
 from neumeta_hf.data import DataInfo, load_splits  # noqa: E402
-from neumeta_hf.evaluation import evaluate_width, sweep, worst_result, write_pictures, write_sweep  # noqa: E402
+from neumeta_hf.evaluation import evaluate_score, evaluate_width, sweep, worst_result, write_pictures, write_sweep  # noqa: E402
 from neumeta_hf.nested import AFFINE_FILE, NestedNetwork  # noqa: E402
 from neumeta_hf.objective import Objective  # noqa: E402
 from neumeta_hf.progress import progress_bar  # noqa: E402
@@ -79,6 +79,7 @@ from training.train_base import (  # noqa: E402
     make_reproducible,
     release_output_dir,
     replace_earlier_run,
+    watched_split,
 )
 
 
@@ -340,11 +341,8 @@ class Run:
 
     @property
     def watched(self) -> tuple[datasets.Dataset, str]:
-        """(dataset, split name) that evaluation during training reads: what one watches and decides by, the
-        validation split when there is one."""
-        if self.validation_set is None:
-            return self.test_set, "test"
-        return self.validation_set, "validation"
+        """(dataset, split name) that evaluation during training reads (`watched_split`)."""
+        return watched_split(self.validation_set, self.test_set)
 
 
 @dataclass
@@ -397,15 +395,17 @@ def set_up(config: TrainConfig) -> Run:
     return Run(config, accelerator, identity, resume_from, train_set, validation_set, test_set, info)
 
 
-def base_stage(run: Run) -> tuple[PreTrainedModel, float]:
-    """(1) The base network -- loaded from base.pretrained, else trained -- and its test score, saved to
-    OUTPUT_DIR/base."""
-    base, base_score = build_base_network(run.config, run.train_set, run.test_set, run.info, run.accelerator)
+def base_stage(run: Run) -> PreTrainedModel:
+    """(1) The base network -- loaded from base.pretrained, else trained -- saved to OUTPUT_DIR/base."""
+    base = build_base_network(run.config, run.train_set, run.info, run.accelerator)
     metric = task_for(base.config, type(base)).main_metric
-    run.accelerator.print(f"Base network: width {network_width(base.config)}, test {metric} {base_score:.4f}")
+    watched, split = run.watched
+    run.accelerator.print(
+        f"Base network: width {network_width(base.config)}, {split} {metric} {evaluate_score(base, watched):.4f}"
+    )
     if run.accelerator.is_main_process:
         save_network(base, run.output / "base")
-    return base, base_score
+    return base
 
 
 def nested_stage(run: Run, base: PreTrainedModel) -> NestedNetwork | None:
@@ -574,11 +574,12 @@ def training_step(run: Run, training: Training, hyper, batch, micro_step: int, w
     return loss, terms
 
 
-def export(run: Run, training: Training, hyper: NeuMetaModel, base_score: float) -> dict:
+def export(run: Run, training: Training, hyper: NeuMetaModel, base: PreTrainedModel) -> dict:
     """(4) On the main process: the EMA hypernetwork to OUTPUT_DIR/hypernetwork with its card and pictures, the
-    width sweep on the test split (sweep.json, sweep.md, sweep.png) and one sampled network with its card.
-    Returns the sweep result."""
+    width sweep on the test split beside the base's score there (sweep.json, sweep.md, sweep.png) and one sampled
+    network with its card. Returns the sweep result."""
     config, settings, output, info = run.config, run.config.training, run.output, run.info
+    base_score = evaluate_score(base, run.test_set)
     training.ema.copy_to(hyper.inr)
     hyper.eval()
     hyper.config.trained_steps = settings.max_steps
@@ -623,12 +624,12 @@ def export(run: Run, training: Training, hyper: NeuMetaModel, base_score: float)
 def train(config: TrainConfig) -> dict:
     """Run the whole recipe, stage by stage; returns the sweep result (on the main process)."""
     run = set_up(config)
-    base, base_score = base_stage(run)
+    base = base_stage(run)
     hyper = hypernetwork_stage(run, base, nested_stage(run, base))
     training = prepare_training(run, hyper, base)
     hyper = run.accelerator.unwrap_model(training.model)
     training_loop(run, training, hyper, base.config.num_labels)
-    result = export(run, training, hyper, base_score) if run.accelerator.is_main_process else {}
+    result = export(run, training, hyper, base) if run.accelerator.is_main_process else {}
     run.accelerator.end_training()
     release_output_dir(run.output)
     return result

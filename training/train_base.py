@@ -1,4 +1,5 @@
-"""Train (or load) the full-width base network of a family, report its test score and save it.
+"""Train (or load) the full-width base network of a family, report its validation score (the test score when the
+recipe holds out no validation split) and save it.
 
     accelerate launch training/train_base.py --config training/configs/digits_mlp.yaml [key=value ...]
 
@@ -21,6 +22,7 @@ import warnings
 from dataclasses import asdict
 from pathlib import Path
 
+import datasets
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -339,10 +341,8 @@ def load_trained_network(key: str, path: str, family: str) -> PreTrainedModel:
     return model
 
 
-def build_base_network(
-    config: TrainConfig, train, test, info: DataInfo, accelerator: Accelerator
-) -> tuple[PreTrainedModel, float]:
-    """(network, its test score -- the task's main metric): loaded from `base.pretrained`, or trained on `train` with `base.*` settings."""
+def build_base_network(config: TrainConfig, train, info: DataInfo, accelerator: Accelerator) -> PreTrainedModel:
+    """The base network, in eval mode: loaded from `base.pretrained`, or trained on `train` with `base.*` settings."""
     model_class = target(config.base.family).trainable_network_class()
     if config.base.pretrained:
         model = load_trained_network("base.pretrained", config.base.pretrained, config.base.family)
@@ -359,8 +359,13 @@ def build_base_network(
         model = train_network(model, train, config.base, accelerator, config.seed, nested)
     if info.preprocessor is not None and not config.base.pretrained:  # the tokenizer that cut the text goes along
         model.preprocessor = info.preprocessor
-    model.eval()
-    return model, evaluate_score(model, test)
+    return model.eval()
+
+
+def watched_split(validation, test) -> tuple[datasets.Dataset, str]:
+    """(dataset, split name) that a run reports while it works and that decisions are taken by: the validation
+    split when there is one. The test split is read once, for a final table (train.py's sweep)."""
+    return (test, "test") if validation is None else (validation, "validation")
 
 
 def width_range(config: TrainConfig, base_config) -> tuple[int, int]:
@@ -489,18 +494,18 @@ def main(argv=None):
     train, validation, test, info = load_splits(config.data)
     check_against_data(config, train, validation, test, info, accelerator)
     replace_earlier_run(earlier, accelerator)
-    model, score = build_base_network(config, train, test, info, accelerator)
+    model = build_base_network(config, train, info, accelerator)
     output = Path(config.output_dir)
     metric = task_for(model.config, type(model)).main_metric
+    watched, split = watched_split(validation, test)
     if accelerator.is_main_process:
         save_network(model, output / "base")
-        accelerator.print(f"Base network ({config.base.family}, width {network_width(model.config)}): test {metric} "
-                          f"{score:.4f}; saved to {output / 'base'}")
+        accelerator.print(f"Base network ({config.base.family}, width {network_width(model.config)}): {split} "
+                          f"{metric} {evaluate_score(model, watched):.4f}; saved to {output / 'base'}")
     if config.nested.enabled:
         nested = build_nested_network(config, model, train, accelerator)
         if accelerator.is_main_process:
             nested.save_pretrained(output / "nested")
-            watched, split = (test, "test") if validation is None else (validation, "validation")
             low, high = width_range(config, model.config)
             scores = {w: evaluate_score(nested.network_at(w), watched) for w in sorted({low, (low + high) // 2, high})}
             figures = ", ".join(f"width {w} {score:.4f}" for w, score in scores.items())
