@@ -52,12 +52,13 @@ class NeuMetaINR(nn.Module):
         size_frequencies: int,
         residual_scale: float,
         shared_trunk: bool,
-        affine_groups: int = 0,
+        affine_sites: int = 0,
     ):
         super().__init__()
-        # With `affine_groups` scaling groups: a correction of their per-width scales and shifts (`WidthAffineINR`).
+        # With `affine_sites` sites (`nested.affine_sites`): a correction of their per-width scales and shifts
+        # (`WidthAffineINR`).
         self.width_affine = (
-            WidthAffineINR(affine_groups, hidden_size, num_frequencies, size_frequencies) if affine_groups else None
+            WidthAffineINR(affine_sites, hidden_size, num_frequencies, size_frequencies) if affine_sites else None
         )
         num_tensors = len(kernel_sizes)
         num_heads = 1 if shared_trunk else num_tensors
@@ -123,30 +124,32 @@ class NeuMetaINR(nn.Module):
 
 
 class WidthAffineINR(nn.Module):
-    """(scaling group, channel position, width) -> a correction of that channel's log scale and shift at that
-    width: of the per-width parameters of a nested network (`nested.WidthAffine`, a table over the trained
+    """(site, channel position, width) -> a correction of that channel's log scale and shift at that width: of
+    the per-width parameters of a nested network (`nested.WidthAffine`, a table over the trained
     widths, interpolated between them), so that every width, unseen ones included, gets its own. Fourier features
     of the channel position (its index over the group's full size; `num_frequencies`) and of the width (over the full
-    width; `size_frequencies`, few, so that neighbouring widths stay close), plus a learned embedding per group,
-    feed a small residual ReLU MLP. The caller tapers the output to zero at the full width."""
+    width; `size_frequencies`, few, so that neighbouring widths stay close), plus a learned embedding per site
+    (`nested.affine_sites`: a scaling group, or one layer of a residual stream; the parameter keeps its first
+    name, `group_embedding`), feed a small residual ReLU MLP. The caller tapers the output to zero at the full
+    width."""
 
-    def __init__(self, num_groups: int, hidden_size: int, num_frequencies: int, size_frequencies: int):
+    def __init__(self, num_sites: int, hidden_size: int, num_frequencies: int, size_frequencies: int):
         super().__init__()
         self.position_features = FourierFeatures(num_frequencies)
         self.width_features = FourierFeatures(size_frequencies)
         features = self.position_features.output_size(1) + self.width_features.output_size(1)
-        self.group_embedding = nn.Parameter(torch.empty(num_groups, hidden_size))
+        self.group_embedding = nn.Parameter(torch.empty(num_sites, hidden_size))
         self.input_weight = nn.Parameter(torch.empty(features, hidden_size))
         self.hidden_weight = nn.Parameter(torch.empty(hidden_size, hidden_size))
         self.hidden_bias = nn.Parameter(torch.empty(hidden_size))
         self.output_weight = nn.Parameter(torch.empty(hidden_size, 2))
         self.output_bias = nn.Parameter(torch.empty(2))
 
-    def forward(self, groups: torch.Tensor, positions: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
-        """Per row: its group's index, channel position in [0, 1) and width in (0, 1] -> [rows, 2]: log scale
-        and shift corrections. Rows of any groups and widths at once."""
+    def forward(self, sites: torch.Tensor, positions: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
+        """Per row: its site's index, channel position in [0, 1) and width in (0, 1] -> [rows, 2]: log scale
+        and shift corrections. Rows of any sites and widths at once."""
         features = torch.cat([self.position_features(positions[:, None]), self.width_features(widths[:, None])], -1)
-        hidden = (features.to(self.input_weight.dtype) @ self.input_weight + self.group_embedding[groups]).relu()
+        hidden = (features.to(self.input_weight.dtype) @ self.input_weight + self.group_embedding[sites]).relu()
         hidden = hidden + (hidden @ self.hidden_weight + self.hidden_bias).relu()
         return hidden @ self.output_weight + self.output_bias
 

@@ -19,7 +19,7 @@ from .configuration_neumeta import MAX_WIDTH, NeuMetaConfig, as_integer, check_n
 from .folding import fold_batch_norm
 from .inr import FourierFeatures, NeuMetaINR, WidthAffineINR
 from .morph import Coordinates, MorphSpec, leading_channels, resample_channels
-from .nested import WidthAffine, fold_scale_and_shift
+from .nested import WidthAffine, affine_sites, fold_scale_and_shift
 from .progress import progress_bar
 from .pruning import mixed_layers
 from .publishing import (
@@ -56,7 +56,7 @@ def build_inr(spec: MorphSpec, config: NeuMetaConfig, hidden_size: int) -> NeuMe
         size_frequencies=config.size_frequencies,
         residual_scale=config.residual_scale,
         shared_trunk=config.shared_trunk,
-        affine_groups=len(spec.scaling_groups) if config.width_affine else 0,
+        affine_sites=len(affine_sites(spec.meta_network(spec.full_width))) if config.width_affine else 0,
     )
 
 
@@ -126,6 +126,7 @@ class NeuMetaModel(PreTrainedModel):
         # With width_affine: the nested stage's per-width scales and shifts (`adopt_width_affine`), frozen; the
         # INR generates a correction to them, so that a trained width starts as the stage made it and an unseen
         # one between its two trained neighbours.
+        self.affine_sites = affine_sites(self.spec.meta_network(self.spec.full_width)) if config.width_affine else []
         self.width_affine_table = self._build_width_affine_table() if config.width_affine else None
         # Per generated tensor: the size of one unit of the INR's raw output (see calibrate_output_scale).
         self.register_buffer("output_scale", torch.ones(len(self.spec.tensors)))
@@ -351,44 +352,43 @@ class NeuMetaModel(PreTrainedModel):
         }
 
     def _build_width_affine_table(self) -> WidthAffine:
-        full_shapes = self.spec.shapes(self.config.full_width)
-        sizes = {g.name: g.members[0].length(full_shapes[g.members[0].tensor]) for g in self.spec.scaling_groups}
+        sizes = {site.name: self._site_size(site.name, self.config.full_width) for site in self.affine_sites}
         table = WidthAffine(sizes, self.config.train_widths, self.config.full_width, self.config.predicted_widths or [])
         return table.requires_grad_(False)
 
-    def _group_size(self, group_index: int, width: int) -> int:
-        member = self.spec.scaling_groups[group_index].members[0]
+    def _site_size(self, site_name: str, width: int) -> int:
+        """How many channels a site of the per-width scales and shifts (its scaling group) has at `width`."""
+        group_name = next(site.group for site in self.affine_sites if site.name == site_name)
+        member = next(g for g in self.spec.scaling_groups if g.name == group_name).members[0]
         return member.length(self.spec.shapes(width)[member.tensor])
 
-    def width_affine_values(self, group: str, width: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scale, shift) of a scaling group's first `size` channels at `width` (`config.width_affine`): the
-        nested stage's (its table's row, or its two nearest rows interpolated), corrected by the generated log
-        scale and shift."""
-        index = [g.name for g in self.spec.scaling_groups].index(group)
-        scale, shift = self.width_affine_table.values(group, width, size, lambda w: self._group_size(index, w))
-        correction = self._width_affine_rows(*self._width_affine_coordinates([(group, width, size)]))
+    def width_affine_values(self, site: str, width: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, shift) of a site's first `size` channels at `width` (`config.width_affine`; the sites are
+        `nested.affine_sites`): the nested stage's (its table's row, or its two nearest rows interpolated),
+        corrected by the generated log scale and shift."""
+        scale, shift = self.width_affine_table.values(site, width, size, lambda w: self._site_size(site, w))
+        correction = self._width_affine_rows(*self._width_affine_coordinates([(site, width, size)]))
         return scale * correction[:, 0].exp(), shift + correction[:, 1]
 
     def _width_affine_coordinates(self, blocks: list[tuple[str, int, int]]) -> tuple[torch.Tensor, ...]:
-        """Every channel of every (group, width, size) block, stacked: its group's index, its position over the
-        group's full-width size and its width."""
-        names = [g.name for g in self.spec.scaling_groups]
-        groups, positions, widths = [], [], []
-        for group, width, size in blocks:
-            index = names.index(group)
-            positions.append(torch.arange(size) / self._group_size(index, self.config.full_width))
-            groups += [index] * size
+        """Every channel of every (site, width, size) block, stacked: its site's index, its position over the
+        site's full-width size and its width."""
+        names = [site.name for site in self.affine_sites]
+        sites, positions, widths = [], [], []
+        for site, width, size in blocks:
+            positions.append(torch.arange(size) / self._site_size(site, self.config.full_width))
+            sites += [names.index(site)] * size
             widths += [width] * size
         device = self.output_scale.device
-        return torch.tensor(groups, device=device), torch.cat(positions).to(device), torch.tensor(widths, device=device)
+        return torch.tensor(sites, device=device), torch.cat(positions).to(device), torch.tensor(widths, device=device)
 
-    def _width_affine_rows(self, groups, positions, widths) -> torch.Tensor:
+    def _width_affine_rows(self, sites, positions, widths) -> torch.Tensor:
         """[rows, 2]: the generated log-scale and shift corrections at those coordinates, tapered linearly from
         the smallest width of the range to nothing at the full width (which stays the network the hypernetwork
         was built around)."""
         low, full = self.config.width_range[0], self.config.full_width
         taper = (full - widths).float() / max(1, full - low)
-        return self.inr.width_affine(groups, positions, widths.float() / full) * taper[:, None]
+        return self.inr.width_affine(sites, positions, widths.float() / full) * taper[:, None]
 
     @torch.no_grad()
     def adopt_width_affine(self, nested):
@@ -408,7 +408,7 @@ class NeuMetaModel(PreTrainedModel):
         self.width_affine_table.load_state_dict(nested.affine.state_dict())
 
     def _fold_width_affine(self, weights: dict, width: int) -> dict:
-        values = lambda group, size: self.width_affine_values(group, width, size)  # noqa: E731
+        values = lambda site, size: self.width_affine_values(site, width, size)  # noqa: E731
         return fold_scale_and_shift(self.spec.meta_network(width), weights, values)
 
     def _inr_rows(self, coordinates: Coordinates, positions: torch.Tensor) -> torch.Tensor:

@@ -6,8 +6,9 @@ width-w network at every width, before the hypernetwork learns over it.
   channels are the w most important (the warm start of Once-for-All; the importance of Li et al., 2017).
 * `NestedNetwork`: the ordered network's tensors, shared by every width (width w reads the first channels of each
   group, as a slimmable network does), plus `WidthAffine`: a scale and a shift per trained width and channel on
-  each group's producing layer, before its activation (where BatchNorm's affine sits, one per width as in
-  slimmable networks). Both fold into the producing weights and biases, so every width is a plain network.
+  each layer producing a group's channels (`affine_sites`: a residual stream has several), before its
+  activation (where BatchNorm's affine sits, one per width as in slimmable networks). Both fold into the
+  producing weights and biases, so every width is a plain network.
 * `train_nested`: the sandwich rule -- each step the full width, the smallest and `random_widths` others of the
   trained widths (or of every width of the range, as US-Nets draw them) -- every width distilled from a fixed
   teacher (the base network) or in place from the full width, AdamW with a cosine schedule.
@@ -26,6 +27,7 @@ import json
 import math
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -71,27 +73,55 @@ def importance_order(model: PreTrainedModel) -> PreTrainedModel:
     return ordered
 
 
+@dataclass(frozen=True)
+class AffineSite:
+    """Where one table of per-width scales and shifts acts: on the outputs of `layer` (a module name), one of the
+    layers producing scaling group `group`'s channels. A group written by one layer has one site, named after the
+    group; a residual stream, written by several layers (each followed by a BatchNorm of its own, whose statistics
+    differ from width to width), one per layer, named `group@layer`."""
+
+    name: str
+    group: str
+    layer: str
+
+
+def affine_sites(network: PreTrainedModel) -> list[AffineSite]:
+    """Every site of `network`'s scaling groups (`AffineSite`), in group order, then producing-layer order."""
+    kind = target(network.config.model_type)
+    structure = _tensors_of(network)
+    sites = []
+    for group in kind.channel_groups(network):
+        if not group.scales:
+            continue
+        weights = [m.tensor for m in kind.producers(network, group, structure) if m.tensor.endswith(".weight")]
+        layers = list(dict.fromkeys(tensor.rpartition(".")[0] for tensor in weights))
+        sites += [AffineSite(group.name if len(layers) == 1 else f"{group.name}@{layer}", group.name, layer)
+                  for layer in layers]  # fmt: skip
+    return sites
+
+
 def fold_scale_and_shift(skeleton: PreTrainedModel, tensors: dict, values) -> dict[str, torch.Tensor]:
     """`tensors` of the network `skeleton` describes (its structure; any device) with a scale and a shift per
-    channel of each scaling group folded into the layer that sets the group's outputs, as if applied to them: the
-    group's producing layers -- weights scaled along their output axis, biases scaled, then shifted -- or, in a
-    network with BatchNorm, the group's BatchNorm weight and bias (a private BatchNorm affine per width).
-    `values(group_name, size)` gives (scale, shift), each [size]; layers not in `tensors` are left out. Returns a
-    new dict, differentiable."""
+    channel of each site (`affine_sites`) folded into the layer that sets the site's outputs, as if applied to
+    them: the producing layer -- weights scaled along their output axis, biases scaled, then shifted -- or, in a
+    network with BatchNorm, the BatchNorm after it (a private BatchNorm affine per width). `values(site_name,
+    size)` gives (scale, shift), each [size]; layers not in `tensors` are left out. Returns a new dict,
+    differentiable."""
     kind = target(skeleton.config.model_type)
     structure = _tensors_of(skeleton)
     batch_norm = has_batch_norm(skeleton)
+    groups = {group.name: group for group in kind.channel_groups(skeleton)}
     tensors = dict(tensors)
-    for group in kind.channel_groups(skeleton):
-        if not group.scales:
-            continue
+    for site in affine_sites(skeleton):
+        group = groups[site.group]
         size = group.members[0].length(structure[group.members[0].tensor].shape)
-        scale, shift = values(group.name, size)
-        if batch_norm:  # one BatchNorm per group, as `NestedNetwork` checks
-            (norm,) = _norm_layers(skeleton, group, structure)
+        scale, shift = values(site.name, size)
+        if batch_norm:  # one BatchNorm after each producing layer, as `NestedNetwork` checks
+            norm = _norm_after(site.layer)
             layers = [ChannelSlice(f"{norm}.weight", 0), ChannelSlice(f"{norm}.bias", 0)]
         else:
-            layers = kind.producers(skeleton, group, structure)
+            producers = kind.producers(skeleton, group, structure)
+            layers = [m for m in producers if m.tensor.rpartition(".")[0] == site.layer]
         for member in layers:
             if member.tensor not in tensors:
                 continue
@@ -101,6 +131,12 @@ def fold_scale_and_shift(skeleton: PreTrainedModel, tensors: dict, values) -> di
             tensor = tensor * scale.view(view)
             tensors[member.tensor] = tensor + shift if member.tensor.endswith(".bias") else tensor
     return tensors
+
+
+def _norm_after(layer: str) -> str:
+    """The BatchNorm module after producing convolution `layer`: the families' conv + BatchNorm pairs
+    (`ConvNorm`) name them `X.conv` and `X.norm`, which `fold_batch_norm` relies on too."""
+    return layer.removesuffix("conv") + "norm"
 
 
 def _norm_layers(network, group, structure) -> list[str]:
@@ -125,13 +161,13 @@ def _key(group_name: str) -> str:
 
 
 class WidthAffine(nn.Module):
-    """A scale (stored as its logarithm) and a shift per width and channel of every scaling group of a network,
-    applied to the group's producing layer's outputs; zero is the identity. Rows: the trained widths (`widths`)
-    and any widths whose values were predicted instead (`predicted`, between trained ones: see
-    `NestedNetwork.folded`). The full width has none of its own (it is the shared network itself, the one saved
+    """A scale (stored as its logarithm) and a shift per width and channel of every site of a network (each
+    layer producing a scaling group's channels, `affine_sites`), applied to its outputs; zero is the identity.
+    Rows: the trained widths (`widths`) and any widths whose values were predicted instead (`predicted`, between
+    trained ones: see `NestedNetwork.folded`). The full width has none of its own (it is the shared network itself, the one saved
     as a plain network)."""
 
-    def __init__(self, group_sizes: dict[str, int], widths: list[int], full_width: int, predicted: Sequence[int] = ()):
+    def __init__(self, site_sizes: dict[str, int], widths: list[int], full_width: int, predicted: Sequence[int] = ()):
         super().__init__()
         self.full_width = full_width
         self.widths = sorted(w for w in set(widths) if w != full_width)
@@ -139,16 +175,16 @@ class WidthAffine(nn.Module):
         if any(w >= full_width for w in self.predicted):
             raise ValueError(f"predicted widths {self.predicted} must lie below the full width {full_width}")
         self.rows = sorted(self.widths + self.predicted)
-        zeros = {_key(n): torch.zeros(len(self.rows), size) for n, size in group_sizes.items()}
+        zeros = {_key(n): torch.zeros(len(self.rows), size) for n, size in site_sizes.items()}
         self.log_scale = nn.ParameterDict({key: nn.Parameter(table) for key, table in zeros.items()})
         self.shift = nn.ParameterDict({key: nn.Parameter(table.clone()) for key, table in zeros.items()})
 
-    def values(self, group_name: str, width: int, size: int, size_at=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scale, shift) of a group's first `size` channels at `width`: its own row, the identity at the full
+    def values(self, site: str, width: int, size: int, size_at=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, shift) of a site's first `size` channels at `width`: its own row, the identity at the full
         width (and beyond), else the two nearest rows interpolated channel by channel (`interpolated`;
-        `size_at(w)` is the group's size at width w; below the narrowest row, its row)."""
+        `size_at(w)` is the site's size at width w; below the narrowest row, its row)."""
         rows = {w: row for row, w in enumerate(self.rows)}
-        log_scale, shift = self.log_scale[_key(group_name)], self.shift[_key(group_name)]
+        log_scale, shift = self.log_scale[_key(site)], self.shift[_key(site)]
         identity = log_scale.new_zeros(size), shift.new_zeros(size)
 
         def row(w):
@@ -176,7 +212,8 @@ def interpolated(low: torch.Tensor, high: torch.Tensor, fraction: float, known: 
 
 class NestedNetwork(nn.Module):
     """Shared full-width tensors (`network`) and per-width scales and shifts (`affine`): width w is the first
-    channels of every scaling group, with width w's affine folded into its producing weights and biases. Where a
+    channels of every scaling group, with width w's affine folded into each producing layer's weights and biases
+    (or, with BatchNorm, into the BatchNorm after it). Where a
     width is taken, a stock model also takes a list of widths, one per layer (mix'n'match, `mixed_layers`)."""
 
     def __init__(self, network: PreTrainedModel, widths: list[int], predicted: Sequence[int] = ()):
@@ -185,22 +222,17 @@ class NestedNetwork(nn.Module):
         self.kind = target(network.config.model_type)
         state = _tensors_of(network)
         self.groups = [g for g in self.kind.channel_groups(network) if g.scales]
+        self.sites = affine_sites(network)
         sizes = {g.name: g.members[0].length(state[g.members[0].tensor].shape) for g in self.groups}
-        self.affine = WidthAffine(sizes, widths, network_width(network.config), predicted)
+        self.affine = WidthAffine({s.name: sizes[s.group] for s in self.sites}, widths, self.full_width, predicted)
         self._layer_of = {m.tensor: layer for layer, g in enumerate(self.groups) for m in g.members}
-        # With BatchNorm, each width's scale and shift act on its BatchNorm's affine (a private BatchNorm per
-        # width, as in slimmable networks) and training normalises by batch statistics; `folded` then turns the
-        # stage into the plain form, whose per-width scales and shifts need no statistics.
+        # With BatchNorm, each width's scale and shift act on the affine of the BatchNorm after each producing
+        # layer (a private BatchNorm per width, as in slimmable networks) and training normalises by batch
+        # statistics; `folded` then turns the stage into the plain form, whose per-width scales and shifts need no
+        # statistics. Refused now, not when the trained stage is folded: a network where that does not hold.
         self.batch_norm = has_batch_norm(network)
         for group in self.groups if self.batch_norm else ():
-            norms = _norm_layers(network, group, state)
-            if len(norms) != 1:
-                raise ValueError(
-                    f"channel group {group.name!r} of {network.config.model_type} has {len(norms)} BatchNorm layers: "
-                    "the nested stage gives a BatchNorm network's widths one scale and shift per channel group, so it "
-                    "needs one BatchNorm per group (a residual stream has several); use nested.enabled=false"
-                )
-            self._producing_layer(group)  # refused now, not when the trained stage is folded
+            self._check_batch_norm_sites(group, state)
         self._skeletons: dict[int, PreTrainedModel] = {}
 
     @property
@@ -225,7 +257,7 @@ class NestedNetwork(nn.Module):
         skeleton = self.skeleton(width)
         return fold_scale_and_shift(
             skeleton, nested_weights(self.network, skeleton),
-            lambda group, size: self.affine.values(group, width, size, lambda w: self.group_size(group, w)),
+            lambda site, size: self.affine.values(site, width, size, lambda w: self.site_size(site, w)),
         )  # fmt: skip
 
     def _layer_widths(self, widths) -> list[int]:
@@ -234,10 +266,11 @@ class NestedNetwork(nn.Module):
             raise ValueError(f"each width must be an integer from 1 to the full width {self.full_width}, got {widths}")
         return widths
 
-    def group_size(self, group_name: str, width: int) -> int:
-        """How many channels scaling group `group_name` has at `width`."""
+    def site_size(self, site_name: str, width: int) -> int:
+        """How many channels site `site_name` (its scaling group) has at `width`."""
         skeleton = self.skeleton(width)
         structure = _tensors_of(skeleton)
+        group_name = next(s.group for s in self.sites if s.name == site_name)
         group = next(g for g in self.kind.channel_groups(skeleton) if g.name == group_name)
         return group.members[0].length(structure[group.members[0].tensor].shape)
 
@@ -274,21 +307,19 @@ class NestedNetwork(nn.Module):
         low = self.affine.widths[0] if self.affine.widths else self.full_width
         between = [w for w in range(low, self.full_width) if w not in self.affine.widths]
         folded = NestedNetwork(fold_batch_norm(full), self.affine.widths, between).to(self.network.device)
-        structure = _tensors_of(self.network)
         for width in self.affine.widths:
             row = folded.affine.rows.index(width)
             network = self.network_at(width, calibration)
             plain = fold_batch_norm(network)
-            for group in self.groups:
-                (norm,) = _norm_layers(self.network, group, structure)  # one per group, as __init__ checked
-                conv = norm.removesuffix("norm") + "conv"  # the naming `fold_batch_norm` relies on
+            for site in self.sites:  # the same sites as the folded stage's: producing layers keep their names
+                conv, norm = site.layer, _norm_after(site.layer)
                 size = network.get_submodule(norm).num_features
-                scale, _ = self.affine.values(group.name, width, size)
+                scale, _ = self.affine.values(site.name, width, size)
                 # Width w's folded filter is the shared one's times scale * sigma_full / sigma_w (BatchNorm's weight
                 # cancels, so a near-zero one divides nothing); its bias follows from the two folded biases.
                 ratio = scale * _deviation(full, norm, size) / _deviation(network, norm, size)
                 shift = plain.get_submodule(conv).bias - ratio * folded.network.get_submodule(conv).bias[:size]
-                key = _key(group.name)
+                key = _key(site.name)
                 folded.affine.log_scale[key][row, :size] = ratio.log()
                 folded.affine.shift[key][row, :size] = shift
         folded._predict_rows(calibration)
@@ -316,25 +347,25 @@ class NestedNetwork(nn.Module):
         for width in self.affine.predicted:
             low, high = max(w for w in anchors if w < width), min(w for w in anchors if w > width)
             row = self.affine.rows.index(width)
-            for group in self.groups:
-                size = self.group_size(group.name, width)
-                log_ratio, shift = self._predicted_row(group.name, width, low, high, measured, from_full)
-                self.affine.log_scale[_key(group.name)][row, :size] = log_ratio
-                self.affine.shift[_key(group.name)][row, :size] = shift
+            for site in self.sites:
+                size = self.site_size(site.name, width)
+                log_ratio, shift = self._predicted_row(site.name, width, low, high, measured, from_full)
+                self.affine.log_scale[_key(site.name)][row, :size] = log_ratio
+                self.affine.shift[_key(site.name)][row, :size] = shift
 
-    def _predicted_row(self, group: str, width: int, low: int, high: int, measured: dict, from_full: dict):
-        """(log scale, shift) of `group` at `width` between the trained widths `low` and `high` (`_predict_rows`).
+    def _predicted_row(self, site: str, width: int, low: int, high: int, measured: dict, from_full: dict):
+        """(log scale, shift) of `site` at `width` between the trained widths `low` and `high` (`_predict_rows`).
 
         Width w's BatchNorm, with the stage's scale s_w and shift t_w on the shared affine (gamma, beta), folds to
         the row r_w = s_w gamma / d_w, shift_w = s_w beta + t_w - r_w m_w, where m_w and d_w are the mean and
         deviation of the shared layer's outputs (`measured`); at the full width s = 1, t = 0, r = 1 and shift = 0,
         so gamma = d_full and beta = m_full."""
-        size, known, fraction = self.group_size(group, width), self.group_size(group, low), (width - low) / (high - low)
-        beta, log_gamma = measured[(self.full_width, group)]
+        size, known, fraction = self.site_size(site, width), self.site_size(site, low), (width - low) / (high - low)
+        beta, log_gamma = measured[(self.full_width, site)]
 
         def stage_affine(w):  # (log s_w, t_w) of a trained width, from its row and its statistics
-            row_scale, row_shift = self.affine.values(group, w, self.group_size(group, w))
-            mean, log_deviation = measured[(w, group)]
+            row_scale, row_shift = self.affine.values(site, w, self.site_size(site, w))
+            mean, log_deviation = measured[(w, site)]
             log_s = row_scale.double().log() + log_deviation - log_gamma[: len(mean)]
             return log_s, row_shift.double() + row_scale.double() * mean - log_s.exp() * beta[: len(mean)]
 
@@ -345,15 +376,15 @@ class NestedNetwork(nn.Module):
         mean, log_deviation = (  # the neighbours' interpolated, plus what interpolating the guesses misses
             lerp_neighbours(at_low, at_high) + guess - lerp_neighbours(guess_low, guess_high)
             for at_low, at_high, guess_low, guess, guess_high in zip(
-                *(measured[(w, group)] for w in (low, high)), *(from_full[(w, group)] for w in (low, width, high))
+                *(measured[(w, site)] for w in (low, high)), *(from_full[(w, site)] for w in (low, width, high))
             )
         )
         log_ratio = log_s + log_gamma[:size] - log_deviation
         return log_ratio, log_s.exp() * beta[:size] + t - log_ratio.exp() * mean
 
     def _layer_statistics(self, widths, calibration, own_inputs: bool) -> dict[tuple[int, str], tuple]:
-        """Per (width, group name): the per-channel mean and log standard deviation, over `calibration`, of the
-        group's producing layer at that width with the shared tensors only (its first channels, no per-width
+        """Per (width, site name): the per-channel mean and log standard deviation, over `calibration`, of the
+        site's producing layer at that width with the shared tensors only (its first channels, no per-width
         scale or shift), applied to what the layer receives in the width's own network (`own_inputs`: one
         width) or in the full network, cut to the channels the width reads."""
         network = self.network_at(widths[0]) if own_inputs else self.network
@@ -368,11 +399,10 @@ class NestedNetwork(nn.Module):
         try:
             for width in widths:
                 shared = first_channels(self.network, width)
-                for group in self.groups:
-                    name = self._producing_layer(group)
-                    channels = None if own_inputs else _input_channels(self.network, shared, name)
-                    hook = functools.partial(accumulate, (width, group.name), shared.get_submodule(name), channels)
-                    hooks.append(network.get_submodule(name).register_forward_pre_hook(hook))
+                for site in self.sites:
+                    channels = None if own_inputs else _input_channels(self.network, shared, site.layer)
+                    hook = functools.partial(accumulate, (width, site.name), shared.get_submodule(site.layer), channels)
+                    hooks.append(network.get_submodule(site.layer).register_forward_pre_hook(hook))
             for inputs in calibration:
                 network(inputs.to(self.network.device))
         finally:
@@ -386,17 +416,24 @@ class NestedNetwork(nn.Module):
             statistics[key] = mean, 0.5 * (squares / count - mean.square()).clamp_min(1e-12).log()
         return statistics
 
-    def _producing_layer(self, group) -> str:
-        """The module whose outputs a scaling group's scale and shift act on: with BatchNorm, a plain convolution
-        (what `_predict_rows` reads statistics of: input channels on its weight's axis 1, outputs channels first)."""
-        members = self.kind.producers(self.network, group, _tensors_of(self.network))
-        name = next(m.tensor for m in members if m.tensor.endswith(".weight")).rpartition(".")[0]
-        layer = self.network.get_submodule(name)
-        if self.batch_norm and not (type(layer) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and layer.groups == 1):
-            raise ValueError(f"channel group {group.name!r} of {self.network.config.model_type} is produced by "
-                             f"{type(layer).__name__} {name!r}: a BatchNorm nested stage needs a plain convolution "
-                             "there (groups=1); use nested.enabled=false")  # fmt: skip
-        return name
+    def _check_batch_norm_sites(self, group, state):
+        """Refuse a BatchNorm network whose group `group` the stage cannot give private statistics per width:
+        each of its producing layers must be a plain convolution (what `_predict_rows` reads statistics of: input
+        channels on its weight's axis 1, outputs channels first) followed by a BatchNorm of its own, and the
+        group may hold no other BatchNorm."""
+        network, family = self.network, self.network.config.model_type
+        layers = [site.layer for site in self.sites if site.group == group.name]
+        for layer in layers:
+            module = network.get_submodule(layer)
+            if not (type(module) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and module.groups == 1):
+                raise ValueError(f"channel group {group.name!r} of {family} is produced by {type(module).__name__} "
+                                 f"{layer!r}: a BatchNorm nested stage needs a plain convolution there (groups=1); "
+                                 "use nested.enabled=false")  # fmt: skip
+        unpaired = set(_norm_layers(network, group, state)) ^ {_norm_after(layer) for layer in layers}
+        if unpaired:
+            raise ValueError(f"channel group {group.name!r} of {family}: BatchNorm {sorted(unpaired)} does not follow "
+                             "exactly one of the group's producing convolutions (X.conv, then X.norm), so no width's "
+                             "statistics can be folded there; use nested.enabled=false")  # fmt: skip
 
     def save_pretrained(self, directory):
         """The shared network -- the full width, a plain network that loads as one (with its model code and
