@@ -89,7 +89,7 @@ def test_mixed_layer_widths_are_refused_where_layers_are_coupled_or_no_random_wi
 
 
 @pytest.mark.parametrize("script", [train_script, train_base])
-def test_a_bad_recipe_on_the_command_line_exits_2_with_the_message(script, capsys):
+def test_a_bad_recipe_on_the_command_line_exits_2_with_the_message(script, capsys, tmp_path, fresh_accelerate_state):
     with pytest.raises(SystemExit) as stop:
         script.main(["--config", DIGITS, "training.max_steps=0"])
     assert stop.value.code == 2
@@ -97,6 +97,11 @@ def test_a_bad_recipe_on_the_command_line_exits_2_with_the_message(script, capsy
     with pytest.raises(SystemExit):
         script.main(["--config", "no/such/recipe.yaml"])
     assert "No such file or directory: 'no/such/recipe.yaml'" in capsys.readouterr().err
+    # One that only the data refuses (digits has 1,438 training images): the same, not a traceback.
+    with pytest.raises(SystemExit) as stop:
+        script.main(["--config", DIGITS, f"output_dir={tmp_path / 'run'}", "data.validation_size=2000"])
+    assert stop.value.code == 2
+    assert "error: data.validation_size must be between 1 and 1437" in capsys.readouterr().err
 
 
 def _idx_data(directory, labels):

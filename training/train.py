@@ -621,9 +621,10 @@ def export(run: Run, training: Training, hyper: NeuMetaModel, base: PreTrainedMo
     return result
 
 
-def train(config: TrainConfig) -> dict:
-    """Run the whole recipe, stage by stage; returns the sweep result (on the main process)."""
-    run = set_up(config)
+def train(config: TrainConfig, run: Run | None = None) -> dict:
+    """Run the whole recipe, stage by stage (from `run`, its `set_up`, when given); returns the sweep result (on
+    the main process)."""
+    run = run or set_up(config)
     base = base_stage(run)
     hyper = hypernetwork_stage(run, base, nested_stage(run, base))
     training = prepare_training(run, hyper, base)
@@ -642,12 +643,13 @@ def main(argv=None):
         "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. training.max_steps=200"
     )
     args = parser.parse_args(argv)
-    try:
+    try:  # a bad recipe, or one the data refuses: say what is wrong, exit 2, no traceback
         config = load_config(args.config, args.overrides)
         check_base_family(config)
-    except (ValueError, OSError) as error:  # a bad recipe: say what is wrong, exit 2, no traceback
+        run = set_up(config)
+    except (ValueError, OSError) as error:
         parser.error(str(error))
-    train(config)
+    train(config, run)
 
 
 if __name__ == "__main__":

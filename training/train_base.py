@@ -482,17 +482,17 @@ def main(argv=None):
     parser.add_argument("--config", help="YAML recipe (see training/configs/)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. base.epochs=5")
     args = parser.parse_args(argv)
-    try:
+    try:  # a bad recipe, or one the data refuses: say what is wrong, exit 2, no traceback
         config = load_config(args.config, args.overrides)
         check_base_family(config)
-    except (ValueError, OSError) as error:  # a bad recipe: say what is wrong, exit 2, no traceback
+        accelerator = Accelerator(mixed_precision=config.training.mixed_precision)  # as train.py trains the base
+        make_reproducible(config.seed)
+        earlier = claim_output_dir(config, accelerator, resuming=False, outputs=BASE_OUTPUTS)
+        adopt_base_preprocessing(config)
+        train, validation, test, info = load_splits(config.data)
+        check_against_data(config, train, validation, test, info, accelerator)
+    except (ValueError, OSError) as error:
         parser.error(str(error))
-    accelerator = Accelerator(mixed_precision=config.training.mixed_precision)  # as train.py trains the base
-    make_reproducible(config.seed)
-    earlier = claim_output_dir(config, accelerator, resuming=False, outputs=BASE_OUTPUTS)
-    adopt_base_preprocessing(config)
-    train, validation, test, info = load_splits(config.data)
-    check_against_data(config, train, validation, test, info, accelerator)
     replace_earlier_run(earlier, accelerator)
     model = build_base_network(config, train, info, accelerator)
     output = Path(config.output_dir)
