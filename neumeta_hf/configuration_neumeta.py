@@ -92,8 +92,8 @@ class NeuMetaConfig(PreTrainedConfig):
             interpolated to w (any base; blends neighbouring channels), or "first", its first w channels as they
             are (a base trained universally slimmable, `base.slimmable` in the recipes, whose first w channels
             already form a good width-w network).
-        width_affine: also give every width a scale and a shift per channel of every scaling group, folded into
-            the group's producing layers: the per-width parameters of a nested network (`anchor_channels="first"`
+        width_affine: also give every width a scale and a shift per channel of every layer producing a scaling
+            group's channels (`nested.affine_sites`), folded into that layer: the per-width parameters of a nested network (`anchor_channels="first"`
             on the nested stage's network), its table (`NeuMetaModel.adopt_width_affine`; unseen widths between
             two trained ones interpolate them) corrected by a generated log scale and shift
             (`inr.WidthAffineINR`, tapered to zero at the full width), so that every width, unseen ones too,

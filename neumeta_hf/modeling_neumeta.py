@@ -358,9 +358,7 @@ class NeuMetaModel(PreTrainedModel):
 
     def _site_size(self, site_name: str, width: int) -> int:
         """How many channels a site of the per-width scales and shifts (its scaling group) has at `width`."""
-        group_name = next(site.group for site in self.affine_sites if site.name == site_name)
-        member = next(g for g in self.spec.scaling_groups if g.name == group_name).members[0]
-        return member.length(self.spec.shapes(width)[member.tensor])
+        return next(site.size for site in affine_sites(self.spec.meta_network(width)) if site.name == site_name)
 
     def width_affine_values(self, site: str, width: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale, shift) of a site's first `size` channels at `width` (`config.width_affine`; the sites are

@@ -26,6 +26,7 @@ import functools
 import json
 import math
 import random
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,28 +77,38 @@ def importance_order(model: PreTrainedModel) -> PreTrainedModel:
 @dataclass(frozen=True)
 class AffineSite:
     """Where one table of per-width scales and shifts acts: on the outputs of `layer` (a module name), one of the
-    layers producing scaling group `group`'s channels. A group written by one layer has one site, named after the
-    group; a residual stream, written by several layers (each followed by a BatchNorm of its own, whose statistics
-    differ from width to width), one per layer, named `group@layer`."""
+    layers producing scaling group `group`'s channels (`size` of them in the network it was read from; the
+    layer's tensors along its outputs: `producers`). A group written by one layer has one site, named after the
+    group; a residual stream, written by several layers (each followed by a BatchNorm of its own, whose
+    statistics differ from width to width), one per layer, named `group@layer`."""
 
     name: str
     group: str
     layer: str
+    size: int
+    producers: tuple[ChannelSlice, ...]
+
+
+_SITES: "weakref.WeakKeyDictionary[nn.Module, list[AffineSite]]" = weakref.WeakKeyDictionary()
 
 
 def affine_sites(network: PreTrainedModel) -> list[AffineSite]:
-    """Every site of `network`'s scaling groups (`AffineSite`), in group order, then producing-layer order."""
-    kind = target(network.config.model_type)
-    structure = _tensors_of(network)
-    sites = []
-    for group in kind.channel_groups(network):
-        if not group.scales:
-            continue
-        weights = [m.tensor for m in kind.producers(network, group, structure) if m.tensor.endswith(".weight")]
-        layers = list(dict.fromkeys(tensor.rpartition(".")[0] for tensor in weights))
-        sites += [AffineSite(group.name if len(layers) == 1 else f"{group.name}@{layer}", group.name, layer)
-                  for layer in layers]  # fmt: skip
-    return sites
+    """Every site of `network`'s scaling groups (`AffineSite`), in group order, then producing-layer order; read
+    once per network (a network's structure does not change; training folds into the same skeletons each step)."""
+    if network not in _SITES:
+        kind = target(network.config.model_type)
+        structure = _tensors_of(network)
+        sites = []
+        for group in (g for g in kind.channel_groups(network) if g.scales):
+            size = group.members[0].length(structure[group.members[0].tensor].shape)
+            producers = kind.producers(network, group, structure)
+            layers = list(dict.fromkeys(m.tensor.rpartition(".")[0] for m in producers if m.tensor.endswith(".weight")))
+            for layer in layers:
+                name = group.name if len(layers) == 1 else f"{group.name}@{layer}"
+                own = tuple(m for m in producers if m.tensor.rpartition(".")[0] == layer)
+                sites.append(AffineSite(name, group.name, layer, size, own))
+        _SITES[network] = sites
+    return _SITES[network]
 
 
 def fold_scale_and_shift(skeleton: PreTrainedModel, tensors: dict, values) -> dict[str, torch.Tensor]:
@@ -107,27 +118,21 @@ def fold_scale_and_shift(skeleton: PreTrainedModel, tensors: dict, values) -> di
     network with BatchNorm, the BatchNorm after it (a private BatchNorm affine per width). `values(site_name,
     size)` gives (scale, shift), each [size]; layers not in `tensors` are left out. Returns a new dict,
     differentiable."""
-    kind = target(skeleton.config.model_type)
-    structure = _tensors_of(skeleton)
     batch_norm = has_batch_norm(skeleton)
-    groups = {group.name: group for group in kind.channel_groups(skeleton)}
     tensors = dict(tensors)
     for site in affine_sites(skeleton):
-        group = groups[site.group]
-        size = group.members[0].length(structure[group.members[0].tensor].shape)
-        scale, shift = values(site.name, size)
+        scale, shift = values(site.name, site.size)
         if batch_norm:  # one BatchNorm after each producing layer, as `NestedNetwork` checks
             norm = _norm_after(site.layer)
             layers = [ChannelSlice(f"{norm}.weight", 0), ChannelSlice(f"{norm}.bias", 0)]
         else:
-            producers = kind.producers(skeleton, group, structure)
-            layers = [m for m in producers if m.tensor.rpartition(".")[0] == site.layer]
+            layers = site.producers
         for member in layers:
             if member.tensor not in tensors:
                 continue
             tensor = tensors[member.tensor]
             view = [1] * tensor.dim()
-            view[member.axis] = size
+            view[member.axis] = site.size
             tensor = tensor * scale.view(view)
             tensors[member.tensor] = tensor + shift if member.tensor.endswith(".bias") else tensor
     return tensors
@@ -213,8 +218,8 @@ def interpolated(low: torch.Tensor, high: torch.Tensor, fraction: float, known: 
 class NestedNetwork(nn.Module):
     """Shared full-width tensors (`network`) and per-width scales and shifts (`affine`): width w is the first
     channels of every scaling group, with width w's affine folded into each producing layer's weights and biases
-    (or, with BatchNorm, into the BatchNorm after it). Where a
-    width is taken, a stock model also takes a list of widths, one per layer (mix'n'match, `mixed_layers`)."""
+    (or, with BatchNorm, into the BatchNorm after it). Where a width is taken, a stock model also takes a list of
+    widths, one per layer (mix'n'match, `mixed_layers`)."""
 
     def __init__(self, network: PreTrainedModel, widths: list[int], predicted: Sequence[int] = ()):
         super().__init__()
@@ -223,8 +228,7 @@ class NestedNetwork(nn.Module):
         state = _tensors_of(network)
         self.groups = [g for g in self.kind.channel_groups(network) if g.scales]
         self.sites = affine_sites(network)
-        sizes = {g.name: g.members[0].length(state[g.members[0].tensor].shape) for g in self.groups}
-        self.affine = WidthAffine({s.name: sizes[s.group] for s in self.sites}, widths, self.full_width, predicted)
+        self.affine = WidthAffine({s.name: s.size for s in self.sites}, widths, self.full_width, predicted)
         self._layer_of = {m.tensor: layer for layer, g in enumerate(self.groups) for m in g.members}
         # With BatchNorm, each width's scale and shift act on the affine of the BatchNorm after each producing
         # layer (a private BatchNorm per width, as in slimmable networks) and training normalises by batch
@@ -268,11 +272,7 @@ class NestedNetwork(nn.Module):
 
     def site_size(self, site_name: str, width: int) -> int:
         """How many channels site `site_name` (its scaling group) has at `width`."""
-        skeleton = self.skeleton(width)
-        structure = _tensors_of(skeleton)
-        group_name = next(s.group for s in self.sites if s.name == site_name)
-        group = next(g for g in self.kind.channel_groups(skeleton) if g.name == group_name)
-        return group.members[0].length(structure[group.members[0].tensor].shape)
+        return next(site.size for site in affine_sites(self.skeleton(width)) if site.name == site_name)
 
     def forward(self, width: int | Sequence[int], *args, **kwargs):
         skeleton = self.skeleton(width if isinstance(width, int) else max(width))
@@ -425,9 +425,11 @@ class NestedNetwork(nn.Module):
         layers = [site.layer for site in self.sites if site.group == group.name]
         for layer in layers:
             module = network.get_submodule(layer)
-            if not (type(module) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and module.groups == 1):
+            plain = type(module) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and module.groups == 1
+            if not (plain and layer.endswith(".conv")):
                 raise ValueError(f"channel group {group.name!r} of {family} is produced by {type(module).__name__} "
-                                 f"{layer!r}: a BatchNorm nested stage needs a plain convolution there (groups=1); "
+                                 f"{layer!r}: a BatchNorm nested stage needs a plain convolution there (groups=1, named "
+                                 "X.conv beside its BatchNorm X.norm); "
                                  "use nested.enabled=false")  # fmt: skip
         unpaired = set(_norm_layers(network, group, state)) ^ {_norm_after(layer) for layer in layers}
         if unpaired:

@@ -418,3 +418,19 @@ def test_a_folded_batch_norm_stage_predicts_the_widths_between_trained_ones_with
             expected = folded.network_at(width)(x).logits
             torch.testing.assert_close(loaded.network_at(width)(x).logits, expected)
             torch.testing.assert_close(reloaded.sample_model(width)(x).logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_batch_norm_that_follows_none_of_its_groups_producing_convolutions_is_refused(monkeypatch):
+    """Each width's statistics are folded into the convolution before each BatchNorm; a group holding a BatchNorm
+    whose convolution does not produce the group (here the ResNet's stem conv taken out of its stream) has
+    nowhere to fold them: refused when the stage is built, naming the BatchNorm and the way out."""
+    base = random_base(nm.NeuMetaResNetCifarConfig(depth=8, image_size=8))
+    groups = base.channel_groups()
+
+    def without_stem_conv():
+        return [g._replace(members=tuple(m for m in g.members if m.tensor != "stem.conv.weight")) for g in groups]
+
+    monkeypatch.setattr(base, "channel_groups", without_stem_conv)
+    with pytest.raises(ValueError, match=r"channel group 'stream0' of neumeta-resnet-cifar: BatchNorm \['stem.norm'\] "
+                                         r"does not follow .* use nested.enabled=false"):  # fmt: skip
+        NestedNetwork(base, [16, 32])
