@@ -93,11 +93,11 @@ class NeuMetaConfig(PreTrainedConfig):
             are (a base trained universally slimmable, `base.slimmable` in the recipes, whose first w channels
             already form a good width-w network).
         width_affine: also give every width a scale and a shift per channel of every layer producing a scaling
-            group's channels (`nested.affine_sites`), folded into that layer: the per-width parameters of a nested network (`anchor_channels="first"`
-            on the nested stage's network), its table (`NeuMetaModel.adopt_width_affine`; unseen widths between
-            two trained ones interpolate them) corrected by a generated log scale and shift
-            (`inr.WidthAffineINR`, tapered to zero at the full width), so that every width, unseen ones too,
-            gets its own.
+            group's channels (`nested.affine_sites`), folded into that layer: the per-width parameters of a nested
+            network (`anchor_channels="first"` on the nested stage's network), its table
+            (`NeuMetaModel.adopt_width_affine`; unseen widths between two trained ones interpolate them) corrected
+            by a generated log scale and shift (`inr.WidthAffineINR`, tapered to zero at the full width), so that
+            every width, unseen ones too, gets its own.
         predicted_widths: widths between train_widths whose rows of that table the nested stage predicted rather
             than trained (a stage with BatchNorm, `nested.NestedNetwork.folded`); set by `adopt_width_affine`.
         fold_fixed_axes: a weight with one axis that follows the width and one that does not (a feed-forward

@@ -19,7 +19,7 @@ from .configuration_neumeta import MAX_WIDTH, NeuMetaConfig, as_integer, check_n
 from .folding import fold_batch_norm
 from .inr import FourierFeatures, NeuMetaINR, WidthAffineINR
 from .morph import Coordinates, MorphSpec, leading_channels, resample_channels
-from .nested import WidthAffine, affine_sites, fold_scale_and_shift
+from .nested import WidthAffine, affine_sites, fold_scale_and_shift, site_size
 from .progress import progress_bar
 from .pruning import mixed_layers
 from .publishing import (
@@ -352,13 +352,13 @@ class NeuMetaModel(PreTrainedModel):
         }
 
     def _build_width_affine_table(self) -> WidthAffine:
-        sizes = {site.name: self._site_size(site.name, self.config.full_width) for site in self.affine_sites}
+        sizes = {site.name: site.size for site in self.affine_sites}  # read from the full-width network
         table = WidthAffine(sizes, self.config.train_widths, self.config.full_width, self.config.predicted_widths or [])
         return table.requires_grad_(False)
 
     def _site_size(self, site_name: str, width: int) -> int:
         """How many channels a site of the per-width scales and shifts (its scaling group) has at `width`."""
-        return next(site.size for site in affine_sites(self.spec.meta_network(width)) if site.name == site_name)
+        return site_size(self.spec.meta_network(width), site_name)
 
     def width_affine_values(self, site: str, width: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale, shift) of a site's first `size` channels at `width` (`config.width_affine`; the sites are

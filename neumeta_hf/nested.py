@@ -111,6 +111,11 @@ def affine_sites(network: PreTrainedModel) -> list[AffineSite]:
     return _SITES[network]
 
 
+def site_size(network: PreTrainedModel, site_name: str) -> int:
+    """How many channels site `site_name` (its scaling group) has in `network`."""
+    return next(site.size for site in affine_sites(network) if site.name == site_name)
+
+
 def fold_scale_and_shift(skeleton: PreTrainedModel, tensors: dict, values) -> dict[str, torch.Tensor]:
     """`tensors` of the network `skeleton` describes (its structure; any device) with a scale and a shift per
     channel of each site (`affine_sites`) folded into the layer that sets the site's outputs, as if applied to
@@ -169,8 +174,8 @@ class WidthAffine(nn.Module):
     """A scale (stored as its logarithm) and a shift per width and channel of every site of a network (each
     layer producing a scaling group's channels, `affine_sites`), applied to its outputs; zero is the identity.
     Rows: the trained widths (`widths`) and any widths whose values were predicted instead (`predicted`, between
-    trained ones: see `NestedNetwork.folded`). The full width has none of its own (it is the shared network itself, the one saved
-    as a plain network)."""
+    trained ones: see `NestedNetwork.folded`). The full width has none of its own (it is the shared network
+    itself, the one saved as a plain network)."""
 
     def __init__(self, site_sizes: dict[str, int], widths: list[int], full_width: int, predicted: Sequence[int] = ()):
         super().__init__()
@@ -272,7 +277,7 @@ class NestedNetwork(nn.Module):
 
     def site_size(self, site_name: str, width: int) -> int:
         """How many channels site `site_name` (its scaling group) has at `width`."""
-        return next(site.size for site in affine_sites(self.skeleton(width)) if site.name == site_name)
+        return site_size(self.skeleton(width), site_name)
 
     def forward(self, width: int | Sequence[int], *args, **kwargs):
         skeleton = self.skeleton(width if isinstance(width, int) else max(width))

@@ -52,7 +52,9 @@ if __package__ in (None, ""):  # run by path (accelerate launch training/train.p
 
 from neumeta_hf import NeuMetaModel  # noqa: E402
 from neumeta_hf.data import DataInfo, load_splits  # noqa: E402
-from neumeta_hf.evaluation import evaluate_score, evaluate_width, sweep, worst_result, write_pictures, write_sweep  # noqa: E402
+from neumeta_hf.evaluation import (  # noqa: E402
+    evaluate_score, evaluate_width, sweep, worst_result, write_pictures, write_sweep,
+)
 from neumeta_hf.nested import AFFINE_FILE, NestedNetwork  # noqa: E402
 from neumeta_hf.objective import Objective  # noqa: E402
 from neumeta_hf.progress import progress_bar  # noqa: E402
