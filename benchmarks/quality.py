@@ -163,6 +163,13 @@ RECIPES = {  # each with its reference widths (the individual networks) and the 
         # full width within 0.3 of the base.
         targets=BenchmarkTargets(individual=0.010, smoothness=0.010, full_width=0.003, pruning_margin_at_quarter=0.10),
     ),
+    # A CIFAR-style ResNet-8 with BatchNorm, whole network (residual streams included): the slimmable ResNet's
+    # widths are calibrated (CALIBRATION_BATCHES); the pipeline folds every width's statistics into its table. The
+    # plain method gets the VAE's and U-Net's training length (not tuned for it); the task's default targets.
+    "fashion_mnist_resnet": Recipe(
+        "training/configs/fashion_mnist_resnet.yaml", (16, 24, 32, 48, 64),
+        plain=("nested.enabled=false", "training.epochs=4", "training.learning_rate=3.0e-3"),
+    ),
     # A stock Llama (or GPT-2) on Shakespeare, feed-forward widths 256-1024: individual networks at 75%, 50% and 25%
     # compression (and the base); the slimmable baseline is MatFormer-style nested training of the same widths. The
     # plain method keeps the recipe's hyper-parameters (not tuned for it).

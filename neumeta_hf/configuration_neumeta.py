@@ -98,8 +98,9 @@ class NeuMetaConfig(PreTrainedConfig):
             (`NeuMetaModel.adopt_width_affine`; unseen widths between two trained ones interpolate them) corrected
             by a generated log scale and shift (`inr.WidthAffineINR`, tapered to zero at the full width), so that
             every width, unseen ones too, gets its own.
-        predicted_widths: widths between train_widths whose rows of that table the nested stage predicted rather
-            than trained (a stage with BatchNorm, `nested.NestedNetwork.folded`); set by `adopt_width_affine`.
+        predicted_widths: widths between train_widths whose rows of that table the nested stage filled when it
+            was folded rather than trained (a stage with BatchNorm, `nested.NestedNetwork.folded`: the neighbours'
+            affine interpolated, the statistics predicted or measured); set by `adopt_width_affine`.
         fold_fixed_axes: a weight with one axis that follows the width and one that does not (a feed-forward
             layer's input or output side, a first convolution, a classifier) gets one INR row per channel of the
             scaling axis, generating the whole fixed axis at once, instead of one row per (out, in) pair as in the

@@ -16,8 +16,9 @@ width-w network at every width, before the hypernetwork learns over it.
 A width outside the trained ones has no affine of its own: `NestedNetwork.network_at` interpolates the two
 nearest rows channel by channel (what a table can do; the hypernetwork adds a generated correction). A stage
 trained with BatchNorm is folded once trained (`NestedNetwork.folded`): each trained width's statistics go into
-its row, and the widths between trained ones get rows of their own, predicted from the full width's statistics
-without running them, because a width's statistics are not its neighbours' interpolated.
+its row, and the widths between trained ones get rows of their own, because a width's statistics are not its
+neighbours' interpolated: predicted from the full width's statistics without running them, or measured where the
+stage ran every width.
 """
 
 import contextlib
@@ -173,9 +174,9 @@ def _key(group_name: str) -> str:
 class WidthAffine(nn.Module):
     """A scale (stored as its logarithm) and a shift per width and channel of every site of a network (each
     layer producing a scaling group's channels, `affine_sites`), applied to its outputs; zero is the identity.
-    Rows: the trained widths (`widths`) and any widths whose values were predicted instead (`predicted`, between
-    trained ones: see `NestedNetwork.folded`). The full width has none of its own (it is the shared network
-    itself, the one saved as a plain network)."""
+    Rows: the trained widths (`widths`) and any widths whose rows were filled when the stage was folded instead
+    (`predicted`, between trained ones: see `NestedNetwork.folded`). The full width has none of its own (it is
+    the shared network itself, the one saved as a plain network)."""
 
     def __init__(self, site_sizes: dict[str, int], widths: list[int], full_width: int, predicted: Sequence[int] = ()):
         super().__init__()
@@ -302,24 +303,29 @@ class NestedNetwork(nn.Module):
         return network.eval()
 
     @torch.no_grad()
-    def folded(self, calibration: list[torch.Tensor]) -> "NestedNetwork":
+    def folded(self, calibration: list[torch.Tensor], untrained_statistics: str = "predicted") -> "NestedNetwork":
         """This stage without BatchNorm: every trained width's statistics computed from `calibration` (batches of
         inputs; US-Nets' calibration, done once here) and folded with its affine into the producing layers, as a
-        plain nested network whose per-width scales and shifts compute each width exactly; every width between
-        the narrowest trained one and the full one that was not trained gets a row predicted without running it
-        (`_predict_rows`)."""
+        plain nested network whose per-width scales and shifts compute each width exactly. Every width between
+        the narrowest trained one and the full one that was not trained gets a row too, with its neighbours'
+        affine interpolated (as the stage ran it) and, by `untrained_statistics`, its statistics "predicted"
+        without running it (`_predict_rows`: the width stays unseen by any data) or "measured" from `calibration`
+        like a trained width's (exact: for a stage that ran every width, `train_nested`'s `every_width`)."""
+        if untrained_statistics not in ("predicted", "measured"):
+            raise ValueError(f"untrained_statistics must be 'predicted' or 'measured', got {untrained_statistics!r}")
         full = self.network_at(self.full_width, calibration)
         low = self.affine.widths[0] if self.affine.widths else self.full_width
         between = [w for w in range(low, self.full_width) if w not in self.affine.widths]
         folded = NestedNetwork(fold_batch_norm(full), self.affine.widths, between).to(self.network.device)
-        for width in self.affine.widths:
+        measured = self.affine.widths + (between if untrained_statistics == "measured" else [])
+        for width in measured:
             row = folded.affine.rows.index(width)
             network = self.network_at(width, calibration)
             plain = fold_batch_norm(network)
             for site in self.sites:  # the same sites as the folded stage's: producing layers keep their names
                 conv, norm = site.layer, _norm_after(site.layer)
                 size = network.get_submodule(norm).num_features
-                scale, _ = self.affine.values(site.name, width, size)
+                scale, _ = self.affine.values(site.name, width, size, lambda w: self.site_size(site.name, w))
                 # Width w's folded filter is the shared one's times scale * sigma_full / sigma_w (BatchNorm's weight
                 # cancels, so a near-zero one divides nothing); its bias follows from the two folded biases.
                 ratio = scale * _deviation(full, norm, size) / _deviation(network, norm, size)
@@ -327,7 +333,8 @@ class NestedNetwork(nn.Module):
                 key = _key(site.name)
                 folded.affine.log_scale[key][row, :size] = ratio.log()
                 folded.affine.shift[key][row, :size] = shift
-        folded._predict_rows(calibration)
+        if untrained_statistics == "predicted":
+            folded._predict_rows(calibration)
         return folded.eval()
 
     @torch.no_grad()

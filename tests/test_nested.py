@@ -319,8 +319,9 @@ def test_a_batch_norm_stage_folds_into_plain_widths_that_compute_its_calibrated_
     """Issue 23: with BatchNorm, each width's scale and shift act on a BatchNorm of its own during the stage
     (on a ResNet, one per layer writing a residual stream); `folded` computes every trained width's statistics
     once from data and folds them, so that the plain nested network computes, at every trained width, what the
-    calibrated BatchNorm network computes -- and sampling it needs no data. Importance ordering of a BatchNorm
-    network keeps its function."""
+    calibrated BatchNorm network computes -- and sampling it needs no data; with the untrained widths' statistics
+    measured too, so does every width between them (their neighbours' affine interpolated, as the stage ran them).
+    Importance ordering of a BatchNorm network keeps its function."""
     config, trained, norm_name, site = BATCH_NORM_STAGES[family]
     base = random_base(config)
     x = inputs_for(base.config).double()
@@ -340,6 +341,12 @@ def test_a_batch_norm_stage_folds_into_plain_widths_that_compute_its_calibrated_
     for width in (*trained, folded.full_width):
         expected = nested.network_at(width, batches)(x).logits
         torch.testing.assert_close(folded.network_at(width)(x).logits, expected, rtol=1e-4, atol=1e-4)
+    measured = nested.folded(batches, untrained_statistics="measured")
+    untrained = [w for w in range(trained[0], folded.full_width) if w not in trained]
+    assert measured.affine.predicted == untrained
+    for width in (*trained, *untrained[:: max(1, len(untrained) // 3)]):
+        expected = nested.network_at(width, batches)(x).logits
+        torch.testing.assert_close(measured.network_at(width)(x).logits, expected, rtol=1e-4, atol=1e-4)
     nested.train()  # training normalises each width by its batch's statistics
     inputs = batches[0]
     outputs = {}

@@ -399,7 +399,7 @@ def build_nested_network(config: TrainConfig, base: PreTrainedModel, train, acce
     if nested.batch_norm:  # each width's statistics, computed once here, folded in: sampling needs no data
         input_name = task_for(base.config, type(base)).input_name
         batches = calibration_batches(train, input_name, settings.batch_size, settings.calibration_batches, config.seed)
-        nested = nested.folded(batches)
+        nested = nested.folded(batches, settings.untrained_statistics)
     return nested
 
 
