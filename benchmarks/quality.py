@@ -165,7 +165,7 @@ RECIPES = {  # each with its reference widths (the individual networks) and the 
     ),
     # A CIFAR-style ResNet-8 with BatchNorm, whole network (residual streams included): the slimmable ResNet's
     # widths are calibrated (CALIBRATION_BATCHES); the pipeline folds every width's statistics into its table. The
-    # plain method gets the VAE's and U-Net's training length (not tuned for it); the task's default targets.
+    # plain method gets the VAE's training length and learning rate (not tuned for it); the task's default targets.
     "fashion_mnist_resnet": Recipe(
         "training/configs/fashion_mnist_resnet.yaml", (16, 24, 32, 48, 64),
         plain=("nested.enabled=false", "training.epochs=4", "training.learning_rate=3.0e-3"),

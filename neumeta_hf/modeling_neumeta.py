@@ -342,7 +342,7 @@ class NeuMetaModel(PreTrainedModel):
     def parameter_counts(self) -> dict[str, int]:
         """What this hypernetwork holds besides the base network it reads, against the full-width network it
         generates: the INR's parameters, and (with `config.width_affine`) the nested stage's table of per-width
-        scales and shifts, one row per trained or predicted width."""
+        scales and shifts, one row per trained width or width filled when the stage was folded."""
         table = self.width_affine_table
         return {
             "inr_parameters": sum(p.numel() for p in self.inr.parameters()),
@@ -392,7 +392,7 @@ class NeuMetaModel(PreTrainedModel):
     def adopt_width_affine(self, nested):
         """Take the per-width scales and shifts of a nested stage (`nested.NestedNetwork`, whose shared network
         this hypernetwork was built around) as the table the generated corrections apply to: its trained widths'
-        rows, and the rows it predicted for widths between them (`config.predicted_widths` follows)."""
+        rows, and the rows it filled for widths between them when folded (`config.predicted_widths` follows)."""
         if self.width_affine_table is None:
             raise ValueError("adopt_width_affine needs a hypernetwork built with width_affine=True")
         if nested.affine.widths != self.width_affine_table.widths:
@@ -400,7 +400,7 @@ class NeuMetaModel(PreTrainedModel):
                 f"the nested stage was trained at widths {nested.affine.widths}, the hypernetwork's train_widths are "
                 f"{self.width_affine_table.widths} (less the full width): build it with the stage's widths"
             )
-        if nested.affine.predicted != self.width_affine_table.predicted:  # rows the stage predicted when folded
+        if nested.affine.predicted != self.width_affine_table.predicted:  # rows the stage filled when folded
             self.config.predicted_widths = list(nested.affine.predicted)
             self.width_affine_table = self._build_width_affine_table().to(self.output_scale)
         self.width_affine_table.load_state_dict(nested.affine.state_dict())

@@ -266,9 +266,12 @@ class NestedNetwork(nn.Module):
             return mixed_layers({w: self.width_tensors(w) for w in set(widths)}, self._layer_of, widths)
         skeleton = self.skeleton(width)
         return fold_scale_and_shift(
-            skeleton, nested_weights(self.network, skeleton),
-            lambda site, size: self.affine.values(site, width, size, lambda w: self.site_size(site, w)),
-        )  # fmt: skip
+            skeleton, nested_weights(self.network, skeleton), lambda site, size: self.site_values(site, width, size)
+        )
+
+    def site_values(self, site_name: str, width: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, shift) of site `site_name`'s first `size` channels at `width`, as the width runs with them."""
+        return self.affine.values(site_name, width, size, lambda w: self.site_size(site_name, w))
 
     def _layer_widths(self, widths) -> list[int]:
         widths = layer_widths(self.network.config.model_type, widths, len(self.groups))
@@ -310,22 +313,23 @@ class NestedNetwork(nn.Module):
         the narrowest trained one and the full one that was not trained gets a row too, with its neighbours'
         affine interpolated (as the stage ran it) and, by `untrained_statistics`, its statistics "predicted"
         without running it (`_predict_rows`: the width stays unseen by any data) or "measured" from `calibration`
-        like a trained width's (exact: for a stage that ran every width, `train_nested`'s `every_width`)."""
+        like a trained width's (its calibrated network: where the stage drew every width, `train_nested`'s
+        `every_width`, the network it trained)."""
         if untrained_statistics not in ("predicted", "measured"):
             raise ValueError(f"untrained_statistics must be 'predicted' or 'measured', got {untrained_statistics!r}")
         full = self.network_at(self.full_width, calibration)
         low = self.affine.widths[0] if self.affine.widths else self.full_width
         between = [w for w in range(low, self.full_width) if w not in self.affine.widths]
         folded = NestedNetwork(fold_batch_norm(full), self.affine.widths, between).to(self.network.device)
-        measured = self.affine.widths + (between if untrained_statistics == "measured" else [])
-        for width in measured:
+        calibrated = self.affine.widths + (between if untrained_statistics == "measured" else [])
+        for width in calibrated:
             row = folded.affine.rows.index(width)
             network = self.network_at(width, calibration)
             plain = fold_batch_norm(network)
             for site in self.sites:  # the same sites as the folded stage's: producing layers keep their names
                 conv, norm = site.layer, _norm_after(site.layer)
                 size = network.get_submodule(norm).num_features
-                scale, _ = self.affine.values(site.name, width, size, lambda w: self.site_size(site.name, w))
+                scale, _ = self.site_values(site.name, width, size)
                 # Width w's folded filter is the shared one's times scale * sigma_full / sigma_w (BatchNorm's weight
                 # cancels, so a near-zero one divides nothing); its bias follows from the two folded biases.
                 ratio = scale * _deviation(full, norm, size) / _deviation(network, norm, size)
@@ -376,7 +380,7 @@ class NestedNetwork(nn.Module):
         beta, log_gamma = measured[(self.full_width, site)]
 
         def stage_affine(w):  # (log s_w, t_w) of a trained width, from its row and its statistics
-            row_scale, row_shift = self.affine.values(site, w, self.site_size(site, w))
+            row_scale, row_shift = self.site_values(site, w, self.site_size(site, w))
             mean, log_deviation = measured[(w, site)]
             log_s = row_scale.double().log() + log_deviation - log_gamma[: len(mean)]
             return log_s, row_shift.double() + row_scale.double() * mean - log_s.exp() * beta[: len(mean)]

@@ -341,6 +341,8 @@ def test_a_batch_norm_stage_folds_into_plain_widths_that_compute_its_calibrated_
     for width in (*trained, folded.full_width):
         expected = nested.network_at(width, batches)(x).logits
         torch.testing.assert_close(folded.network_at(width)(x).logits, expected, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="'predicted' or 'measured'"):
+        nested.folded(batches, untrained_statistics="interpolated")
     measured = nested.folded(batches, untrained_statistics="measured")
     untrained = [w for w in range(trained[0], folded.full_width) if w not in trained]
     assert measured.affine.predicted == untrained
