@@ -372,9 +372,10 @@ class NeuMetaModel(PreTrainedModel):
         """Every channel of every (site, width, size) block, stacked: its site's index, its position over the
         site's full-width size and its width."""
         names = [site.name for site in self.affine_sites]
+        full_sizes = {site.name: site.size for site in self.affine_sites}  # read from the full-width network
         sites, positions, widths = [], [], []
         for site, width, size in blocks:
-            positions.append(torch.arange(size) / self._site_size(site, self.config.full_width))
+            positions.append(torch.arange(size) / full_sizes[site])
             sites += [names.index(site)] * size
             widths += [width] * size
         device = self.output_scale.device
