@@ -16,7 +16,7 @@ class FakeHub:
     def __init__(self):
         self.files: dict[tuple[str, str], bytes] = {}
         self.requests: list[str] = []
-        self.fail_commits = False
+        self.fail_commits = False  # commits refused as a token without write access is (403: not retried)
         self.stall_commits = 0.0  # seconds a commit waits before its answer: a Hub that stops answering
         hub = self
 
@@ -60,7 +60,7 @@ class FakeHub:
         if "/commit/" in path:
             time.sleep(self.stall_commits)
             if self.fail_commits:
-                return _reply(request, 500, {"error": "the fake Hub refuses this commit"})
+                return _reply(request, 403, {"error": "You don't have the rights to create a commit here"})
             repo = path.split("/api/models/")[1].split("/commit/")[0]
             for line in body.decode().splitlines():
                 item = json.loads(line)

@@ -106,9 +106,9 @@ def test_a_hub_that_stops_answering_fails_the_push_after_the_timeout(hub, traine
     """Round 2: a Hub that accepted the connection but never answered the commit kept push silent forever."""
     hub.stall_commits = 60
     started = time.time()
-    result = run(["push", str(trained_directory), "me/neumeta-mlp"], hub, tmp_path, NEUMETA_HUB_TIMEOUT="2")
+    result = run(["push", str(trained_directory), "me/neumeta-mlp"], hub, tmp_path, NEUMETA_HUB_TIMEOUT="0.5")
     assert result.returncode == 1 and time.time() - started < 55, result.stderr[-2000:]  # 6 tries, backing off
-    assert "the Hub did not answer (2 s per request" in result.stderr and "NEUMETA_HUB_TIMEOUT" in result.stderr
+    assert "the Hub did not answer (0.5 s per request" in result.stderr and "NEUMETA_HUB_TIMEOUT" in result.stderr
 
 
 PUSH_WITH_METRICS = """

@@ -92,6 +92,31 @@ def test_train_base_reports_the_base_on_the_validation_split(tmp_path, capsys, f
     assert f"width 64): validation accuracy {score:.4f}; saved to" in capsys.readouterr().out
 
 
+def test_the_base_network_warms_its_learning_rate_up_and_clips_its_gradients(fresh_accelerate_state):
+    """base.warmup_steps and base.max_grad_norm. Adam's first step moves the weights by about the learning rate; a
+    warm-up divides that step by its length, and gradients clipped far below Adam's epsilon hardly move them."""
+    from accelerate import Accelerator
+
+    from training.recipe import BaseConfig
+    from training.train_base import train_network
+
+    train, _, _, info = load_splits(DataConfig("digits"))
+    one_batch = train.select(range(64))
+
+    def largest_step(**settings) -> float:
+        torch.manual_seed(0)
+        network = nm.NeuMetaMLPForImageClassification(nm.NeuMetaMLPConfig(**info.family_kwargs()))
+        before = [p.detach().clone() for p in network.parameters()]
+        settings = BaseConfig(epochs=1, batch_size=64, learning_rate=1e-2, weight_decay=0.0, **settings)
+        trained = train_network(network, one_batch, settings, Accelerator(), seed=0)
+        return max((p.detach() - b).abs().max().item() for p, b in zip(trained.parameters(), before))
+
+    plain = largest_step()
+    assert 0.9e-2 < plain < 1.01e-2
+    assert largest_step(warmup_steps=100) == pytest.approx(plain / 100, rel=0.02)
+    assert largest_step(max_grad_norm=1e-12) < plain / 100
+
+
 @pytest.mark.slow
 def test_stock_vit_trains_end_to_end_and_samples_stock_networks(tmp_path, fresh_accelerate_state):
     from transformers import AutoModelForImageClassification, ViTForImageClassification

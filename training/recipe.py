@@ -37,6 +37,8 @@ class BaseConfig:
     learning_rate: float = 3e-3
     weight_decay: float = 1e-4
     milestones: list[float] = field(default_factory=list)  # fractions of training; empty: cosine decay
+    warmup_steps: int = 0  # linear warm-up of the learning rate before its decay
+    max_grad_norm: float | None = None  # clip the gradients' norm to this (None: no clipping)
     # Universally slimmable training (US-Nets): each step the full width on the task's loss, and the smallest width
     # of hypernetwork.width_range and two random widths distilled from the full width's outputs (the task's
     # distillation: class predictions, or a VAE's posterior and pixels); width w is then the first w channels of
@@ -260,9 +262,10 @@ _POSITIVE_INTEGERS = (
 )  # fmt: skip
 _NON_NEGATIVE_INTEGERS = ("data.validation_size", "nested.random_widths")
 _POSITIVE_NUMBERS = ("base.learning_rate", "nested.epochs", "training.gamma", "nested.learning_rate", "nested.temperature",
-                     "training.learning_rate", "training.epochs", "training.max_grad_norm")
+                     "training.learning_rate", "training.epochs", "training.max_grad_norm", "base.max_grad_norm")
 _NON_NEGATIVE_NUMBERS = (
-    "base.weight_decay", "nested.weight_decay", "nested.label_weight", "training.weight_decay", "training.warmup_steps",
+    "base.weight_decay", "base.warmup_steps", "nested.weight_decay", "nested.label_weight", "training.weight_decay",
+    "training.warmup_steps",
     "training.l2_weight", "training.reconstruction_weight", "training.distillation_weight", "training.mixup_alpha",
 )  # fmt: skip
 _WIDTH_LISTS = ("hypernetwork.width_range", "hypernetwork.train_widths", "training.eval_widths", "sweep.widths")

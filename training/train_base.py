@@ -416,8 +416,9 @@ def train_network(model, train, settings: BaseConfig, accelerator: Accelerator, 
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     total = settings.epochs * (len(train) // settings.batch_size)
     scheduler_name = "multistep" if settings.milestones else "cosine"
+    warmup = settings.warmup_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: schedule_factor(step, total, scheduler_name, settings.milestones)
+        optimizer, lambda step: schedule_factor(step, total, scheduler_name, settings.milestones, warmup_steps=warmup)
     )
     input_name = task_for(model.config, type(model)).input_name  # pixel values, or token ids
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
@@ -438,6 +439,8 @@ def train_network(model, train, settings: BaseConfig, accelerator: Accelerator, 
                 )
             optimizer.zero_grad()
             accelerator.backward(loss)
+            if settings.max_grad_norm:
+                accelerator.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
             optimizer.step()
             scheduler.step()
         progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
