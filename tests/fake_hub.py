@@ -16,7 +16,7 @@ class FakeHub:
     def __init__(self):
         self.files: dict[tuple[str, str], bytes] = {}
         self.requests: list[str] = []
-        self.fail_commits = False  # commits refused as a token without write access is (403: not retried)
+        self.fail_commits = False  # refuse commits as the Hub refuses a token without write access (403, not retried)
         self.stall_commits = 0.0  # seconds a commit waits before its answer: a Hub that stops answering
         hub = self
 
